@@ -1,0 +1,215 @@
+//! Per (host, window, partition) aggregates: every field merges, so windows of one host from
+//! several partitions combine exactly (counts) or within the sketches' bounds.
+
+use crate::event::Event;
+use crate::sketch::{Distinct, Quantiles, TopK};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Keys a top-K summary keeps; reported top lists are at most this long.
+pub const TOP_K_CAPACITY: u32 = 100;
+/// Top entries written to the lake per dimension.
+pub const LAKE_TOP_K: usize = 10;
+/// Distinct HTTP methods tracked per window before the rest are folded into `OTHER`.
+const MAX_METHODS: usize = 32;
+
+/// Identity of one aggregate: what every output is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WindowKey {
+    pub host: String,
+    pub start_ms: i64,
+    pub partition: u32,
+}
+
+/// Running aggregate of one window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowAgg {
+    pub requests: u64,
+    pub bytes: u64,
+    /// Requests by status class 1xx..5xx.
+    pub status_class: [u64; 5],
+    pub status_codes: BTreeMap<u16, u64>,
+    pub methods: BTreeMap<String, u64>,
+    pub bots: u64,
+    pub latency: Quantiles,
+    pub clients: Distinct,
+    pub paths: TopK,
+    pub referrers: TopK,
+    pub user_agents: TopK,
+}
+
+impl Default for WindowAgg {
+    fn default() -> Self {
+        WindowAgg {
+            requests: 0,
+            bytes: 0,
+            status_class: [0; 5],
+            status_codes: BTreeMap::new(),
+            methods: BTreeMap::new(),
+            bots: 0,
+            latency: Quantiles::default(),
+            clients: Distinct::default(),
+            paths: TopK::with_capacity(TOP_K_CAPACITY),
+            referrers: TopK::with_capacity(TOP_K_CAPACITY),
+            user_agents: TopK::with_capacity(TOP_K_CAPACITY),
+        }
+    }
+}
+
+impl WindowAgg {
+    pub fn add(&mut self, e: &Event) {
+        self.requests += 1;
+        self.bytes += e.bytes;
+        self.status_class[(e.status / 100).clamp(1, 5) as usize - 1] += 1;
+        *self.status_codes.entry(e.status).or_default() += 1;
+        if let Some(c) = self.methods.get_mut(e.method.as_str()) {
+            *c += 1;
+        } else if self.methods.len() < MAX_METHODS {
+            self.methods.insert(e.method.clone(), 1);
+        } else {
+            *self.methods.entry("OTHER".to_owned()).or_default() += 1;
+        }
+        if e.is_bot() {
+            self.bots += 1;
+        }
+        if let Some(l) = e.latency_ms {
+            self.latency.add(l);
+        }
+        if let Some(ip) = &e.client_ip {
+            self.clients.insert(ip);
+        }
+        self.paths.insert(&e.path);
+        if let Some(r) = &e.referrer {
+            self.referrers.insert(r);
+        }
+        if let Some(ua) = &e.user_agent {
+            self.user_agents.insert(ua);
+        }
+    }
+
+    pub fn merge(&mut self, o: &WindowAgg) {
+        self.requests += o.requests;
+        self.bytes += o.bytes;
+        for (a, b) in self.status_class.iter_mut().zip(o.status_class) {
+            *a += b;
+        }
+        for (k, v) in &o.status_codes {
+            *self.status_codes.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.methods {
+            *self.methods.entry(k.clone()).or_default() += v;
+        }
+        self.bots += o.bots;
+        self.latency.merge(&o.latency);
+        self.clients.merge(&o.clients);
+        self.paths.merge(&o.paths);
+        self.referrers.merge(&o.referrers);
+        self.user_agents.merge(&o.user_agents);
+    }
+
+    /// Plain values of this aggregate.
+    pub fn finalize(&self) -> WindowStats {
+        let q = |p| self.latency.quantile(p).unwrap_or(0.0);
+        WindowStats {
+            requests: self.requests,
+            bytes: self.bytes,
+            status_class: self.status_class,
+            status_codes: self.status_codes.clone(),
+            methods: self.methods.clone(),
+            error_rate: if self.requests == 0 {
+                0.0
+            } else {
+                self.status_class[4] as f64 / self.requests as f64
+            },
+            latency_p50: q(0.5),
+            latency_p90: q(0.9),
+            latency_p95: q(0.95),
+            latency_p99: q(0.99),
+            latency_max: self.latency.max().unwrap_or(0.0),
+            unique_clients: self.clients.clone().estimate(),
+            bots: self.bots,
+            top_paths: self.paths.top(LAKE_TOP_K),
+            top_referrers: self.referrers.top(LAKE_TOP_K),
+            top_user_agents: self.user_agents.top(LAKE_TOP_K),
+        }
+    }
+}
+
+/// Finalized values of one window: what the lake stores as plain columns and the API shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub bytes: u64,
+    pub status_class: [u64; 5],
+    pub status_codes: BTreeMap<u16, u64>,
+    pub methods: BTreeMap<String, u64>,
+    /// Share of requests answered with a 5xx status.
+    pub error_rate: f64,
+    pub latency_p50: f64,
+    pub latency_p90: f64,
+    pub latency_p95: f64,
+    pub latency_p99: f64,
+    pub latency_max: f64,
+    pub unique_clients: u64,
+    pub bots: u64,
+    pub top_paths: Vec<(String, u64)>,
+    pub top_referrers: Vec<(String, u64)>,
+    pub top_user_agents: Vec<(String, u64)>,
+}
+
+/// A window that the watermark has closed: final, ready for the lake and the detector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedWindow {
+    pub key: WindowKey,
+    pub end_ms: i64,
+    pub agg: WindowAgg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(status: u16, bytes: u64, ip: u32, path: u8) -> Event {
+        Event {
+            ts_ms: 0,
+            host: "h".into(),
+            method: if status % 2 == 0 { "GET".into() } else { "POST".into() },
+            path: format!("/p{path}"),
+            status,
+            bytes,
+            latency_ms: Some(1.0 + bytes as f64),
+            client_ip: Some(format!("10.0.0.{ip}")),
+            user_agent: Some(if ip % 7 == 0 { "Googlebot/2.1".into() } else { "Mozilla/5.0".into() }),
+            referrer: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn merging_split_streams_equals_one_stream(
+            events in proptest::collection::vec((100u16..600, 0u64..100_000, 0u32..255, 0u8..30), 1..300),
+            split in 0usize..300,
+        ) {
+            let evs: Vec<Event> = events.iter().map(|(s, b, ip, p)| event(*s, *b, *ip, *p)).collect();
+            let split = split.min(evs.len());
+            let (mut whole, mut left, mut right) = (WindowAgg::default(), WindowAgg::default(), WindowAgg::default());
+            evs.iter().for_each(|e| whole.add(e));
+            evs[..split].iter().for_each(|e| left.add(e));
+            evs[split..].iter().for_each(|e| right.add(e));
+            left.merge(&right);
+            let (a, b) = (whole.finalize(), left.finalize());
+            prop_assert_eq!(a.requests, b.requests);
+            prop_assert_eq!(a.bytes, b.bytes);
+            prop_assert_eq!(a.status_class, b.status_class);
+            prop_assert_eq!(&a.status_codes, &b.status_codes);
+            prop_assert_eq!(&a.methods, &b.methods);
+            prop_assert_eq!(a.bots, b.bots);
+            prop_assert_eq!(a.unique_clients, b.unique_clients);
+            prop_assert_eq!(a.latency_max, b.latency_max);
+            // Under the top-K capacity the summaries are exact, so the merged lists agree.
+            prop_assert_eq!(&a.top_paths, &b.top_paths);
+            prop_assert_eq!(a.status_class.iter().sum::<u64>(), a.requests);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The checkpoint store: one sled tree, one key per partition, written as one atomic insert that
+//! holds the open-window state, the watermark, the next source offset and the outputs not yet
+//! confirmed in the lake.
+//!
+//! Committing outputs with the state is what makes the lake exact: a publication is durable here
+//! before its files are written, is re-published after a crash (overwriting the same names), and
+//! its offset range never changes, so no file can ever overlap another.
+
+use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
+use crate::event::Event;
+use crate::parse::InvalidReason;
+use crate::window::WatermarkState;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// First byte of every encoded checkpoint; bump on an incompatible change.
+pub const WIRE_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("checkpoint {key}: unsupported wire version {found} (expected {WIRE_VERSION})")]
+    Version { key: String, found: u8 },
+    #[error("checkpoint {key}: cannot decode: {reason}")]
+    Decode { key: String, reason: String },
+    #[error("checkpoint: cannot encode: {0}")]
+    Encode(String),
+}
+
+/// Encode with the leading version byte.
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CheckpointError> {
+    let mut out = vec![WIRE_VERSION];
+    rmp_serde::encode::write(&mut out, v).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decode bytes written by [`encode`]; bad bytes are an error, never a panic.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CheckpointError> {
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| CheckpointError::Decode {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        }),
+        Some((&found, _)) => Err(CheckpointError::Version {
+            key: key.to_owned(),
+            found,
+        }),
+        None => Err(CheckpointError::Decode {
+            key: key.to_owned(),
+            reason: "empty value".into(),
+        }),
+    }
+}
+
+/// A record that failed to parse, kept with its raw bytes for the dead-letter output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidRecord {
+    pub offset: u64,
+    pub reason: InvalidReason,
+    pub detail: String,
+    pub raw: Vec<u8>,
+}
+
+/// An event that arrived after its window closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateEvent {
+    pub offset: u64,
+    pub watermark_ms: i64,
+    pub event: Event,
+}
+
+/// Everything one partition emitted over the offsets `[from_offset, to_offset)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    pub partition: u32,
+    pub from_offset: u64,
+    pub to_offset: u64,
+    /// Wall-clock time the publication was cut; names the hour of the dead-letter output.
+    pub created_ms: i64,
+    pub closed: Vec<ClosedWindow>,
+    pub late: Vec<LateEvent>,
+    pub invalid: Vec<InvalidRecord>,
+    pub raw: Vec<(u64, Event)>,
+}
+
+impl Publication {
+    pub fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.late.is_empty() && self.invalid.is_empty() && self.raw.is_empty()
+    }
+}
+
+/// Open windows of one partition, as one shard holds them.
+pub type OpenWindows = Vec<(WindowKey, WindowAgg)>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub watermark: WatermarkState,
+    /// Open windows, one encoded [`OpenWindows`] blob per window shard that held any.
+    pub open: Vec<Vec<u8>>,
+    /// Publications committed here but not yet confirmed written to the lake.
+    pub unpublished: Vec<Publication>,
+    /// The source reported its end and every window has been closed.
+    pub finished: bool,
+    /// Running totals, so the overview survives restarts.
+    pub totals: PartitionTotals,
+}
+
+/// Counters of one partition since its first event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionTotals {
+    pub events: u64,
+    pub late: u64,
+    pub invalid: std::collections::BTreeMap<InvalidReason, u64>,
+    pub windows_closed: u64,
+}
+
+/// The sled-backed store.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    db: sled::Db,
+}
+
+fn partition_key(p: u32) -> String {
+    format!("partition/{p:08}")
+}
+
+impl CheckpointStore {
+    pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
+        Ok(CheckpointStore {
+            db: sled::Config::new().path(dir).open()?,
+        })
+    }
+
+    /// Durably replace the partition's checkpoint (one atomic insert, then a flush).
+    /// Blocking: call from `spawn_blocking`.
+    pub fn save(&self, cp: &PartitionCheckpoint) -> Result<usize, CheckpointError> {
+        let bytes = encode(cp)?;
+        let len = bytes.len();
+        self.db.insert(partition_key(cp.partition), bytes)?;
+        self.db.flush()?;
+        Ok(len)
+    }
+
+    pub fn load(&self, partition: u32) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
+        let key = partition_key(partition);
+        match self.db.get(&key)? {
+            Some(v) => decode(&key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A small named value (e.g. the generator's event-time origin), set once.
+    pub fn meta_i64(&self, name: &str, init: impl FnOnce() -> i64) -> Result<i64, CheckpointError> {
+        let key = format!("meta/{name}");
+        if let Some(v) = self.db.get(&key)? {
+            return decode(&key, &v);
+        }
+        let v = init();
+        self.db.insert(key, encode(&v)?)?;
+        self.db.flush()?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bad_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        assert!(store.load(3).unwrap().is_none());
+        let mut agg = WindowAgg::default();
+        agg.requests = 9;
+        let open = encode(&vec![(WindowKey { host: "h".into(), start_ms: 60_000, partition: 3 }, agg)]).unwrap();
+        let cp = PartitionCheckpoint {
+            partition: 3,
+            next_offset: 42,
+            watermark: WatermarkState::default(),
+            open: vec![open],
+            unpublished: vec![],
+            finished: false,
+            totals: PartitionTotals::default(),
+        };
+        store.save(&cp).unwrap();
+        let back = store.load(3).unwrap().unwrap();
+        assert_eq!(back.next_offset, 42);
+        let windows: OpenWindows = decode("x", &back.open[0]).unwrap();
+        assert_eq!(windows[0].1.requests, 9);
+        assert!(matches!(decode::<PartitionCheckpoint>("k", &[9, 1, 2]), Err(CheckpointError::Version { found: 9, .. })));
+        assert!(matches!(decode::<PartitionCheckpoint>("k", &[WIRE_VERSION, 0xc1]), Err(CheckpointError::Decode { .. })));
+        assert!(decode::<PartitionCheckpoint>("k", &[]).is_err());
+        assert_eq!(store.meta_i64("start", || 5).unwrap(), 5);
+        assert_eq!(store.meta_i64("start", || 6).unwrap(), 5);
+    }
+}

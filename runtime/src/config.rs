@@ -1,0 +1,343 @@
+//! Configuration: built-in defaults, then a TOML file, then `WTM__SECTION__KEY` environment
+//! variables. Unknown keys are rejected with their name; `wtm config` prints the result.
+
+use crate::event::Format;
+use crate::generator::GeneratorSpec;
+use crate::window::WindowSpec;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub source: SourceConfig,
+    pub window: WindowConfig,
+    pub checkpoint: CheckpointConfig,
+    pub lake: LakeConfig,
+    pub detector: DetectorConfig,
+    pub api: ApiConfig,
+    pub supervisor: SupervisorConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Where sled checkpoints (and, by default, the lake) live.
+    pub data_dir: PathBuf,
+    /// API listen address.
+    pub listen: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The built-in generator.
+    #[default]
+    Generator,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Partitions the source presents (one PartitionOwner each).
+    pub partitions: u32,
+    /// Format of the records the source carries.
+    pub format: Format,
+    /// Site name for `combined` records, which do not carry one.
+    pub host: String,
+    /// Generator: seed, number of sites, mean events/s, pacing.
+    pub seed: u64,
+    pub hosts: usize,
+    pub rate: f64,
+    /// Pace events to the wall clock (false: as fast as possible).
+    pub realtime: bool,
+    /// Event-time origin, RFC 3339; unset: the node's first start, remembered in the checkpoint store.
+    pub start: Option<String>,
+    /// Stop after this many seconds of event time (unset: endless).
+    pub duration_s: Option<u64>,
+    /// Stop after this many events over all partitions (unset: no limit).
+    pub count: Option<u64>,
+    /// Injected anomalies (labelled by `wtm generate --labels`).
+    pub anomalies: usize,
+    /// Records read per batch.
+    pub batch_size: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Generator,
+            partitions: 4,
+            format: Format::Json,
+            host: "localhost".into(),
+            seed: 1,
+            hosts: 50,
+            rate: 500.0,
+            realtime: true,
+            start: None,
+            duration_s: None,
+            count: None,
+            anomalies: 4,
+            batch_size: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    pub size_s: u64,
+    pub out_of_orderness_s: u64,
+    pub allowed_lateness_s: u64,
+    /// A partition without input for this long advances its watermark to the wall clock.
+    pub idle_timeout_s: u64,
+    /// Window actors; hosts are sharded over them.
+    pub shards: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size_s: 60,
+            out_of_orderness_s: 5,
+            allowed_lateness_s: 5,
+            idle_timeout_s: 30,
+            shards: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Lake root; unset: `<data_dir>/lake`.
+    pub path: Option<PathBuf>,
+    /// Also archive every raw event under `events/`.
+    pub raw_events: bool,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            path: None,
+            raw_events: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    pub enabled: bool,
+    /// Closed windows of a host before it is judged at all.
+    pub min_history: usize,
+    /// Windows of history the robust baseline looks at.
+    pub baseline_windows: usize,
+    /// History before an augurs model (ETS, MSTL with a daily season when long enough) is fitted.
+    pub model_history: usize,
+    /// Refit the model every this many windows per host.
+    pub refit_every: usize,
+    /// Robust z-score a value must exceed to be anomalous.
+    pub threshold: f64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            enabled: true,
+            min_history: 15,
+            baseline_windows: 30,
+            model_history: 60,
+            refit_every: 10,
+            threshold: 6.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Closed windows per host kept in memory for the API (older ones: query the lake).
+    pub retention_windows: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            retention_windows: 360,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Restarts allowed within `healthy_after_s` before the node gives up.
+    pub max_restarts: u32,
+    /// A child running this long without failing has its restart budget reset.
+    pub healthy_after_s: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: 5,
+            healthy_after_s: 60,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `WTM__SECTION__KEY` variables from the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::MissingFile(f.to_owned()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("WTM__").split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    problem: problem.into(),
+                })
+            }
+        }
+        check(self.source.partitions >= 1, "source.partitions", "must be at least 1")?;
+        check(self.source.hosts >= 1, "source.hosts", "must be at least 1")?;
+        check(self.source.rate > 0.0 && self.source.rate.is_finite(), "source.rate", "must be a positive number")?;
+        check(self.source.batch_size >= 1, "source.batch_size", "must be at least 1")?;
+        check(self.window.size_s >= 1, "window.size_s", "must be at least 1")?;
+        check(self.window.shards >= 1, "window.shards", "must be at least 1")?;
+        check(self.window.idle_timeout_s >= 1, "window.idle_timeout_s", "must be at least 1")?;
+        check(self.checkpoint.interval_ms >= 10, "checkpoint.interval_ms", "must be at least 10")?;
+        check(self.supervisor.backoff_initial_ms >= 1, "supervisor.backoff_initial_ms", "must be at least 1")?;
+        check(
+            self.supervisor.backoff_max_ms >= self.supervisor.backoff_initial_ms,
+            "supervisor.backoff_max_ms",
+            "must be at least supervisor.backoff_initial_ms",
+        )?;
+        check(self.detector.min_history >= 3, "detector.min_history", "must be at least 3")?;
+        check(self.detector.threshold > 0.0, "detector.threshold", "must be positive")?;
+        check(self.api.retention_windows >= 1, "api.retention_windows", "must be at least 1")?;
+        if let Some(s) = &self.source.start {
+            check(crate::time::parse_rfc3339(s).is_some(), "source.start", "must be an RFC 3339 time")?;
+        }
+        self.node.listen.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Invalid {
+            key: "node.listen",
+            problem: format!("{:?} is not an address: {e}", self.node.listen),
+        })?;
+        Ok(())
+    }
+
+    pub fn window_spec(&self) -> WindowSpec {
+        WindowSpec {
+            size_ms: self.window.size_s as i64 * 1000,
+            out_of_orderness_ms: self.window.out_of_orderness_s as i64 * 1000,
+            allowed_lateness_ms: self.window.allowed_lateness_s as i64 * 1000,
+        }
+    }
+
+    pub fn lake_path(&self) -> PathBuf {
+        self.lake.path.clone().unwrap_or_else(|| self.node.data_dir.join("lake"))
+    }
+
+    /// The generator behind the built-in source, given the resolved event-time origin.
+    pub fn generator_spec(&self, start_ms: i64) -> GeneratorSpec {
+        GeneratorSpec {
+            seed: self.source.seed,
+            hosts: self.source.hosts,
+            rate: self.source.rate,
+            start_ms,
+            partitions: self.source.partitions,
+            anomalies: self.source.anomalies,
+            duration_ms: self.source.duration_s.map(|d| d as i64 * 1000),
+            count: self.source.count,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[window]\nsize_s = 30\nsise = 4\n").unwrap();
+        let err = Config::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("sise"), "{err}");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[window]\nsize_s = 30\n[source]\nrate = 10.0\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WTM__SOURCE__RATE", "25.5");
+            let c = Config::load(Some(&f)).map_err(|e| e.to_string())?;
+            assert_eq!(c.window.size_s, 30);
+            assert_eq!(c.source.rate, 25.5);
+            jail.set_env("WTM__WINDOW__SIZE_S", "0");
+            let err = Config::load(Some(&f)).unwrap_err().to_string();
+            assert!(err.contains("window.size_s"), "{err}");
+            Ok(())
+        });
+    }
+}

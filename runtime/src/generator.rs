@@ -1,0 +1,654 @@
+//! The built-in traffic generator: realistic access-log traffic as a pure function of
+//! (seed, partition, offset).
+//!
+//! Each partition is a stream of seconds; second `s` of partition `p` holds a number of events
+//! drawn from the hosts keyed to `p` (skewed popularity, each host with its own diurnal phase and
+//! any injected anomaly), and event `j` of that second is drawn from an RNG seeded by
+//! `(seed, p, s, j)`. So a node can resume a partition at any offset and produce the same bytes,
+//! and `wtm generate` (the partitions merged second by second) writes exactly what a node ingests.
+
+use crate::event::{Event, Format};
+use crate::time::{format_clf, format_rfc3339};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::sync::Arc;
+
+const SECOND_MS: i64 = 1000;
+const DAY_MS: f64 = 86_400_000.0;
+/// Length of an injected anomaly.
+pub const ANOMALY_MS: i64 = 5 * 60_000;
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorSpec {
+    pub seed: u64,
+    pub hosts: usize,
+    /// Mean events per second over all hosts (the diurnal shape moves it ±50%).
+    pub rate: f64,
+    /// Event-time origin (UTC ms).
+    pub start_ms: i64,
+    pub partitions: u32,
+    /// Number of injected anomalies.
+    pub anomalies: usize,
+    /// Event-time length (ms); None for an endless stream.
+    pub duration_ms: Option<i64>,
+    /// Total events over all partitions (in `wtm generate`'s merged order); None for no limit.
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    TrafficSpike,
+    TrafficDrop,
+    ErrorBurst,
+    LatencyDegradation,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 4] = [
+        AnomalyKind::TrafficSpike,
+        AnomalyKind::TrafficDrop,
+        AnomalyKind::ErrorBurst,
+        AnomalyKind::LatencyDegradation,
+    ];
+}
+
+/// One injected anomaly: the label line `wtm generate --labels` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyLabel {
+    pub host: String,
+    pub kind: AnomalyKind,
+    /// RFC 3339.
+    pub start: String,
+    pub end: String,
+    #[serde(skip)]
+    pub start_ms: i64,
+    #[serde(skip)]
+    pub end_ms: i64,
+    #[serde(skip)]
+    host_index: usize,
+}
+
+struct HostProfile {
+    name: String,
+    /// Share of the total rate.
+    share: f64,
+    /// Offset of the daily peak, as a fraction of a day.
+    phase: f64,
+    clients: u64,
+    partition: u32,
+}
+
+/// SplitMix64: tiny, fast, and stable forever (the generator's output is an interface).
+#[derive(Clone)]
+struct Rng(u64);
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    fn from_parts(parts: &[u64]) -> Rng {
+        Rng(parts.iter().fold(0x243f_6a88_85a3_08d3, |acc, p| mix(acc ^ p)))
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+    /// Log-uniform over 0..n: a Zipf-like skew (rank r has weight ~1/(r+1)).
+    fn skewed(&mut self, n: u64) -> u64 {
+        (((n as f64 + 1.0).powf(self.unit())) as u64).saturating_sub(1).min(n - 1)
+    }
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.unit().max(1e-12), self.unit());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const SUBDOMAINS: [&str; 10] = ["www", "shop", "api", "blog", "docs", "news", "app", "cdn", "forum", "status"];
+const BRANDS: [&str; 12] = [
+    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "soylent",
+    "wonka", "cyberdyne", "aperture",
+];
+const TLDS: [&str; 4] = ["com", "io", "net", "org"];
+const BROWSERS: [&str; 6] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.0.0",
+];
+const CRAWLERS: [&str; 6] = [
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+    "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+    "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+    "DuckDuckBot/1.1; (+http://duckduckgo.com/duckduckbot.html)",
+    "Mozilla/5.0 (compatible; SemrushBot/7~bl; +http://www.semrush.com/bot.html)",
+];
+const EXTERNAL_REFERRERS: [&str; 5] = [
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://news.ycombinator.com/",
+    "https://t.co/",
+    "https://www.reddit.com/",
+];
+const PATHS_PER_HOST: u64 = 300;
+
+/// Stable partition of a host name (FNV-1a), as a Kafka producer keying by host would do.
+pub fn partition_of(host: &str, partitions: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (mix(h) % partitions.max(1) as u64) as u32
+}
+
+/// The generator: host profiles and anomaly schedule derived from a [`GeneratorSpec`].
+pub struct Generator {
+    spec: GeneratorSpec,
+    hosts: Vec<HostProfile>,
+    by_partition: Vec<Vec<usize>>,
+    anomalies: Vec<AnomalyLabel>,
+    /// Per-partition end offsets when `count` limits the run.
+    end_offsets: Option<Vec<u64>>,
+}
+
+impl Generator {
+    pub fn new(spec: GeneratorSpec) -> Generator {
+        let mut rng = Rng::from_parts(&[spec.seed, 0x686f_7374]);
+        let n = spec.hosts.max(1);
+        // Popularity ~ 1/rank (Zipf, s = 1).
+        let harmonic: f64 = (1..=n).map(|r| 1.0 / r as f64).sum();
+        let brand_offset = rng.below(BRANDS.len() as u64) as usize;
+        let hosts: Vec<HostProfile> = (0..n)
+            .map(|i| {
+                let sub = SUBDOMAINS[i % SUBDOMAINS.len()];
+                let brand = BRANDS[(i / SUBDOMAINS.len() + brand_offset) % BRANDS.len()];
+                let round = i / (SUBDOMAINS.len() * BRANDS.len());
+                let tld = TLDS[(i / SUBDOMAINS.len()) % TLDS.len()];
+                let name = if round == 0 {
+                    format!("{sub}.{brand}.{tld}")
+                } else {
+                    format!("{sub}.{brand}{round}.{tld}")
+                };
+                let share = (1.0 / (i + 1) as f64) / harmonic;
+                HostProfile {
+                    partition: partition_of(&name, spec.partitions),
+                    name,
+                    share,
+                    phase: rng.unit(),
+                    clients: 50 + (share * 200_000.0) as u64,
+                }
+            })
+            .collect();
+        let mut by_partition = vec![Vec::new(); spec.partitions.max(1) as usize];
+        for (i, h) in hosts.iter().enumerate() {
+            by_partition[h.partition as usize].push(i);
+        }
+        let anomalies = schedule_anomalies(&spec, &hosts, &mut rng);
+        let mut g = Generator {
+            spec,
+            hosts,
+            by_partition,
+            anomalies,
+            end_offsets: None,
+        };
+        g.end_offsets = g.spec.count.map(|c| g.end_offsets_for(c));
+        g
+    }
+
+    pub fn spec(&self) -> &GeneratorSpec {
+        &self.spec
+    }
+
+    pub fn anomalies(&self) -> &[AnomalyLabel] {
+        &self.anomalies
+    }
+
+    pub fn host_names(&self) -> impl Iterator<Item = &str> {
+        self.hosts.iter().map(|h| h.name.as_str())
+    }
+
+    /// Last second (exclusive) of the stream, if the duration bounds it.
+    fn end_second(&self) -> Option<i64> {
+        self.spec.duration_ms.map(|d| (d + SECOND_MS - 1) / SECOND_MS)
+    }
+
+    fn host_rate(&self, h: usize, t_ms: i64) -> f64 {
+        let p = &self.hosts[h];
+        let day = t_ms as f64 / DAY_MS;
+        let diurnal = 1.0 + 0.5 * (std::f64::consts::TAU * (day - p.phase)).sin();
+        let mut rate = self.spec.rate * p.share * diurnal;
+        for a in &self.anomalies {
+            if a.host_index == h && (a.start_ms..a.end_ms).contains(&t_ms) {
+                match a.kind {
+                    AnomalyKind::TrafficSpike => rate *= 5.0,
+                    AnomalyKind::TrafficDrop => rate *= 0.1,
+                    _ => {}
+                }
+            }
+        }
+        rate
+    }
+
+    fn anomaly_at(&self, h: usize, t_ms: i64) -> Option<AnomalyKind> {
+        self.anomalies
+            .iter()
+            .find(|a| a.host_index == h && (a.start_ms..a.end_ms).contains(&t_ms))
+            .map(|a| a.kind)
+    }
+
+    /// Hosts of partition `p` with their cumulative rates during second `s`.
+    fn second_plan(&self, p: u32, s: i64) -> (Vec<(usize, f64)>, u64) {
+        let mid = self.spec.start_ms + s * SECOND_MS + SECOND_MS / 2;
+        let mut total = 0.0;
+        let plan: Vec<(usize, f64)> = self.by_partition[p as usize]
+            .iter()
+            .map(|&h| {
+                total += self.host_rate(h, mid);
+                (h, total)
+            })
+            .collect();
+        let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, 0x636f_756e_74]);
+        let n = total.floor() as u64 + u64::from(rng.unit() < total.fract());
+        (plan, n)
+    }
+
+    /// The offset at which partition `p` ends, if the stream is bounded.
+    pub fn end_offset(&self, p: u32) -> Option<u64> {
+        if let Some(ends) = &self.end_offsets {
+            return Some(ends[p as usize]);
+        }
+        let end_s = self.end_second()?;
+        Some((0..end_s).map(|s| self.second_plan(p, s).1).sum())
+    }
+
+    /// Per-partition ends when the first `count` events of the merged order are taken.
+    fn end_offsets_for(&self, count: u64) -> Vec<u64> {
+        let parts = self.spec.partitions.max(1);
+        let mut ends = vec![0u64; parts as usize];
+        let mut left = count;
+        let mut s = 0i64;
+        while left > 0 && self.end_second().is_none_or(|e| s < e) {
+            for p in 0..parts {
+                let n = self.second_plan(p, s).1.min(left);
+                ends[p as usize] += n;
+                left -= n;
+            }
+            s += 1;
+        }
+        ends
+    }
+
+    /// A cursor over partition `p` starting at `offset`.
+    pub fn cursor(self: &Arc<Self>, p: u32, offset: u64) -> Cursor {
+        let mut s = 0i64;
+        let mut before = 0u64;
+        loop {
+            let (plan, n) = self.second_plan(p, s);
+            if before + n > offset || self.end_second().is_some_and(|e| s >= e) {
+                return Cursor {
+                    g: Arc::clone(self),
+                    p,
+                    s,
+                    j: offset - before,
+                    plan,
+                    n,
+                    offset,
+                    end: self.end_offset(p),
+                };
+            }
+            before += n;
+            s += 1;
+        }
+    }
+
+    /// Event `j` of `n` in second `s` of partition `p`.
+    fn event(&self, p: u32, s: i64, j: u64, n: u64, plan: &[(usize, f64)]) -> Event {
+        let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, j]);
+        let total = plan.last().map_or(0.0, |x| x.1);
+        let target = rng.unit() * total;
+        let idx = plan.partition_point(|&(_, c)| c <= target).min(plan.len() - 1);
+        let h = plan[idx].0;
+        let host = &self.hosts[h];
+        let mut ts = self.spec.start_ms + s * SECOND_MS + (j as i64 * SECOND_MS) / n.max(1) as i64;
+        let anomaly = self.anomaly_at(h, ts);
+        // Out-of-order arrivals: most within a few seconds, a few far behind (late).
+        let u = rng.unit();
+        if u < 0.0005 {
+            ts -= 20_000 + rng.below(70_000) as i64;
+        } else if u < 0.03 {
+            ts -= rng.below(4_000) as i64;
+        }
+        ts = ts.max(0);
+        let bot = rng.unit() < 0.07;
+        let k = rng.skewed(PATHS_PER_HOST);
+        let path = path_for(k, &mut rng);
+        let api = k % 7 == 5;
+        let method = if api {
+            rng.pick(&["GET", "GET", "GET", "POST", "POST", "PUT", "DELETE"])
+        } else {
+            let m = rng.unit();
+            if m < 0.96 { "GET" } else if m < 0.98 { "HEAD" } else if m < 0.99 { "OPTIONS" } else { "POST" }
+        };
+        let status = pick_status(&mut rng, anomaly == Some(AnomalyKind::ErrorBurst), bot);
+        let bytes = body_bytes(&mut rng, k, status);
+        let base = 8.0 + (mix(h as u64 * 1000 + k) % 150) as f64 * if k % 7 == 2 { 0.1 } else { 1.0 };
+        let mut latency = base * (0.45 * rng.normal()).exp();
+        if rng.unit() < 0.01 {
+            latency *= 5.0 + 15.0 * rng.unit();
+        }
+        if anomaly == Some(AnomalyKind::LatencyDegradation) {
+            latency = latency * 5.0 + 300.0;
+        }
+        if status >= 500 {
+            latency += 30.0 * rng.unit();
+        }
+        // Whole milliseconds, so JSON and combined (`$request_time` in seconds) carry equal values.
+        let latency_ms = latency.round().max(1.0);
+        let client = rng.skewed(host.clients);
+        let ip = mix(h as u64 ^ (client << 20));
+        let client_ip = format!(
+            "{}.{}.{}.{}",
+            11 + (ip >> 56) % 200,
+            (ip >> 48) & 255,
+            (ip >> 40) & 255,
+            1 + (ip >> 32) % 254
+        );
+        let user_agent = if bot { rng.pick(&CRAWLERS) } else { BROWSERS[(client % BROWSERS.len() as u64) as usize] };
+        let r = rng.unit();
+        let referrer = if bot || r < 0.4 {
+            None
+        } else if r < 0.7 {
+            Some(format!("https://{}{}", host.name, path_for(rng.skewed(PATHS_PER_HOST), &mut rng)))
+        } else {
+            Some(rng.pick(&EXTERNAL_REFERRERS).to_owned())
+        };
+        Event {
+            ts_ms: ts,
+            host: host.name.clone(),
+            method: method.to_owned(),
+            path,
+            status,
+            bytes,
+            latency_ms: Some(latency_ms),
+            client_ip: Some(client_ip),
+            user_agent: Some(user_agent.to_owned()),
+            referrer,
+        }
+    }
+}
+
+fn schedule_anomalies(spec: &GeneratorSpec, hosts: &[HostProfile], rng: &mut Rng) -> Vec<AnomalyLabel> {
+    if spec.anomalies == 0 {
+        return Vec::new();
+    }
+    let horizon = spec.duration_ms.unwrap_or(6 * 3_600_000);
+    // Leave the detector an hour of history where there is room, and a tail after the last one.
+    let warmup = (horizon / 2).min(60 * 60_000);
+    let usable = (horizon - warmup - ANOMALY_MS * 2).max(ANOMALY_MS);
+    let spacing = usable / spec.anomalies as i64;
+    let candidates = hosts.len().min(8) as u64;
+    (0..spec.anomalies)
+        .map(|i| {
+            let at = spec.start_ms + warmup + spacing * i as i64;
+            let start_ms = at - at.rem_euclid(60_000);
+            let host_index = rng.below(candidates) as usize;
+            AnomalyLabel {
+                host: hosts[host_index].name.clone(),
+                kind: AnomalyKind::ALL[i % 4],
+                start: format_rfc3339(start_ms),
+                end: format_rfc3339(start_ms + ANOMALY_MS),
+                start_ms,
+                end_ms: start_ms + ANOMALY_MS,
+                host_index,
+            }
+        })
+        .collect()
+}
+
+fn path_for(k: u64, rng: &mut Rng) -> String {
+    match k % 7 {
+        _ if k == 0 => "/".to_owned(),
+        0 => format!("/products/{k}"),
+        1 => format!("/blog/post-{k}"),
+        2 => format!("/static/js/app.{:x}.js", mix(k) & 0xffff_ffff),
+        3 => format!("/images/{k}.jpg"),
+        4 => format!("/search?q=term{}", rng.below(50)),
+        5 => format!("/api/v1/items/{k}"),
+        _ => format!("/docs/page-{k}.html"),
+    }
+}
+
+fn pick_status(rng: &mut Rng, error_burst: bool, bot: bool) -> u16 {
+    let u = rng.unit();
+    if error_burst && u < 0.35 {
+        return [500, 502, 503, 504][rng.below(4) as usize];
+    }
+    let u = rng.unit();
+    let table: &[(f64, u16)] = if bot {
+        &[(0.80, 200), (0.85, 301), (0.97, 404), (0.99, 403), (1.0, 500)]
+    } else {
+        &[
+            (0.86, 200), (0.90, 304), (0.915, 301), (0.93, 302), (0.935, 201), (0.965, 404),
+            (0.970, 403), (0.975, 400), (0.978, 401), (0.984, 499), (0.990, 500), (0.995, 502),
+            (0.998, 503), (1.0, 504),
+        ]
+    };
+    table.iter().find(|(p, _)| u < *p).map_or(200, |(_, s)| *s)
+}
+
+fn body_bytes(rng: &mut Rng, k: u64, status: u16) -> u64 {
+    match status {
+        304 | 301 | 302 => 0,
+        400..=599 => 150 + rng.below(450),
+        _ => match k % 7 {
+            2 => 40_000 + rng.below(260_000),
+            3 => 15_000 + rng.below(485_000),
+            5 | 4 => 300 + rng.below(4_700),
+            _ => 4_000 + rng.below(46_000),
+        },
+    }
+}
+
+/// A position in one partition's stream.
+pub struct Cursor {
+    g: Arc<Generator>,
+    p: u32,
+    s: i64,
+    j: u64,
+    plan: Vec<(usize, f64)>,
+    n: u64,
+    offset: u64,
+    end: Option<u64>,
+}
+
+impl Cursor {
+    /// Offset of the next event.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the stream has ended.
+    pub fn finished(&self) -> bool {
+        self.end.is_some_and(|e| self.offset >= e)
+    }
+
+    /// Wall-clock time (UTC ms) at which the next event's second is complete, for pacing.
+    pub fn ready_at_ms(&self) -> i64 {
+        self.g.spec.start_ms + (self.s + 1) * SECOND_MS
+    }
+
+    /// The next event, or None at the end of a bounded stream.
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.finished() {
+            return None;
+        }
+        while self.j >= self.n {
+            if self.g.end_second().is_some_and(|e| self.s + 1 >= e) {
+                self.end = Some(self.offset);
+                return None;
+            }
+            self.s += 1;
+            self.j = 0;
+            (self.plan, self.n) = self.g.second_plan(self.p, self.s);
+        }
+        let e = self.g.event(self.p, self.s, self.j, self.n, &self.plan);
+        self.j += 1;
+        self.offset += 1;
+        Some(e)
+    }
+}
+
+/// Write one event as a line in `format` (with the trailing newline).
+pub fn write_line(out: &mut Vec<u8>, e: &Event, format: Format) {
+    #[derive(Serialize)]
+    struct JsonLine<'a> {
+        ts: String,
+        host: &'a str,
+        method: &'a str,
+        path: &'a str,
+        status: u16,
+        bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_ip: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_agent: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        referrer: Option<&'a str>,
+    }
+    match format {
+        Format::Json => {
+            let line = JsonLine {
+                ts: format_rfc3339(e.ts_ms),
+                host: &e.host,
+                method: &e.method,
+                path: &e.path,
+                status: e.status,
+                bytes: e.bytes,
+                latency_ms: e.latency_ms,
+                client_ip: e.client_ip.as_deref(),
+                user_agent: e.user_agent.as_deref(),
+                referrer: e.referrer.as_deref(),
+            };
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &line);
+        }
+        Format::Combined | Format::VhostCombined => {
+            if format == Format::VhostCombined {
+                let _ = write!(out, "{}:443 ", e.host);
+            }
+            let _ = write!(
+                out,
+                "{} - - [{}] \"{} {} HTTP/1.1\" {} {} \"{}\" \"{}\"",
+                e.client_ip.as_deref().unwrap_or("-"),
+                format_clf(e.ts_ms),
+                e.method,
+                e.path,
+                e.status,
+                e.bytes,
+                e.referrer.as_deref().unwrap_or("-"),
+                e.user_agent.as_deref().unwrap_or("-"),
+            );
+            if let Some(l) = e.latency_ms {
+                let _ = write!(out, " {:.3}", l / 1000.0);
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_line;
+
+    fn spec() -> GeneratorSpec {
+        GeneratorSpec {
+            seed: 7,
+            hosts: 20,
+            rate: 300.0,
+            start_ms: 1_767_225_600_000,
+            partitions: 4,
+            anomalies: 4,
+            duration_ms: Some(120_000),
+            count: None,
+        }
+    }
+
+    #[test]
+    fn resuming_at_any_offset_gives_the_same_events() {
+        let g = Arc::new(Generator::new(spec()));
+        let all: Vec<Event> = {
+            let mut c = g.cursor(1, 0);
+            std::iter::from_fn(|| c.next_event()).collect()
+        };
+        assert_eq!(all.len() as u64, g.end_offset(1).unwrap());
+        for at in [0usize, 1, 17, all.len() / 2, all.len() - 1] {
+            let mut c = g.cursor(1, at as u64);
+            assert_eq!(c.next_event().as_ref(), Some(&all[at]));
+        }
+        assert!(g.cursor(1, all.len() as u64).next_event().is_none());
+    }
+
+    #[test]
+    fn hosts_stay_on_their_partition_and_the_rate_holds() {
+        let g = Arc::new(Generator::new(spec()));
+        let mut total = 0;
+        for p in 0..4 {
+            let mut c = g.cursor(p, 0);
+            while let Some(e) = c.next_event() {
+                assert_eq!(partition_of(&e.host, 4), p);
+                total += 1;
+            }
+        }
+        // 120 s at 300/s, the diurnal factor within ±50% and spikes/drops on top.
+        assert!((10_000..80_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn count_limits_the_merged_order() {
+        let g = Arc::new(Generator::new(GeneratorSpec { count: Some(1234), ..spec() }));
+        let sum: u64 = (0..4).map(|p| g.end_offset(p).unwrap()).sum();
+        assert_eq!(sum, 1234);
+    }
+
+    #[test]
+    fn every_format_parses_back() {
+        let g = Arc::new(Generator::new(spec()));
+        let mut c = g.cursor(0, 0);
+        for _ in 0..500 {
+            let e = c.next_event().unwrap();
+            for f in [Format::Json, Format::Combined, Format::VhostCombined] {
+                let mut line = Vec::new();
+                write_line(&mut line, &e, f);
+                let back = parse_line(f, &line, &e.host).unwrap_or_else(|err| {
+                    panic!("{f}: {} on {}", err.detail, String::from_utf8_lossy(&line))
+                });
+                assert_eq!(back.host, e.host);
+                assert_eq!(back.status, e.status);
+                assert_eq!(back.latency_ms, e.latency_ms);
+                let ts = if f == Format::Json { e.ts_ms } else { e.ts_ms - e.ts_ms % 1000 };
+                assert_eq!(back.ts_ms, ts);
+            }
+        }
+    }
+}

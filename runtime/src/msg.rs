@@ -1,0 +1,231 @@
+//! Every message the actors exchange, and the names they register under. Actors hold
+//! `ActorRef<FooMsg>` of these types and never import one another.
+//!
+//! Sends go through [`tell`] and [`ask`], which keep the per-actor-kind mailbox-depth gauge
+//! (ractor does not expose queue lengths) and put a timeout on every call.
+
+use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
+use crate::checkpoint::{OpenWindows, PartitionTotals, Publication};
+use crate::event::Event;
+use crate::telemetry::ActorKind;
+use ractor::{ActorRef, Message, RpcReplyPort};
+use ractor_cluster_derive::RactorMessage;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Timeout of every actor call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn owner_name(partition: u32) -> String {
+    format!("wtm.owner.{partition}")
+}
+pub fn shard_name(shard: usize) -> String {
+    format!("wtm.window.{shard}")
+}
+pub const ARCHIVER_NAME: &str = "wtm.archiver";
+pub const DETECTOR_NAME: &str = "wtm.detector";
+pub const SUPERVISOR_NAME: &str = "wtm.supervisor";
+
+/// Window shard of a host (FNV-1a, stable across runs and nodes).
+pub fn shard_of(host: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Look up a registered actor by name.
+pub fn lookup<M: Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name.to_owned()).map(ActorRef::from)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0} is not running")]
+    Gone(String),
+    #[error("call to {0} timed out or was dropped")]
+    NoReply(String),
+}
+
+/// Cast, counting the message in the receiver kind's mailbox depth.
+pub fn tell<M: Message>(to: &ActorRef<M>, kind: ActorKind, msg: M) -> Result<(), SendError> {
+    kind.enqueued();
+    to.cast(msg).map_err(|_| {
+        kind.dequeued();
+        SendError::Gone(kind.as_str().into())
+    })
+}
+
+/// Call with the standard timeout, counting the message in the mailbox depth.
+pub async fn ask<M: Message, R: Send + 'static>(
+    to: &ActorRef<M>,
+    kind: ActorKind,
+    build: impl FnOnce(RpcReplyPort<R>) -> M,
+) -> Result<R, SendError> {
+    kind.enqueued();
+    match to.call(build, Some(CALL_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
+        Ok(_) => Err(SendError::NoReply(kind.as_str().into())),
+        Err(_) => {
+            kind.dequeued();
+            Err(SendError::Gone(kind.as_str().into()))
+        }
+    }
+}
+
+// ---- window shards ----------------------------------------------------------------------------
+
+/// Events of one partition for one shard; every event is on time (lateness decided upstream).
+#[derive(Debug)]
+pub struct EventBatch {
+    pub partition: u32,
+    pub events: Vec<Event>,
+}
+
+/// Close the partition's windows the watermark has passed and snapshot the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct CutRequest {
+    pub partition: u32,
+    pub watermark_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct CutResult {
+    pub closed: Vec<ClosedWindow>,
+    /// Encoded [`OpenWindows`] (empty when the shard holds none for the partition).
+    pub open: Vec<u8>,
+}
+
+/// Windows overlapping `[from_ms, to_ms)`, for one host or all.
+#[derive(Debug, Clone)]
+pub struct WindowQuery {
+    pub host: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+#[derive(RactorMessage)]
+pub enum WindowMsg {
+    Apply(EventBatch),
+    Cut(CutRequest, RpcReplyPort<CutResult>),
+    /// Replace the partition's open windows (restore from a checkpoint).
+    Reset(u32, OpenWindows),
+    /// Open windows for the API.
+    Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
+}
+
+// ---- partition owners -------------------------------------------------------------------------
+
+/// One partition as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub watermark_ms: Option<i64>,
+    pub max_event_ms: Option<i64>,
+    pub finished: bool,
+    pub totals: PartitionTotals,
+}
+
+#[derive(RactorMessage)]
+pub enum OwnerMsg {
+    /// Read and route the next batch from the source.
+    Poll,
+    /// Cut windows, commit the checkpoint, publish.
+    Checkpoint,
+    /// Drop in-flight state and restore from the checkpoint (a window shard restarted).
+    Rewind,
+    Status(RpcReplyPort<PartitionStatus>),
+}
+
+// ---- archiver ---------------------------------------------------------------------------------
+
+#[derive(RactorMessage)]
+pub enum ArchiverMsg {
+    /// Write a committed publication to the lake; replies once the files are durable.
+    Publish(Box<Publication>, RpcReplyPort<Result<(), String>>),
+    /// Closed windows from the recent-history store, for the API.
+    Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
+}
+
+// ---- detector ---------------------------------------------------------------------------------
+
+/// The per-window values the detector models.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WindowPoint {
+    pub start_ms: i64,
+    pub requests: f64,
+    pub error_rate: f64,
+    pub latency_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub host: String,
+    /// `requests`, `error_rate` or `latency_p99_ms`.
+    pub metric: String,
+    pub window_start_ms: i64,
+    pub observed: f64,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+    /// Robust z-score of the observation against the host's recent history.
+    pub score: f64,
+    /// `traffic_spike`, `traffic_drop`, `error_burst` or `latency_degradation`.
+    pub kind: String,
+    /// What produced `expected`: `baseline` (median/MAD) or `ets` / `mstl` (augurs).
+    pub model: String,
+}
+
+/// A fitted forecast for one (host, metric): intervals for the windows after `from_ms`.
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    pub host: String,
+    pub metric: usize,
+    pub model: &'static str,
+    pub first_start_ms: i64,
+    pub point: Vec<f64>,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnomalyQuery {
+    pub host: Option<String>,
+    pub since_ms: i64,
+}
+
+#[derive(RactorMessage)]
+pub enum DetectorMsg {
+    Observe(String, WindowPoint),
+    /// A model fit finished off the actor (spawn_blocking).
+    Fitted(Vec<Forecast>),
+    Anomalies(AnomalyQuery, RpcReplyPort<Vec<Anomaly>>),
+}
+
+// ---- supervisor -------------------------------------------------------------------------------
+
+/// A supervised child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ChildId {
+    Archiver,
+    Detector,
+    Shard(usize),
+    Owner(u32),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildStatus {
+    pub child: String,
+    pub running: bool,
+    pub restarts: u32,
+}
+
+#[derive(RactorMessage)]
+pub enum SupervisorMsg {
+    /// Start a child again (sent to self once its backoff has elapsed).
+    Restart(ChildId),
+    Status(RpcReplyPort<Vec<ChildStatus>>),
+}

@@ -1,0 +1,256 @@
+//! Mergeable sketches: latency quantiles (DDSketch), distinct clients (HyperLogLog++) and top-K
+//! (Space-Saving).
+//!
+//! DDSketch and HLL++ come from well-kept crates. Top-K is written here: the crates on offer
+//! either cannot merge two summaries or cannot serialize them, and both are needed (per-partition
+//! windows merge at read time; open windows are checkpointed).
+
+use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config, DDSketch};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+/// Relative accuracy of latency quantiles.
+pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
+/// HLL++ precision: standard error 1.04/sqrt(2^14) ≈ 0.81%, so ≤ 2% at 10⁶ distinct is > 2σ.
+pub const HLL_PRECISION: u8 = 14;
+
+/// Latency distribution with relative-error quantiles.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Quantiles(DDSketch);
+
+impl Default for Quantiles {
+    fn default() -> Self {
+        Quantiles(DDSketch::new(Config::new(QUANTILE_RELATIVE_ERROR, 2048, 1e-3)))
+    }
+}
+
+impl std::fmt::Debug for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Quantiles(n={})", self.0.count())
+    }
+}
+
+impl Quantiles {
+    pub fn add(&mut self, v: f64) {
+        self.0.add(v)
+    }
+    pub fn merge(&mut self, other: &Quantiles) {
+        // Both sides use the same config, the only case in which merge can fail.
+        let _ = self.0.merge(&other.0);
+    }
+    pub fn count(&self) -> u64 {
+        self.0.count() as u64
+    }
+    /// The q-quantile, or None when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.0.quantile(q).ok().flatten()
+    }
+    pub fn max(&self) -> Option<f64> {
+        self.0.max()
+    }
+}
+
+/// A fixed, serializable hasher for HLL: the sketch outlives the process (checkpoints, lake), so
+/// the hash function must not change between runs. FNV-1a, then a 64-bit finalizer (murmur3's
+/// fmix64) so that the high bits HLL reads are well mixed.
+#[derive(Clone, Copy, Default, Debug, Serialize, Deserialize)]
+pub struct StableHash;
+
+pub struct StableHasher(u64);
+
+impl Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl BuildHasher for StableHash {
+    type Hasher = StableHasher;
+    fn build_hasher(&self) -> StableHasher {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+/// Approximate count of distinct values.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Distinct(HyperLogLogPlus<String, StableHash>);
+
+impl Default for Distinct {
+    fn default() -> Self {
+        Distinct(HyperLogLogPlus::new(HLL_PRECISION, StableHash).expect("precision 14 is valid"))
+    }
+}
+
+impl std::fmt::Debug for Distinct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Distinct")
+    }
+}
+
+impl Distinct {
+    pub fn insert(&mut self, v: &str) {
+        self.0.insert(v)
+    }
+    pub fn merge(&mut self, other: &Distinct) {
+        // Same precision on both sides, the only case in which merge can fail.
+        let _ = self.0.merge(&other.0);
+    }
+    /// The estimate; takes `&mut` because HLL++ folds its sparse buffer in lazily.
+    pub fn estimate(&mut self) -> u64 {
+        self.0.count().round() as u64
+    }
+}
+
+/// Space-Saving heavy hitters: keeps at most `capacity` keys; a reported count over-estimates
+/// the true count by at most `error` (≤ total / capacity).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopK {
+    capacity: u32,
+    counts: HashMap<String, (u64, u64)>,
+}
+
+impl TopK {
+    pub fn with_capacity(capacity: u32) -> Self {
+        TopK {
+            capacity: capacity.max(1),
+            counts: HashMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, key: &str) {
+        self.insert_n(key, 1);
+    }
+
+    fn insert_n(&mut self, key: &str, n: u64) {
+        if let Some(c) = self.counts.get_mut(key) {
+            c.0 += n;
+            return;
+        }
+        if self.counts.len() < self.capacity as usize {
+            self.counts.insert(key.to_owned(), (n, 0));
+            return;
+        }
+        // Evict the smallest: the newcomer inherits its count as error (Space-Saving).
+        let (victim, (min, _)) = self
+            .counts
+            .iter()
+            .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.0.cmp(a.0)))
+            .map(|(k, v)| (k.clone(), *v))
+            .expect("capacity ≥ 1, so a full map is non-empty");
+        self.counts.remove(&victim);
+        self.counts.insert(key.to_owned(), (min + n, min));
+    }
+
+    /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
+    pub fn merge(&mut self, other: &TopK) {
+        for (k, (c, e)) in &other.counts {
+            let entry = self.counts.entry(k.clone()).or_insert((0, 0));
+            entry.0 += c;
+            entry.1 += e;
+        }
+        let cap = self.capacity.max(other.capacity) as usize;
+        self.capacity = cap as u32;
+        if self.counts.len() > cap {
+            let mut all: Vec<_> = self.counts.drain().collect();
+            all.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+            all.truncate(cap);
+            self.counts = all.into_iter().collect();
+        }
+    }
+
+    /// The `k` largest, by count then key, with their (upper-bound) counts.
+    pub fn top(&self, k: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<_> = self.counts.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+        sorted[((sorted.len() - 1) as f64 * q).floor() as usize]
+    }
+
+    proptest! {
+        #[test]
+        fn merged_quantiles_stay_within_relative_error(
+            a in proptest::collection::vec(0.5f64..60_000.0, 1..400),
+            b in proptest::collection::vec(0.5f64..60_000.0, 1..400),
+        ) {
+            let (mut sa, mut sb) = (Quantiles::default(), Quantiles::default());
+            a.iter().for_each(|v| sa.add(*v));
+            b.iter().for_each(|v| sb.add(*v));
+            sa.merge(&sb);
+            let mut all: Vec<f64> = a.iter().chain(b.iter()).copied().collect();
+            all.sort_by(f64::total_cmp);
+            prop_assert_eq!(sa.count(), all.len() as u64);
+            for q in [0.5, 0.9, 0.95, 0.99] {
+                let est = sa.quantile(q).unwrap();
+                let truth = exact_quantile(&all, q);
+                prop_assert!((est - truth).abs() <= truth * QUANTILE_RELATIVE_ERROR * 1.0001,
+                    "q={} est={} truth={}", q, est, truth);
+            }
+        }
+
+        #[test]
+        fn topk_merge_counts_exact_when_under_capacity(
+            a in proptest::collection::vec(0u8..20, 0..300),
+            b in proptest::collection::vec(0u8..20, 0..300),
+        ) {
+            let (mut ta, mut tb) = (TopK::with_capacity(32), TopK::with_capacity(32));
+            a.iter().for_each(|v| ta.insert(&v.to_string()));
+            b.iter().for_each(|v| tb.insert(&v.to_string()));
+            ta.merge(&tb);
+            let mut truth: HashMap<String, u64> = HashMap::new();
+            for v in a.iter().chain(b.iter()) { *truth.entry(v.to_string()).or_default() += 1; }
+            for (k, c) in ta.top(100) { prop_assert_eq!(truth[&k], c); }
+        }
+
+        #[test]
+        fn topk_overestimates_by_at_most_n_over_capacity(
+            keys in proptest::collection::vec((0u32..500).prop_map(|v| v * v / 500), 1..2000),
+        ) {
+            let mut t = TopK::with_capacity(50);
+            keys.iter().for_each(|v| t.insert(&v.to_string()));
+            let mut truth: HashMap<String, u64> = HashMap::new();
+            for v in &keys { *truth.entry(v.to_string()).or_default() += 1; }
+            let bound = keys.len() as u64 / 50;
+            for (k, c) in t.top(10) {
+                let real = truth[&k];
+                prop_assert!(c >= real && c - real <= bound, "{} {} {}", k, c, real);
+            }
+        }
+    }
+
+    #[test]
+    fn hll_within_two_percent_at_a_million_and_merges() {
+        let (mut a, mut b) = (Distinct::default(), Distinct::default());
+        for i in 0..1_000_000u32 {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            if i % 2 == 0 { a.insert(&ip) } else { b.insert(&ip) }
+            // overlap: every tenth value goes to both sides
+            if i % 10 == 0 { b.insert(&ip) }
+        }
+        a.merge(&b);
+        let est = a.estimate() as f64;
+        assert!((est - 1e6).abs() / 1e6 <= 0.02, "estimate {est}");
+    }
+}

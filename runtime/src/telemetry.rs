@@ -1,0 +1,173 @@
+//! Metrics: the one place each metric is defined. OpenTelemetry instruments, exported in the
+//! Prometheus text format at `/metrics`. Labels are bounded: actor kind, partition, reason, table,
+//! metric; never a monitored host or path.
+
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+
+/// Actor kinds, the label of the per-actor metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    PartitionOwner,
+    Window,
+    Archiver,
+    Detector,
+    Supervisor,
+}
+
+static DEPTHS: [AtomicI64; 5] = [const { AtomicI64::new(0) }; 5];
+
+impl ActorKind {
+    pub const ALL: [ActorKind; 5] = [
+        ActorKind::PartitionOwner,
+        ActorKind::Window,
+        ActorKind::Archiver,
+        ActorKind::Detector,
+        ActorKind::Supervisor,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::PartitionOwner => "partition_owner",
+            ActorKind::Window => "window",
+            ActorKind::Archiver => "archiver",
+            ActorKind::Detector => "detector",
+            ActorKind::Supervisor => "supervisor",
+        }
+    }
+    pub fn enqueued(self) {
+        DEPTHS[self as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dequeued(self) {
+        DEPTHS[self as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn depth(self) -> i64 {
+        DEPTHS[self as usize].load(Ordering::Relaxed).max(0)
+    }
+}
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    pub events: Counter<u64>,
+    pub invalid: Counter<u64>,
+    pub late: Counter<u64>,
+    pub watermark_lag: Gauge<f64>,
+    pub source_offset: Gauge<u64>,
+    pub handle_seconds: Histogram<f64>,
+    pub restarts: Counter<u64>,
+    pub checkpoint_seconds: Histogram<f64>,
+    pub checkpoint_bytes: Histogram<u64>,
+    pub lake_files: Counter<u64>,
+    pub lake_bytes: Counter<u64>,
+    pub lake_errors: Counter<u64>,
+    pub windows_closed: Counter<u64>,
+    pub anomalies: Counter<u64>,
+    pub api_requests: Counter<u64>,
+}
+
+impl Metrics {
+    pub fn global() -> &'static Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(Metrics::new)
+    }
+
+    fn new() -> Metrics {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .without_units()
+            .build()
+            .expect("a fresh registry accepts the exporter");
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let m: Meter = provider.meter("wtm");
+        let secs = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+        m.i64_observable_gauge("wtm_actor_mailbox_depth")
+            .with_description("Messages waiting in actor mailboxes, by actor kind")
+            .with_callback(|g| {
+                for k in ActorKind::ALL {
+                    g.observe(k.depth(), &[KeyValue::new("actor", k.as_str())]);
+                }
+            })
+            .build();
+        Metrics {
+            events: m.u64_counter("wtm_events").with_description("Records read, by partition").build(),
+            invalid: m
+                .u64_counter("wtm_invalid")
+                .with_description("Malformed records (dead-lettered), by partition and reason")
+                .build(),
+            late: m
+                .u64_counter("wtm_late_events")
+                .with_description("Events after their window closed (kept in the late output), by partition")
+                .build(),
+            watermark_lag: m
+                .f64_gauge("wtm_watermark_lag_seconds")
+                .with_description("Wall clock minus the partition's watermark")
+                .build(),
+            source_offset: m
+                .u64_gauge("wtm_source_offset")
+                .with_description("Next source offset of each partition")
+                .build(),
+            handle_seconds: m
+                .f64_histogram("wtm_actor_handle_seconds")
+                .with_description("Time an actor spends handling one message, by actor kind")
+                .with_boundaries(secs.clone())
+                .build(),
+            restarts: m
+                .u64_counter("wtm_actor_restarts")
+                .with_description("Supervised restarts, by actor kind")
+                .build(),
+            checkpoint_seconds: m
+                .f64_histogram("wtm_checkpoint_duration_seconds")
+                .with_description("Cut, commit and publish of one partition checkpoint")
+                .with_boundaries(secs)
+                .build(),
+            checkpoint_bytes: m
+                .u64_histogram("wtm_checkpoint_size_bytes")
+                .with_description("Encoded size of one partition checkpoint")
+                .with_boundaries(vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8])
+                .build(),
+            lake_files: m.u64_counter("wtm_lake_files").with_description("Lake files written").build(),
+            lake_bytes: m.u64_counter("wtm_lake_bytes").with_description("Lake bytes written").build(),
+            lake_errors: m
+                .u64_counter("wtm_lake_write_errors")
+                .with_description("Failed lake writes (retried)")
+                .build(),
+            windows_closed: m
+                .u64_counter("wtm_windows_closed")
+                .with_description("(host, window, partition) aggregates closed")
+                .build(),
+            anomalies: m.u64_counter("wtm_anomalies").with_description("Anomalies raised, by metric").build(),
+            api_requests: m
+                .u64_counter("wtm_api_requests")
+                .with_description("API requests, by route and status")
+                .build(),
+            registry,
+            _provider: provider,
+        }
+    }
+
+    /// Record that an actor of `kind` handled one message that took `secs`.
+    pub fn handled(&self, kind: ActorKind, secs: f64) {
+        kind.dequeued();
+        self.handle_seconds.record(secs, &[KeyValue::new("actor", kind.as_str())]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = prometheus::Encoder::encode(&enc, &self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+pub fn partition_label(p: u32) -> KeyValue {
+    KeyValue::new("partition", p.to_string())
+}
