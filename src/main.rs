@@ -1,1 +1,286 @@
-fn main() {}
+//! `wtm`: the command line. Parsing, config and wiring only; the work lives in the crates.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ractor::Actor;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use wtm_actors::supervisor::{SupervisorActor, SupervisorArgs};
+use wtm_runtime::checkpoint::CheckpointStore;
+use wtm_runtime::config::Config;
+use wtm_runtime::event::Format;
+use wtm_runtime::generator::{Generator, GeneratorSpec};
+use wtm_runtime::lake::Lake;
+use wtm_runtime::msg::SUPERVISOR_NAME;
+use wtm_runtime::time::{now_ms, parse_rfc3339};
+
+/// Real-time web-traffic monitoring: access logs in, per-site insight, anomalies and a Parquet lake out.
+#[derive(Parser)]
+#[command(name = "wtm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: sources → windows → lake, detector and HTTP API.
+    Run(RunArgs),
+    /// Generate realistic access-log traffic (deterministic for a seed).
+    Generate(GenerateArgs),
+    /// Print the effective configuration (defaults, file, WTM__ environment) as TOML.
+    Config {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config file (keys as printed by `wtm config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// API listen address (overrides node.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory for checkpoints and the default lake (overrides node.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of sites.
+    #[arg(long, default_value_t = 50)]
+    hosts: usize,
+    /// Mean events per second over all sites.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this much event time: seconds, or with a unit (90s, 10m, 2h, 1d).
+    #[arg(long, value_parser = parse_duration_s)]
+    duration: Option<u64>,
+    /// Event-time origin, RFC 3339 [default: 2026-01-01T00:00:00Z, or now with --realtime].
+    #[arg(long)]
+    start: Option<String>,
+    /// Pace output to the wall clock (otherwise as fast as possible).
+    #[arg(long)]
+    realtime: bool,
+    #[arg(long, default_value = "json")]
+    format: Format,
+    /// Output file [default: stdout].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the injected anomalies here, one JSON object per line.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Number of injected anomalies (spike, drop, 5xx burst, latency degradation, in turn).
+    #[arg(long, default_value_t = 0)]
+    anomalies: usize,
+    /// Share of lines written malformed (truncated), to exercise dead-lettering.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_share: f64,
+    /// Partitions the hosts are keyed over (as a node with the same setting reads them).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a duration such as 600, 90s, 10m, 2h or 1d"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Generate(args) => generate(args),
+        Command::Config { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    if a.count.is_none() && a.duration.is_none() && !a.realtime {
+        bail!("give --count or --duration (an endless stream needs --realtime)");
+    }
+    if a.rate <= 0.0 || !a.rate.is_finite() || a.hosts == 0 || a.partitions == 0 {
+        bail!("--rate, --hosts and --partitions must be positive");
+    }
+    if !(0.0..=1.0).contains(&a.malformed_share) {
+        bail!("--malformed-share must be between 0 and 1");
+    }
+    let start_ms = match &a.start {
+        Some(s) => {
+            parse_rfc3339(s).with_context(|| format!("--start {s:?} is not an RFC 3339 time"))?
+        }
+        None if a.realtime => now_ms() / 1000 * 1000,
+        None => parse_rfc3339("2026-01-01T00:00:00Z").expect("valid constant"),
+    };
+    let g = Arc::new(Generator::new(GeneratorSpec {
+        seed: a.seed,
+        hosts: a.hosts,
+        rate: a.rate,
+        start_ms,
+        partitions: a.partitions,
+        anomalies: a.anomalies,
+        malformed_share: a.malformed_share,
+        duration_ms: a.duration.map(|d| d as i64 * 1000),
+        count: a.count,
+    }));
+    if let Some(path) = &a.labels {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        for l in g.anomalies() {
+            serde_json::to_writer(&mut f, l)?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+    }
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout().lock(),
+        )),
+    };
+    // Second by second, partition by partition: the order `--count` is defined over.
+    let mut cursors: Vec<_> = (0..a.partitions).map(|p| (p, g.cursor(p, 0))).collect();
+    let mut line = Vec::with_capacity(512);
+    while let Some(s) = cursors
+        .iter_mut()
+        .filter_map(|(_, c)| c.next_second())
+        .min()
+    {
+        if a.realtime {
+            let wait = start_ms + (s + 1) * 1000 - now_ms();
+            if wait > 0 {
+                out.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+            }
+        }
+        for (p, c) in cursors.iter_mut() {
+            while c.next_second() == Some(s) {
+                let offset = c.offset();
+                let Some(e) = c.next_event() else { break };
+                line.clear();
+                g.render(*p, offset, &e, a.format, &mut line);
+                if let Err(err) = out.write_all(&line) {
+                    if err.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(l) = a.listen {
+        cfg.node.listen = l;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.node.data_dir = d;
+    }
+    cfg.validate()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(node(Arc::new(cfg)))
+}
+
+async fn node(cfg: Arc<Config>) -> Result<()> {
+    std::fs::create_dir_all(&cfg.node.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.node.data_dir.display()))?;
+    let store = CheckpointStore::open(&cfg.node.data_dir.join("checkpoints"))?;
+    let start_ms = match &cfg.source.start {
+        Some(s) => parse_rfc3339(s).expect("validated"),
+        // Remembered, so a restarted node resumes the same event-time stream.
+        None => store.meta_i64("generator_start_ms", || now_ms() / 1000 * 1000)?,
+    };
+    let generator = Arc::new(Generator::new(cfg.generator_spec(start_ms)));
+    let lake = Lake::new(cfg.lake_path());
+    let listener = tokio::net::TcpListener::bind(&cfg.node.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (node.listen)", cfg.node.listen))?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let args = SupervisorArgs {
+        config: Arc::clone(&cfg),
+        generator,
+        store,
+        lake,
+    };
+    let (sup, sup_done) = Actor::spawn(Some(SUPERVISOR_NAME.into()), SupervisorActor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
+    let app = wtm_api::routes(wtm_api::ApiContext {
+        partitions: cfg.source.partitions,
+        shards: cfg.window.shards,
+        window_ms: cfg.window_spec().size_ms,
+        default_windows: 60,
+    });
+    tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %cfg.lake_path().display(), "wtm node running; API docs at http://{addr}/docs");
+    let server = poem::Server::new(poem::listener::TcpListener::bind(addr.to_string()));
+    let shutdown = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            _ = terminate() => tracing::info!("terminated; stopping"),
+        }
+    };
+    let mut sup_done = sup_done;
+    tokio::select! {
+        r = server.run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(5))) => {
+            r.context("API server failed")?;
+            sup.stop(None);
+            let _ = (&mut sup_done).await;
+            Ok(())
+        }
+        _ = &mut sup_done => bail!("the supervisor stopped (restart budget exhausted); see the log"),
+    }
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}

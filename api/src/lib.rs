@@ -1,1 +1,571 @@
 //! # Layout
+//!
+//! The node's HTTP API: poem + poem-openapi. [`routes`] builds the whole app: the `/v1` JSON API
+//! (OpenAPI document at `/openapi.json`, Swagger UI at `/docs`), health probes and `/metrics`.
+//! Handlers talk to actors only through `wtm_runtime::msg` (looked up by registered name) and
+//! merge what they get back: closed windows from the archiver, open ones from the window shards.
+
+mod model;
+
+use model::*;
+use poem::middleware::Cors;
+use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::types::ToJSON;
+use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
+use std::collections::BTreeMap;
+use wtm_runtime::agg::WindowAgg;
+use wtm_runtime::msg::{
+    ask, lookup, owner_name, shard_name, AnomalyQuery, ArchiverMsg, DetectorMsg, HostTotals,
+    OwnerMsg, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+};
+use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
+use wtm_runtime::time::{format_rfc3339, now_ms, parse_rfc3339};
+
+/// What the API needs to know about the node it serves.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub partitions: u32,
+    pub shards: usize,
+    pub window_ms: i64,
+    /// Windows the default range of a series covers.
+    pub default_windows: i64,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ErrorBody {
+    /// What was wrong with the request.
+    pub error: String,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+pub enum Reply<T: ToJSON> {
+    #[oai(status = 200)]
+    Ok(Json<T>),
+    /// A parameter is malformed or out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No such host.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The node could not answer (an actor is restarting).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn bad_request<T: ToJSON>(err: poem::Error) -> Reply<T> {
+    Reply::BadRequest(Json(ErrorBody {
+        error: err.to_string(),
+    }))
+}
+
+fn bad<T: ToJSON>(msg: impl Into<String>) -> Reply<T> {
+    Reply::BadRequest(Json(ErrorBody { error: msg.into() }))
+}
+
+fn unavailable<T: ToJSON>(msg: impl std::fmt::Display) -> Reply<T> {
+    Reply::Unavailable(Json(ErrorBody {
+        error: msg.to_string(),
+    }))
+}
+
+fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => parse_rfc3339(s).map(Some).ok_or_else(|| {
+            format!("`{name}` must be an RFC 3339 time such as 2026-01-01T00:00:00Z, got {s:?}")
+        }),
+    }
+}
+
+enum RangeError {
+    Bad(String),
+    Unavailable(String),
+}
+
+impl RangeError {
+    fn reply<T: ToJSON>(self) -> Reply<T> {
+        match self {
+            RangeError::Bad(e) => bad(e),
+            RangeError::Unavailable(e) => unavailable(e),
+        }
+    }
+}
+
+struct Api {
+    ctx: ApiContext,
+}
+
+/// One merged window of one host.
+struct Merged {
+    agg: WindowAgg,
+    all_final: bool,
+}
+
+impl Api {
+    /// Every window of `host` in [from, to): closed ones from the archiver, open ones from the
+    /// shards, merged over partitions.
+    async fn windows_of(
+        &self,
+        host: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<BTreeMap<i64, Merged>, String> {
+        let q = WindowQuery {
+            host: Some(host.to_owned()),
+            from_ms,
+            to_ms,
+        };
+        let mut out: BTreeMap<i64, Merged> = BTreeMap::new();
+        let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+        let closed = ask(&archiver, ActorKind::Archiver, |r| {
+            ArchiverMsg::Windows(q.clone(), r)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for w in closed {
+            let m = out.entry(w.key.start_ms).or_insert_with(|| Merged {
+                agg: WindowAgg::default(),
+                all_final: true,
+            });
+            m.agg.merge(&w.agg);
+        }
+        let shard = lookup::<WindowMsg>(&shard_name(wtm_runtime::msg::shard_of(
+            host,
+            self.ctx.shards,
+        )))
+        .ok_or("window shard is restarting")?;
+        let open = ask(&shard, ActorKind::Window, |r| {
+            WindowMsg::Query(q.clone(), r)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for (key, agg) in open {
+            let m = out.entry(key.start_ms).or_insert_with(|| Merged {
+                agg: WindowAgg::default(),
+                all_final: true,
+            });
+            m.agg.merge(&agg);
+            m.all_final = false;
+        }
+        Ok(out)
+    }
+
+    /// Totals per host: closed (newest `n` windows) plus open windows.
+    async fn host_totals(&self, n: usize) -> Result<BTreeMap<String, HostTotals>, String> {
+        let mut by_host: BTreeMap<String, HostTotals> = BTreeMap::new();
+        let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+        let mut all = ask(&archiver, ActorKind::Archiver, |r| {
+            ArchiverMsg::Totals(n, r)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for i in 0..self.ctx.shards {
+            let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
+            all.extend(
+                ask(&shard, ActorKind::Window, WindowMsg::Totals)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        for t in all {
+            let e = by_host.entry(t.host.clone()).or_insert_with(|| HostTotals {
+                host: t.host.clone(),
+                ..Default::default()
+            });
+            if e.windows == 0 {
+                *e = t;
+            } else {
+                e.windows += t.windows;
+                e.requests += t.requests;
+                e.bytes += t.bytes;
+                e.status_5xx += t.status_5xx;
+                e.first_start_ms = e.first_start_ms.min(t.first_start_ms);
+                e.last_start_ms = e.last_start_ms.max(t.last_start_ms);
+            }
+        }
+        Ok(by_host)
+    }
+
+    async fn partitions(&self) -> Result<Vec<PartitionStatus>, String> {
+        let mut out = Vec::new();
+        for p in 0..self.ctx.partitions {
+            let owner = lookup::<OwnerMsg>(&owner_name(p))
+                .ok_or_else(|| format!("partition {p} is restarting"))?;
+            out.push(
+                ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Resolve `from`/`to`; without them, the newest `default_windows` windows of the host.
+    async fn range(
+        &self,
+        host: &str,
+        from: &Option<String>,
+        to: &Option<String>,
+    ) -> Result<(i64, i64), RangeError> {
+        let from_ms = parse_time("from", from).map_err(RangeError::Bad)?;
+        let to_ms = parse_time("to", to).map_err(RangeError::Bad)?;
+        if let (Some(f), Some(t)) = (from_ms, to_ms) {
+            if f >= t {
+                return Err(RangeError::Bad(format!(
+                    "`from` ({}) must be before `to` ({})",
+                    format_rfc3339(f),
+                    format_rfc3339(t)
+                )));
+            }
+        }
+        let (from_ms, to_ms) = match (from_ms, to_ms) {
+            (Some(f), Some(t)) => (f, t),
+            (Some(f), None) => (f, i64::MAX),
+            (f, t) => {
+                let to = t.unwrap_or(i64::MAX);
+                let newest = self
+                    .windows_of(host, i64::MIN, to)
+                    .await
+                    .map_err(RangeError::Unavailable)?
+                    .keys()
+                    .next_back()
+                    .copied();
+                let span = self.ctx.default_windows * self.ctx.window_ms;
+                (
+                    f.unwrap_or_else(|| newest.map_or(i64::MIN, |n| n + self.ctx.window_ms - span)),
+                    to,
+                )
+            }
+        };
+        Ok((from_ms, to_ms))
+    }
+}
+
+fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
+    let s = m.agg.finalize();
+    WindowOut {
+        start: format_rfc3339(start),
+        end: format_rfc3339(start + window_ms),
+        requests: s.requests,
+        bytes: s.bytes,
+        status: StatusClasses {
+            s1xx: s.status_class[0],
+            s2xx: s.status_class[1],
+            s3xx: s.status_class[2],
+            s4xx: s.status_class[3],
+            s5xx: s.status_class[4],
+        },
+        error_rate: s.error_rate,
+        latency_ms: Latency {
+            p50: s.latency_p50,
+            p90: s.latency_p90,
+            p95: s.latency_p95,
+            p99: s.latency_p99,
+            max: s.latency_max,
+        },
+        unique_clients: s.unique_clients,
+        bots: s.bots,
+        is_final: m.all_final,
+    }
+}
+
+#[OpenApi]
+impl Api {
+    /// The monitored sites, with totals over their most recent windows.
+    #[oai(path = "/v1/hosts", method = "get")]
+    async fn hosts(&self, windows: Query<Option<u32>>) -> Reply<HostsOut> {
+        let n = windows.0.unwrap_or(60);
+        if !(1..=10_000).contains(&n) {
+            return bad(format!("`windows` must be in 1..=10000, got {n}"));
+        }
+        match self.host_totals(n as usize).await {
+            Ok(t) => Reply::Ok(Json(HostsOut {
+                hosts: t
+                    .into_values()
+                    .map(|t| HostOut {
+                        error_rate: if t.requests == 0 {
+                            0.0
+                        } else {
+                            t.status_5xx as f64 / t.requests as f64
+                        },
+                        host: t.host,
+                        windows: t.windows,
+                        requests: t.requests,
+                        bytes: t.bytes,
+                        first_window_start: format_rfc3339(t.first_start_ms),
+                        last_window_start: format_rfc3339(t.last_start_ms),
+                    })
+                    .collect(),
+            })),
+            Err(e) => unavailable(e),
+        }
+    }
+
+    /// The window series of one site. Without `from`/`to`: its newest windows.
+    #[oai(path = "/v1/hosts/:host/windows", method = "get")]
+    async fn windows(
+        &self,
+        host: Path<String>,
+        from: Query<Option<String>>,
+        to: Query<Option<String>>,
+    ) -> Reply<WindowSeries> {
+        let (from_ms, to_ms) = match self.range(&host, &from, &to).await {
+            Ok(r) => r,
+            Err(e) => return e.reply(),
+        };
+        let all = match self.windows_of(&host, i64::MIN, i64::MAX).await {
+            Ok(w) => w,
+            Err(e) => return unavailable(e),
+        };
+        if all.is_empty() {
+            return Reply::NotFound(Json(ErrorBody {
+                error: format!("unknown host {:?}", host.0),
+            }));
+        }
+        let w = self.ctx.window_ms;
+        let from = from_ms.saturating_sub(from_ms.rem_euclid(w));
+        let windows = if from < to_ms {
+            all.range(from..to_ms)
+                .map(|(s, m)| window_out(*s, w, m))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Reply::Ok(Json(WindowSeries {
+            host: host.0,
+            windows,
+        }))
+    }
+
+    /// Top-K of one dimension of a site's traffic over a range (default: its newest windows).
+    #[oai(path = "/v1/hosts/:host/top", method = "get")]
+    async fn top(
+        &self,
+        host: Path<String>,
+        dimension: Query<Dimension>,
+        k: Query<Option<u32>>,
+        from: Query<Option<String>>,
+        to: Query<Option<String>>,
+    ) -> Reply<TopOut> {
+        let k = k.0.unwrap_or(10);
+        if !(1..=wtm_runtime::agg::TOP_K_CAPACITY).contains(&k) {
+            return bad(format!(
+                "`k` must be in 1..={}, got {k}",
+                wtm_runtime::agg::TOP_K_CAPACITY
+            ));
+        }
+        let (from_ms, to_ms) = match self.range(&host, &from, &to).await {
+            Ok(r) => r,
+            Err(e) => return e.reply(),
+        };
+        let all = match self.windows_of(&host, i64::MIN, i64::MAX).await {
+            Ok(w) => w,
+            Err(e) => return unavailable(e),
+        };
+        if all.is_empty() {
+            return Reply::NotFound(Json(ErrorBody {
+                error: format!("unknown host {:?}", host.0),
+            }));
+        }
+        let w = self.ctx.window_ms;
+        let mut agg = WindowAgg::default();
+        let mut windows = 0;
+        let from = from_ms.saturating_sub(from_ms.rem_euclid(w)).min(to_ms);
+        for (_, m) in all.range(from..to_ms) {
+            agg.merge(&m.agg);
+            windows += 1;
+        }
+        let entries: Vec<(String, u64)> = match dimension.0 {
+            Dimension::Path => agg.paths.top(k as usize),
+            Dimension::Referrer => agg.referrers.top(k as usize),
+            Dimension::UserAgent => agg.user_agents.top(k as usize),
+            Dimension::Status => {
+                let mut v: Vec<(String, u64)> = agg
+                    .status_codes
+                    .iter()
+                    .map(|(c, n)| (c.to_string(), *n))
+                    .collect();
+                v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                v.truncate(k as usize);
+                v
+            }
+        };
+        Reply::Ok(Json(TopOut {
+            host: host.0,
+            dimension: dimension.0,
+            windows,
+            requests: agg.requests,
+            entries: entries
+                .into_iter()
+                .map(|(key, count)| TopEntry { key, count })
+                .collect(),
+        }))
+    }
+
+    /// Node-wide counters: events ingested, invalid by reason, late, hosts, windows, watermark lag.
+    #[oai(path = "/v1/overview", method = "get")]
+    async fn overview(&self) -> Reply<OverviewOut> {
+        let parts = match self.partitions().await {
+            Ok(p) => p,
+            Err(e) => return unavailable(e),
+        };
+        let hosts = match self.host_totals(usize::MAX / 2).await {
+            Ok(h) => h.len() as u64,
+            Err(e) => return unavailable(e),
+        };
+        let now = now_ms();
+        let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = OverviewOut {
+            events: 0,
+            invalid_total: 0,
+            invalid: BTreeMap::new(),
+            late: 0,
+            hosts,
+            windows_closed: 0,
+            watermark_lag_seconds: None,
+            finished: parts.iter().all(|p| p.finished),
+            partitions: Vec::new(),
+        };
+        for p in &parts {
+            out.events += p.totals.events;
+            out.late += p.totals.late;
+            out.windows_closed += p.totals.windows_closed;
+            for (r, n) in &p.totals.invalid {
+                *invalid.entry(r.as_str().to_owned()).or_default() += n;
+                out.invalid_total += n;
+            }
+            let lag = p.watermark_ms.map(|w| (now - w) as f64 / 1000.0);
+            if let Some(l) = lag {
+                out.watermark_lag_seconds =
+                    Some(out.watermark_lag_seconds.map_or(l, |m: f64| m.max(l)));
+            }
+            out.partitions.push(PartitionOut {
+                partition: p.partition,
+                next_offset: p.next_offset,
+                watermark: p.watermark_ms.map(format_rfc3339),
+                max_event_time: p.max_event_ms.map(format_rfc3339),
+                events: p.totals.events,
+                late: p.totals.late,
+                finished: p.finished,
+            });
+        }
+        out.invalid = invalid;
+        Reply::Ok(Json(out))
+    }
+
+    /// Anomalies raised by the detector, oldest first.
+    #[oai(path = "/v1/anomalies", method = "get")]
+    async fn anomalies(
+        &self,
+        host: Query<Option<String>>,
+        since: Query<Option<String>>,
+    ) -> Reply<AnomaliesOut> {
+        let since_ms = match parse_time("since", &since) {
+            Ok(s) => s.unwrap_or(i64::MIN),
+            Err(e) => return bad(e),
+        };
+        let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
+            return unavailable("detector is restarting");
+        };
+        let q = AnomalyQuery {
+            host: host.0.clone(),
+            since_ms,
+        };
+        match ask(&detector, ActorKind::Detector, |r| {
+            DetectorMsg::Anomalies(q, r)
+        })
+        .await
+        {
+            Ok(list) => Reply::Ok(Json(AnomaliesOut {
+                anomalies: list
+                    .into_iter()
+                    .map(|a| AnomalyOut {
+                        host: a.host,
+                        metric: a.metric,
+                        window_start: format_rfc3339(a.window_start_ms),
+                        observed: a.observed,
+                        expected: a.expected,
+                        lower: a.lower,
+                        upper: a.upper,
+                        score: a.score,
+                        kind: a.kind,
+                        model: a.model,
+                    })
+                    .collect(),
+            })),
+            Err(e) => unavailable(e),
+        }
+    }
+
+    /// Liveness: the process serves HTTP.
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> PlainText<&'static str> {
+        PlainText("ok")
+    }
+
+    /// Readiness: every partition owner has restored its checkpoint and answers.
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self) -> Reply<ReadyOut> {
+        match self.partitions().await {
+            Ok(p) => Reply::Ok(Json(ReadyOut {
+                ready: true,
+                partitions: p.len() as u32,
+            })),
+            Err(e) => unavailable(e),
+        }
+    }
+}
+
+#[handler]
+fn metrics() -> Response {
+    Metrics::global()
+        .render()
+        .with_content_type("text/plain; version=0.0.4")
+        .into_response()
+}
+
+/// Route template of a request path (bounded label values).
+fn route_of(path: &str) -> &'static str {
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["", "v1", "hosts"] => "/v1/hosts",
+        ["", "v1", "hosts", _, "windows"] => "/v1/hosts/{host}/windows",
+        ["", "v1", "hosts", _, "top"] => "/v1/hosts/{host}/top",
+        ["", "v1", "overview"] => "/v1/overview",
+        ["", "v1", "anomalies"] => "/v1/anomalies",
+        ["", "healthz"] => "/healthz",
+        ["", "readyz"] => "/readyz",
+        ["", "metrics"] => "/metrics",
+        ["", "openapi.json"] => "/openapi.json",
+        ["", "docs", ..] => "/docs",
+        _ => "other",
+    }
+}
+
+/// The whole HTTP app.
+pub fn routes(ctx: ApiContext) -> impl Endpoint {
+    let service = OpenApiService::new(Api { ctx }, "wtm", env!("CARGO_PKG_VERSION"))
+        .description("Real-time web-traffic insight: sites, windows, top-K, anomalies.");
+    let ui = service.swagger_ui();
+    let spec = service.spec_endpoint();
+    Route::new()
+        .nest("/docs", ui)
+        .at("/openapi.json", spec)
+        .at("/metrics", metrics)
+        .nest("/", service)
+        .with(Cors::new())
+        .around(|ep, req| async move {
+            let route = route_of(req.uri().path());
+            let resp = ep.get_response(req).await;
+            Metrics::global().api_requests.add(
+                1,
+                &[
+                    KeyValue::new("route", route),
+                    KeyValue::new("status", resp.status().as_u16().to_string()),
+                ],
+            );
+            Ok(resp)
+        })
+}

@@ -174,13 +174,21 @@ mod tests {
         Event {
             ts_ms: 0,
             host: "h".into(),
-            method: if status % 2 == 0 { "GET".into() } else { "POST".into() },
+            method: if status.is_multiple_of(2) {
+                "GET".into()
+            } else {
+                "POST".into()
+            },
             path: format!("/p{path}"),
             status,
             bytes,
             latency_ms: Some(1.0 + bytes as f64),
             client_ip: Some(format!("10.0.0.{ip}")),
-            user_agent: Some(if ip % 7 == 0 { "Googlebot/2.1".into() } else { "Mozilla/5.0".into() }),
+            user_agent: Some(if ip.is_multiple_of(7) {
+                "Googlebot/2.1".into()
+            } else {
+                "Mozilla/5.0".into()
+            }),
             referrer: None,
         }
     }

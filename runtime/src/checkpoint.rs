@@ -13,6 +13,7 @@ use crate::window::WatermarkState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// First byte of every encoded checkpoint; bump on an incompatible change.
 pub const WIRE_VERSION: u8 = 1;
@@ -39,10 +40,12 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CheckpointError> {
 /// Decode bytes written by [`encode`]; bad bytes are an error, never a panic.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CheckpointError> {
     match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| CheckpointError::Decode {
-            key: key.to_owned(),
-            reason: e.to_string(),
-        }),
+        Some((&WIRE_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| CheckpointError::Decode {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        }
         Some((&found, _)) => Err(CheckpointError::Version {
             key: key.to_owned(),
             found,
@@ -87,8 +90,20 @@ pub struct Publication {
 
 impl Publication {
     pub fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.late.is_empty() && self.invalid.is_empty() && self.raw.is_empty()
+        self.closed.is_empty()
+            && self.late.is_empty()
+            && self.invalid.is_empty()
+            && self.raw.is_empty()
     }
+}
+
+/// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Buffered {
+    pub range_start: u64,
+    pub late: Vec<LateEvent>,
+    pub invalid: Vec<InvalidRecord>,
+    pub raw: Vec<(u64, Event)>,
 }
 
 /// Open windows of one partition, as one shard holds them.
@@ -102,7 +117,10 @@ pub struct PartitionCheckpoint {
     /// Open windows, one encoded [`OpenWindows`] blob per window shard that held any.
     pub open: Vec<Vec<u8>>,
     /// Publications committed here but not yet confirmed written to the lake.
-    pub unpublished: Vec<Publication>,
+    pub unpublished: Vec<Arc<Publication>>,
+    /// Late, invalid and raw records since the last flush of those outputs (they are written in
+    /// larger files than the checkpoint cadence would give).
+    pub buffered: Buffered,
     /// The source reported its end and every window has been closed.
     pub finished: bool,
     /// Running totals, so the overview survives restarts.
@@ -175,15 +193,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         assert!(store.load(3).unwrap().is_none());
-        let mut agg = WindowAgg::default();
-        agg.requests = 9;
-        let open = encode(&vec![(WindowKey { host: "h".into(), start_ms: 60_000, partition: 3 }, agg)]).unwrap();
+        let agg = WindowAgg {
+            requests: 9,
+            ..Default::default()
+        };
+        let open = encode(&vec![(
+            WindowKey {
+                host: "h".into(),
+                start_ms: 60_000,
+                partition: 3,
+            },
+            agg,
+        )])
+        .unwrap();
         let cp = PartitionCheckpoint {
             partition: 3,
             next_offset: 42,
             watermark: WatermarkState::default(),
             open: vec![open],
             unpublished: vec![],
+            buffered: Buffered::default(),
             finished: false,
             totals: PartitionTotals::default(),
         };
@@ -192,8 +221,14 @@ mod tests {
         assert_eq!(back.next_offset, 42);
         let windows: OpenWindows = decode("x", &back.open[0]).unwrap();
         assert_eq!(windows[0].1.requests, 9);
-        assert!(matches!(decode::<PartitionCheckpoint>("k", &[9, 1, 2]), Err(CheckpointError::Version { found: 9, .. })));
-        assert!(matches!(decode::<PartitionCheckpoint>("k", &[WIRE_VERSION, 0xc1]), Err(CheckpointError::Decode { .. })));
+        assert!(matches!(
+            decode::<PartitionCheckpoint>("k", &[9, 1, 2]),
+            Err(CheckpointError::Version { found: 9, .. })
+        ));
+        assert!(matches!(
+            decode::<PartitionCheckpoint>("k", &[WIRE_VERSION, 0xc1]),
+            Err(CheckpointError::Decode { .. })
+        ));
         assert!(decode::<PartitionCheckpoint>("k", &[]).is_err());
         assert_eq!(store.meta_i64("start", || 5).unwrap(), 5);
         assert_eq!(store.meta_i64("start", || 6).unwrap(), 5);

@@ -82,6 +82,8 @@ pub struct SourceConfig {
     pub count: Option<u64>,
     /// Injected anomalies (labelled by `wtm generate --labels`).
     pub anomalies: usize,
+    /// Share of generated records that are malformed (exercises the dead-letter path).
+    pub malformed_share: f64,
     /// Records read per batch.
     pub batch_size: usize,
 }
@@ -101,6 +103,7 @@ impl Default for SourceConfig {
             duration_s: None,
             count: None,
             anomalies: 4,
+            malformed_share: 0.0,
             batch_size: 2048,
         }
     }
@@ -149,6 +152,9 @@ pub struct LakeConfig {
     pub path: Option<PathBuf>,
     /// Also archive every raw event under `events/`.
     pub raw_events: bool,
+    /// How often late, invalid and raw records are written out (window files are written as
+    /// windows close). Longer means fewer, larger files and larger checkpoints meanwhile.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for LakeConfig {
@@ -156,6 +162,7 @@ impl Default for LakeConfig {
         LakeConfig {
             path: None,
             raw_events: true,
+            flush_interval_ms: 10_000,
         }
     }
 }
@@ -253,30 +260,86 @@ impl Config {
                 })
             }
         }
-        check(self.source.partitions >= 1, "source.partitions", "must be at least 1")?;
+        check(
+            self.source.partitions >= 1,
+            "source.partitions",
+            "must be at least 1",
+        )?;
         check(self.source.hosts >= 1, "source.hosts", "must be at least 1")?;
-        check(self.source.rate > 0.0 && self.source.rate.is_finite(), "source.rate", "must be a positive number")?;
-        check(self.source.batch_size >= 1, "source.batch_size", "must be at least 1")?;
-        check(self.window.size_s >= 1, "window.size_s", "must be at least 1")?;
-        check(self.window.shards >= 1, "window.shards", "must be at least 1")?;
-        check(self.window.idle_timeout_s >= 1, "window.idle_timeout_s", "must be at least 1")?;
-        check(self.checkpoint.interval_ms >= 10, "checkpoint.interval_ms", "must be at least 10")?;
-        check(self.supervisor.backoff_initial_ms >= 1, "supervisor.backoff_initial_ms", "must be at least 1")?;
+        check(
+            self.source.rate > 0.0 && self.source.rate.is_finite(),
+            "source.rate",
+            "must be a positive number",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.source.malformed_share),
+            "source.malformed_share",
+            "must be between 0 and 1",
+        )?;
+        check(
+            self.source.batch_size >= 1,
+            "source.batch_size",
+            "must be at least 1",
+        )?;
+        check(
+            self.window.size_s >= 1,
+            "window.size_s",
+            "must be at least 1",
+        )?;
+        check(
+            self.window.shards >= 1,
+            "window.shards",
+            "must be at least 1",
+        )?;
+        check(
+            self.window.idle_timeout_s >= 1,
+            "window.idle_timeout_s",
+            "must be at least 1",
+        )?;
+        check(
+            self.checkpoint.interval_ms >= 10,
+            "checkpoint.interval_ms",
+            "must be at least 10",
+        )?;
+        check(
+            self.supervisor.backoff_initial_ms >= 1,
+            "supervisor.backoff_initial_ms",
+            "must be at least 1",
+        )?;
         check(
             self.supervisor.backoff_max_ms >= self.supervisor.backoff_initial_ms,
             "supervisor.backoff_max_ms",
             "must be at least supervisor.backoff_initial_ms",
         )?;
-        check(self.detector.min_history >= 3, "detector.min_history", "must be at least 3")?;
-        check(self.detector.threshold > 0.0, "detector.threshold", "must be positive")?;
-        check(self.api.retention_windows >= 1, "api.retention_windows", "must be at least 1")?;
+        check(
+            self.detector.min_history >= 3,
+            "detector.min_history",
+            "must be at least 3",
+        )?;
+        check(
+            self.detector.threshold > 0.0,
+            "detector.threshold",
+            "must be positive",
+        )?;
+        check(
+            self.api.retention_windows >= 1,
+            "api.retention_windows",
+            "must be at least 1",
+        )?;
         if let Some(s) = &self.source.start {
-            check(crate::time::parse_rfc3339(s).is_some(), "source.start", "must be an RFC 3339 time")?;
+            check(
+                crate::time::parse_rfc3339(s).is_some(),
+                "source.start",
+                "must be an RFC 3339 time",
+            )?;
         }
-        self.node.listen.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Invalid {
-            key: "node.listen",
-            problem: format!("{:?} is not an address: {e}", self.node.listen),
-        })?;
+        self.node
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "node.listen",
+                problem: format!("{:?} is not an address: {e}", self.node.listen),
+            })?;
         Ok(())
     }
 
@@ -289,7 +352,10 @@ impl Config {
     }
 
     pub fn lake_path(&self) -> PathBuf {
-        self.lake.path.clone().unwrap_or_else(|| self.node.data_dir.join("lake"))
+        self.lake
+            .path
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("lake"))
     }
 
     /// The generator behind the built-in source, given the resolved event-time origin.
@@ -301,6 +367,7 @@ impl Config {
             start_ms,
             partitions: self.source.partitions,
             anomalies: self.source.anomalies,
+            malformed_share: self.source.malformed_share,
             duration_ms: self.source.duration_s.map(|d| d as i64 * 1000),
             count: self.source.count,
         }
@@ -325,6 +392,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
     fn file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");

@@ -19,8 +19,16 @@ pub struct Event {
 
 /// User-agent fragments of well-known crawlers and tools; matched case-insensitively.
 const BOT_MARKERS: [&str; 10] = [
-    "bot", "crawl", "spider", "slurp", "curl/", "wget/", "python-requests", "go-http-client",
-    "facebookexternalhit", "headless",
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "curl/",
+    "wget/",
+    "python-requests",
+    "go-http-client",
+    "facebookexternalhit",
+    "headless",
 ];
 
 impl Event {

@@ -30,6 +30,9 @@ pub struct GeneratorSpec {
     pub partitions: u32,
     /// Number of injected anomalies.
     pub anomalies: usize,
+    /// Share of records written malformed (truncated), as real log streams carry some.
+    #[serde(default)]
+    pub malformed_share: f64,
     /// Event-time length (ms); None for an endless stream.
     pub duration_ms: Option<i64>,
     /// Total events over all partitions (in `wtm generate`'s merged order); None for no limit.
@@ -93,7 +96,9 @@ fn mix(mut z: u64) -> u64 {
 
 impl Rng {
     fn from_parts(parts: &[u64]) -> Rng {
-        Rng(parts.iter().fold(0x243f_6a88_85a3_08d3, |acc, p| mix(acc ^ p)))
+        Rng(parts
+            .iter()
+            .fold(0x243f_6a88_85a3_08d3, |acc, p| mix(acc ^ p)))
     }
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -107,7 +112,9 @@ impl Rng {
     }
     /// Log-uniform over 0..n: a Zipf-like skew (rank r has weight ~1/(r+1)).
     fn skewed(&mut self, n: u64) -> u64 {
-        (((n as f64 + 1.0).powf(self.unit())) as u64).saturating_sub(1).min(n - 1)
+        (((n as f64 + 1.0).powf(self.unit())) as u64)
+            .saturating_sub(1)
+            .min(n - 1)
     }
     fn normal(&mut self) -> f64 {
         let (u1, u2) = (self.unit().max(1e-12), self.unit());
@@ -118,10 +125,22 @@ impl Rng {
     }
 }
 
-const SUBDOMAINS: [&str; 10] = ["www", "shop", "api", "blog", "docs", "news", "app", "cdn", "forum", "status"];
+const SUBDOMAINS: [&str; 10] = [
+    "www", "shop", "api", "blog", "docs", "news", "app", "cdn", "forum", "status",
+];
 const BRANDS: [&str; 12] = [
-    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "soylent",
-    "wonka", "cyberdyne", "aperture",
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "tyrell",
+    "soylent",
+    "wonka",
+    "cyberdyne",
+    "aperture",
 ];
 const TLDS: [&str; 4] = ["com", "io", "net", "org"];
 const BROWSERS: [&str; 6] = [
@@ -227,7 +246,9 @@ impl Generator {
 
     /// Last second (exclusive) of the stream, if the duration bounds it.
     fn end_second(&self) -> Option<i64> {
-        self.spec.duration_ms.map(|d| (d + SECOND_MS - 1) / SECOND_MS)
+        self.spec
+            .duration_ms
+            .map(|d| (d + SECOND_MS - 1) / SECOND_MS)
     }
 
     fn host_rate(&self, h: usize, t_ms: i64) -> f64 {
@@ -265,9 +286,24 @@ impl Generator {
                 (h, total)
             })
             .collect();
-        let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, 0x636f_756e_74]);
+        let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, 0x0063_6f75_6e74]);
         let n = total.floor() as u64 + u64::from(rng.unit() < total.fract());
         (plan, n)
+    }
+
+    /// Render the record at `offset` of partition `p` as a line (with its newline), malformed for
+    /// a `malformed_share` of offsets.
+    pub fn render(&self, p: u32, offset: u64, e: &Event, format: Format, out: &mut Vec<u8>) {
+        let start = out.len();
+        write_line(out, e, format);
+        if self.spec.malformed_share > 0.0 {
+            let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, offset, 0x0062_6164]);
+            if rng.unit() < self.spec.malformed_share {
+                let len = out.len() - start;
+                out.truncate(start + len / 2);
+                out.push(b'\n');
+            }
+        }
     }
 
     /// The offset at which partition `p` ends, if the stream is bounded.
@@ -324,7 +360,9 @@ impl Generator {
         let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, j]);
         let total = plan.last().map_or(0.0, |x| x.1);
         let target = rng.unit() * total;
-        let idx = plan.partition_point(|&(_, c)| c <= target).min(plan.len() - 1);
+        let idx = plan
+            .partition_point(|&(_, c)| c <= target)
+            .min(plan.len() - 1);
         let h = plan[idx].0;
         let host = &self.hosts[h];
         let mut ts = self.spec.start_ms + s * SECOND_MS + (j as i64 * SECOND_MS) / n.max(1) as i64;
@@ -345,11 +383,20 @@ impl Generator {
             rng.pick(&["GET", "GET", "GET", "POST", "POST", "PUT", "DELETE"])
         } else {
             let m = rng.unit();
-            if m < 0.96 { "GET" } else if m < 0.98 { "HEAD" } else if m < 0.99 { "OPTIONS" } else { "POST" }
+            if m < 0.96 {
+                "GET"
+            } else if m < 0.98 {
+                "HEAD"
+            } else if m < 0.99 {
+                "OPTIONS"
+            } else {
+                "POST"
+            }
         };
         let status = pick_status(&mut rng, anomaly == Some(AnomalyKind::ErrorBurst), bot);
         let bytes = body_bytes(&mut rng, k, status);
-        let base = 8.0 + (mix(h as u64 * 1000 + k) % 150) as f64 * if k % 7 == 2 { 0.1 } else { 1.0 };
+        let base =
+            8.0 + (mix(h as u64 * 1000 + k) % 150) as f64 * if k % 7 == 2 { 0.1 } else { 1.0 };
         let mut latency = base * (0.45 * rng.normal()).exp();
         if rng.unit() < 0.01 {
             latency *= 5.0 + 15.0 * rng.unit();
@@ -371,12 +418,20 @@ impl Generator {
             (ip >> 40) & 255,
             1 + (ip >> 32) % 254
         );
-        let user_agent = if bot { rng.pick(&CRAWLERS) } else { BROWSERS[(client % BROWSERS.len() as u64) as usize] };
+        let user_agent = if bot {
+            rng.pick(&CRAWLERS)
+        } else {
+            BROWSERS[(client % BROWSERS.len() as u64) as usize]
+        };
         let r = rng.unit();
         let referrer = if bot || r < 0.4 {
             None
         } else if r < 0.7 {
-            Some(format!("https://{}{}", host.name, path_for(rng.skewed(PATHS_PER_HOST), &mut rng)))
+            Some(format!(
+                "https://{}{}",
+                host.name,
+                path_for(rng.skewed(PATHS_PER_HOST), &mut rng)
+            ))
         } else {
             Some(rng.pick(&EXTERNAL_REFERRERS).to_owned())
         };
@@ -395,7 +450,11 @@ impl Generator {
     }
 }
 
-fn schedule_anomalies(spec: &GeneratorSpec, hosts: &[HostProfile], rng: &mut Rng) -> Vec<AnomalyLabel> {
+fn schedule_anomalies(
+    spec: &GeneratorSpec,
+    hosts: &[HostProfile],
+    rng: &mut Rng,
+) -> Vec<AnomalyLabel> {
     if spec.anomalies == 0 {
         return Vec::new();
     }
@@ -443,12 +502,29 @@ fn pick_status(rng: &mut Rng, error_burst: bool, bot: bool) -> u16 {
     }
     let u = rng.unit();
     let table: &[(f64, u16)] = if bot {
-        &[(0.80, 200), (0.85, 301), (0.97, 404), (0.99, 403), (1.0, 500)]
+        &[
+            (0.80, 200),
+            (0.85, 301),
+            (0.97, 404),
+            (0.99, 403),
+            (1.0, 500),
+        ]
     } else {
         &[
-            (0.86, 200), (0.90, 304), (0.915, 301), (0.93, 302), (0.935, 201), (0.965, 404),
-            (0.970, 403), (0.975, 400), (0.978, 401), (0.984, 499), (0.990, 500), (0.995, 502),
-            (0.998, 503), (1.0, 504),
+            (0.86, 200),
+            (0.90, 304),
+            (0.915, 301),
+            (0.93, 302),
+            (0.935, 201),
+            (0.965, 404),
+            (0.970, 403),
+            (0.975, 400),
+            (0.978, 401),
+            (0.984, 499),
+            (0.990, 500),
+            (0.995, 502),
+            (0.998, 503),
+            (1.0, 504),
         ]
     };
     table.iter().find(|(p, _)| u < *p).map_or(200, |(_, s)| *s)
@@ -490,24 +566,38 @@ impl Cursor {
         self.end.is_some_and(|e| self.offset >= e)
     }
 
+    /// Position at the next event; false once a bounded stream has ended.
+    fn advance(&mut self) -> bool {
+        if self.finished() {
+            return false;
+        }
+        while self.j >= self.n {
+            if self.g.end_second().is_some_and(|e| self.s + 1 >= e) {
+                self.end = Some(self.offset);
+                return false;
+            }
+            self.s += 1;
+            self.j = 0;
+            (self.plan, self.n) = self.g.second_plan(self.p, self.s);
+        }
+        true
+    }
+
+    /// The second (since the start) of the next event, or None at the end.
+    pub fn next_second(&mut self) -> Option<i64> {
+        self.advance().then_some(self.s)
+    }
+
     /// Wall-clock time (UTC ms) at which the next event's second is complete, for pacing.
-    pub fn ready_at_ms(&self) -> i64 {
+    pub fn ready_at_ms(&mut self) -> i64 {
+        self.advance();
         self.g.spec.start_ms + (self.s + 1) * SECOND_MS
     }
 
     /// The next event, or None at the end of a bounded stream.
     pub fn next_event(&mut self) -> Option<Event> {
-        if self.finished() {
+        if !self.advance() {
             return None;
-        }
-        while self.j >= self.n {
-            if self.g.end_second().is_some_and(|e| self.s + 1 >= e) {
-                self.end = Some(self.offset);
-                return None;
-            }
-            self.s += 1;
-            self.j = 0;
-            (self.plan, self.n) = self.g.second_plan(self.p, self.s);
         }
         let e = self.g.event(self.p, self.s, self.j, self.n, &self.plan);
         self.j += 1;
@@ -589,6 +679,7 @@ mod tests {
             start_ms: 1_767_225_600_000,
             partitions: 4,
             anomalies: 4,
+            malformed_share: 0.0,
             duration_ms: Some(120_000),
             count: None,
         }
@@ -626,7 +717,10 @@ mod tests {
 
     #[test]
     fn count_limits_the_merged_order() {
-        let g = Arc::new(Generator::new(GeneratorSpec { count: Some(1234), ..spec() }));
+        let g = Arc::new(Generator::new(GeneratorSpec {
+            count: Some(1234),
+            ..spec()
+        }));
         let sum: u64 = (0..4).map(|p| g.end_offset(p).unwrap()).sum();
         assert_eq!(sum, 1234);
     }
@@ -646,7 +740,11 @@ mod tests {
                 assert_eq!(back.host, e.host);
                 assert_eq!(back.status, e.status);
                 assert_eq!(back.latency_ms, e.latency_ms);
-                let ts = if f == Format::Json { e.ts_ms } else { e.ts_ms - e.ts_ms % 1000 };
+                let ts = if f == Format::Json {
+                    e.ts_ms
+                } else {
+                    e.ts_ms - e.ts_ms % 1000
+                };
                 assert_eq!(back.ts_ms, ts);
             }
         }

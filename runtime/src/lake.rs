@@ -32,13 +32,19 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     #[error("lake: {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("lake: {path}: {reason}")]
     Format { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
-    move |source| LakeError::Io { path: path.to_owned(), source }
+    move |source| LakeError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What one publication wrote.
@@ -49,7 +55,11 @@ pub struct WriteStats {
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )
 }
 
 /// Columns of `windows/`; also the contract the Glue tables and DuckDB queries rely on.
@@ -133,7 +143,8 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
     let mut end = TimestampMillisecondBuilder::with_capacity(n);
     let mut part = Int32Builder::with_capacity(n);
     let mut ints: Vec<Int64Builder> = (0..9).map(|_| Int64Builder::with_capacity(n)).collect();
-    let mut floats: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::with_capacity(n)).collect();
+    let mut floats: Vec<Float64Builder> =
+        (0..6).map(|_| Float64Builder::with_capacity(n)).collect();
     let mut strs: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
     let mut sketch = BinaryBuilder::new();
     for w in rows {
@@ -143,18 +154,36 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
         end.append_value(w.end_ms);
         part.append_value(w.key.partition as i32);
         let iv = [
-            s.requests, s.bytes, s.status_class[0], s.status_class[1], s.status_class[2],
-            s.status_class[3], s.status_class[4], s.unique_clients, s.bots,
+            s.requests,
+            s.bytes,
+            s.status_class[0],
+            s.status_class[1],
+            s.status_class[2],
+            s.status_class[3],
+            s.status_class[4],
+            s.unique_clients,
+            s.bots,
         ];
         // Column order in the schema: requests, bytes, 1xx..5xx, then unique_clients, bots.
         for (b, v) in ints.iter_mut().zip(iv) {
             b.append_value(v as i64);
         }
-        let fv = [s.error_rate, s.latency_p50, s.latency_p90, s.latency_p95, s.latency_p99, s.latency_max];
+        let fv = [
+            s.error_rate,
+            s.latency_p50,
+            s.latency_p90,
+            s.latency_p95,
+            s.latency_p99,
+            s.latency_max,
+        ];
         for (b, v) in floats.iter_mut().zip(fv) {
             b.append_value(v);
         }
-        let codes: BTreeMap<String, u64> = s.status_codes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let codes: BTreeMap<String, u64> = s
+            .status_codes
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         strs[0].append_value(serde_json::to_string(&codes).map_err(|e| e.to_string())?);
         strs[1].append_value(serde_json::to_string(&s.methods).map_err(|e| e.to_string())?);
         strs[2].append_value(top_json(&s.top_paths));
@@ -168,16 +197,25 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
         Arc::new(end.finish().with_timezone("UTC")),
         Arc::new(part.finish()),
     ];
-    let mut ints = ints.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let mut ints = ints
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef);
     cols.extend(ints.by_ref().take(7));
-    cols.extend(floats.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    cols.extend(
+        floats
+            .into_iter()
+            .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+    );
     cols.extend(ints);
-    cols.extend(strs.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    cols.extend(
+        strs.into_iter()
+            .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+    );
     cols.push(Arc::new(sketch.finish()));
     RecordBatch::try_new(windows_schema(), cols).map_err(|e| e.to_string())
 }
 
-fn events_batch(partition: u32, rows: &[(u64, &Event, Option<i64>)], late: bool) -> Result<RecordBatch, String> {
+fn events_batch(partition: u32, rows: &[EventRow], late: bool) -> Result<RecordBatch, String> {
     let n = rows.len();
     let mut part = Int32Builder::with_capacity(n);
     let mut off = Int64Builder::with_capacity(n);
@@ -227,6 +265,9 @@ fn events_batch(partition: u32, rows: &[(u64, &Event, Option<i64>)], late: bool)
     RecordBatch::try_new(events_schema(late), cols).map_err(|e| e.to_string())
 }
 
+/// An event row: its offset, the event, and (for late rows) the watermark it arrived under.
+type EventRow<'a> = (u64, &'a Event, Option<i64>);
+
 /// Writes publications into a lake rooted at a local directory.
 #[derive(Clone, Debug)]
 pub struct Lake {
@@ -244,7 +285,11 @@ impl Lake {
 
     fn file(&self, table: &str, ts_ms: i64, name: &str) -> PathBuf {
         let (dt, hour) = dt_hour(ts_ms);
-        self.root.join(table).join(format!("dt={dt}")).join(format!("hour={hour}")).join(name)
+        self.root
+            .join(table)
+            .join(format!("dt={dt}"))
+            .join(format!("hour={hour}"))
+            .join(name)
     }
 
     /// Write a batch to `path` atomically: a temporary file, fsync, rename.
@@ -256,7 +301,9 @@ impl Lake {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
         ));
         let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
         let fmt = |e: parquet::errors::ParquetError| LakeError::Format {
             path: path.to_owned(),
             reason: e.to_string(),
@@ -274,12 +321,16 @@ impl Lake {
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.
     pub fn write(&self, p: &Publication) -> Result<WriteStats, LakeError> {
         let mut stats = WriteStats::default();
-        let mut put = |path: PathBuf, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
-            let batch = batch.map_err(|reason| LakeError::Format { path: path.clone(), reason })?;
-            stats.bytes += self.write_batch(&path, &batch)?;
-            stats.files += 1;
-            Ok(())
-        };
+        let mut put =
+            |path: PathBuf, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
+                let batch = batch.map_err(|reason| LakeError::Format {
+                    path: path.clone(),
+                    reason,
+                })?;
+                stats.bytes += self.write_batch(&path, &batch)?;
+                stats.files += 1;
+                Ok(())
+            };
         // Windows: one file per (partition, window start).
         let mut by_window: BTreeMap<i64, Vec<&ClosedWindow>> = BTreeMap::new();
         for w in &p.closed {
@@ -293,19 +344,29 @@ impl Lake {
         let name = format!("part-p{:05}-o{:020}.parquet", p.partition, p.from_offset);
         // Late and raw events: grouped by the hour of their event time.
         let hour_of = |ts: i64| ts - ts.rem_euclid(3_600_000);
-        let mut late: BTreeMap<i64, Vec<(u64, &Event, Option<i64>)>> = BTreeMap::new();
+        let mut late: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
         for l in &p.late {
-            late.entry(hour_of(l.event.ts_ms)).or_default().push((l.offset, &l.event, Some(l.watermark_ms)));
+            late.entry(hour_of(l.event.ts_ms)).or_default().push((
+                l.offset,
+                &l.event,
+                Some(l.watermark_ms),
+            ));
         }
         for (hour, rows) in late {
-            put(self.file("late", hour, &name), events_batch(p.partition, &rows, true))?;
+            put(
+                self.file("late", hour, &name),
+                events_batch(p.partition, &rows, true),
+            )?;
         }
-        let mut raw: BTreeMap<i64, Vec<(u64, &Event, Option<i64>)>> = BTreeMap::new();
+        let mut raw: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
         for (o, e) in &p.raw {
             raw.entry(hour_of(e.ts_ms)).or_default().push((*o, e, None));
         }
         for (hour, rows) in raw {
-            put(self.file("events", hour, &name), events_batch(p.partition, &rows, false))?;
+            put(
+                self.file("events", hour, &name),
+                events_batch(p.partition, &rows, false),
+            )?;
         }
         if !p.invalid.is_empty() {
             let mut part = Int32Builder::new();
@@ -333,6 +394,22 @@ impl Lake {
         Ok(stats)
     }
 
+    /// Start (UTC ms) of the newest `windows/dt=…/hour=…` partition, if any.
+    pub fn newest_window_hour(&self) -> Option<i64> {
+        let base = self.root.join("windows");
+        let dt = read_dir_sorted(&base)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find_map(|d| name_value(&d, "dt=").map(|v| (d, v)))?;
+        let hour = read_dir_sorted(&dt.0)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find_map(|h| name_value(&h, "hour="))?;
+        crate::time::parse_rfc3339(&format!("{}T{}:00:00Z", dt.1, hour))
+    }
+
     /// Closed windows whose start is at or after `since_ms`, rebuilt from their sketches (the API
     /// reloads recent history this way after a restart).
     pub fn read_windows(&self, since_ms: i64) -> Result<Vec<ClosedWindow>, LakeError> {
@@ -343,12 +420,16 @@ impl Lake {
         }
         let (since_dt, since_hour) = dt_hour(since_ms);
         for dt in read_dir_sorted(&base)? {
-            let Some(d) = name_value(&dt, "dt=") else { continue };
+            let Some(d) = name_value(&dt, "dt=") else {
+                continue;
+            };
             if d < since_dt {
                 continue;
             }
             for hour in read_dir_sorted(&dt)? {
-                let Some(h) = name_value(&hour, "hour=") else { continue };
+                let Some(h) = name_value(&hour, "hour=") else {
+                    continue;
+                };
                 if d == since_dt && h < since_hour {
                     continue;
                 }
@@ -364,7 +445,10 @@ impl Lake {
 }
 
 fn name_value(p: &Path, prefix: &str) -> Option<String> {
-    p.file_name()?.to_str()?.strip_prefix(prefix).map(str::to_owned)
+    p.file_name()?
+        .to_str()?
+        .strip_prefix(prefix)
+        .map(str::to_owned)
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
@@ -376,16 +460,30 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
     Ok(v)
 }
 
-fn read_window_file(path: &Path, since_ms: i64, out: &mut Vec<ClosedWindow>) -> Result<(), LakeError> {
-    let fmt = |reason: String| LakeError::Format { path: path.to_owned(), reason };
+fn read_window_file(
+    path: &Path,
+    since_ms: i64,
+    out: &mut Vec<ClosedWindow>,
+) -> Result<(), LakeError> {
+    let fmt = |reason: String| LakeError::Format {
+        path: path.to_owned(),
+        reason,
+    };
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| fmt(e.to_string()))?;
     for batch in reader {
         let batch = batch.map_err(|e| fmt(e.to_string()))?;
-        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| fmt(format!("missing column {name}")));
-        let host = col("host")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| fmt("host type".into()))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| fmt(format!("missing column {name}")))
+        };
+        let host = col("host")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| fmt("host type".into()))?;
         let start = col("window_start")?
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
@@ -394,13 +492,20 @@ fn read_window_file(path: &Path, since_ms: i64, out: &mut Vec<ClosedWindow>) -> 
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .ok_or_else(|| fmt("window_end type".into()))?;
-        let part = col("partition")?.as_any().downcast_ref::<Int32Array>().ok_or_else(|| fmt("partition type".into()))?;
-        let sketch = col("sketch")?.as_any().downcast_ref::<BinaryArray>().ok_or_else(|| fmt("sketch type".into()))?;
+        let part = col("partition")?
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| fmt("partition type".into()))?;
+        let sketch = col("sketch")?
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| fmt("sketch type".into()))?;
         for i in 0..batch.num_rows() {
             if start.value(i) < since_ms || sketch.is_null(i) {
                 continue;
             }
-            let agg: WindowAgg = decode(&path.display().to_string(), sketch.value(i)).map_err(|e| fmt(e.to_string()))?;
+            let agg: WindowAgg = decode(&path.display().to_string(), sketch.value(i))
+                .map_err(|e| fmt(e.to_string()))?;
             out.push(ClosedWindow {
                 key: WindowKey {
                     host: host.value(i).to_owned(),
@@ -449,20 +554,39 @@ mod tests {
             to_offset: 9,
             created_ms: 3_600_000,
             closed: vec![ClosedWindow {
-                key: WindowKey { host: "a.example".into(), start_ms: 0, partition: 2 },
+                key: WindowKey {
+                    host: "a.example".into(),
+                    start_ms: 0,
+                    partition: 2,
+                },
                 end_ms: 60_000,
                 agg,
             }],
-            late: vec![LateEvent { offset: 8, watermark_ms: 99, event: event(5) }],
-            invalid: vec![InvalidRecord { offset: 7, reason: InvalidReason::BadJson, detail: "x".into(), raw: b"{".to_vec() }],
+            late: vec![LateEvent {
+                offset: 8,
+                watermark_ms: 99,
+                event: event(5),
+            }],
+            invalid: vec![InvalidRecord {
+                offset: 7,
+                reason: InvalidReason::BadJson,
+                detail: "x".into(),
+                raw: b"{".to_vec(),
+            }],
             raw: vec![(9, event(1_000))],
         };
         let s1 = lake.write(&p).unwrap();
         let s2 = lake.write(&p).unwrap();
         assert_eq!(s1.files, 4);
         assert_eq!(s1, s2);
-        assert!(dir.path().join("windows/dt=1970-01-01/hour=00/part-p00002-w0.parquet").exists());
-        assert!(dir.path().join("invalid/dt=1970-01-01/hour=01/part-p00002-o00000000000000000007.parquet").exists());
+        assert!(dir
+            .path()
+            .join("windows/dt=1970-01-01/hour=00/part-p00002-w0.parquet")
+            .exists());
+        assert!(dir
+            .path()
+            .join("invalid/dt=1970-01-01/hour=01/part-p00002-o00000000000000000007.parquet")
+            .exists());
         let back = lake.read_windows(0).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].agg.requests, 2);

@@ -11,6 +11,7 @@ use crate::telemetry::ActorKind;
 use ractor::{ActorRef, Message, RpcReplyPort};
 use ractor_cluster_derive::RactorMessage;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Timeout of every actor call.
@@ -38,7 +39,7 @@ pub fn shard_of(host: &str, shards: usize) -> usize {
 
 /// Look up a registered actor by name.
 pub fn lookup<M: Message>(name: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(name.to_owned()).map(ActorRef::from)
+    ractor::registry::where_is(name).map(ActorRef::from)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,35 @@ pub enum WindowMsg {
     Reset(u32, OpenWindows),
     /// Open windows for the API.
     Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
+    /// Per-host totals over the open windows.
+    Totals(RpcReplyPort<Vec<HostTotals>>),
+}
+
+/// A host's totals over a set of windows (the `/v1/hosts` listing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostTotals {
+    pub host: String,
+    pub windows: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub status_5xx: u64,
+    pub first_start_ms: i64,
+    pub last_start_ms: i64,
+}
+
+impl HostTotals {
+    pub fn add(&mut self, start_ms: i64, agg: &WindowAgg) {
+        if self.windows == 0 {
+            self.first_start_ms = start_ms;
+            self.last_start_ms = start_ms;
+        }
+        self.windows += 1;
+        self.requests += agg.requests;
+        self.bytes += agg.bytes;
+        self.status_5xx += agg.status_class[4];
+        self.first_start_ms = self.first_start_ms.min(start_ms);
+        self.last_start_ms = self.last_start_ms.max(start_ms);
+    }
 }
 
 // ---- partition owners -------------------------------------------------------------------------
@@ -145,9 +175,11 @@ pub enum OwnerMsg {
 #[derive(RactorMessage)]
 pub enum ArchiverMsg {
     /// Write a committed publication to the lake; replies once the files are durable.
-    Publish(Box<Publication>, RpcReplyPort<Result<(), String>>),
+    Publish(Arc<Publication>, RpcReplyPort<Result<(), String>>),
     /// Closed windows from the recent-history store, for the API.
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
+    /// Per-host totals over the most recent `n` closed windows.
+    Totals(usize, RpcReplyPort<Vec<HostTotals>>),
 }
 
 // ---- detector ---------------------------------------------------------------------------------

@@ -155,10 +155,17 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
     let ts_ms = match raw.ts {
         None => return fail(InvalidReason::MissingField, "missing field `ts`"),
         Some(RawTs::Millis(v)) if v.is_finite() && (0.0..=MAX_TS_MS).contains(&v) => v as i64,
-        Some(RawTs::Millis(v)) => return fail(InvalidReason::BadTimestamp, format!("ts {v} out of range")),
+        Some(RawTs::Millis(v)) => {
+            return fail(InvalidReason::BadTimestamp, format!("ts {v} out of range"))
+        }
         Some(RawTs::Text(t)) => match parse_rfc3339(&t) {
             Some(v) => v,
-            None => return fail(InvalidReason::BadTimestamp, format!("ts {t:?} is not RFC 3339")),
+            None => {
+                return fail(
+                    InvalidReason::BadTimestamp,
+                    format!("ts {t:?} is not RFC 3339"),
+                )
+            }
         },
     };
     let host = required(raw.host, "host")?;
@@ -168,19 +175,32 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
         None => return fail(InvalidReason::MissingField, "missing field `status`"),
         Some(n) => match n.as_u64() {
             Some(s @ 100..=599) => s as u16,
-            _ => return fail(InvalidReason::BadStatus, format!("status {n} is not 100..=599")),
+            _ => {
+                return fail(
+                    InvalidReason::BadStatus,
+                    format!("status {n} is not 100..=599"),
+                )
+            }
         },
     };
     let bytes = match raw.bytes {
         None => 0,
         Some(n) => match n.as_u64() {
             Some(b) => b,
-            None => return fail(InvalidReason::BadNumber, format!("bytes {n} is not a non-negative integer")),
+            None => {
+                return fail(
+                    InvalidReason::BadNumber,
+                    format!("bytes {n} is not a non-negative integer"),
+                )
+            }
         },
     };
     let latency_ms = match raw.latency_ms {
         Some(l) if !(l.is_finite() && l >= 0.0) => {
-            return fail(InvalidReason::BadNumber, format!("latency_ms {l} is negative"))
+            return fail(
+                InvalidReason::BadNumber,
+                format!("latency_ms {l} is negative"),
+            )
         }
         other => other,
     };
@@ -201,8 +221,14 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
 fn required<'a>(v: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, ParseError> {
     match v {
         Some(s) if !s.is_empty() => Ok(s),
-        Some(_) => fail(InvalidReason::MissingField, format!("field `{name}` is empty")),
-        None => fail(InvalidReason::MissingField, format!("missing field `{name}`")),
+        Some(_) => fail(
+            InvalidReason::MissingField,
+            format!("field `{name}` is empty"),
+        ),
+        None => fail(
+            InvalidReason::MissingField,
+            format!("missing field `{name}`"),
+        ),
     }
 }
 
@@ -324,7 +350,10 @@ fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError
     let Some(ts_ms) = parse_clf(time) else {
         return fail(
             InvalidReason::BadTimestamp,
-            format!("time {:?} is not dd/Mon/yyyy:HH:MM:SS +zzzz", String::from_utf8_lossy(time)),
+            format!(
+                "time {:?} is not dd/Mon/yyyy:HH:MM:SS +zzzz",
+                String::from_utf8_lossy(time)
+            ),
         );
     };
     let request = sc.quoted().ok_or_else(|| bad("\"request\""))?;
@@ -335,7 +364,10 @@ fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError
         _ => {
             return fail(
                 InvalidReason::BadStatus,
-                format!("status {:?} is not 100..=599", String::from_utf8_lossy(status)),
+                format!(
+                    "status {:?} is not 100..=599",
+                    String::from_utf8_lossy(status)
+                ),
             )
         }
     };
@@ -345,7 +377,10 @@ fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError
     } else {
         parse_u64(bytes_tok).ok_or_else(|| ParseError {
             reason: InvalidReason::BadNumber,
-            detail: format!("bytes {:?} is not a number", String::from_utf8_lossy(bytes_tok)),
+            detail: format!(
+                "bytes {:?} is not a number",
+                String::from_utf8_lossy(bytes_tok)
+            ),
         })?
     };
     let mut referrer = None;
@@ -357,7 +392,10 @@ fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError
         if let Some(rt) = sc.token() {
             latency_ms = Some(seconds_to_ms(rt).ok_or_else(|| ParseError {
                 reason: InvalidReason::BadNumber,
-                detail: format!("request time {:?} is not seconds", String::from_utf8_lossy(rt)),
+                detail: format!(
+                    "request time {:?} is not seconds",
+                    String::from_utf8_lossy(rt)
+                ),
             })?);
         }
         if !sc.done() {
@@ -387,7 +425,11 @@ fn seconds_to_ms(b: &[u8]) -> Option<f64> {
     };
     if frac.len() <= 3 {
         let i = parse_u64(int)?;
-        let f = if frac.is_empty() { 0 } else { parse_u64(frac)? * 10u64.pow(3 - frac.len() as u32) };
+        let f = if frac.is_empty() {
+            0
+        } else {
+            parse_u64(frac)? * 10u64.pow(3 - frac.len() as u32)
+        };
         return Some(i.checked_mul(1000)?.checked_add(f)? as f64);
     }
     let secs: f64 = std::str::from_utf8(b).ok()?.parse().ok()?;
@@ -399,13 +441,19 @@ fn split_request(req: &[u8]) -> Result<(String, String), ParseError> {
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return fail(
             InvalidReason::BadRequestLine,
-            format!("request {:?} is not `METHOD PATH PROTOCOL`", String::from_utf8_lossy(req)),
+            format!(
+                "request {:?} is not `METHOD PATH PROTOCOL`",
+                String::from_utf8_lossy(req)
+            ),
         );
     };
     if !method.iter().all(u8::is_ascii_uppercase) {
         return fail(
             InvalidReason::BadRequestLine,
-            format!("method {:?} is not an HTTP method", String::from_utf8_lossy(method)),
+            format!(
+                "method {:?} is not an HTTP method",
+                String::from_utf8_lossy(method)
+            ),
         );
     }
     Ok((utf8(method)?.to_owned(), utf8(path)?.to_owned()))
@@ -431,7 +479,10 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!((e.ts_ms, e.status, e.bytes, e.latency_ms), (1_767_225_601_500, 503, 10, Some(12.5)));
+        assert_eq!(
+            (e.ts_ms, e.status, e.bytes, e.latency_ms),
+            (1_767_225_601_500, 503, 10, Some(12.5))
+        );
         assert!(e.is_bot());
     }
 
@@ -439,16 +490,34 @@ mod tests {
     fn json_rejections_have_reasons() {
         let cases: [(&[u8], InvalidReason); 7] = [
             (b"{not json", InvalidReason::BadJson),
-            (br#"{"host":"a","method":"GET","path":"/","status":200}"#, InvalidReason::MissingField),
-            (br#"{"ts":"yesterday","host":"a","method":"GET","path":"/","status":200}"#, InvalidReason::BadTimestamp),
-            (br#"{"ts":1,"host":"a","method":"GET","path":"/","status":1000}"#, InvalidReason::BadStatus),
-            (br#"{"ts":1,"host":"a","method":"GET","path":"/","status":200,"bytes":-1}"#, InvalidReason::BadNumber),
+            (
+                br#"{"host":"a","method":"GET","path":"/","status":200}"#,
+                InvalidReason::MissingField,
+            ),
+            (
+                br#"{"ts":"yesterday","host":"a","method":"GET","path":"/","status":200}"#,
+                InvalidReason::BadTimestamp,
+            ),
+            (
+                br#"{"ts":1,"host":"a","method":"GET","path":"/","status":1000}"#,
+                InvalidReason::BadStatus,
+            ),
+            (
+                br#"{"ts":1,"host":"a","method":"GET","path":"/","status":200,"bytes":-1}"#,
+                InvalidReason::BadNumber,
+            ),
             (b"   ", InvalidReason::Empty),
             (b"{\"ts\":1,\"host\":\"\xff\xfe\"}", InvalidReason::NotUtf8),
         ];
         for (line, reason) in cases {
             let err = parse_line(Format::Json, line, "").unwrap_err();
-            assert_eq!(err.reason, reason, "{}: {}", String::from_utf8_lossy(line), err.detail);
+            assert_eq!(
+                err.reason,
+                reason,
+                "{}: {}",
+                String::from_utf8_lossy(line),
+                err.detail
+            );
         }
     }
 
@@ -462,9 +531,13 @@ mod tests {
         assert_eq!(e.bytes, 2326);
         assert_eq!(e.latency_ms, Some(42.0));
         assert_eq!(e.client_ip.as_deref(), Some("203.0.113.9"));
-        let line = br#"::1 - - [10/Oct/2000:13:55:36 +0000] "POST /a\"b HTTP/1.1" 404 - "-" "curl/8.0""#;
+        let line =
+            br#"::1 - - [10/Oct/2000:13:55:36 +0000] "POST /a\"b HTTP/1.1" 404 - "-" "curl/8.0""#;
         let e = parse_line(Format::Combined, line, "h").unwrap();
-        assert_eq!((e.method.as_str(), e.path.as_str(), e.bytes, e.latency_ms), ("POST", "/a\\\"b", 0, None));
+        assert_eq!(
+            (e.method.as_str(), e.path.as_str(), e.bytes, e.latency_ms),
+            ("POST", "/a\\\"b", 0, None)
+        );
         assert_eq!(e.referrer, None);
     }
 
@@ -487,7 +560,13 @@ mod tests {
         ];
         for (line, reason) in cases {
             let err = parse_line(Format::Combined, line, "h").unwrap_err();
-            assert_eq!(err.reason, reason, "{}: {}", String::from_utf8_lossy(line), err.detail);
+            assert_eq!(
+                err.reason,
+                reason,
+                "{}: {}",
+                String::from_utf8_lossy(line),
+                err.detail
+            );
         }
     }
 }

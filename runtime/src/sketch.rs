@@ -22,7 +22,11 @@ pub struct Quantiles(DDSketch);
 
 impl Default for Quantiles {
     fn default() -> Self {
-        Quantiles(DDSketch::new(Config::new(QUANTILE_RELATIVE_ERROR, 2048, 1e-3)))
+        Quantiles(DDSketch::new(Config::new(
+            QUANTILE_RELATIVE_ERROR,
+            2048,
+            1e-3,
+        )))
     }
 }
 
@@ -245,9 +249,15 @@ mod tests {
         let (mut a, mut b) = (Distinct::default(), Distinct::default());
         for i in 0..1_000_000u32 {
             let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-            if i % 2 == 0 { a.insert(&ip) } else { b.insert(&ip) }
+            if i % 2 == 0 {
+                a.insert(&ip)
+            } else {
+                b.insert(&ip)
+            }
             // overlap: every tenth value goes to both sides
-            if i % 10 == 0 { b.insert(&ip) }
+            if i % 10 == 0 {
+                b.insert(&ip)
+            }
         }
         a.merge(&b);
         let est = a.estimate() as f64;

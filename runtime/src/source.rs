@@ -2,7 +2,7 @@
 //! offsets; parsing happens in the partition owner, the same for every source.
 
 use crate::event::Format;
-use crate::generator::{write_line, Cursor, Generator};
+use crate::generator::{Cursor, Generator};
 use crate::time::now_ms;
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,14 +45,24 @@ pub trait PartitionSource: Send + 'static {
 
 /// The built-in generator as a partition source, rendering records in `format`.
 pub struct GeneratorSource {
+    generator: Arc<Generator>,
+    partition: u32,
     cursor: Cursor,
     format: Format,
     realtime: bool,
 }
 
 impl GeneratorSource {
-    pub fn new(g: &Arc<Generator>, partition: u32, offset: u64, format: Format, realtime: bool) -> Self {
+    pub fn new(
+        g: &Arc<Generator>,
+        partition: u32,
+        offset: u64,
+        format: Format,
+        realtime: bool,
+    ) -> Self {
         GeneratorSource {
+            generator: Arc::clone(g),
+            partition,
             cursor: g.cursor(partition, offset),
             format,
             realtime,
@@ -69,18 +79,31 @@ impl PartitionSource for GeneratorSource {
         let now = if self.realtime { now_ms() } else { i64::MAX };
         for _ in 0..max {
             if self.cursor.finished() {
-                return if out.records.is_empty() { Polled::Finished } else { Polled::Ready };
+                return if out.records.is_empty() {
+                    Polled::Finished
+                } else {
+                    Polled::Ready
+                };
             }
             let ready_at = self.cursor.ready_at_ms();
             if ready_at > now {
-                return if out.records.is_empty() { Polled::NotBefore(ready_at) } else { Polled::Ready };
+                return if out.records.is_empty() {
+                    Polled::NotBefore(ready_at)
+                } else {
+                    Polled::Ready
+                };
             }
             let offset = self.cursor.offset();
             let Some(e) = self.cursor.next_event() else {
-                return if out.records.is_empty() { Polled::Finished } else { Polled::Ready };
+                return if out.records.is_empty() {
+                    Polled::Finished
+                } else {
+                    Polled::Ready
+                };
             };
             let start = out.buf.len();
-            write_line(&mut out.buf, &e, self.format);
+            self.generator
+                .render(self.partition, offset, &e, self.format, &mut out.buf);
             // The record is the line without its newline, as a Kafka value would be.
             out.records.push((offset, start..out.buf.len() - 1));
         }

@@ -3,7 +3,7 @@
 //! metric; never a monitored host or path.
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
-use opentelemetry::KeyValue;
+pub use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
@@ -71,7 +71,17 @@ pub struct Metrics {
 impl Metrics {
     pub fn global() -> &'static Metrics {
         static M: OnceLock<Metrics> = OnceLock::new();
-        M.get_or_init(Metrics::new)
+        M.get_or_init(|| {
+            let m = Metrics::new();
+            // Series that dashboards query exist from the start, not only after the first event.
+            for k in ActorKind::ALL {
+                m.restarts.add(0, &[KeyValue::new("actor", k.as_str())]);
+            }
+            m.windows_closed.add(0, &[]);
+            m.lake_files.add(0, &[]);
+            m.lake_bytes.add(0, &[]);
+            m
+        })
     }
 
     fn new() -> Metrics {
@@ -85,7 +95,9 @@ impl Metrics {
             .expect("a fresh registry accepts the exporter");
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let m: Meter = provider.meter("wtm");
-        let secs = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+        let secs = vec![
+            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+        ];
         m.i64_observable_gauge("wtm_actor_mailbox_depth")
             .with_description("Messages waiting in actor mailboxes, by actor kind")
             .with_callback(|g| {
@@ -95,14 +107,19 @@ impl Metrics {
             })
             .build();
         Metrics {
-            events: m.u64_counter("wtm_events").with_description("Records read, by partition").build(),
+            events: m
+                .u64_counter("wtm_events")
+                .with_description("Records read, by partition")
+                .build(),
             invalid: m
                 .u64_counter("wtm_invalid")
                 .with_description("Malformed records (dead-lettered), by partition and reason")
                 .build(),
             late: m
                 .u64_counter("wtm_late_events")
-                .with_description("Events after their window closed (kept in the late output), by partition")
+                .with_description(
+                    "Events after their window closed (kept in the late output), by partition",
+                )
                 .build(),
             watermark_lag: m
                 .f64_gauge("wtm_watermark_lag_seconds")
@@ -131,8 +148,14 @@ impl Metrics {
                 .with_description("Encoded size of one partition checkpoint")
                 .with_boundaries(vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8])
                 .build(),
-            lake_files: m.u64_counter("wtm_lake_files").with_description("Lake files written").build(),
-            lake_bytes: m.u64_counter("wtm_lake_bytes").with_description("Lake bytes written").build(),
+            lake_files: m
+                .u64_counter("wtm_lake_files")
+                .with_description("Lake files written")
+                .build(),
+            lake_bytes: m
+                .u64_counter("wtm_lake_bytes")
+                .with_description("Lake bytes written")
+                .build(),
             lake_errors: m
                 .u64_counter("wtm_lake_write_errors")
                 .with_description("Failed lake writes (retried)")
@@ -141,7 +164,10 @@ impl Metrics {
                 .u64_counter("wtm_windows_closed")
                 .with_description("(host, window, partition) aggregates closed")
                 .build(),
-            anomalies: m.u64_counter("wtm_anomalies").with_description("Anomalies raised, by metric").build(),
+            anomalies: m
+                .u64_counter("wtm_anomalies")
+                .with_description("Anomalies raised, by metric")
+                .build(),
             api_requests: m
                 .u64_counter("wtm_api_requests")
                 .with_description("API requests, by route and status")
@@ -154,7 +180,8 @@ impl Metrics {
     /// Record that an actor of `kind` handled one message that took `secs`.
     pub fn handled(&self, kind: ActorKind, secs: f64) {
         kind.dequeued();
-        self.handle_seconds.record(secs, &[KeyValue::new("actor", kind.as_str())]);
+        self.handle_seconds
+            .record(secs, &[KeyValue::new("actor", kind.as_str())]);
     }
 
     /// The Prometheus text exposition.

@@ -156,9 +156,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let off = parse_offset(&b[i..])?;
     let days = days_from_civil(y, mo, d);
-    Some(
-        (days * 86_400 + (h * 3600 + mi * 60 + sec) as i64 - off) * 1000 + millis as i64,
-    )
+    Some((days * 86_400 + (h * 3600 + mi * 60 + sec) as i64 - off) * 1000 + millis as i64)
 }
 
 /// Parse the CLF time between the brackets: `10/Oct/2000:13:55:36 -0700`.
@@ -207,8 +205,14 @@ mod tests {
     fn known_dates() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-10-10T13:55:36Z"), Some(971_186_136_000));
-        assert_eq!(parse_rfc3339("2000-10-10T06:55:36.250-07:00"), Some(971_186_136_250));
-        assert_eq!(parse_clf(b"10/Oct/2000:13:55:36 -0700"), Some(971_211_336_000));
+        assert_eq!(
+            parse_rfc3339("2000-10-10T06:55:36.250-07:00"),
+            Some(971_186_136_250)
+        );
+        assert_eq!(
+            parse_clf(b"10/Oct/2000:13:55:36 -0700"),
+            Some(971_211_336_000)
+        );
         assert_eq!(format_clf(971_186_136_000), "10/Oct/2000:13:55:36 +0000");
         assert_eq!(parse_rfc3339("2000-13-10T13:55:36Z"), None);
         assert_eq!(parse_rfc3339("garbage"), None);

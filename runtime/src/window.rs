@@ -17,17 +17,21 @@ pub const NO_WATERMARK: i64 = i64::MIN;
 impl WindowSpec {
     /// Start of the window holding `ts` (windows are aligned to the epoch).
     pub fn start_of(&self, ts_ms: i64) -> i64 {
-        ts_ms - ts_ms.rem_euclid(self.size_ms)
+        ts_ms.saturating_sub(ts_ms.rem_euclid(self.size_ms))
     }
 
     pub fn end_of(&self, start_ms: i64) -> i64 {
-        start_ms + self.size_ms
+        start_ms.saturating_add(self.size_ms)
     }
 
     /// The window starting at `start` is closed (final) once the watermark reaches its end plus
     /// the allowed lateness.
     pub fn is_closed(&self, start_ms: i64, watermark: i64) -> bool {
-        watermark != NO_WATERMARK && self.end_of(start_ms) + self.allowed_lateness_ms <= watermark
+        watermark != NO_WATERMARK
+            && self
+                .end_of(start_ms)
+                .saturating_add(self.allowed_lateness_ms)
+                <= watermark
     }
 
     /// An event is late when its window is already closed at the watermark it arrives under.

@@ -1,0 +1,111 @@
+//! The archiver: writes committed publications to the Parquet lake, keeps recent closed windows
+//! for the API, and hands closed windows to the detector.
+
+mod state;
+
+pub use state::RecentWindows;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::time::Instant;
+use wtm_runtime::lake::Lake;
+use wtm_runtime::msg::{lookup, tell, ArchiverMsg, DetectorMsg, WindowPoint, DETECTOR_NAME};
+use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
+
+pub struct ArchiverArgs {
+    pub lake: Lake,
+    pub retention_windows: usize,
+    pub window_ms: i64,
+}
+
+pub struct ArchiverActor;
+
+pub struct ArchiverRun {
+    lake: Lake,
+    recent: RecentWindows,
+}
+
+impl Actor for ArchiverActor {
+    type Msg = ArchiverMsg;
+    type State = ArchiverRun;
+    type Arguments = ArchiverArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ArchiverMsg>,
+        args: ArchiverArgs,
+    ) -> Result<ArchiverRun, ActorProcessingErr> {
+        // Reload recent history so the API answers the same after a restart.
+        let lake = args.lake.clone();
+        let since = lake
+            .newest_window_hour()
+            .map(|h| h + 3_600_000 - args.retention_windows as i64 * args.window_ms);
+        let mut recent = RecentWindows::new(args.retention_windows, args.window_ms);
+        if let Some(since) = since {
+            let windows = tokio::task::spawn_blocking(move || lake.read_windows(since)).await??;
+            tracing::info!(
+                windows = windows.len(),
+                "recent windows reloaded from the lake"
+            );
+            for w in windows {
+                recent.insert(w);
+            }
+        }
+        Ok(ArchiverRun {
+            lake: args.lake,
+            recent,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<ArchiverMsg>,
+        msg: ArchiverMsg,
+        run: &mut ArchiverRun,
+    ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        match msg {
+            ArchiverMsg::Publish(p, reply) => {
+                let lake = run.lake.clone();
+                let pubn = p.clone();
+                let m = Metrics::global();
+                match tokio::task::spawn_blocking(move || lake.write(&pubn)).await? {
+                    Ok(stats) => {
+                        m.lake_files.add(stats.files, &[]);
+                        m.lake_bytes.add(stats.bytes, &[]);
+                        let detector = lookup::<DetectorMsg>(DETECTOR_NAME);
+                        for w in &p.closed {
+                            if let Some(d) = &detector {
+                                let s = w.agg.finalize();
+                                let point = WindowPoint {
+                                    start_ms: w.key.start_ms,
+                                    requests: s.requests as f64,
+                                    error_rate: s.error_rate,
+                                    latency_p99_ms: s.latency_p99,
+                                };
+                                let _ = tell(
+                                    d,
+                                    ActorKind::Detector,
+                                    DetectorMsg::Observe(w.key.host.clone(), point),
+                                );
+                            }
+                            run.recent.insert(w.clone());
+                        }
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        m.lake_errors.add(1, &[KeyValue::new("table", "any")]);
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            ArchiverMsg::Windows(q, reply) => {
+                let _ = reply.send(run.recent.query(&q));
+            }
+            ArchiverMsg::Totals(n, reply) => {
+                let _ = reply.send(run.recent.totals(n));
+            }
+        }
+        Metrics::global().handled(ActorKind::Archiver, started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! The detector: judges each closed window of each host; model fits run on the blocking pool and
+//! come back as messages.
+
+mod state;
+
+pub use state::{fit, DetectorState, FitJob, METRICS};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::time::Instant;
+use wtm_runtime::config::DetectorConfig;
+use wtm_runtime::msg::{tell, DetectorMsg};
+use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
+
+pub struct DetectorActor;
+
+pub struct DetectorArgs {
+    pub config: DetectorConfig,
+    pub window_ms: i64,
+}
+
+impl Actor for DetectorActor {
+    type Msg = DetectorMsg;
+    type State = DetectorState;
+    type Arguments = DetectorArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<DetectorMsg>,
+        args: DetectorArgs,
+    ) -> Result<DetectorState, ActorProcessingErr> {
+        Ok(DetectorState::new(args.config, args.window_ms))
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<DetectorMsg>,
+        msg: DetectorMsg,
+        state: &mut DetectorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        match msg {
+            DetectorMsg::Observe(host, point) => {
+                let (found, job) = state.observe(&host, point);
+                for a in &found {
+                    tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, "anomaly");
+                    Metrics::global()
+                        .anomalies
+                        .add(1, &[KeyValue::new("metric", a.metric.clone())]);
+                }
+                if let Some(job) = job {
+                    tokio::task::spawn_blocking(move || {
+                        let forecasts = fit(&job);
+                        let _ = tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts));
+                    });
+                }
+            }
+            DetectorMsg::Fitted(forecasts) => state.install(forecasts),
+            DetectorMsg::Anomalies(q, reply) => {
+                let _ = reply.send(state.anomalies(q.host.as_deref(), q.since_ms));
+            }
+        }
+        Metrics::global().handled(ActorKind::Detector, started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

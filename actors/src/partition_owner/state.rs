@@ -1,0 +1,245 @@
+//! A partition owner's synchronous core: parse, decide lateness, route, and cut publications.
+
+use std::sync::Arc;
+use wtm_runtime::agg::ClosedWindow;
+use wtm_runtime::checkpoint::{
+    Buffered, InvalidRecord, LateEvent, PartitionCheckpoint, PartitionTotals, Publication,
+};
+use wtm_runtime::event::{Event, Format};
+use wtm_runtime::msg::shard_of;
+use wtm_runtime::parse::{parse_line, InvalidReason};
+use wtm_runtime::source::RecordBatch;
+use wtm_runtime::window::{WatermarkState, WindowSpec, NO_WATERMARK};
+
+/// Fixed settings of one owner.
+#[derive(Debug, Clone)]
+pub struct OwnerSettings {
+    pub partition: u32,
+    pub spec: WindowSpec,
+    pub format: Format,
+    pub default_host: String,
+    pub shards: usize,
+    pub raw_events: bool,
+}
+
+/// Counts of one ingested batch, for metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Ingested {
+    pub events: u64,
+    pub late: u64,
+    pub invalid: Vec<InvalidReason>,
+}
+
+pub struct OwnerState {
+    pub settings: OwnerSettings,
+    pub watermark: WatermarkState,
+    pub next_offset: u64,
+    /// Late, invalid and raw records not yet cut into a publication.
+    buffered: Buffered,
+    pub totals: PartitionTotals,
+    /// The source has ended; the next checkpoint closes every window.
+    pub source_done: bool,
+    /// Every window is closed and committed: nothing more to do.
+    pub finished: bool,
+    /// Committed in a checkpoint, not yet confirmed in the lake.
+    pub unpublished: Vec<Arc<Publication>>,
+}
+
+impl OwnerState {
+    pub fn new(settings: OwnerSettings) -> OwnerState {
+        OwnerState {
+            settings,
+            watermark: WatermarkState::default(),
+            next_offset: 0,
+            buffered: Buffered::default(),
+            totals: PartitionTotals::default(),
+            source_done: false,
+            finished: false,
+            unpublished: Vec::new(),
+        }
+    }
+
+    /// Rebuild from a checkpoint; returns the open-window blobs for the shards.
+    pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> (OwnerState, Vec<Vec<u8>>) {
+        let mut s = OwnerState::new(settings);
+        s.watermark = cp.watermark;
+        s.next_offset = cp.next_offset;
+        s.buffered = cp.buffered;
+        s.totals = cp.totals;
+        s.finished = cp.finished;
+        s.source_done = cp.finished;
+        s.unpublished = cp.unpublished;
+        (s, cp.open)
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark.current(&self.settings.spec)
+    }
+
+    /// Parse a batch of records, routing on-time events into `routed[shard]`.
+    pub fn ingest(&mut self, batch: &RecordBatch, routed: &mut [Vec<Event>]) -> Ingested {
+        let mut out = Ingested::default();
+        let spec = self.settings.spec;
+        for (offset, bytes) in batch.iter() {
+            self.next_offset = offset + 1;
+            match parse_line(self.settings.format, bytes, &self.settings.default_host) {
+                Err(err) => {
+                    *self.totals.invalid.entry(err.reason).or_default() += 1;
+                    out.invalid.push(err.reason);
+                    self.buffered.invalid.push(InvalidRecord {
+                        offset,
+                        reason: err.reason,
+                        detail: err.detail,
+                        raw: bytes.to_vec(),
+                    });
+                }
+                Ok(event) => {
+                    out.events += 1;
+                    self.totals.events += 1;
+                    let wm = self.watermark.current(&spec);
+                    if self.settings.raw_events {
+                        self.buffered.raw.push((offset, event.clone()));
+                    }
+                    if spec.is_late(event.ts_ms, wm) {
+                        out.late += 1;
+                        self.totals.late += 1;
+                        self.buffered.late.push(LateEvent {
+                            offset,
+                            watermark_ms: wm,
+                            event,
+                        });
+                    } else {
+                        self.watermark.observe(event.ts_ms);
+                        routed[shard_of(&event.host, self.settings.shards)].push(event);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The windows just closed and, when `flush`, the buffered records since the last flush, as
+    /// one publication queued as unpublished (the caller commits it in the checkpoint before
+    /// writing it, so its offset range is fixed forever).
+    pub fn cut_publication(&mut self, closed: Vec<ClosedWindow>, now_ms: i64, flush: bool) {
+        self.totals.windows_closed += closed.len() as u64;
+        let records = if flush {
+            std::mem::replace(
+                &mut self.buffered,
+                Buffered {
+                    range_start: self.next_offset,
+                    ..Default::default()
+                },
+            )
+        } else {
+            Buffered {
+                range_start: self.buffered.range_start,
+                ..Default::default()
+            }
+        };
+        let p = Publication {
+            partition: self.settings.partition,
+            from_offset: records.range_start,
+            to_offset: if flush {
+                self.next_offset
+            } else {
+                records.range_start
+            },
+            created_ms: now_ms,
+            closed,
+            late: records.late,
+            invalid: records.invalid,
+            raw: records.raw,
+        };
+        if !p.is_empty() {
+            self.unpublished.push(Arc::new(p));
+        }
+    }
+
+    pub fn checkpoint(&self, open: Vec<Vec<u8>>) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            partition: self.settings.partition,
+            next_offset: self.next_offset,
+            watermark: self.watermark,
+            open,
+            unpublished: self.unpublished.clone(),
+            buffered: self.buffered.clone(),
+            finished: self.source_done && self.watermark.idle_floor_ms == i64::MAX,
+            totals: self.totals.clone(),
+        }
+    }
+
+    /// Seconds the watermark trails `now_ms`, when there is one.
+    pub fn watermark_lag_s(&self, now_ms: i64) -> Option<f64> {
+        let wm = self.watermark_ms();
+        (wm != NO_WATERMARK && wm != i64::MAX).then(|| (now_ms - wm) as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> OwnerSettings {
+        OwnerSettings {
+            partition: 0,
+            spec: WindowSpec {
+                size_ms: 60_000,
+                out_of_orderness_ms: 5_000,
+                allowed_lateness_ms: 0,
+            },
+            format: Format::Json,
+            default_host: "h".into(),
+            shards: 2,
+            raw_events: true,
+        }
+    }
+
+    fn batch(lines: &[&str]) -> RecordBatch {
+        let mut b = RecordBatch::default();
+        for (i, l) in lines.iter().enumerate() {
+            let start = b.buf.len();
+            b.buf.extend_from_slice(l.as_bytes());
+            b.records.push((100 + i as u64, start..b.buf.len()));
+        }
+        b
+    }
+
+    #[test]
+    fn late_invalid_and_routed_are_disjoint_and_complete() {
+        let mut s = OwnerState::new(settings());
+        let mut routed = vec![Vec::new(), Vec::new()];
+        let line =
+            |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
+        let (a, b, c) = (line(10_000), line(70_000), line(1_000));
+        let got = s.ingest(&batch(&[&a, "nope", &b, &c]), &mut routed);
+        // 70 s pushes the watermark to 65 s: the window [0, 60 s) is closed, so 1 s is late.
+        assert_eq!(
+            got,
+            Ingested {
+                events: 3,
+                late: 1,
+                invalid: vec![InvalidReason::BadJson]
+            }
+        );
+        assert_eq!(routed.iter().map(Vec::len).sum::<usize>(), 2);
+        assert_eq!(s.next_offset, 104);
+        s.cut_publication(vec![], 0, false);
+        assert!(s.unpublished.is_empty(), "records wait for a flush");
+        s.cut_publication(vec![], 0, true);
+        let p = &s.unpublished[0];
+        assert_eq!(
+            (
+                p.from_offset,
+                p.to_offset,
+                p.late.len(),
+                p.invalid.len(),
+                p.raw.len()
+            ),
+            (0, 104, 1, 1, 3)
+        );
+        assert_eq!(p.invalid[0].raw, b"nope");
+        s.cut_publication(vec![], 0, true);
+        assert_eq!(s.unpublished.len(), 1, "empty publications are not queued");
+    }
+}

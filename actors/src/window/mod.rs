@@ -1,0 +1,54 @@
+//! The window actor: one shard of the open event-time windows, hosts sharded by name.
+
+mod state;
+
+pub use state::WindowState;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::time::Instant;
+use wtm_runtime::msg::WindowMsg;
+use wtm_runtime::telemetry::{ActorKind, Metrics};
+use wtm_runtime::window::WindowSpec;
+
+pub struct WindowActor;
+
+impl Actor for WindowActor {
+    type Msg = WindowMsg;
+    type State = WindowState;
+    type Arguments = WindowSpec;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WindowMsg>,
+        spec: WindowSpec,
+    ) -> Result<WindowState, ActorProcessingErr> {
+        // A restarted shard starts empty; the supervisor then has every owner rewind, which
+        // refills it from the checkpoints.
+        Ok(WindowState::new(spec))
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<WindowMsg>,
+        msg: WindowMsg,
+        state: &mut WindowState,
+    ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        match msg {
+            WindowMsg::Apply(batch) => state.apply(batch.partition, &batch.events),
+            WindowMsg::Cut(req, reply) => {
+                let result = state.cut(req.partition, req.watermark_ms)?;
+                let _ = reply.send(result);
+            }
+            WindowMsg::Reset(partition, open) => state.reset(partition, open),
+            WindowMsg::Query(q, reply) => {
+                let _ = reply.send(state.query(&q));
+            }
+            WindowMsg::Totals(reply) => {
+                let _ = reply.send(state.totals());
+            }
+        }
+        Metrics::global().handled(ActorKind::Window, started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

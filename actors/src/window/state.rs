@@ -1,0 +1,206 @@
+//! Open windows of every partition routed to this shard.
+
+use std::collections::{BTreeMap, HashMap};
+use wtm_runtime::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_runtime::checkpoint::{encode, OpenWindows};
+use wtm_runtime::event::Event;
+use wtm_runtime::msg::{CutResult, HostTotals, WindowQuery};
+use wtm_runtime::window::WindowSpec;
+
+/// partition → host → window start → aggregate. Keyed by host first so that adding an event
+/// needs no allocation for the lookup.
+pub struct WindowState {
+    spec: WindowSpec,
+    partitions: HashMap<u32, HashMap<String, BTreeMap<i64, WindowAgg>>>,
+}
+
+impl WindowState {
+    pub fn new(spec: WindowSpec) -> WindowState {
+        WindowState {
+            spec,
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub fn apply(&mut self, partition: u32, events: &[Event]) {
+        let hosts = self.partitions.entry(partition).or_default();
+        for e in events {
+            let windows = match hosts.get_mut(e.host.as_str()) {
+                Some(w) => w,
+                None => hosts.entry(e.host.clone()).or_default(),
+            };
+            windows
+                .entry(self.spec.start_of(e.ts_ms))
+                .or_default()
+                .add(e);
+        }
+    }
+
+    /// Remove and return the windows the watermark has closed; encode the ones still open.
+    pub fn cut(&mut self, partition: u32, watermark_ms: i64) -> Result<CutResult, String> {
+        let mut closed = Vec::new();
+        let mut open: OpenWindows = Vec::new();
+        if let Some(hosts) = self.partitions.get_mut(&partition) {
+            for (host, windows) in hosts.iter_mut() {
+                let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
+                for (start, agg) in std::mem::replace(windows, still_open) {
+                    closed.push(ClosedWindow {
+                        key: WindowKey {
+                            host: host.clone(),
+                            start_ms: start,
+                            partition,
+                        },
+                        end_ms: self.spec.end_of(start),
+                        agg,
+                    });
+                }
+                for (start, agg) in windows.iter() {
+                    open.push((
+                        WindowKey {
+                            host: host.clone(),
+                            start_ms: *start,
+                            partition,
+                        },
+                        agg.clone(),
+                    ));
+                }
+            }
+            hosts.retain(|_, w| !w.is_empty());
+        }
+        closed.sort_by(|a, b| a.key.cmp(&b.key));
+        let open = if open.is_empty() {
+            Vec::new()
+        } else {
+            encode(&open).map_err(|e| e.to_string())?
+        };
+        Ok(CutResult { closed, open })
+    }
+
+    /// Replace the partition's open windows with restored ones.
+    pub fn reset(&mut self, partition: u32, open: OpenWindows) {
+        let hosts = self.partitions.entry(partition).or_default();
+        hosts.clear();
+        for (key, agg) in open {
+            hosts.entry(key.host).or_default().insert(key.start_ms, agg);
+        }
+    }
+
+    /// Open windows overlapping the query range.
+    pub fn query(&self, q: &WindowQuery) -> Vec<(WindowKey, WindowAgg)> {
+        let mut out = Vec::new();
+        for (partition, hosts) in &self.partitions {
+            for (host, windows) in hosts {
+                if q.host.as_ref().is_some_and(|h| h != host) {
+                    continue;
+                }
+                let from = self.spec.start_of(q.from_ms);
+                if from >= q.to_ms {
+                    continue;
+                }
+                for (start, agg) in windows.range(from..q.to_ms) {
+                    out.push((
+                        WindowKey {
+                            host: host.clone(),
+                            start_ms: *start,
+                            partition: *partition,
+                        },
+                        agg.clone(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl WindowState {
+    /// Per-host totals over every open window.
+    pub fn totals(&self) -> Vec<HostTotals> {
+        let mut by_host: BTreeMap<&str, HostTotals> = BTreeMap::new();
+        for hosts in self.partitions.values() {
+            for (host, windows) in hosts {
+                let t = by_host.entry(host).or_insert_with(|| HostTotals {
+                    host: host.clone(),
+                    ..Default::default()
+                });
+                for (start, agg) in windows {
+                    t.add(*start, agg);
+                }
+            }
+        }
+        by_host.into_values().collect()
+    }
+}
+
+/// The first window start that is still open at `watermark_ms`.
+fn first_open(spec: &WindowSpec, windows: &BTreeMap<i64, WindowAgg>, watermark_ms: i64) -> i64 {
+    windows
+        .keys()
+        .find(|s| !spec.is_closed(**s, watermark_ms))
+        .copied()
+        .unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wtm_runtime::checkpoint::decode;
+
+    fn ev(host: &str, ts: i64) -> Event {
+        Event {
+            ts_ms: ts,
+            host: host.into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            bytes: 1,
+            latency_ms: None,
+            client_ip: None,
+            user_agent: None,
+            referrer: None,
+        }
+    }
+
+    #[test]
+    fn cut_closes_exactly_the_passed_windows_and_reset_restores() {
+        let spec = WindowSpec {
+            size_ms: 60_000,
+            out_of_orderness_ms: 0,
+            allowed_lateness_ms: 5_000,
+        };
+        let mut s = WindowState::new(spec);
+        s.apply(
+            0,
+            &[
+                ev("a", 1_000),
+                ev("a", 61_000),
+                ev("b", 2_000),
+                ev("a", 121_000),
+            ],
+        );
+        s.apply(1, &[ev("c", 1_000)]);
+        let cut = s.cut(0, 65_000).unwrap();
+        let closed: Vec<_> = cut
+            .closed
+            .iter()
+            .map(|c| (c.key.host.as_str(), c.key.start_ms, c.agg.requests))
+            .collect();
+        assert_eq!(closed, vec![("a", 0, 1), ("b", 0, 1)]);
+        let open: OpenWindows = decode("t", &cut.open).unwrap();
+        assert_eq!(open.len(), 2);
+        // Partition 1 is untouched by partition 0's cut.
+        assert_eq!(
+            s.query(&WindowQuery {
+                host: Some("c".into()),
+                from_ms: 0,
+                to_ms: 60_000
+            })
+            .len(),
+            1
+        );
+        let mut restored = WindowState::new(spec);
+        restored.reset(0, open);
+        assert_eq!(restored.cut(0, i64::MAX).unwrap().closed.len(), 2);
+        assert!(s.cut(0, 65_000).unwrap().closed.is_empty());
+    }
+}

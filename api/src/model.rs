@@ -1,0 +1,148 @@
+//! JSON shapes of the API (documented in the OpenAPI document).
+
+use poem_openapi::{Enum, Object};
+use std::collections::BTreeMap;
+
+#[derive(Object)]
+pub struct HostOut {
+    pub host: String,
+    /// Windows the totals cover.
+    pub windows: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    /// Share of requests answered 5xx.
+    pub error_rate: f64,
+    pub first_window_start: String,
+    pub last_window_start: String,
+}
+
+#[derive(Object)]
+pub struct HostsOut {
+    pub hosts: Vec<HostOut>,
+}
+
+#[derive(Object)]
+pub struct StatusClasses {
+    #[oai(rename = "1xx")]
+    pub s1xx: u64,
+    #[oai(rename = "2xx")]
+    pub s2xx: u64,
+    #[oai(rename = "3xx")]
+    pub s3xx: u64,
+    #[oai(rename = "4xx")]
+    pub s4xx: u64,
+    #[oai(rename = "5xx")]
+    pub s5xx: u64,
+}
+
+/// Latency quantiles in milliseconds (relative error ≤ 1%).
+#[derive(Object)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Object)]
+pub struct WindowOut {
+    /// RFC 3339.
+    pub start: String,
+    pub end: String,
+    pub requests: u64,
+    pub bytes: u64,
+    pub status: StatusClasses,
+    pub error_rate: f64,
+    pub latency_ms: Latency,
+    /// HyperLogLog estimate (standard error 0.8%).
+    pub unique_clients: u64,
+    pub bots: u64,
+    /// The watermark has closed the window: its numbers will not change.
+    #[oai(rename = "final")]
+    pub is_final: bool,
+}
+
+#[derive(Object)]
+pub struct WindowSeries {
+    pub host: String,
+    pub windows: Vec<WindowOut>,
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum Dimension {
+    Path,
+    Referrer,
+    UserAgent,
+    Status,
+}
+
+#[derive(Object)]
+pub struct TopEntry {
+    pub key: String,
+    /// Upper bound of the true count (Space-Saving); exact for `status`.
+    pub count: u64,
+}
+
+#[derive(Object)]
+pub struct TopOut {
+    pub host: String,
+    pub dimension: Dimension,
+    pub windows: u64,
+    pub requests: u64,
+    pub entries: Vec<TopEntry>,
+}
+
+#[derive(Object)]
+pub struct PartitionOut {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub watermark: Option<String>,
+    pub max_event_time: Option<String>,
+    pub events: u64,
+    pub late: u64,
+    pub finished: bool,
+}
+
+#[derive(Object)]
+pub struct OverviewOut {
+    /// Records parsed into events (late ones included).
+    pub events: u64,
+    pub invalid_total: u64,
+    /// Invalid records by reason.
+    pub invalid: BTreeMap<String, u64>,
+    pub late: u64,
+    pub hosts: u64,
+    pub windows_closed: u64,
+    /// Largest (wall clock − watermark) over partitions.
+    pub watermark_lag_seconds: Option<f64>,
+    /// Every partition's source has ended and all its windows are in the lake.
+    pub finished: bool,
+    pub partitions: Vec<PartitionOut>,
+}
+
+#[derive(Object)]
+pub struct AnomalyOut {
+    pub host: String,
+    pub metric: String,
+    pub window_start: String,
+    pub observed: f64,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub score: f64,
+    pub kind: String,
+    pub model: String,
+}
+
+#[derive(Object)]
+pub struct AnomaliesOut {
+    pub anomalies: Vec<AnomalyOut>,
+}
+
+#[derive(Object)]
+pub struct ReadyOut {
+    pub ready: bool,
+    pub partitions: u32,
+}

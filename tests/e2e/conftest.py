@@ -1,0 +1,185 @@
+"""Helpers for the end-to-end tests: run real `wtm` processes and compute ground truth.
+
+Ground truth is computed here, in Python, straight from the lines `wtm generate` writes: no wtm
+code is involved in counting, so a wrong count in the node cannot hide in the oracle.
+"""
+
+import collections
+import datetime as dt
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WTM = os.environ.get("WTM_BIN") or str(
+    pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/wtm-target")) / "debug/wtm"
+)
+START = "2026-01-01T00:00:00Z"
+WINDOW_MS = 60_000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def to_toml(cfg):
+    out = []
+    for section, values in cfg.items():
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (str, pathlib.Path)):
+                v = json.dumps(str(v))
+            out.append(f"{k} = {v}")
+    return "\n".join(out) + "\n"
+
+
+class Node:
+    """One `wtm run` process on 127.0.0.1 with its own data directory."""
+
+    def __init__(self, workdir, source, **sections):
+        self.workdir = pathlib.Path(workdir)
+        self.port = free_port()
+        self.data = self.workdir / "data"
+        cfg = {
+            "node": {"listen": f"127.0.0.1:{self.port}", "data_dir": self.data},
+            "source": source,
+        }
+        cfg.update(sections)
+        self.config = self.workdir / "wtm.toml"
+        self.config.write_text(to_toml(cfg))
+        self.proc = None
+        self.runs = 0
+
+    @property
+    def lake(self):
+        return self.data / "lake"
+
+    def start(self):
+        self.runs += 1
+        log = open(self.workdir / f"node-{self.runs}.log", "wb")
+        self.proc = subprocess.Popen(
+            [WTM, "run", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"node exited early: {self.log()}"
+            try:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("node not ready within 60 s")
+
+    def log(self):
+        return (self.workdir / f"node-{self.runs}.log").read_text(errors="replace")[-4000:]
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def overview(self):
+        status, body = self.get("/v1/overview")
+        assert status == 200, body
+        return body
+
+    def wait_finished(self, timeout=300):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"node died: {self.log()}"
+            try:
+                if self.overview()["finished"]:
+                    return
+            except (OSError, AssertionError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"node did not finish within {timeout} s: {self.log()}")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes = []
+
+    def make(source, name="node", **sections):
+        d = tmp_path / name
+        d.mkdir()
+        n = Node(d, source, **sections)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+def generate(path, **flags):
+    args = [WTM, "generate", "--out", str(path)]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    subprocess.run(args, check=True)
+    return path
+
+
+def parse_ts(s):
+    return int(dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class Truth:
+    """Per (host, window start ms) counts of the generated events, and the malformed lines."""
+
+    def __init__(self, path):
+        self.windows = collections.defaultdict(lambda: {"requests": 0, "bytes": 0, "status": [0] * 5})
+        self.latencies = collections.defaultdict(list)
+        self.clients = collections.defaultdict(set)
+        self.malformed = 0
+        self.events = 0
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    self.malformed += 1
+                    continue
+                self.events += 1
+                ts = parse_ts(e["ts"])
+                key = (e["host"], ts - ts % WINDOW_MS)
+                w = self.windows[key]
+                w["requests"] += 1
+                w["bytes"] += e["bytes"]
+                w["status"][e["status"] // 100 - 1] += 1
+                self.latencies[key].append(e["latency_ms"])
+                self.clients[key].add(e["client_ip"])
+
+
+def exact_quantile(values, q):
+    s = sorted(values)
+    return s[int((len(s) - 1) * q)]
