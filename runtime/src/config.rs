@@ -191,7 +191,7 @@ impl Default for DetectorConfig {
             baseline_windows: 30,
             model_history: 60,
             refit_every: 10,
-            threshold: 6.0,
+            threshold: 4.0,
         }
     }
 }

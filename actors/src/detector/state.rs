@@ -1,10 +1,11 @@
 //! Anomaly detection over each host's closed-window series (requests, 5xx rate, p99 latency).
 //!
-//! Before a host has `model_history` windows, a robust baseline judges each window: the median
-//! and MAD of the previous `baseline_windows`, with noise floors (Poisson for counts). Once it
-//! has, an augurs model (AutoETS; MSTL with a daily season when two days are available) is fitted
-//! off the actor and its prediction interval judges the next windows. Either way a window must
-//! also move by a practical margin (ratio guards), which keeps false alarms rare on noisy hosts.
+//! Every window is judged by a robust baseline: the median and MAD of the previous
+//! `baseline_windows`, with noise floors (Poisson for counts, binomial for the 5xx share). Once a
+//! host has `model_history` windows, an augurs model (AutoETS; MSTL with a daily season when two
+//! days are available) is fitted off the actor and a window must also leave its 99% prediction
+//! interval. Either way it must move by a practical margin (ratio guards), and 5xx rate and p99
+//! are only judged on windows with enough requests: that keeps false alarms rare on small hosts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use wtm_runtime::config::DetectorConfig;
@@ -64,8 +65,17 @@ fn guard(metric: usize, x: f64, expected: f64) -> Option<&'static str> {
         0 if x >= 1.8 * expected => Some("traffic_spike"),
         0 if x <= 0.5 * expected && expected >= 20.0 => Some("traffic_drop"),
         1 if x >= expected + 0.05 => Some("error_burst"),
-        2 if x >= 1.5 * expected && x >= expected + 20.0 => Some("latency_degradation"),
+        2 if x >= 3.0 * expected && x >= expected + 50.0 => Some("latency_degradation"),
         _ => None,
+    }
+}
+
+/// Requests a window needs before its 5xx rate or p99 means anything.
+fn enough_requests(metric: usize, requests: f64) -> bool {
+    match metric {
+        1 => requests >= 50.0,
+        2 => requests >= 200.0,
+        _ => true,
     }
 }
 
@@ -106,9 +116,16 @@ impl DetectorState {
                 let mut hist: Vec<f64> = history.iter().map(|h| value(h, metric)).collect();
                 let med = median(&mut hist);
                 let mut dev: Vec<f64> = hist.iter().map(|h| (h - med).abs()).collect();
+                if !enough_requests(metric, p.requests) {
+                    continue;
+                }
+                // Noise floors: Poisson for counts, binomial for the 5xx share.
                 let floor = match metric {
                     0 => med.max(1.0).sqrt().max(0.05 * med),
-                    1 => 0.01,
+                    1 => {
+                        let share = med.max(0.01);
+                        (share * (1.0 - share) / p.requests).sqrt().max(0.005)
+                    }
                     _ => (0.1 * med).max(1.0),
                 };
                 let sigma = (1.4826 * median(&mut dev)).max(floor);
@@ -123,21 +140,12 @@ impl DetectorState {
                         f.model,
                     ))
                 });
-                let (expected, lower, upper, model, outside) = match forecast {
-                    Some((point, lower, upper, model)) => {
-                        (point, lower, upper, model, x < lower || x > upper)
-                    }
-                    None => {
-                        let band = cfg.threshold * sigma;
-                        (
-                            med,
-                            (med - band).max(0.0),
-                            med + band,
-                            "baseline",
-                            score.abs() >= cfg.threshold,
-                        )
-                    }
-                };
+                // With a model, its interval must also be left: it knows trend and season, which
+                // the baseline does not.
+                let band = cfg.threshold * sigma;
+                let (expected, lower, upper, model) =
+                    forecast.unwrap_or((med, (med - band).max(0.0), med + band, "baseline"));
+                let outside = score.abs() >= cfg.threshold && (x < lower || x > upper);
                 // The guard compares with the robust median, which an anomaly cannot drag along.
                 if let (true, Some(kind)) = (outside, guard(metric, x, med)) {
                     found.push(Anomaly {
