@@ -15,6 +15,8 @@ pub struct ArchiverArgs {
     pub lake: Lake,
     pub retention_windows: usize,
     pub window_ms: i64,
+    /// Hand closed windows to the detector (`detector.enabled`).
+    pub detect: bool,
 }
 
 pub struct ArchiverActor;
@@ -22,6 +24,7 @@ pub struct ArchiverActor;
 pub struct ArchiverRun {
     lake: Lake,
     recent: RecentWindows,
+    detect: bool,
 }
 
 impl Actor for ArchiverActor {
@@ -53,6 +56,7 @@ impl Actor for ArchiverActor {
         Ok(ArchiverRun {
             lake: args.lake,
             recent,
+            detect: args.detect,
         })
     }
 
@@ -72,7 +76,7 @@ impl Actor for ArchiverActor {
                     Ok(stats) => {
                         m.lake_files.add(stats.files, &[]);
                         m.lake_bytes.add(stats.bytes, &[]);
-                        let detector = lookup::<DetectorMsg>(DETECTOR_NAME);
+                        let detector = lookup::<DetectorMsg>(DETECTOR_NAME).filter(|_| run.detect);
                         for w in &p.closed {
                             if let Some(d) = &detector {
                                 let s = w.agg.finalize();

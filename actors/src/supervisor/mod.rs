@@ -63,6 +63,7 @@ impl SupervisorRun {
                     lake: self.args.lake.clone(),
                     retention_windows: cfg.api.retention_windows,
                     window_ms: cfg.window_spec().size_ms,
+                    detect: cfg.detector.enabled,
                 };
                 Actor::spawn_linked(Some(ARCHIVER_NAME.into()), ArchiverActor, args, sup)
                     .await?
