@@ -38,8 +38,7 @@ async fn events_so_far(partitions: u32) -> u64 {
 }
 
 fn kill(name: &str) {
-    let cell = ractor::registry::where_is(name.to_owned())
-        .unwrap_or_else(|| panic!("{name} is not running"));
+    let cell = ractor::registry::where_is(name).unwrap_or_else(|| panic!("{name} is not running"));
     cell.kill();
 }
 
