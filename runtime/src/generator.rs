@@ -563,9 +563,41 @@ impl Cursor {
         self.offset
     }
 
+    /// Offset at which this partition ends, if bounded.
+    pub fn end_offset(&self) -> Option<u64> {
+        self.end
+    }
+
     /// Whether the stream has ended.
     pub fn finished(&self) -> bool {
         self.end.is_some_and(|e| self.offset >= e)
+    }
+
+    /// Events available but not yet read: up to the stream's end, or (`until_ms`) up to the
+    /// last second complete at that wall-clock time. Counts at most `max_seconds` ahead.
+    pub fn backlog(&mut self, until_ms: Option<i64>, max_seconds: i64) -> u64 {
+        if !self.advance() {
+            return 0;
+        }
+        if let (None, Some(end)) = (until_ms, self.end) {
+            return end.saturating_sub(self.offset);
+        }
+        let complete =
+            |s: i64| until_ms.is_none_or(|t| self.g.spec.start_ms + (s + 1) * SECOND_MS <= t);
+        if !complete(self.s) {
+            return 0;
+        }
+        let mut n = self.n - self.j;
+        let mut s = self.s + 1;
+        while s - self.s <= max_seconds && complete(s) && self.g.end_second().is_none_or(|e| s < e)
+        {
+            n += self.g.second_plan(self.p, s).1;
+            s += 1;
+        }
+        match self.end {
+            Some(end) => n.min(end.saturating_sub(self.offset)),
+            None => n,
+        }
     }
 
     /// Position at the next event; false once a bounded stream has ended.
@@ -715,6 +747,17 @@ mod tests {
         }
         // 120 s at 300/s, the diurnal factor within ±50% and spikes/drops on top.
         assert!((10_000..80_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn backlog_counts_what_is_left() {
+        let g = Arc::new(Generator::new(spec()));
+        let end = g.end_offset(2).unwrap();
+        let mut c = g.cursor(2, 10);
+        assert_eq!(c.backlog(None, 1_000), end - 10);
+        // Paced: at the start nothing is released; after the whole span, everything is.
+        assert_eq!(c.backlog(Some(spec().start_ms), 1_000), 0);
+        assert_eq!(c.backlog(Some(spec().start_ms + 200_000), 1_000), end - 10);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub trait PartitionSource: Send + 'static {
     fn offset(&self) -> u64;
     /// Append up to `max` records to `out`.
     fn poll(&mut self, max: usize, out: &mut RecordBatch) -> Polled;
+    /// Records available but not yet read (consumer lag), when the source knows.
+    fn lag(&mut self) -> Option<u64>;
 }
 
 /// The built-in generator as a partition source, rendering records in `format`.
@@ -73,6 +75,15 @@ impl GeneratorSource {
 impl PartitionSource for GeneratorSource {
     fn offset(&self) -> u64 {
         self.cursor.offset()
+    }
+
+    fn lag(&mut self) -> Option<u64> {
+        // A paced stream counts what the wall clock has released; an unpaced one needs an end.
+        let until = self.realtime.then(now_ms);
+        if until.is_none() && self.cursor.end_offset().is_none() {
+            return None;
+        }
+        Some(self.cursor.backlog(until, 86_400))
     }
 
     fn poll(&mut self, max: usize, out: &mut RecordBatch) -> Polled {

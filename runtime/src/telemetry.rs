@@ -56,6 +56,7 @@ pub struct Metrics {
     pub late: Counter<u64>,
     pub watermark_lag: Gauge<f64>,
     pub source_offset: Gauge<u64>,
+    pub consumer_lag: Gauge<u64>,
     pub handle_seconds: Histogram<f64>,
     pub restarts: Counter<u64>,
     pub checkpoint_seconds: Histogram<f64>,
@@ -128,6 +129,10 @@ impl Metrics {
             source_offset: m
                 .u64_gauge("wtm_source_offset")
                 .with_description("Next source offset of each partition")
+                .build(),
+            consumer_lag: m
+                .u64_gauge("wtm_consumer_lag")
+                .with_description("Records available at the source but not yet read, by partition")
                 .build(),
             handle_seconds: m
                 .f64_histogram("wtm_actor_handle_seconds")

@@ -277,6 +277,9 @@ impl OwnerRun {
             .record(started.elapsed().as_secs_f64(), &[]);
         let pl = [partition_label(partition)];
         m.source_offset.record(self.state.next_offset, &pl);
+        if let Some(lag) = self.source.lag() {
+            m.consumer_lag.record(lag, &pl);
+        }
         if let Some(lag) = self.state.watermark_lag_s(now) {
             m.watermark_lag.record(lag, &pl);
         }
