@@ -80,16 +80,18 @@ fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
     }
 }
 
-enum RangeError {
+enum QueryError {
     Bad(String),
+    NotFound(String),
     Unavailable(String),
 }
 
-impl RangeError {
+impl QueryError {
     fn reply<T: ToJSON>(self) -> Reply<T> {
         match self {
-            RangeError::Bad(e) => bad(e),
-            RangeError::Unavailable(e) => unavailable(e),
+            QueryError::Bad(e) => bad(e),
+            QueryError::NotFound(e) => Reply::NotFound(Json(ErrorBody { error: e })),
+            QueryError::Unavailable(e) => unavailable(e),
         }
     }
 }
@@ -203,44 +205,44 @@ impl Api {
         Ok(out)
     }
 
-    /// Resolve `from`/`to`; without them, the newest `default_windows` windows of the host.
-    async fn range(
+    /// The windows of `host` in the requested range; without `from`, the newest
+    /// `default_windows` up to `to`. Unknown host → NotFound.
+    async fn host_windows(
         &self,
         host: &str,
         from: &Option<String>,
         to: &Option<String>,
-    ) -> Result<(i64, i64), RangeError> {
-        let from_ms = parse_time("from", from).map_err(RangeError::Bad)?;
-        let to_ms = parse_time("to", to).map_err(RangeError::Bad)?;
-        if let (Some(f), Some(t)) = (from_ms, to_ms) {
-            if f >= t {
-                return Err(RangeError::Bad(format!(
-                    "`from` ({}) must be before `to` ({})",
-                    format_rfc3339(f),
-                    format_rfc3339(t)
-                )));
-            }
+    ) -> Result<Vec<(i64, Merged)>, QueryError> {
+        let from_ms = parse_time("from", from).map_err(QueryError::Bad)?;
+        let to_ms = parse_time("to", to)
+            .map_err(QueryError::Bad)?
+            .unwrap_or(i64::MAX);
+        if let Some(f) = from_ms.filter(|f| *f >= to_ms) {
+            return Err(QueryError::Bad(format!(
+                "`from` ({}) must be before `to` ({})",
+                format_rfc3339(f),
+                format_rfc3339(to_ms)
+            )));
         }
-        let (from_ms, to_ms) = match (from_ms, to_ms) {
-            (Some(f), Some(t)) => (f, t),
-            (Some(f), None) => (f, i64::MAX),
-            (f, t) => {
-                let to = t.unwrap_or(i64::MAX);
-                let newest = self
-                    .windows_of(host, i64::MIN, to)
-                    .await
-                    .map_err(RangeError::Unavailable)?
-                    .keys()
-                    .next_back()
-                    .copied();
-                let span = self.ctx.default_windows * self.ctx.window_ms;
-                (
-                    f.unwrap_or_else(|| newest.map_or(i64::MIN, |n| n + self.ctx.window_ms - span)),
-                    to,
-                )
-            }
-        };
-        Ok((from_ms, to_ms))
+        let all = self
+            .windows_of(host, i64::MIN, i64::MAX)
+            .await
+            .map_err(QueryError::Unavailable)?;
+        if all.is_empty() {
+            return Err(QueryError::NotFound(format!("unknown host {host:?}")));
+        }
+        let w = self.ctx.window_ms;
+        let from_ms = from_ms.unwrap_or_else(|| {
+            let newest = all.range(..to_ms).next_back().map_or(i64::MIN, |(s, _)| *s);
+            newest
+                .saturating_add(w)
+                .saturating_sub(self.ctx.default_windows * w)
+        });
+        let from = from_ms.saturating_sub(from_ms.rem_euclid(w));
+        Ok(all
+            .into_iter()
+            .filter(|(s, _)| (from..to_ms).contains(s))
+            .collect())
     }
 }
 
@@ -312,28 +314,12 @@ impl Api {
         from: Query<Option<String>>,
         to: Query<Option<String>>,
     ) -> Reply<WindowSeries> {
-        let (from_ms, to_ms) = match self.range(&host, &from, &to).await {
-            Ok(r) => r,
+        let windows = match self.host_windows(&host, &from, &to).await {
+            Ok(w) => w,
             Err(e) => return e.reply(),
         };
-        let all = match self.windows_of(&host, i64::MIN, i64::MAX).await {
-            Ok(w) => w,
-            Err(e) => return unavailable(e),
-        };
-        if all.is_empty() {
-            return Reply::NotFound(Json(ErrorBody {
-                error: format!("unknown host {:?}", host.0),
-            }));
-        }
         let w = self.ctx.window_ms;
-        let from = from_ms.saturating_sub(from_ms.rem_euclid(w));
-        let windows = if from < to_ms {
-            all.range(from..to_ms)
-                .map(|(s, m)| window_out(*s, w, m))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let windows = windows.iter().map(|(s, m)| window_out(*s, w, m)).collect();
         Reply::Ok(Json(WindowSeries {
             host: host.0,
             windows,
@@ -357,27 +343,15 @@ impl Api {
                 wtm_runtime::agg::TOP_K_CAPACITY
             ));
         }
-        let (from_ms, to_ms) = match self.range(&host, &from, &to).await {
-            Ok(r) => r,
+        let in_range = match self.host_windows(&host, &from, &to).await {
+            Ok(w) => w,
             Err(e) => return e.reply(),
         };
-        let all = match self.windows_of(&host, i64::MIN, i64::MAX).await {
-            Ok(w) => w,
-            Err(e) => return unavailable(e),
-        };
-        if all.is_empty() {
-            return Reply::NotFound(Json(ErrorBody {
-                error: format!("unknown host {:?}", host.0),
-            }));
-        }
-        let w = self.ctx.window_ms;
         let mut agg = WindowAgg::default();
-        let mut windows = 0;
-        let from = from_ms.saturating_sub(from_ms.rem_euclid(w)).min(to_ms);
-        for (_, m) in all.range(from..to_ms) {
+        for (_, m) in &in_range {
             agg.merge(&m.agg);
-            windows += 1;
         }
+        let windows = in_range.len() as u64;
         let entries: Vec<(String, u64)> = match dimension.0 {
             Dimension::Path => agg.paths.top(k as usize),
             Dimension::Referrer => agg.referrers.top(k as usize),
