@@ -265,12 +265,27 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     tokio::select! {
         r = server.run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(5))) => {
             r.context("API server failed")?;
+            drain(cfg.source.partitions).await;
             sup.stop(None);
             let _ = (&mut sup_done).await;
             Ok(())
         }
         _ = &mut sup_done => bail!("the supervisor stopped (restart budget exhausted); see the log"),
     }
+}
+
+/// Checkpoint every partition before stopping, so the next start replays nothing.
+async fn drain(partitions: u32) {
+    use wtm_runtime::msg::{ask, lookup, owner_name, OwnerMsg};
+    use wtm_runtime::telemetry::ActorKind;
+    for p in 0..partitions {
+        if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
+            if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
+                tracing::warn!(partition = p, error = %e, "final checkpoint failed; the next start replays from the previous one");
+            }
+        }
+    }
+    tracing::info!("partitions checkpointed; stopped");
 }
 
 async fn terminate() {

@@ -167,6 +167,9 @@ pub enum OwnerMsg {
     Checkpoint,
     /// Drop in-flight state and restore from the checkpoint (a window shard restarted).
     Rewind,
+    /// Checkpoint now and stop reading (shutdown; later, a partition being revoked). Replies
+    /// once the checkpoint is durable.
+    Drain(RpcReplyPort<()>),
     Status(RpcReplyPort<PartitionStatus>),
 }
 

@@ -166,3 +166,16 @@ def test_bad_config_fails_at_startup_naming_the_key(tmp_path):
     env = dict(os.environ, WTM__WINDOW__SIZE_S="0")
     r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "window.size_s" in r.stderr, r.stderr
+
+
+def test_sigterm_checkpoints_then_a_restart_resumes_exactly(node_factory, truth):
+    node = node_factory(SOURCE)
+    node.start()
+    while node.overview()["events"] < 0.3 * truth.events:
+        pass
+    node.stop()
+    assert node.proc.returncode == 0, node.log()
+    assert "partitions checkpointed" in node.log()
+    node.start()
+    node.wait_finished()
+    check_exact(node, truth)

@@ -43,6 +43,8 @@ pub struct OwnerRun {
     batch: RecordBatch,
     routed: Vec<Vec<Event>>,
     poll_pending: bool,
+    /// Drained for shutdown: no more reads or checkpoints.
+    draining: bool,
     last_input: Instant,
     last_flush: Instant,
     timer: Option<JoinHandle<()>>,
@@ -157,7 +159,7 @@ impl OwnerRun {
 
     async fn poll(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
         self.poll_pending = false;
-        if self.state.finished || self.state.source_done {
+        if self.state.finished || self.state.source_done || self.draining {
             return Ok(());
         }
         if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * self.shards.len() as i64 {
@@ -231,7 +233,7 @@ impl OwnerRun {
     /// Cut closed windows from the shards, commit state + outputs in one sled insert, then
     /// write the outputs to the lake.
     async fn checkpoint(&mut self) -> Result<(), ActorProcessingErr> {
-        if self.state.finished {
+        if self.state.finished || self.draining {
             return Ok(());
         }
         let started = Instant::now();
@@ -340,6 +342,7 @@ impl Actor for OwnerActor {
             batch: RecordBatch::default(),
             routed: vec![Vec::new(); n],
             poll_pending: false,
+            draining: false,
             last_input: Instant::now(),
             last_flush: Instant::now(),
             timer: Some(timer),
@@ -373,6 +376,11 @@ impl Actor for OwnerActor {
                 let (state, shards, source) = restore(&run.args).await?;
                 (run.state, run.shards, run.source) = (state, shards, source);
                 run.schedule_poll(&me, Duration::ZERO);
+            }
+            OwnerMsg::Drain(reply) => {
+                run.checkpoint().await?;
+                run.draining = true;
+                let _ = reply.send(());
             }
             OwnerMsg::Status(reply) => {
                 let _ = reply.send(run.status());
