@@ -97,15 +97,6 @@ impl Publication {
     }
 }
 
-/// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Buffered {
-    pub range_start: u64,
-    pub late: Vec<LateEvent>,
-    pub invalid: Vec<InvalidRecord>,
-    pub raw: Vec<(u64, Event)>,
-}
-
 /// Open windows of one partition, as one shard holds them.
 pub type OpenWindows = Vec<(WindowKey, WindowAgg)>;
 
@@ -118,9 +109,13 @@ pub struct PartitionCheckpoint {
     pub open: Vec<Vec<u8>>,
     /// Publications committed here but not yet confirmed written to the lake.
     pub unpublished: Vec<Arc<Publication>>,
-    /// Late, invalid and raw records since the last flush of those outputs (they are written in
-    /// larger files than the checkpoint cadence would give).
-    pub buffered: Buffered,
+    /// First offset whose late, invalid and raw records are not yet in a publication. Those
+    /// records are not stored here: a restore re-reads `[range_start, next_offset)` from the
+    /// source and derives them again (parsing and lateness are pure functions of the records and
+    /// the watermark), so a checkpoint stays small however long the flush interval.
+    pub range_start: u64,
+    /// The watermark at `range_start`, where that replay begins.
+    pub range_start_watermark: WatermarkState,
     /// The source reported its end and every window has been closed.
     pub finished: bool,
     /// Running totals, so the overview survives restarts.
@@ -212,7 +207,8 @@ mod tests {
             watermark: WatermarkState::default(),
             open: vec![open],
             unpublished: vec![],
-            buffered: Buffered::default(),
+            range_start: 42,
+            range_start_watermark: WatermarkState::default(),
             finished: false,
             totals: PartitionTotals::default(),
         };

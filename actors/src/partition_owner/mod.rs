@@ -204,12 +204,13 @@ impl OwnerRun {
                 {
                     let spec = self.state.settings.spec;
                     if self.state.watermark.advance_idle(&spec, now_ms()) {
-                        // A wall-clock decision: commit it at once so a replay decides the same.
+                        // A wall-clock decision: commit it at once, with a flush, so that no
+                        // replay ever has to cross it.
                         tracing::info!(
                             partition = self.args.partition,
                             "idle partition: watermark advanced"
                         );
-                        self.checkpoint().await?;
+                        self.checkpoint_with(true).await?;
                     }
                     self.last_input = Instant::now();
                 }
@@ -233,7 +234,12 @@ impl OwnerRun {
     /// Cut closed windows from the shards, commit state + outputs in one sled insert, then
     /// write the outputs to the lake.
     async fn checkpoint(&mut self) -> Result<(), ActorProcessingErr> {
-        if self.state.finished || self.draining {
+        self.checkpoint_with(false).await
+    }
+
+    /// `flush_now` also cuts the buffered records, whatever the flush interval.
+    async fn checkpoint_with(&mut self, flush_now: bool) -> Result<(), ActorProcessingErr> {
+        if self.state.finished || self.draining || self.state.replaying() {
             return Ok(());
         }
         let started = Instant::now();
@@ -260,7 +266,8 @@ impl OwnerRun {
         let closed_n = closed.len() as u64;
         let now = now_ms();
         // Record-level outputs go out in larger files: every flush interval, and at the end.
-        let flush = self.state.source_done
+        let flush = flush_now
+            || self.state.source_done
             || self.last_flush.elapsed()
                 >= Duration::from_millis(self.args.config.lake.flush_interval_ms);
         if flush {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use wtm_runtime::agg::ClosedWindow;
 use wtm_runtime::checkpoint::{
-    Buffered, InvalidRecord, LateEvent, PartitionCheckpoint, PartitionTotals, Publication,
+    InvalidRecord, LateEvent, PartitionCheckpoint, PartitionTotals, Publication,
 };
 use wtm_runtime::event::{Event, Format};
 use wtm_runtime::msg::shard_of;
@@ -30,12 +30,26 @@ pub struct Ingested {
     pub invalid: Vec<InvalidReason>,
 }
 
+/// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Buffered {
+    range_start: u64,
+    late: Vec<LateEvent>,
+    invalid: Vec<InvalidRecord>,
+    raw: Vec<(u64, Event)>,
+}
+
 pub struct OwnerState {
     pub settings: OwnerSettings,
     pub watermark: WatermarkState,
     pub next_offset: u64,
     /// Late, invalid and raw records not yet cut into a publication.
     buffered: Buffered,
+    /// The watermark at `buffered.range_start`.
+    range_start_watermark: WatermarkState,
+    /// After a restore, records below this offset are read again only to rebuild `buffered`:
+    /// the checkpoint's open windows and totals already hold them.
+    replay_until: u64,
     pub totals: PartitionTotals,
     /// The source has ended; the next checkpoint closes every window.
     pub source_done: bool,
@@ -52,6 +66,8 @@ impl OwnerState {
             watermark: WatermarkState::default(),
             next_offset: 0,
             buffered: Buffered::default(),
+            range_start_watermark: WatermarkState::default(),
+            replay_until: 0,
             totals: PartitionTotals::default(),
             source_done: false,
             finished: false,
@@ -59,12 +75,16 @@ impl OwnerState {
         }
     }
 
-    /// Rebuild from a checkpoint; returns the open-window blobs for the shards.
+    /// Rebuild from a checkpoint; returns the open-window blobs for the shards. The source must
+    /// resume at `next_offset`, which is the checkpoint's `range_start`: records up to its
+    /// `next_offset` are replayed (see [`OwnerState::replaying`]).
     pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> (OwnerState, Vec<Vec<u8>>) {
         let mut s = OwnerState::new(settings);
-        s.watermark = cp.watermark;
-        s.next_offset = cp.next_offset;
-        s.buffered = cp.buffered;
+        s.watermark = cp.range_start_watermark;
+        s.range_start_watermark = cp.range_start_watermark;
+        s.next_offset = cp.range_start;
+        s.buffered.range_start = cp.range_start;
+        s.replay_until = cp.next_offset;
         s.totals = cp.totals;
         s.finished = cp.finished;
         s.source_done = cp.finished;
@@ -76,16 +96,26 @@ impl OwnerState {
         self.watermark.current(&self.settings.spec)
     }
 
-    /// Parse a batch of records, routing on-time events into `routed[shard]`.
+    /// Still re-reading records the last checkpoint already covers: no checkpoint may be taken
+    /// until this is over.
+    pub fn replaying(&self) -> bool {
+        self.next_offset < self.replay_until
+    }
+
+    /// Parse a batch of records, routing on-time events into `routed[shard]`. Records being
+    /// replayed only rebuild the buffered outputs: no routing, no counting.
     pub fn ingest(&mut self, batch: &RecordBatch, routed: &mut [Vec<Event>]) -> Ingested {
         let mut out = Ingested::default();
         let spec = self.settings.spec;
         for (offset, bytes) in batch.iter() {
+            let replay = offset < self.replay_until;
             self.next_offset = offset + 1;
             match parse_line(self.settings.format, bytes, &self.settings.default_host) {
                 Err(err) => {
-                    *self.totals.invalid.entry(err.reason).or_default() += 1;
-                    out.invalid.push(err.reason);
+                    if !replay {
+                        *self.totals.invalid.entry(err.reason).or_default() += 1;
+                        out.invalid.push(err.reason);
+                    }
                     self.buffered.invalid.push(InvalidRecord {
                         offset,
                         reason: err.reason,
@@ -94,15 +124,19 @@ impl OwnerState {
                     });
                 }
                 Ok(event) => {
-                    out.events += 1;
-                    self.totals.events += 1;
+                    if !replay {
+                        out.events += 1;
+                        self.totals.events += 1;
+                    }
                     let wm = self.watermark.current(&spec);
                     if self.settings.raw_events {
                         self.buffered.raw.push((offset, event.clone()));
                     }
                     if spec.is_late(event.ts_ms, wm) {
-                        out.late += 1;
-                        self.totals.late += 1;
+                        if !replay {
+                            out.late += 1;
+                            self.totals.late += 1;
+                        }
                         self.buffered.late.push(LateEvent {
                             offset,
                             watermark_ms: wm,
@@ -110,7 +144,9 @@ impl OwnerState {
                         });
                     } else {
                         self.watermark.observe(event.ts_ms);
-                        routed[shard_of(&event.host, self.settings.shards)].push(event);
+                        if !replay {
+                            routed[shard_of(&event.host, self.settings.shards)].push(event);
+                        }
                     }
                 }
             }
@@ -124,6 +160,7 @@ impl OwnerState {
     pub fn cut_publication(&mut self, closed: Vec<ClosedWindow>, now_ms: i64, flush: bool) {
         self.totals.windows_closed += closed.len() as u64;
         let records = if flush {
+            self.range_start_watermark = self.watermark;
             std::mem::replace(
                 &mut self.buffered,
                 Buffered {
@@ -163,7 +200,8 @@ impl OwnerState {
             watermark: self.watermark,
             open,
             unpublished: self.unpublished.clone(),
-            buffered: self.buffered.clone(),
+            range_start: self.buffered.range_start,
+            range_start_watermark: self.range_start_watermark,
             finished: self.source_done && self.watermark.idle_floor_ms == i64::MAX,
             totals: self.totals.clone(),
         }
@@ -241,5 +279,44 @@ mod tests {
         assert_eq!(p.invalid[0].raw, b"nope");
         s.cut_publication(vec![], 0, true);
         assert_eq!(s.unpublished.len(), 1, "empty publications are not queued");
+    }
+
+    #[test]
+    fn a_restore_replays_the_unflushed_records_without_counting_them_twice() {
+        let line =
+            |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
+        let (a, b, c, d) = (line(10_000), line(70_000), line(1_000), line(71_000));
+        let all = batch(&[&a, "nope", &b, &c, &d]);
+        let mut first = batch(&[&a, "nope"]);
+        first.records.truncate(2);
+        let mut s = OwnerState::new(settings());
+        let mut routed = vec![Vec::new(), Vec::new()];
+        s.ingest(&first, &mut routed);
+        s.cut_publication(vec![], 0, true); // flushed up to 102
+        let mut rest = RecordBatch::default();
+        for (o, bytes) in all.iter().skip(2) {
+            let start = rest.buf.len();
+            rest.buf.extend_from_slice(bytes);
+            rest.records.push((o, start..rest.buf.len()));
+        }
+        s.ingest(&rest, &mut routed);
+        let cp = s.checkpoint(vec![]);
+        assert_eq!((cp.range_start, cp.next_offset), (102, 105));
+        let (mut r, _) = OwnerState::restore(settings(), cp);
+        assert!(r.replaying());
+        assert_eq!(r.next_offset, 102);
+        let mut routed2 = vec![Vec::new(), Vec::new()];
+        let got = r.ingest(&rest, &mut routed2);
+        assert!(!r.replaying());
+        assert_eq!(
+            got,
+            Ingested::default(),
+            "replayed records are not counted again"
+        );
+        assert!(routed2.iter().all(Vec::is_empty), "nor routed again");
+        assert_eq!(
+            (r.buffered.clone(), r.watermark, r.totals.clone()),
+            (s.buffered.clone(), s.watermark, s.totals.clone())
+        );
     }
 }
