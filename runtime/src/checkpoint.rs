@@ -74,21 +74,36 @@ pub struct LateEvent {
     pub event: Event,
 }
 
-/// Everything one partition emitted over the offsets `[from_offset, to_offset)`.
+/// Everything one partition emitted over the offsets `[from_offset, to_offset)`: the windows
+/// that closed, and the late, invalid and raw records of that range.
+///
+/// In a checkpoint only the closed windows are stored; the records are not (they would make
+/// every checkpoint as large as the traffic). A restore re-reads the range from the source,
+/// starting under `records_watermark`, and derives the same records again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publication {
     pub partition: u32,
     pub from_offset: u64,
     pub to_offset: u64,
+    /// The partition's watermark at `from_offset`.
+    pub records_watermark: WatermarkState,
     /// Wall-clock time the publication was cut; names the hour of the dead-letter output.
     pub created_ms: i64,
     pub closed: Vec<ClosedWindow>,
+    #[serde(skip)]
     pub late: Vec<LateEvent>,
+    #[serde(skip)]
     pub invalid: Vec<InvalidRecord>,
+    #[serde(skip)]
     pub raw: Vec<(u64, Event)>,
 }
 
 impl Publication {
+    /// Whether the publication covers records (which a restore must derive again).
+    pub fn has_record_range(&self) -> bool {
+        self.from_offset < self.to_offset
+    }
+
     pub fn is_empty(&self) -> bool {
         self.closed.is_empty()
             && self.late.is_empty()
@@ -144,7 +159,11 @@ fn partition_key(p: u32) -> String {
 impl CheckpointStore {
     pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
         Ok(CheckpointStore {
-            db: sled::Config::new().path(dir).open()?,
+            // sled's page cache defaults to 1 GiB; checkpoints are written far more than read.
+            db: sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 << 20)
+                .open()?,
         })
     }
 

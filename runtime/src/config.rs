@@ -155,6 +155,8 @@ pub struct LakeConfig {
     /// How often late, invalid and raw records are written out (window files are written as
     /// windows close). Longer means fewer, larger files and larger checkpoints meanwhile.
     pub flush_interval_ms: u64,
+    /// ... or as soon as a partition has buffered this many records, which bounds memory.
+    pub flush_records: usize,
 }
 
 impl Default for LakeConfig {
@@ -163,6 +165,7 @@ impl Default for LakeConfig {
             path: None,
             raw_events: true,
             flush_interval_ms: 10_000,
+            flush_records: 100_000,
         }
     }
 }

@@ -552,6 +552,7 @@ mod tests {
             partition: 2,
             from_offset: 7,
             to_offset: 9,
+            records_watermark: crate::window::WatermarkState::default(),
             created_ms: 3_600_000,
             closed: vec![ClosedWindow {
                 key: WindowKey {

@@ -120,19 +120,17 @@ async fn restore(
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
 /// the next checkpoint, so nothing is lost while the lake is unavailable).
 async fn publish_pending(state: &mut OwnerState) -> Result<(), ActorProcessingErr> {
-    if state.unpublished.is_empty() {
+    if state.ready_publications().is_empty() {
         return Ok(());
     }
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is not running")?;
-    while let Some(p) = state.unpublished.first().cloned() {
+    while let Some(p) = state.ready_publications().first().cloned() {
         match ask(&archiver, ActorKind::Archiver, |r| {
             ArchiverMsg::Publish(p, r)
         })
         .await?
         {
-            Ok(()) => {
-                state.unpublished.remove(0);
-            }
+            Ok(()) => state.published_one(),
             Err(e) => {
                 tracing::warn!(partition = state.settings.partition, error = %e, "lake write failed; will retry");
                 break;
@@ -269,7 +267,8 @@ impl OwnerRun {
         let flush = flush_now
             || self.state.source_done
             || self.last_flush.elapsed()
-                >= Duration::from_millis(self.args.config.lake.flush_interval_ms);
+                >= Duration::from_millis(self.args.config.lake.flush_interval_ms)
+            || self.state.buffered_len() >= self.args.config.lake.flush_records;
         if flush {
             self.last_flush = Instant::now();
         }

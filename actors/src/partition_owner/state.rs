@@ -57,6 +57,9 @@ pub struct OwnerState {
     pub finished: bool,
     /// Committed in a checkpoint, not yet confirmed in the lake.
     pub unpublished: Vec<Arc<Publication>>,
+    /// How many of `unpublished` (from the front) hold their records and may be written; after
+    /// a restore the others wait until the replay has derived their records again.
+    ready: usize,
 }
 
 impl OwnerState {
@@ -72,6 +75,7 @@ impl OwnerState {
             source_done: false,
             finished: false,
             unpublished: Vec::new(),
+            ready: 0,
         }
     }
 
@@ -80,20 +84,83 @@ impl OwnerState {
     /// `next_offset` are replayed (see [`OwnerState::replaying`]).
     pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> (OwnerState, Vec<Vec<u8>>) {
         let mut s = OwnerState::new(settings);
-        s.watermark = cp.range_start_watermark;
-        s.range_start_watermark = cp.range_start_watermark;
-        s.next_offset = cp.range_start;
-        s.buffered.range_start = cp.range_start;
+        // Replay from the first publication whose records must be derived again, else from the
+        // start of the unflushed range.
+        let (start, watermark) = cp
+            .unpublished
+            .iter()
+            .find(|p| p.has_record_range())
+            .map_or((cp.range_start, cp.range_start_watermark), |p| {
+                (p.from_offset, p.records_watermark)
+            });
+        s.watermark = watermark;
+        s.range_start_watermark = watermark;
+        s.next_offset = start;
+        s.buffered.range_start = start;
         s.replay_until = cp.next_offset;
         s.totals = cp.totals;
         s.finished = cp.finished;
         s.source_done = cp.finished;
         s.unpublished = cp.unpublished;
+        s.advance_ready();
         (s, cp.open)
     }
 
     pub fn watermark_ms(&self) -> i64 {
         self.watermark.current(&self.settings.spec)
+    }
+
+    /// Publications ready to be written, oldest first.
+    pub fn ready_publications(&self) -> &[Arc<Publication>] {
+        &self.unpublished[..self.ready]
+    }
+
+    /// The oldest publication has been written.
+    pub fn published_one(&mut self) {
+        self.unpublished.remove(0);
+        self.ready -= 1;
+    }
+
+    /// Count the publications that need no more records (none to derive, or derived).
+    fn advance_ready(&mut self) {
+        while self.ready < self.unpublished.len()
+            && !(self.unpublished[self.ready].has_record_range()
+                && self.unpublished[self.ready].to_offset > self.buffered.range_start)
+        {
+            self.ready += 1;
+        }
+    }
+
+    /// During a replay: the records of the next waiting publication are complete when the
+    /// replay reaches its end; move them in.
+    fn fill_replayed(&mut self) {
+        let Some(p) = self.unpublished.get(self.ready) else {
+            return;
+        };
+        if !(p.has_record_range() && p.to_offset == self.next_offset) {
+            return;
+        }
+        let records = std::mem::replace(
+            &mut self.buffered,
+            Buffered {
+                range_start: self.next_offset,
+                ..Default::default()
+            },
+        );
+        let mut filled = Publication::clone(p);
+        (filled.late, filled.invalid, filled.raw) = (records.late, records.invalid, records.raw);
+        self.unpublished[self.ready] = Arc::new(filled);
+        self.range_start_watermark = self.watermark;
+        self.ready += 1;
+        self.advance_ready();
+    }
+
+    /// Records buffered since the last flush.
+    pub fn buffered_len(&self) -> usize {
+        self.buffered
+            .raw
+            .len()
+            .max(self.buffered.late.len() + self.buffered.invalid.len())
     }
 
     /// Still re-reading records the last checkpoint already covers: no checkpoint may be taken
@@ -150,6 +217,9 @@ impl OwnerState {
                     }
                 }
             }
+            if replay {
+                self.fill_replayed();
+            }
         }
         out
     }
@@ -160,7 +230,6 @@ impl OwnerState {
     pub fn cut_publication(&mut self, closed: Vec<ClosedWindow>, now_ms: i64, flush: bool) {
         self.totals.windows_closed += closed.len() as u64;
         let records = if flush {
-            self.range_start_watermark = self.watermark;
             std::mem::replace(
                 &mut self.buffered,
                 Buffered {
@@ -174,8 +243,13 @@ impl OwnerState {
                 ..Default::default()
             }
         };
+        let records_watermark = self.range_start_watermark;
+        if flush {
+            self.range_start_watermark = self.watermark;
+        }
         let p = Publication {
             partition: self.settings.partition,
+            records_watermark,
             from_offset: records.range_start,
             to_offset: if flush {
                 self.next_offset
@@ -190,6 +264,9 @@ impl OwnerState {
         };
         if !p.is_empty() {
             self.unpublished.push(Arc::new(p));
+            if self.ready + 1 == self.unpublished.len() {
+                self.ready += 1;
+            }
         }
     }
 
@@ -217,6 +294,7 @@ impl OwnerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wtm_runtime::checkpoint::{decode, encode};
 
     fn settings() -> OwnerSettings {
         OwnerSettings {
@@ -282,31 +360,38 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_replays_the_unflushed_records_without_counting_them_twice() {
+    fn a_restore_replays_unwritten_and_unflushed_records_without_counting_them_twice() {
         let line =
             |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
         let (a, b, c, d) = (line(10_000), line(70_000), line(1_000), line(71_000));
-        let all = batch(&[&a, "nope", &b, &c, &d]);
-        let mut first = batch(&[&a, "nope"]);
-        first.records.truncate(2);
+        let all = batch(&[&a, "nope", &b, &c, &d]); // offsets 100..105
+        let part = |from: usize, to: usize| {
+            let mut out = RecordBatch::default();
+            for (o, bytes) in all.iter().skip(from).take(to - from) {
+                let start = out.buf.len();
+                out.buf.extend_from_slice(bytes);
+                out.records.push((o, start..out.buf.len()));
+            }
+            out
+        };
         let mut s = OwnerState::new(settings());
         let mut routed = vec![Vec::new(), Vec::new()];
-        s.ingest(&first, &mut routed);
-        s.cut_publication(vec![], 0, true); // flushed up to 102
-        let mut rest = RecordBatch::default();
-        for (o, bytes) in all.iter().skip(2) {
-            let start = rest.buf.len();
-            rest.buf.extend_from_slice(bytes);
-            rest.records.push((o, start..rest.buf.len()));
-        }
-        s.ingest(&rest, &mut routed);
+        s.ingest(&part(0, 3), &mut routed);
+        s.cut_publication(vec![], 0, true); // [0, 103): committed, not yet written
+        s.ingest(&part(3, 5), &mut routed); // 103..105: buffered, not flushed
         let cp = s.checkpoint(vec![]);
-        assert_eq!((cp.range_start, cp.next_offset), (102, 105));
+        assert_eq!((cp.range_start, cp.next_offset), (103, 105));
+        // Through the wire format: records are not stored.
+        let cp: PartitionCheckpoint = decode("t", &encode(&cp).unwrap()).unwrap();
+        assert!(cp.unpublished[0].raw.is_empty());
         let (mut r, _) = OwnerState::restore(settings(), cp);
-        assert!(r.replaying());
-        assert_eq!(r.next_offset, 102);
+        assert!(r.replaying() && r.ready_publications().is_empty());
+        assert_eq!(
+            r.next_offset, 0,
+            "replay starts where the unwritten publication does"
+        );
         let mut routed2 = vec![Vec::new(), Vec::new()];
-        let got = r.ingest(&rest, &mut routed2);
+        let got = r.ingest(&all, &mut routed2);
         assert!(!r.replaying());
         assert_eq!(
             got,
@@ -314,6 +399,9 @@ mod tests {
             "replayed records are not counted again"
         );
         assert!(routed2.iter().all(Vec::is_empty), "nor routed again");
+        let (p, q) = (&s.unpublished[0], &r.ready_publications()[0]);
+        assert_eq!((&p.late, &p.invalid, &p.raw), (&q.late, &q.invalid, &q.raw));
+        assert_eq!(q.raw.len(), 2);
         assert_eq!(
             (r.buffered.clone(), r.watermark, r.totals.clone()),
             (s.buffered.clone(), s.watermark, s.totals.clone())
