@@ -13,6 +13,7 @@ use wtm_runtime::event::Format;
 use wtm_runtime::generator::{Generator, GeneratorSpec};
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::SUPERVISOR_NAME;
+use wtm_runtime::source::GeneratorSources;
 use wtm_runtime::time::{now_ms, parse_rfc3339};
 
 // The pipeline allocates per event (parsed strings, batches); mimalloc halves the time glibc's
@@ -34,6 +35,8 @@ enum Command {
     Run(RunArgs),
     /// Generate realistic access-log traffic (deterministic for a seed).
     Generate(GenerateArgs),
+    /// Run the same pipeline over log files (backfill): each file is a partition; writes the lake.
+    Batch(BatchArgs),
     /// Print the effective configuration (defaults, file, WTM__ environment) as TOML.
     Config {
         /// TOML config file.
@@ -53,6 +56,34 @@ struct RunArgs {
     /// Data directory for checkpoints and the default lake (overrides node.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// Log files, plain or gzip (detected by content); `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Record format [default: source.format from the config, json].
+    #[arg(long)]
+    format: Option<Format>,
+    /// Site name for `combined` lines, which carry none (overrides source.host).
+    #[arg(long)]
+    host: Option<String>,
+    /// Data directory; the lake goes to <DIR>/lake unless lake.path says otherwise.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML config (window, lake and detector settings apply; the source is the files).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also archive every parsed event under events/ (off: the input files are the raw data).
+    #[arg(long)]
+    raw_events: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +145,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate(args),
+        Command::Batch(args) => batch(args),
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
             print!("{}", cfg.to_toml());
@@ -205,6 +237,191 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
+}
+
+fn batch(a: BatchArgs) -> Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(f) = a.format {
+        cfg.source.format = f;
+    }
+    if let Some(h) = a.host {
+        cfg.source.host = h;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.node.data_dir = d;
+    }
+    if a.files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
+        bail!("standard input (-) can be given once");
+    }
+    for f in a.files.iter().filter(|f| f.as_os_str() != "-") {
+        if !f.is_file() {
+            bail!("{} is not a readable file", f.display());
+        }
+    }
+    cfg.source.partitions = u32::try_from(a.files.len()).context("too many files")?;
+    cfg.lake.raw_events = a.raw_events;
+    cfg.detector.enabled = false;
+    cfg.validate()?;
+    init_tracing("warn");
+    let summary = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(batch_node(Arc::new(cfg), a.files, a.quiet))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        summary.print();
+    }
+    if summary.events == 0 {
+        bail!(
+            "no record could be parsed ({} invalid: {:?}); is --format right?",
+            summary.invalid_total,
+            summary.invalid
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct BatchSummary {
+    files: usize,
+    lines: u64,
+    events: u64,
+    invalid_total: u64,
+    invalid: std::collections::BTreeMap<String, u64>,
+    late: u64,
+    hosts: u64,
+    windows: u64,
+    elapsed_s: f64,
+    lines_per_s: f64,
+    lake: String,
+}
+
+impl BatchSummary {
+    fn print(&self) {
+        println!("files        {}", self.files);
+        println!("lines        {}", self.lines);
+        println!("events       {}", self.events);
+        println!("invalid      {} {:?}", self.invalid_total, self.invalid);
+        println!("late         {}", self.late);
+        println!("hosts        {}", self.hosts);
+        println!("windows      {}", self.windows);
+        println!("elapsed      {:.2} s", self.elapsed_s);
+        println!("lines/s      {:.0}", self.lines_per_s);
+        println!("lake         {}", self.lake);
+    }
+}
+
+async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Result<BatchSummary> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use wtm_runtime::msg::{ask, lookup, owner_name, ArchiverMsg, OwnerMsg, ARCHIVER_NAME};
+    use wtm_runtime::source::FileSources;
+    use wtm_runtime::telemetry::ActorKind;
+
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&cfg.node.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.node.data_dir.display()))?;
+    // Checkpoints of a batch run are its own: a rerun starts over (and overwrites the same files).
+    let scratch = tempfile::Builder::new()
+        .prefix(".batch-")
+        .tempdir_in(&cfg.node.data_dir)?;
+    let store = CheckpointStore::open(scratch.path())?;
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let sources = Arc::new(FileSources {
+        paths: files.clone(),
+        bytes_read: Arc::clone(&bytes_read),
+    });
+    let total = sources.total_bytes();
+    let args = SupervisorArgs {
+        config: Arc::clone(&cfg),
+        sources,
+        store,
+        lake: Lake::new(cfg.lake_path()),
+    };
+    let (sup, mut sup_done) = Actor::spawn(None, SupervisorActor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("batch failed to start: {e}"))?;
+    let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = match total {
+            Some(t) => indicatif::ProgressBar::new(t),
+            None => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    };
+    let statuses = loop {
+        tokio::select! {
+            _ = &mut sup_done => bail!("the pipeline stopped (restart budget exhausted); see the log"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        bar.set_position(bytes_read.load(Ordering::Relaxed));
+        let mut all = Vec::new();
+        for p in 0..cfg.source.partitions {
+            if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
+                if let Ok(s) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await {
+                    all.push(s);
+                }
+            }
+        }
+        if all.len() == cfg.source.partitions as usize && all.iter().all(|s| s.finished) {
+            break all;
+        }
+    };
+    bar.finish_and_clear();
+    let hosts = match lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+        Some(a) => ask(&a, ActorKind::Archiver, |r| {
+            ArchiverMsg::Totals(usize::MAX / 2, r)
+        })
+        .await
+        .map(|t| t.len() as u64)
+        .unwrap_or(0),
+        None => 0,
+    };
+    sup.stop(None);
+    let _ = sup_done.await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut invalid = std::collections::BTreeMap::new();
+    let (mut events, mut late, mut windows) = (0, 0, 0);
+    for s in &statuses {
+        events += s.totals.events;
+        late += s.totals.late;
+        windows += s.totals.windows_closed;
+        for (r, n) in &s.totals.invalid {
+            *invalid.entry(r.as_str().to_owned()).or_insert(0) += n;
+        }
+    }
+    let invalid_total: u64 = invalid.values().sum();
+    Ok(BatchSummary {
+        files: files.len(),
+        lines: events + invalid_total,
+        events,
+        invalid_total,
+        invalid,
+        late,
+        hosts,
+        windows,
+        elapsed_s: elapsed,
+        lines_per_s: (events + invalid_total) as f64 / elapsed.max(1e-9),
+        lake: cfg.lake_path().display().to_string(),
+    })
+}
+
 fn run(a: RunArgs) -> Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
     if let Some(l) = a.listen {
@@ -214,13 +431,7 @@ fn run(a: RunArgs) -> Result<()> {
         cfg.node.data_dir = d;
     }
     cfg.validate()?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_tracing("info");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -243,9 +454,14 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         .with_context(|| format!("cannot listen on {} (node.listen)", cfg.node.listen))?;
     let addr = listener.local_addr()?;
     drop(listener);
+    let sources = Arc::new(GeneratorSources {
+        generator,
+        format: cfg.source.format,
+        realtime: cfg.source.realtime,
+    });
     let args = SupervisorArgs {
         config: Arc::clone(&cfg),
-        generator,
+        sources,
         store,
         lake,
     };

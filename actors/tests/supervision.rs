@@ -16,6 +16,7 @@ use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::{
     ask, lookup, owner_name, shard_name, OwnerMsg, PartitionStatus, SupervisorMsg, ARCHIVER_NAME,
 };
+use wtm_runtime::source::GeneratorSources;
 use wtm_runtime::telemetry::ActorKind;
 use wtm_runtime::time::parse_rfc3339;
 
@@ -78,7 +79,11 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
     let lake = Lake::new(cfg.lake_path());
     let args = SupervisorArgs {
         config: Arc::clone(&cfg),
-        generator,
+        sources: Arc::new(GeneratorSources {
+            generator,
+            format: cfg.source.format,
+            realtime: false,
+        }),
         store: CheckpointStore::open(&dir.path().join("checkpoints")).unwrap(),
         lake: lake.clone(),
     };

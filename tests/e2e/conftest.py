@@ -5,6 +5,7 @@ code is involved in counting, so a wrong count in the node cannot hide in the or
 """
 
 import collections
+import re
 import datetime as dt
 import json
 import os
@@ -153,10 +154,32 @@ def parse_ts(s):
     return int(dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+VHOST = re.compile(
+    rb'^(\S+?)(?::\d+)? (\S+) \S+ \S+ \[([^\]]+)\] "(\S+) (\S+)[^"]*" (\d{3}) (\d+|-)'
+    rb'(?: "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"(?: ([\d.]+))?)?$'
+)
+
+
+def parse_vhost(line):
+    """An independent reading of one vhost_combined line (None if malformed)."""
+    m = VHOST.match(line.rstrip())  # trailing whitespace is not part of a record
+    if not m:
+        return None
+    t = dt.datetime.strptime(m.group(3).decode(), "%d/%b/%Y:%H:%M:%S %z")
+    return {
+        "ts_ms": int(t.timestamp() * 1000),
+        "host": m.group(1).decode(),
+        "status": int(m.group(6)),
+        "bytes": 0 if m.group(7) == b"-" else int(m.group(7)),
+        "latency_ms": round(float(m.group(10)) * 1000) if m.group(10) else None,
+        "client_ip": m.group(2).decode(),
+    }
+
+
 class Truth:
     """Per (host, window start ms) counts of the generated events, and the malformed lines."""
 
-    def __init__(self, path):
+    def __init__(self, path, fmt="json"):
         self.windows = collections.defaultdict(lambda: {"requests": 0, "bytes": 0, "status": [0] * 5})
         self.latencies = collections.defaultdict(list)
         self.clients = collections.defaultdict(set)
@@ -164,13 +187,19 @@ class Truth:
         self.events = 0
         with open(path, "rb") as f:
             for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
+                if fmt == "json":
+                    try:
+                        e = json.loads(line)
+                        e["ts_ms"] = parse_ts(e["ts"])
+                    except ValueError:
+                        e = None
+                else:
+                    e = parse_vhost(line)
+                if e is None:
                     self.malformed += 1
                     continue
                 self.events += 1
-                ts = parse_ts(e["ts"])
+                ts = e["ts_ms"]
                 key = (e["host"], ts - ts % WINDOW_MS)
                 w = self.windows[key]
                 w["requests"] += 1

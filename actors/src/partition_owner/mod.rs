@@ -13,12 +13,11 @@ use tokio::task::JoinHandle;
 use wtm_runtime::checkpoint::{decode, CheckpointStore, OpenWindows};
 use wtm_runtime::config::Config;
 use wtm_runtime::event::Event;
-use wtm_runtime::generator::Generator;
 use wtm_runtime::msg::{
     ask, lookup, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, OwnerMsg,
     PartitionStatus, WindowMsg, ARCHIVER_NAME,
 };
-use wtm_runtime::source::{GeneratorSource, PartitionSource, Polled, RecordBatch};
+use wtm_runtime::source::{PartitionSource, Polled, RecordBatch, SourceFactory};
 use wtm_runtime::telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 use wtm_runtime::time::now_ms;
 use wtm_runtime::window::NO_WATERMARK;
@@ -29,7 +28,7 @@ const MAX_SHARD_BACKLOG: i64 = 64;
 pub struct OwnerArgs {
     pub partition: u32,
     pub config: Arc<Config>,
-    pub generator: Arc<Generator>,
+    pub sources: Arc<dyn SourceFactory>,
     pub store: CheckpointStore,
 }
 
@@ -101,13 +100,7 @@ async fn restore(
     for (shard, open) in shard_refs.iter().zip(per_shard) {
         tell(shard, ActorKind::Window, WindowMsg::Reset(p, open))?;
     }
-    let source = Box::new(GeneratorSource::new(
-        &args.generator,
-        p,
-        state.next_offset,
-        args.config.source.format,
-        args.config.source.realtime,
-    ));
+    let source = args.sources.open(p, state.next_offset)?;
     tracing::info!(
         partition = p,
         offset = state.next_offset,

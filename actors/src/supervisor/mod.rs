@@ -16,18 +16,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use wtm_runtime::checkpoint::CheckpointStore;
 use wtm_runtime::config::Config;
-use wtm_runtime::generator::Generator;
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::{
     lookup, owner_name, shard_name, tell, ChildId, ChildStatus, OwnerMsg, SupervisorMsg,
     ARCHIVER_NAME, DETECTOR_NAME,
 };
+use wtm_runtime::source::SourceFactory;
 use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
 use wtm_runtime::time::now_ms;
 
 pub struct SupervisorArgs {
     pub config: Arc<Config>,
-    pub generator: Arc<Generator>,
+    pub sources: Arc<dyn SourceFactory>,
     pub store: CheckpointStore,
     pub lake: Lake,
 }
@@ -90,7 +90,7 @@ impl SupervisorRun {
                 let args = OwnerArgs {
                     partition: p,
                     config: Arc::clone(cfg),
-                    generator: Arc::clone(&self.args.generator),
+                    sources: Arc::clone(&self.args.sources),
                     store: self.args.store.clone(),
                 };
                 Actor::spawn_linked(Some(owner_name(p)), OwnerActor, args, sup)
