@@ -86,6 +86,7 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
         }),
         store: CheckpointStore::open(&dir.path().join("checkpoints")).unwrap(),
         lake: lake.clone(),
+        durable: true,
     };
     let (sup, done) = Actor::spawn(None, SupervisorActor, args).await.unwrap();
     let parts = cfg.source.partitions;

@@ -31,16 +31,30 @@ const BOT_MARKERS: [&str; 10] = [
     "headless",
 ];
 
+fn bot_finders() -> &'static [memchr::memmem::Finder<'static>] {
+    static F: std::sync::OnceLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        BOT_MARKERS
+            .iter()
+            .map(|m| memchr::memmem::Finder::new(m.as_bytes()))
+            .collect()
+    })
+}
+
 impl Event {
-    /// Whether the user agent belongs to a crawler or an automated client.
+    /// Whether the user agent belongs to a crawler or an automated client. Runs per event, so it
+    /// lower-cases into a stack buffer (the first 512 bytes decide) instead of allocating.
     pub fn is_bot(&self) -> bool {
-        match &self.user_agent {
-            Some(ua) => {
-                let lower = ua.to_ascii_lowercase();
-                BOT_MARKERS.iter().any(|m| lower.contains(m))
-            }
-            None => false,
+        let Some(ua) = &self.user_agent else {
+            return false;
+        };
+        let mut buf = [0u8; 512];
+        let n = ua.len().min(buf.len());
+        for (d, s) in buf.iter_mut().zip(&ua.as_bytes()[..n]) {
+            *d = s.to_ascii_lowercase();
         }
+        bot_finders().iter().any(|f| f.find(&buf[..n]).is_some())
     }
 }
 
@@ -78,5 +92,34 @@ impl std::fmt::Display for Format {
             Format::Combined => "combined",
             Format::VhostCombined => "vhost_combined",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bots_are_recognised_case_insensitively() {
+        let e = |ua: Option<&str>| Event {
+            ts_ms: 0,
+            host: "h".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            bytes: 0,
+            latency_ms: None,
+            client_ip: None,
+            user_agent: ua.map(str::to_owned),
+            referrer: None,
+        };
+        assert!(e(Some("Mozilla/5.0 (compatible; Googlebot/2.1)")).is_bot());
+        assert!(e(Some("DuckDuckBot/1.1")).is_bot());
+        assert!(e(Some("curl/8.5.0")).is_bot());
+        assert!(!e(Some(
+            "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+        ))
+        .is_bot());
+        assert!(!e(None).is_bot());
     }
 }

@@ -90,6 +90,8 @@ pub struct EventBatch {
 pub struct CutRequest {
     pub partition: u32,
     pub watermark_ms: i64,
+    /// Also encode the windows still open (for a durable checkpoint).
+    pub snapshot: bool,
 }
 
 #[derive(Debug, Default)]

@@ -123,14 +123,14 @@ impl Distinct {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TopK {
     capacity: u32,
-    counts: HashMap<String, (u64, u64)>,
+    counts: HashMap<String, (u64, u64), ahash::RandomState>,
 }
 
 impl TopK {
     pub fn with_capacity(capacity: u32) -> Self {
         TopK {
             capacity: capacity.max(1),
-            counts: HashMap::new(),
+            counts: HashMap::default(),
         }
     }
 
@@ -171,7 +171,7 @@ impl TopK {
             let mut all: Vec<_> = self.counts.drain().collect();
             all.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
             all.truncate(cap);
-            self.counts = all.into_iter().collect();
+            self.counts.extend(all);
         }
     }
 

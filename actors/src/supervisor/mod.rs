@@ -30,6 +30,8 @@ pub struct SupervisorArgs {
     pub sources: Arc<dyn SourceFactory>,
     pub store: CheckpointStore,
     pub lake: Lake,
+    /// Durable checkpoints (see `OwnerArgs::durable`).
+    pub durable: bool,
 }
 
 pub struct SupervisorActor;
@@ -92,6 +94,7 @@ impl SupervisorRun {
                     config: Arc::clone(cfg),
                     sources: Arc::clone(&self.args.sources),
                     store: self.args.store.clone(),
+                    durable: self.args.durable,
                 };
                 Actor::spawn_linked(Some(owner_name(p)), OwnerActor, args, sup)
                     .await?

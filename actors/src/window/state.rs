@@ -11,7 +11,7 @@ use wtm_runtime::window::WindowSpec;
 /// needs no allocation for the lookup.
 pub struct WindowState {
     spec: WindowSpec,
-    partitions: HashMap<u32, HashMap<String, BTreeMap<i64, WindowAgg>>>,
+    partitions: HashMap<u32, ahash::AHashMap<String, BTreeMap<i64, WindowAgg>>>,
 }
 
 impl WindowState {
@@ -37,7 +37,12 @@ impl WindowState {
     }
 
     /// Remove and return the windows the watermark has closed; encode the ones still open.
-    pub fn cut(&mut self, partition: u32, watermark_ms: i64) -> Result<CutResult, String> {
+    pub fn cut(
+        &mut self,
+        partition: u32,
+        watermark_ms: i64,
+        snapshot: bool,
+    ) -> Result<CutResult, String> {
         let mut closed = Vec::new();
         let mut open: OpenWindows = Vec::new();
         if let Some(hosts) = self.partitions.get_mut(&partition) {
@@ -54,7 +59,7 @@ impl WindowState {
                         agg,
                     });
                 }
-                for (start, agg) in windows.iter() {
+                for (start, agg) in windows.iter().filter(|_| snapshot) {
                     open.push((
                         WindowKey {
                             host: host.clone(),
@@ -179,7 +184,7 @@ mod tests {
             ],
         );
         s.apply(1, &[ev("c", 1_000)]);
-        let cut = s.cut(0, 65_000).unwrap();
+        let cut = s.cut(0, 65_000, true).unwrap();
         let closed: Vec<_> = cut
             .closed
             .iter()
@@ -200,7 +205,7 @@ mod tests {
         );
         let mut restored = WindowState::new(spec);
         restored.reset(0, open);
-        assert_eq!(restored.cut(0, i64::MAX).unwrap().closed.len(), 2);
-        assert!(s.cut(0, 65_000).unwrap().closed.is_empty());
+        assert_eq!(restored.cut(0, i64::MAX, true).unwrap().closed.len(), 2);
+        assert!(s.cut(0, 65_000, true).unwrap().closed.is_empty());
     }
 }

@@ -1,0 +1,269 @@
+"""`wtm batch` side by side with the tools people use today, on the same file and the same job.
+
+Input: `wtm generate --seed 42 --hosts 1000 --count 10000000 --format vhost_combined` (request times
+included), written once under ~/.cache/wtm-bench and reused.
+
+The job, for every tool: per host and per minute — requests, status classes, bytes, p99 latency,
+approximate unique clients, top-10 paths.
+
+- wtm batch (every aggregate on; the lake written as Parquet);
+- DuckDB (read_csv + SQL with approx_quantile / approx_count_distinct / approx_top_k);
+- GoAccess (its own aggregation, JSON report; it has no per-minute-per-host breakdown, so it does
+  less work than the others: noted in the results);
+- PySpark (local[*], the same aggregation with percentile_approx / approx_count_distinct and a
+  window for the top paths).
+
+Each tool runs BENCH_RUNS times (default 3); the median wall time is reported, with CPU time
+(user+sys of the process tree) and peak RSS. The per-host request totals must agree across every
+tool, or the comparison is void and the script fails.
+"""
+
+import json
+import os
+import resource
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WTM = sys.argv[1]
+PY = sys.executable
+HERE = pathlib.Path(__file__).resolve().parent
+CACHE = pathlib.Path.home() / ".cache" / "wtm-bench"
+LINES = int(os.environ.get("BENCH_LINES", 10_000_000))
+RUNS = int(os.environ.get("BENCH_RUNS", 3))
+INPUT = CACHE / f"access-{LINES}.log"
+GOACCESS_FORMAT = '%v:%^ %h %^[%d:%t %^] "%r" %s %b "%R" "%u" %T'
+
+DUCKDB_SQL = r"""
+create temp table logs as
+select split_part(vhost, ':', 1) as host,
+       strptime(substr(day, 2), '%d/%b/%Y:%H:%M:%S') as ts,
+       split_part(request, ' ', 2) as path,
+       status, coalesce(try_cast(bytes as bigint), 0) as bytes, ip, rt * 1000 as latency_ms
+from read_csv('{input}', delim = ' ', quote = '"', escape = '\', header = false, auto_detect = false,
+              strict_mode = false,
+              columns = {{'vhost': 'VARCHAR', 'ip': 'VARCHAR', 'ident': 'VARCHAR', 'user': 'VARCHAR',
+                         'day': 'VARCHAR', 'tz': 'VARCHAR', 'request': 'VARCHAR', 'status': 'INTEGER',
+                         'bytes': 'VARCHAR', 'referrer': 'VARCHAR', 'ua': 'VARCHAR', 'rt': 'DOUBLE'}});
+copy (
+  select host, date_trunc('minute', ts) as minute, count(*) as requests,
+         count(*) filter (status < 200) as s1xx, count(*) filter (status between 200 and 299) as s2xx,
+         count(*) filter (status between 300 and 399) as s3xx, count(*) filter (status between 400 and 499) as s4xx,
+         count(*) filter (status >= 500) as s5xx, sum(bytes) as bytes,
+         approx_quantile(latency_ms, 0.99) as p99, approx_count_distinct(ip) as unique_clients,
+         approx_top_k(path, 10) as top_paths
+  from logs group by all
+) to '{out}/duckdb.parquet' (format parquet);
+"""
+
+PYSPARK = r"""
+import sys
+from pyspark.sql import SparkSession, Window, functions as F
+spark = (SparkSession.builder.master("local[*]").appName("wtm-bench")
+         .config("spark.ui.enabled", "false").config("spark.driver.memory", "6g")
+         .config("spark.sql.shuffle.partitions", "8").config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+rx = r'^(\S+?):\d+ (\S+) \S+ \S+ \[([^\]]+)\] "\S+ (\S+)[^"]*" (\d{3}) (\d+|-) "[^"]*" "[^"]*" ([\d.]+)$'
+raw = spark.read.text(sys.argv[1])
+logs = raw.select(
+    F.regexp_extract("value", rx, 1).alias("host"),
+    F.to_timestamp(F.regexp_extract("value", rx, 3), "dd/MMM/yyyy:HH:mm:ss Z").alias("ts"),
+    F.regexp_extract("value", rx, 4).alias("path"),
+    F.regexp_extract("value", rx, 5).cast("int").alias("status"),
+    F.coalesce(F.regexp_extract("value", rx, 6).cast("long"), F.lit(0)).alias("bytes"),
+    F.regexp_extract("value", rx, 2).alias("ip"),
+    (F.regexp_extract("value", rx, 7).cast("double") * 1000).alias("latency_ms"),
+).withColumn("minute", F.date_trunc("minute", "ts"))
+logs.cache()
+agg = logs.groupBy("host", "minute").agg(
+    F.count("*").alias("requests"),
+    *[F.sum(F.when((F.col("status") >= c * 100) & (F.col("status") < c * 100 + 100), 1).otherwise(0)).alias(f"s{c}xx") for c in range(1, 6)],
+    F.sum("bytes").alias("bytes"),
+    F.percentile_approx("latency_ms", 0.99).alias("p99"),
+    F.approx_count_distinct("ip").alias("unique_clients"),
+)
+w = Window.partitionBy("host", "minute").orderBy(F.desc("count"), "path")
+top = (logs.groupBy("host", "minute", "path").count()
+       .withColumn("rank", F.row_number().over(w)).where("rank <= 10")
+       .groupBy("host", "minute").agg(F.collect_list(F.struct("path", "count")).alias("top_paths")))
+agg.join(top, ["host", "minute"]).write.mode("overwrite").parquet(sys.argv[2] + "/spark")
+spark.stop()
+"""
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_tree(root):
+    """Pids of `root` and all its descendants, with (CPU seconds, peak RSS MB) of each."""
+    kids, stats = {}, {}
+    for d in pathlib.Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            hwm = next((int(l.split()[1]) for l in (d / "status").read_text().splitlines() if l.startswith("VmHWM:")), 0)
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(d.name))
+        stats[int(d.name)] = ((int(fields[11]) + int(fields[12])) / TICK, hwm / 1024)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            tree[pid] = stats[pid]
+        todo += kids.get(pid, [])
+    return tree
+
+
+def timed(cmd):
+    """Run a command; wall seconds, CPU seconds of its whole process tree, and the peak RSS (MB)
+    of its largest process. A JVM that its parent never waits for is still counted: the tree is
+    sampled every 100 ms, and the exact rusage of the command itself is the floor."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = {}
+    while p.poll() is None:
+        for pid, v in _proc_tree(p.pid).items():
+            seen[pid] = v
+        time.sleep(0.1)
+    wall = time.time() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Exact for the command and the children it waited for (poll() reaped it).
+    waited_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    err = p.stderr.read().decode(errors="replace")
+    if p.returncode:
+        raise SystemExit(f"{cmd[0]} failed with status {p.returncode}: {err[-2000:]}")
+    sampled_cpu = sum(c for c, _ in seen.values())
+    sampled_rss = max((r for _, r in seen.values()), default=0.0)
+    return wall, max(waited_cpu, sampled_cpu), sampled_rss
+
+
+def ensure_input():
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not INPUT.exists():
+        tmp = INPUT.with_suffix(".tmp")
+        subprocess.run([WTM, "generate", "--seed", "42", "--hosts", "1000", "--rate", "1000", "--count", str(LINES),
+                        "--format", "vhost_combined", "--out", str(tmp)], check=True)
+        tmp.rename(INPUT)
+    return INPUT
+
+
+def duck(sql):
+    import duckdb
+    return duckdb.connect().execute(sql).fetchall()
+
+
+def host_totals_wtm(out):
+    lake = out / "lake"
+    rows = dict(duck(f"select host, sum(requests) from read_parquet('{lake}/windows/*/*/*.parquet') group by all"))
+    if (lake / "late").exists():
+        for h, n in duck(f"select host, count(*) from read_parquet('{lake}/late/*/*/*.parquet') group by all"):
+            rows[h] = rows.get(h, 0) + n
+    return rows
+
+
+def versions():
+    import duckdb
+    ga = subprocess.run(["goaccess", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    spark = subprocess.run([PY, "-c", "import pyspark; print(pyspark.__version__)"], capture_output=True, text=True).stdout.strip()
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    wtm = subprocess.run([WTM, "--version"], capture_output=True, text=True).stdout.strip()
+    return {"wtm": wtm, "duckdb": duckdb.__version__, "goaccess": ga, "pyspark": f"{spark} ({java})"}
+
+
+def main():
+    src = ensure_input()
+    size_gb = src.stat().st_size / 1e9
+    tools = {}
+    totals = {}
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        d = pathlib.Path(d)
+        def run_wtm(i):
+            out = d / f"wtm-{i}"
+            r = timed([WTM, "batch", "--quiet", "--format", "vhost_combined", "--data-dir", str(out), str(src)])
+            totals["wtm batch"] = host_totals_wtm(out)
+            return r
+
+        def run_duckdb(i):
+            out = d / f"duck-{i}"
+            out.mkdir()
+            sql = DUCKDB_SQL.format(input=src, out=out)
+            r = timed([PY, "-c", f"import duckdb; duckdb.connect().execute({sql!r})"])
+            totals["DuckDB"] = dict(duck(f"select host, sum(requests)::bigint from '{out}/duckdb.parquet' group by all"))
+            return r
+
+        def run_goaccess(i):
+            out = d / f"goaccess-{i}.json"
+            r = timed(["goaccess", str(src), "--log-format", GOACCESS_FORMAT, "--date-format", "%d/%b/%Y",
+                       "--time-format", "%T", "--no-progress", "--max-items", "100000", "-o", str(out)])
+            report = json.loads(out.read_text())
+            totals["GoAccess"] = {v["data"]: v["hits"]["count"] for v in report["vhosts"]["data"]}
+            return r
+
+        def run_spark(i):
+            script = d / "job.py"
+            script.write_text(PYSPARK)
+            out = d / f"spark-{i}"
+            r = timed([PY, str(script), str(src), str(out)])
+            totals["PySpark"] = dict(duck(f"select host, sum(requests)::bigint from read_parquet('{out}/spark/*.parquet') group by all"))
+            return r
+
+        for name, fn in [("wtm batch", run_wtm), ("DuckDB", run_duckdb), ("GoAccess", run_goaccess), ("PySpark", run_spark)]:
+            runs = [fn(i) for i in range(RUNS)]
+            tools[name] = {
+                "wall_s": statistics.median(r[0] for r in runs),
+                "cpu_s": statistics.median(r[1] for r in runs),
+                "peak_rss_mb": max(r[2] for r in runs),
+                "runs": len(runs),
+            }
+            print(name, json.dumps(tools[name]), flush=True)
+
+    reference = totals["wtm batch"]
+    agree = {name: t == reference for name, t in totals.items()}
+    assert sum(reference.values()) == LINES, f"wtm counted {sum(reference.values())} of {LINES} lines"
+    for name, ok in agree.items():
+        if not ok:
+            diff = {h for h in set(reference) | set(totals[name]) if reference.get(h) != totals[name].get(h)}
+            raise SystemExit(f"per-host totals of {name} differ from wtm's on {len(diff)} hosts, e.g. {sorted(diff)[:5]}: comparison void")
+
+    cores = os.cpu_count()
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    v = versions()
+    wtm_wall = tools["wtm batch"]["wall_s"]
+    lines = [
+        "# `wtm batch` against DuckDB, GoAccess and PySpark",
+        "",
+        f"Machine: {cores} cores, {model}, {platform.system()} {platform.release()}. Run: `bench/run batch` on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Input: {LINES:,} lines of `vhost_combined` with request times, 1,000 hosts, {size_gb:.2f} GB, from",
+        "`wtm generate --seed 42 --hosts 1000 --rate 1000`. The job: per host and minute — requests, status",
+        "classes, bytes, p99 latency, approximate unique clients, top-10 paths. Median of "
+        f"{RUNS} runs; CPU = user + sys of the process tree. Per-host request totals agree across all tools (checked).",
+        "",
+        "Versions: " + "; ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "| tool | wall s | CPU s | lines/s | lines per CPU-second | peak RSS MB | wall time vs wtm |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in tools.items():
+        lines.append(f"| {name} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} | {LINES / t['wall_s']:,.0f} | "
+                     f"{LINES / t['cpu_s']:,.0f} | {t['peak_rss_mb']:.0f} | {t['wall_s'] / wtm_wall:.2f}× |")
+    lines += [
+        "",
+        "GoAccess computes its own panels (per virtual host, not per host and minute), so it does less",
+        "than the job; its row is a reference for a widely used single-threaded log analyser.",
+    ]
+    out = HERE / "RESULTS-batch.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
