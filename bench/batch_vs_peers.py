@@ -20,7 +20,6 @@ tool, or the comparison is void and the script fails.
 
 import json
 import os
-import resource
 import pathlib
 import platform
 import statistics
@@ -35,6 +34,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 CACHE = pathlib.Path.home() / ".cache" / "wtm-bench"
 LINES = int(os.environ.get("BENCH_LINES", 10_000_000))
 RUNS = int(os.environ.get("BENCH_RUNS", 3))
+# GoAccess and PySpark take minutes per run here; their spread is small next to their gap.
+SLOW_RUNS = int(os.environ.get("BENCH_SLOW_RUNS", 1))
 INPUT = CACHE / f"access-{LINES}.log"
 GOACCESS_FORMAT = '%v:%^ %h %^[%d:%t %^] "%r" %s %b "%R" "%u" %T'
 
@@ -125,24 +126,26 @@ def timed(cmd):
     """Run a command; wall seconds, CPU seconds of its whole process tree, and the peak RSS (MB)
     of its largest process. A JVM that its parent never waits for is still counted: the tree is
     sampled every 100 ms, and the exact rusage of the command itself is the floor."""
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = {}
-    while p.poll() is None:
-        for pid, v in _proc_tree(p.pid).items():
-            seen[pid] = v
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        for q, v in _proc_tree(p.pid).items():
+            seen[q] = v
         time.sleep(0.1)
     wall = time.time() - t
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # Exact for the command and the children it waited for (poll() reaped it).
-    waited_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    # wait4 is exact for the command and the children it waited for; sampling covers the rest.
+    waited_cpu, waited_rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
     err = p.stderr.read().decode(errors="replace")
     if p.returncode:
         raise SystemExit(f"{cmd[0]} failed with status {p.returncode}: {err[-2000:]}")
     sampled_cpu = sum(c for c, _ in seen.values())
     sampled_rss = max((r for _, r in seen.values()), default=0.0)
-    return wall, max(waited_cpu, sampled_cpu), sampled_rss
+    return wall, max(waited_cpu, sampled_cpu), max(waited_rss, sampled_rss)
 
 
 def ensure_input():
@@ -153,6 +156,21 @@ def ensure_input():
                         "--format", "vhost_combined", "--out", str(tmp)], check=True)
         tmp.rename(INPUT)
     return INPUT
+
+
+def memory_case(gb):
+    """Peak RSS of `wtm batch` on a ~`gb` GB input (same generator, more lines): memory should
+    depend on open windows and sketches, not on input size."""
+    n = int(gb * 1e9 / (INPUT.stat().st_size / LINES))
+    path = CACHE / f"access-{n}.log"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        subprocess.run([WTM, "generate", "--seed", "43", "--hosts", "1000", "--rate", "1000", "--count", str(n),
+                        "--format", "vhost_combined", "--out", str(tmp)], check=True)
+        tmp.rename(path)
+    with tempfile.TemporaryDirectory(dir=CACHE) as d:
+        wall, cpu, rss = timed([WTM, "batch", "--quiet", "--format", "vhost_combined", "--data-dir", d, str(path)])
+    return {"gb": path.stat().st_size / 1e9, "lines": n, "wall_s": wall, "peak_rss_mb": rss}
 
 
 def duck(sql):
@@ -178,8 +196,29 @@ def versions():
     return {"wtm": wtm, "duckdb": duckdb.__version__, "goaccess": ga, "pyspark": f"{spark} ({java})"}
 
 
+MEMORY_MARK = "Bounded memory:"
+
+
+def memory_section():
+    mem = [memory_case(1), memory_case(4)]
+    return [
+        f"{MEMORY_MARK} `wtm batch` on inputs of different sizes (same generator, seed 43, 1,000 hosts):",
+        "",
+        "| input GB | lines | wall s | peak RSS MB |",
+        "|---|---|---|---|",
+    ] + [f"| {m['gb']:.2f} | {m['lines']:,} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |" for m in mem]
+
+
 def main():
     src = ensure_input()
+    if os.environ.get("BENCH_ONLY") == "memory":
+        # Re-measure only the memory table of an existing results file.
+        out = HERE / "RESULTS-batch.md"
+        text = out.read_text()
+        head = text.split(MEMORY_MARK)[0].rstrip("\n")
+        out.write_text(head + "\n\n" + "\n".join(memory_section()) + "\n")
+        print(out.read_text())
+        return
     size_gb = src.stat().st_size / 1e9
     tools = {}
     totals = {}
@@ -215,8 +254,9 @@ def main():
             totals["PySpark"] = dict(duck(f"select host, sum(requests)::bigint from read_parquet('{out}/spark/*.parquet') group by all"))
             return r
 
-        for name, fn in [("wtm batch", run_wtm), ("DuckDB", run_duckdb), ("GoAccess", run_goaccess), ("PySpark", run_spark)]:
-            runs = [fn(i) for i in range(RUNS)]
+        for name, fn, n in [("wtm batch", run_wtm, RUNS), ("DuckDB", run_duckdb, RUNS),
+                            ("GoAccess", run_goaccess, SLOW_RUNS), ("PySpark", run_spark, SLOW_RUNS)]:
+            runs = [fn(i) for i in range(n)]
             tools[name] = {
                 "wall_s": statistics.median(r[0] for r in runs),
                 "cpu_s": statistics.median(r[1] for r in runs),
@@ -244,22 +284,25 @@ def main():
         "",
         f"Input: {LINES:,} lines of `vhost_combined` with request times, 1,000 hosts, {size_gb:.2f} GB, from",
         "`wtm generate --seed 42 --hosts 1000 --rate 1000`. The job: per host and minute — requests, status",
-        "classes, bytes, p99 latency, approximate unique clients, top-10 paths. Median of "
-        f"{RUNS} runs; CPU = user + sys of the process tree. Per-host request totals agree across all tools (checked).",
+        "classes, bytes, p99 latency, approximate unique clients, top-10 paths. Median wall time of the runs;",
+        "CPU = user + sys of the process tree (sampled for processes the tool does not wait for, e.g. Spark's JVM).",
+        "Per-host request totals agree across all tools (checked by the script).",
         "",
         "Versions: " + "; ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
-        "| tool | wall s | CPU s | lines/s | lines per CPU-second | peak RSS MB | wall time vs wtm |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | runs | wall s | CPU s | lines/s | lines per CPU-second | peak RSS MB | wall time vs wtm |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, t in tools.items():
-        lines.append(f"| {name} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} | {LINES / t['wall_s']:,.0f} | "
+        lines.append(f"| {name} | {t['runs']} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} | {LINES / t['wall_s']:,.0f} | "
                      f"{LINES / t['cpu_s']:,.0f} | {t['peak_rss_mb']:.0f} | {t['wall_s'] / wtm_wall:.2f}× |")
     lines += [
         "",
         "GoAccess computes its own panels (per virtual host, not per host and minute), so it does less",
         "than the job; its row is a reference for a widely used single-threaded log analyser.",
     ]
+    if os.environ.get("BENCH_MEMORY", "1") == "1":
+        lines += [""] + memory_section()
     out = HERE / "RESULTS-batch.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -277,6 +277,8 @@ fn batch(a: BatchArgs) -> Result<()> {
     cfg.source.partitions = u32::try_from(a.files.len()).context("too many files")?;
     cfg.lake.raw_events = a.raw_events;
     cfg.detector.enabled = false;
+    // No API in a batch run: keep no window history in memory (it would grow with hosts).
+    cfg.api.retention_windows = 1;
     cfg.validate()?;
     init_tracing("warn");
     let summary = tokio::runtime::Builder::new_multi_thread()
@@ -393,12 +395,10 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
     };
     bar.finish_and_clear();
     let hosts = match lookup::<ArchiverMsg>(ARCHIVER_NAME) {
-        Some(a) => ask(&a, ActorKind::Archiver, |r| {
-            ArchiverMsg::Totals(usize::MAX / 2, r)
-        })
-        .await
-        .map(|t| t.len() as u64)
-        .unwrap_or(0),
+        Some(a) => ask(&a, ActorKind::Archiver, ArchiverMsg::HostsSeen)
+            .await
+            .map(|n| n as u64)
+            .unwrap_or(0),
         None => 0,
     };
     sup.stop(None);

@@ -185,6 +185,8 @@ pub enum ArchiverMsg {
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
     /// Per-host totals over the most recent `n` closed windows.
     Totals(usize, RpcReplyPort<Vec<HostTotals>>),
+    /// How many distinct hosts have been archived since start.
+    HostsSeen(RpcReplyPort<usize>),
 }
 
 // ---- detector ---------------------------------------------------------------------------------

@@ -108,6 +108,9 @@ impl Actor for ArchiverActor {
             ArchiverMsg::Totals(n, reply) => {
                 let _ = reply.send(run.recent.totals(n));
             }
+            ArchiverMsg::HostsSeen(reply) => {
+                let _ = reply.send(run.recent.hosts_seen());
+            }
         }
         Metrics::global().handled(ActorKind::Archiver, started.elapsed().as_secs_f64());
         Ok(())

@@ -1,6 +1,6 @@
 //! Recent closed windows kept for the API, keyed so a re-published window replaces itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use wtm_runtime::agg::ClosedWindow;
 use wtm_runtime::msg::{HostTotals, WindowQuery};
 
@@ -9,6 +9,8 @@ pub struct RecentWindows {
     window_ms: i64,
     hosts: HashMap<String, BTreeMap<(i64, u32), ClosedWindow>>,
     newest_start_ms: i64,
+    /// Every host ever archived by this process (one name each: bounded by the sites).
+    seen: HashSet<String>,
 }
 
 impl RecentWindows {
@@ -18,12 +20,16 @@ impl RecentWindows {
             window_ms,
             hosts: HashMap::new(),
             newest_start_ms: i64::MIN,
+            seen: HashSet::new(),
         }
     }
 
     /// Insert (or replace) a closed window; drops what fell out of retention.
     pub fn insert(&mut self, w: ClosedWindow) {
         let start = w.key.start_ms;
+        if !self.seen.contains(&w.key.host) {
+            self.seen.insert(w.key.host.clone());
+        }
         let windows = self.hosts.entry(w.key.host.clone()).or_default();
         windows.insert((start, w.key.partition), w);
         if start > self.newest_start_ms {
@@ -39,6 +45,11 @@ impl RecentWindows {
             }
             self.hosts.retain(|_, w| !w.is_empty());
         }
+    }
+
+    /// Hosts archived since this process started, retained or not.
+    pub fn hosts_seen(&self) -> usize {
+        self.seen.len()
     }
 
     pub fn query(&self, q: &WindowQuery) -> Vec<ClosedWindow> {
