@@ -161,9 +161,14 @@ impl OwnerRun {
             return Ok(());
         }
         self.batch.clear();
-        let polled = self
-            .source
-            .poll(self.args.config.source.batch_size, &mut self.batch);
+        // File and pipe reads block (a stalled stdin for as long as it stalls): tell tokio, so
+        // the worker's other tasks move elsewhere meanwhile.
+        let (source, batch, max) = (
+            &mut self.source,
+            &mut self.batch,
+            self.args.config.source.batch_size,
+        );
+        let polled = tokio::task::block_in_place(|| source.poll(max, batch));
         if !self.batch.records.is_empty() {
             self.last_input = Instant::now();
             let got = self.state.ingest(&self.batch, &mut self.routed);
