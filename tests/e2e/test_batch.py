@@ -7,7 +7,7 @@ import subprocess
 import duckdb
 
 from conftest import START, WTM, Truth, generate
-from test_pipeline import lake_late, lake_windows
+from test_pipeline import assert_lake_equals_truth, lake_late
 
 FINAL_COLUMNS = """host, epoch_ms(window_start) as w, requests, bytes, status_1xx, status_2xx, status_3xx,
     status_4xx, status_5xx, error_rate, latency_p50_ms, latency_p90_ms, latency_p95_ms, latency_p99_ms,
@@ -63,13 +63,7 @@ def test_rotated_gzip_and_bad_lines_are_exact(tmp_path):
     assert summary["events"] == truth.events and summary["invalid_total"] == truth.malformed > 0
     assert summary["lines"] == len(lines)
     lake = tmp_path / "out" / "lake"
-    windows, late = lake_windows(lake), lake_late(lake)
-    assert set(windows) | set(late) == set(truth.windows)
-    for key, t in truth.windows.items():
-        w = windows.get(key, {"requests": 0, "bytes": 0, "status": [0] * 5})
-        l = late.get(key, {"requests": 0, "bytes": 0, "status": [0] * 5})
-        got = (w["requests"] + l["requests"], w["bytes"] + l["bytes"], [a + b for a, b in zip(w["status"], l["status"])])
-        assert got == (t["requests"], t["bytes"], t["status"]), key
+    windows, late = assert_lake_equals_truth(lake, truth)
     assert sum(l["requests"] for l in late.values()) == summary["late"]
     assert not (lake / "events").exists(), "the raw archive is off in batch mode by default"
 

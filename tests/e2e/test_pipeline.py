@@ -30,11 +30,13 @@ def lake_windows(lake):
     rows = q(
         lake,
         """select host, epoch_ms(window_start), count(*), sum(requests), sum(bytes), sum(status_1xx), sum(status_2xx),
-                  sum(status_3xx), sum(status_4xx), sum(status_5xx), max(latency_p99_ms), max(unique_clients)
+                  sum(status_3xx), sum(status_4xx), sum(status_5xx), max(latency_p99_ms), max(unique_clients),
+                  count(distinct partition)
            from read_parquet('{lake}/windows/*/*/*.parquet', hive_partitioning = true) group by all""",
     )
     return {
-        (r[0], r[1]): {"rows": r[2], "requests": r[3], "bytes": r[4], "status": list(r[5:10]), "p99": r[10], "unique": r[11]}
+        (r[0], r[1]): {"rows": r[2], "requests": r[3], "bytes": r[4], "status": list(r[5:10]), "p99": r[10], "unique": r[11],
+                       "partitions": r[12]}
         for r in rows
     }
 
@@ -53,18 +55,25 @@ def lake_late(lake):
     return {(r[0], r[1]): {"requests": r[2], "bytes": r[3], "status": list(r[4:9])} for r in rows}
 
 
-def check_exact(node, truth):
-    lake = node.lake
+def assert_lake_equals_truth(lake, truth):
+    """Nothing lost, nothing doubled: final windows + late output == every generated event, per
+    (host, window), and one row per (host, window, partition). Returns both tables."""
     windows, late = lake_windows(lake), lake_late(lake)
-
-    # Nothing lost, nothing doubled: windows + late output == every generated event, per key.
     assert set(windows) | set(late) == set(truth.windows)
+    zero = {"requests": 0, "bytes": 0, "status": [0] * 5}
     for key, t in truth.windows.items():
-        w = windows.get(key, {"requests": 0, "bytes": 0, "status": [0] * 5})
-        l = late.get(key, {"requests": 0, "bytes": 0, "status": [0] * 5})
+        w, l = windows.get(key, zero), late.get(key, zero)
         got = (w["requests"] + l["requests"], w["bytes"] + l["bytes"], [a + b for a, b in zip(w["status"], l["status"])])
         assert got == (t["requests"], t["bytes"], t["status"]), key
-    assert all(w["rows"] == 1 for w in windows.values()), "a (host, window) has more than one row"
+    assert all(w["rows"] == w["partitions"] for w in windows.values()), "a (host, window, partition) has two rows"
+    return windows, late
+
+
+def check_exact(node, truth):
+    lake = node.lake
+    windows, late = assert_lake_equals_truth(lake, truth)
+    # The node's producer keys hosts to partitions, so each (host, window) is a single row.
+    assert all(w["rows"] == 1 for w in windows.values())
     late_total = sum(l["requests"] for l in late.values())
     assert late_total > 0, "the scenario should exercise the late path"
 
