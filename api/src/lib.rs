@@ -107,18 +107,13 @@ struct Merged {
 }
 
 impl Api {
-    /// Every window of `host` in [from, to): closed ones from the archiver, open ones from the
+    /// Every window of `host` the node holds: closed ones from the archiver, open ones from the
     /// shards, merged over partitions.
-    async fn windows_of(
-        &self,
-        host: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<BTreeMap<i64, Merged>, String> {
+    async fn windows_of(&self, host: &str) -> Result<BTreeMap<i64, Merged>, String> {
         let q = WindowQuery {
             host: Some(host.to_owned()),
-            from_ms,
-            to_ms,
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
         };
         let mut out: BTreeMap<i64, Merged> = BTreeMap::new();
         let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
@@ -173,19 +168,11 @@ impl Api {
             );
         }
         for t in all {
-            let e = by_host.entry(t.host.clone()).or_insert_with(|| HostTotals {
-                host: t.host.clone(),
-                ..Default::default()
-            });
-            if e.windows == 0 {
-                *e = t;
-            } else {
-                e.windows += t.windows;
-                e.requests += t.requests;
-                e.bytes += t.bytes;
-                e.status_5xx += t.status_5xx;
-                e.first_start_ms = e.first_start_ms.min(t.first_start_ms);
-                e.last_start_ms = e.last_start_ms.max(t.last_start_ms);
+            match by_host.get_mut(&t.host) {
+                Some(e) => e.merge(&t),
+                None => {
+                    by_host.insert(t.host.clone(), t);
+                }
             }
         }
         Ok(by_host)
@@ -225,7 +212,7 @@ impl Api {
             )));
         }
         let all = self
-            .windows_of(host, i64::MIN, i64::MAX)
+            .windows_of(host)
             .await
             .map_err(QueryError::Unavailable)?;
         if all.is_empty() {

@@ -134,6 +134,23 @@ pub struct HostTotals {
 }
 
 impl HostTotals {
+    /// Fold in the same host's totals over other windows.
+    pub fn merge(&mut self, o: &HostTotals) {
+        if o.windows == 0 {
+            return;
+        }
+        if self.windows == 0 {
+            *self = o.clone();
+            return;
+        }
+        self.windows += o.windows;
+        self.requests += o.requests;
+        self.bytes += o.bytes;
+        self.status_5xx += o.status_5xx;
+        self.first_start_ms = self.first_start_ms.min(o.first_start_ms);
+        self.last_start_ms = self.last_start_ms.max(o.last_start_ms);
+    }
+
     pub fn add(&mut self, start_ms: i64, agg: &WindowAgg) {
         if self.windows == 0 {
             self.first_start_ms = start_ms;
