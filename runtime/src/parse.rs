@@ -549,6 +549,31 @@ mod tests {
         assert_eq!(e.status, 301);
     }
 
+    proptest::proptest! {
+        /// Any bytes at all: a result, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            for f in [Format::Json, Format::Combined, Format::VhostCombined] {
+                let _ = parse_line(f, &bytes, "h");
+            }
+        }
+
+        /// Valid lines cut anywhere: a result, never a panic.
+        #[test]
+        fn truncated_lines_never_panic(cut in 0usize..400) {
+            let lines: [&[u8]; 2] = [
+                br#"site.example:443 203.0.113.9 - frank [10/Oct/2000:13:55:36 -0700] "GET /a\"b HTTP/1.0" 200 2326 "http://x/" "Mozilla/4.08" 0.042"#,
+                br#"{"ts":"2026-01-01T00:00:01.5+02:00","host":"a","method":"GET","path":"/","status":200,"bytes":1,"latency_ms":2.5}"#,
+            ];
+            for line in lines {
+                let cut = cut.min(line.len());
+                for f in [Format::Json, Format::Combined, Format::VhostCombined] {
+                    let _ = parse_line(f, &line[..cut], "h");
+                }
+            }
+        }
+    }
+
     #[test]
     fn combined_rejections_have_reasons() {
         let cases: [(&[u8], InvalidReason); 5] = [
