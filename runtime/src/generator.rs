@@ -334,6 +334,21 @@ impl Generator {
 
     /// A cursor over partition `p` starting at `offset`.
     pub fn cursor(self: &Arc<Self>, p: u32, offset: u64) -> Cursor {
+        if self.by_partition[p as usize].is_empty() {
+            // No host is keyed to this partition (few hosts, many partitions): an empty stream,
+            // rather than a search for an event that never comes.
+            let (plan, n) = (Vec::new(), 0);
+            return Cursor {
+                g: Arc::clone(self),
+                p,
+                s: 0,
+                j: 0,
+                plan,
+                n,
+                offset,
+                end: Some(offset),
+            };
+        }
         let mut s = 0i64;
         let mut before = 0u64;
         loop {
@@ -758,6 +773,20 @@ mod tests {
         // Paced: at the start nothing is released; after the whole span, everything is.
         assert_eq!(c.backlog(Some(spec().start_ms), 1_000), 0);
         assert_eq!(c.backlog(Some(spec().start_ms + 200_000), 1_000), end - 10);
+    }
+
+    #[test]
+    fn a_partition_without_hosts_is_an_empty_stream() {
+        let g = Arc::new(Generator::new(GeneratorSpec {
+            hosts: 1,
+            duration_ms: None,
+            ..spec()
+        }));
+        let empty = (0..4)
+            .find(|p| g.by_partition[*p as usize].is_empty())
+            .unwrap();
+        let mut c = g.cursor(empty, 0);
+        assert!(c.next_event().is_none() && c.finished());
     }
 
     #[test]
