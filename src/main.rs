@@ -165,8 +165,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.count.is_none() && a.duration.is_none() && !a.realtime {
         bail!("give --count or --duration (an endless stream needs --realtime)");
     }
-    if a.rate <= 0.0 || !a.rate.is_finite() || a.hosts == 0 || a.partitions == 0 {
-        bail!("--rate, --hosts and --partitions must be positive");
+    if !(a.rate >= 0.001 && a.rate.is_finite()) || a.hosts == 0 || a.partitions == 0 {
+        bail!("--rate must be at least 0.001, --hosts and --partitions at least 1");
     }
     if !(0.0..=1.0).contains(&a.malformed_share) {
         bail!("--malformed-share must be between 0 and 1");

@@ -270,9 +270,9 @@ impl Config {
         )?;
         check(self.source.hosts >= 1, "source.hosts", "must be at least 1")?;
         check(
-            self.source.rate > 0.0 && self.source.rate.is_finite(),
+            self.source.rate >= 0.001 && self.source.rate.is_finite(),
             "source.rate",
-            "must be a positive number",
+            "must be at least 0.001 (events per second)",
         )?;
         check(
             (0.0..=1.0).contains(&self.source.malformed_share),
