@@ -144,7 +144,18 @@ fn parse_duration_s(s: &str) -> Result<u64, String> {
 /// mapped before it goes back to the OS.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors are for operators: one line with its causes, not a Debug dump with a backtrace.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     // The default (10 ms) hands batch-sized buffers back to the OS between batches and faults
     // them in again zeroed: 10-20% of an unpaced run went to clear_page. One second keeps them.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Figment's message already names the key and the file.
     #[error("config: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(String),
     #[error("config: `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
     #[error("config file {0} does not exist")]
@@ -247,7 +248,9 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig.merge(Env::prefixed("WTM__").split("__"));
-        let cfg: Config = fig.extract().map_err(Box::new)?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
