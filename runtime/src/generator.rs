@@ -232,16 +232,8 @@ impl Generator {
         g
     }
 
-    pub fn spec(&self) -> &GeneratorSpec {
-        &self.spec
-    }
-
     pub fn anomalies(&self) -> &[AnomalyLabel] {
         &self.anomalies
-    }
-
-    pub fn host_names(&self) -> impl Iterator<Item = &str> {
-        self.hosts.iter().map(|h| h.name.as_str())
     }
 
     /// Last second (exclusive) of the stream, if the duration bounds it.

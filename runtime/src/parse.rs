@@ -25,18 +25,6 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
-    pub const ALL: [InvalidReason; 9] = [
-        InvalidReason::Empty,
-        InvalidReason::NotUtf8,
-        InvalidReason::BadJson,
-        InvalidReason::MissingField,
-        InvalidReason::BadTimestamp,
-        InvalidReason::BadStatus,
-        InvalidReason::BadRequestLine,
-        InvalidReason::BadFormat,
-        InvalidReason::BadNumber,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidReason::Empty => "empty",
