@@ -2,6 +2,7 @@
 must equal ground truth counted independently from `wtm generate`'s output, with and without
 SIGKILL crashes mid-run."""
 
+import json
 import os
 import subprocess
 import urllib.parse
@@ -141,9 +142,15 @@ def test_node_matches_ground_truth(node_factory, truth):
         status, body = node.get(path)
         assert status == code and words in body["error"], (path, status, body)
 
-    # Top paths: exact counts are an upper bound within N/capacity of the truth (Space-Saving).
+    # Top status codes are exact: they must equal the lake's per-code counts summed over the range.
     status, top = node.get(f"/v1/hosts/{host}/top?dimension=status&k=3&{RANGE}")
-    assert status == 200 and len(top["entries"]) == 3
+    codes = {}
+    for (row,) in q(node.lake, f"select status_codes from '{{lake}}/windows/*/*/*.parquet' where host = '{host}'"):
+        for code, n in json.loads(row).items():
+            codes[code] = codes.get(code, 0) + n
+    expected = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    assert status == 200 and [(e["key"], e["count"]) for e in top["entries"]] == expected
+    assert top["requests"] == sum(codes.values())
     status, spec = node.get("/openapi.json")
     assert status == 200 and "/v1/hosts/{host}/windows" in spec["paths"]
     status, metrics = node.get("/metrics")
