@@ -9,11 +9,13 @@ use std::sync::Arc;
 use wtm_actors::supervisor::{SupervisorActor, SupervisorArgs};
 use wtm_runtime::checkpoint::CheckpointStore;
 use wtm_runtime::config::Config;
+use wtm_runtime::config::SourceKind;
 use wtm_runtime::event::Format;
 use wtm_runtime::generator::{Generator, GeneratorSpec};
+use wtm_runtime::kafka::{KafkaSink, KafkaSources};
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::SUPERVISOR_NAME;
-use wtm_runtime::source::GeneratorSources;
+use wtm_runtime::source::{GeneratorSources, SourceFactory};
 use wtm_runtime::time::{now_ms, parse_rfc3339};
 
 // The pipeline allocates per event (parsed strings, batches); with mimalloc an unpaced node with
@@ -111,8 +113,15 @@ struct GenerateArgs {
     #[arg(long, default_value = "json")]
     format: Format,
     /// Output file [default: stdout].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kafka")]
     out: Option<PathBuf>,
+    /// Produce to Kafka instead (bootstrap servers, host:port[,…]), keyed by host, with an
+    /// idempotent producer.
+    #[arg(long, requires = "topic")]
+    kafka: Option<String>,
+    /// The topic to produce to (with --kafka).
+    #[arg(long, requires = "kafka")]
+    topic: Option<String>,
     /// Write the injected anomalies here, one JSON object per line.
     #[arg(long)]
     labels: Option<PathBuf>,
@@ -212,6 +221,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
         f.flush()?;
     }
+    let sink = match (&a.kafka, &a.topic) {
+        (Some(brokers), Some(topic)) => Some(KafkaSink::connect(
+            brokers,
+            topic,
+            &Default::default(),
+            "wtm-generate",
+        )?),
+        _ => None,
+    };
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::with_capacity(
             1 << 20,
@@ -243,6 +261,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 let Some(e) = c.next_event() else { break };
                 line.clear();
                 g.render(*p, offset, &e, a.format, &mut line);
+                if let Some(sink) = &sink {
+                    // The record is the line without its newline.
+                    let record = line.strip_suffix(b"\n").unwrap_or(&line);
+                    sink.send(e.host.as_bytes(), record)
+                        .map_err(anyhow::Error::msg)?;
+                    continue;
+                }
                 if let Err(err) = out.write_all(&line) {
                     if err.kind() == std::io::ErrorKind::BrokenPipe {
                         return Ok(());
@@ -251,6 +276,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if let Some(sink) = &sink {
+        sink.flush(std::time::Duration::from_secs(120))
+            .map_err(anyhow::Error::msg)?;
     }
     out.flush()?;
     Ok(())
@@ -368,6 +397,8 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
         store,
         lake: Lake::new(cfg.lake_path()),
         durable: false,
+        partitions: (0..cfg.source.partitions).collect(),
+        snapshots: None,
     };
     let (sup, mut sup_done) = Actor::spawn(None, SupervisorActor, args)
         .await
@@ -462,35 +493,67 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.node.data_dir.display()))?;
     let store = CheckpointStore::open(&cfg.node.data_dir.join("checkpoints"))?;
-    let start_ms = match &cfg.source.start {
-        Some(s) => parse_rfc3339(s).expect("validated"),
-        // Remembered, so a restarted node resumes the same event-time stream.
-        None => store.meta_i64("generator_start_ms", || now_ms() / 1000 * 1000)?,
-    };
-    let generator = Arc::new(Generator::new(cfg.generator_spec(start_ms)));
     let lake = Lake::new(cfg.lake_path());
     let listener = tokio::net::TcpListener::bind(&cfg.node.listen)
         .await
         .with_context(|| format!("cannot listen on {} (node.listen)", cfg.node.listen))?;
     let addr = listener.local_addr()?;
     drop(listener);
-    let sources = Arc::new(GeneratorSources {
-        generator,
-        format: cfg.source.format,
-        realtime: cfg.source.realtime,
-    });
+    let node_id = cfg.node_id();
+    // A generator node owns its partitions from the start; a Kafka node owns what its consumer
+    // group assigns, and hands partitions over through the lake's shared snapshots.
+    let (sources, partitions, snapshots, kafka): (Arc<dyn SourceFactory>, _, _, _) =
+        match cfg.source.kind {
+            SourceKind::Generator => {
+                let start_ms = match &cfg.source.start {
+                    Some(s) => parse_rfc3339(s).expect("validated"),
+                    // Remembered, so a restarted node resumes the same event-time stream.
+                    None => store.meta_i64("generator_start_ms", || now_ms() / 1000 * 1000)?,
+                };
+                let sources = Arc::new(GeneratorSources {
+                    generator: Arc::new(Generator::new(cfg.generator_spec(start_ms))),
+                    format: cfg.source.format,
+                    realtime: cfg.source.realtime,
+                });
+                (
+                    sources as _,
+                    (0..cfg.source.partitions).collect(),
+                    None,
+                    None,
+                )
+            }
+            SourceKind::Kafka => {
+                let k = KafkaSources::connect(
+                    &cfg.source,
+                    &format!("wtm-{node_id}"),
+                    tokio::runtime::Handle::current(),
+                )?;
+                (Arc::clone(&k) as _, Vec::new(), Some(lake.clone()), Some(k))
+            }
+        };
     let args = SupervisorArgs {
         config: Arc::clone(&cfg),
         sources,
         store,
         lake,
         durable: true,
+        partitions,
+        snapshots,
     };
     let (sup, sup_done) = Actor::spawn(Some(SUPERVISOR_NAME.into()), SupervisorActor, args)
         .await
         .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
+    if let Some(k) = &kafka {
+        k.start()
+            .context("cannot start the Kafka consumer thread")?;
+    }
+    let kafka_source = cfg.source.kind == SourceKind::Kafka;
     let app = wtm_api::routes(wtm_api::ApiContext {
-        partitions: cfg.source.partitions,
+        partitions: (!kafka_source).then_some(cfg.source.partitions),
+        node: node_id,
+        source: if kafka_source { "kafka" } else { "generator" }.into(),
+        topic: kafka_source.then(|| cfg.source.topic.clone()),
+        group: kafka_source.then(|| cfg.source.group.clone()),
         shards: cfg.window.shards,
         window_ms: cfg.window_spec().size_ms,
         default_windows: 60,
@@ -507,7 +570,12 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     tokio::select! {
         r = server.run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(5))) => {
             r.context("API server failed")?;
-            drain(cfg.source.partitions).await;
+            if let Some(k) = kafka {
+                // Leaving the group revokes every partition: final checkpoints, published
+                // snapshots and committed offsets, before the other members take over.
+                let _ = tokio::task::spawn_blocking(move || k.leave()).await;
+            }
+            drain().await;
             sup.stop(None);
             let _ = (&mut sup_done).await;
             Ok(())
@@ -517,10 +585,10 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
 }
 
 /// Checkpoint every partition before stopping, so the next start replays nothing.
-async fn drain(partitions: u32) {
-    use wtm_runtime::msg::{ask, lookup, owner_name, OwnerMsg};
+async fn drain() {
+    use wtm_runtime::msg::{ask, lookup, owned_partitions, owner_name, OwnerMsg};
     use wtm_runtime::telemetry::ActorKind;
-    for p in 0..partitions {
+    for p in owned_partitions() {
         if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
             if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
                 tracing::warn!(partition = p, error = %e, "final checkpoint failed; the next start replays from the previous one");

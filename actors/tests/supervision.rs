@@ -87,6 +87,8 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
         store: CheckpointStore::open(&dir.path().join("checkpoints")).unwrap(),
         lake: lake.clone(),
         durable: true,
+        partitions: (0..cfg.source.partitions).collect(),
+        snapshots: None,
     };
     let (sup, done) = Actor::spawn(None, SupervisorActor, args).await.unwrap();
     let parts = cfg.source.partitions;

@@ -17,8 +17,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use std::collections::BTreeMap;
 use wtm_runtime::agg::WindowAgg;
 use wtm_runtime::msg::{
-    ask, lookup, owner_name, shard_name, AnomalyQuery, ArchiverMsg, DetectorMsg, HostTotals,
-    OwnerMsg, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+    ask, lookup, owned_partitions, owner_name, shard_name, AnomalyQuery, ArchiverMsg, DetectorMsg,
+    HostTotals, OwnerMsg, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
 };
 use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
 use wtm_runtime::time::{format_rfc3339, now_ms, parse_rfc3339};
@@ -26,7 +26,14 @@ use wtm_runtime::time::{format_rfc3339, now_ms, parse_rfc3339};
 /// What the API needs to know about the node it serves.
 #[derive(Debug, Clone)]
 pub struct ApiContext {
-    pub partitions: u32,
+    /// Partitions the node always owns (generator: `source.partitions`); None when a consumer
+    /// group decides (Kafka): then the owners running now.
+    pub partitions: Option<u32>,
+    /// `node.id`, and the source as `/v1/cluster` reports it.
+    pub node: String,
+    pub source: String,
+    pub topic: Option<String>,
+    pub group: Option<String>,
     pub shards: usize,
     pub window_ms: i64,
     /// Windows the default range of a series covers.
@@ -180,7 +187,18 @@ impl Api {
 
     async fn partitions(&self) -> Result<Vec<PartitionStatus>, String> {
         let mut out = Vec::new();
-        for p in 0..self.ctx.partitions {
+        let Some(n) = self.ctx.partitions else {
+            // Owners come and go with the group: one that stops meanwhile is simply not ours.
+            for p in owned_partitions() {
+                if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
+                    if let Ok(s) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await {
+                        out.push(s);
+                    }
+                }
+            }
+            return Ok(out);
+        };
+        for p in 0..n {
             let owner = lookup::<OwnerMsg>(&owner_name(p))
                 .ok_or_else(|| format!("partition {p} is restarting"))?;
             out.push(
@@ -461,6 +479,34 @@ impl Api {
         }
     }
 
+    /// This node's view of the cluster: the partitions it owns, their committed and current
+    /// offsets, lag and watermarks.
+    #[oai(path = "/v1/cluster", method = "get")]
+    async fn cluster(&self) -> Reply<ClusterOut> {
+        let parts = match self.partitions().await {
+            Ok(p) => p,
+            Err(e) => return unavailable(e),
+        };
+        Reply::Ok(Json(ClusterOut {
+            node: self.ctx.node.clone(),
+            source: self.ctx.source.clone(),
+            topic: self.ctx.topic.clone(),
+            group: self.ctx.group.clone(),
+            partitions: parts
+                .into_iter()
+                .map(|p| ClusterPartitionOut {
+                    partition: p.partition,
+                    next_offset: p.next_offset,
+                    committed_offset: p.committed_offset,
+                    lag: p.lag,
+                    watermark: p.watermark_ms.map(format_rfc3339),
+                    max_event_time: p.max_event_ms.map(format_rfc3339),
+                    owner_epoch: p.owner_epoch,
+                })
+                .collect(),
+        }))
+    }
+
     /// Liveness: the process serves HTTP.
     #[oai(path = "/healthz", method = "get")]
     async fn healthz(&self) -> PlainText<&'static str> {
@@ -496,6 +542,7 @@ fn route_of(path: &str) -> &'static str {
         ["", "v1", "hosts", _, "top"] => "/v1/hosts/{host}/top",
         ["", "v1", "overview"] => "/v1/overview",
         ["", "v1", "anomalies"] => "/v1/anomalies",
+        ["", "v1", "cluster"] => "/v1/cluster",
         ["", "healthz"] => "/healthz",
         ["", "readyz"] => "/readyz",
         ["", "metrics"] => "/metrics",

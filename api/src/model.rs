@@ -146,3 +146,33 @@ pub struct ReadyOut {
     pub ready: bool,
     pub partitions: u32,
 }
+
+/// One partition as this node's owner of it sees it.
+#[derive(Object)]
+pub struct ClusterPartitionOut {
+    pub partition: u32,
+    /// Offset of the next record the owner reads.
+    pub next_offset: u64,
+    /// Offset last confirmed committed to the source (Kafka); null for sources that do not commit.
+    pub committed_offset: Option<u64>,
+    /// Records at the source not yet read (Kafka: high watermark − next offset), when known.
+    pub lag: Option<u64>,
+    pub watermark: Option<String>,
+    pub max_event_time: Option<String>,
+    /// How many times the partition's state has been restored, on any node.
+    pub owner_epoch: u64,
+}
+
+/// This node's view of the cluster.
+#[derive(Object)]
+pub struct ClusterOut {
+    /// This node (`node.id`).
+    pub node: String,
+    /// Source kind: `generator`, `kafka`, `files`.
+    pub source: String,
+    /// Kafka topic and consumer group (null for other sources).
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    /// Partitions this node owns now.
+    pub partitions: Vec<ClusterPartitionOut>,
+}

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// First byte of every encoded checkpoint; bump on an incompatible change.
-pub const WIRE_VERSION: u8 = 1;
+/// (2: checkpoints carry `owner_epoch`.)
+pub const WIRE_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -118,6 +119,10 @@ pub type OpenWindows = Vec<(WindowKey, WindowAgg)>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionCheckpoint {
     pub partition: u32,
+    /// Raised each time an owner restores the partition. Between a node's local checkpoint and
+    /// the shared snapshot, the higher epoch is the later owner's state (see
+    /// [`PartitionCheckpoint::newest`]).
+    pub owner_epoch: u64,
     pub next_offset: u64,
     pub watermark: WatermarkState,
     /// Open windows, one encoded [`OpenWindows`] blob per window shard that held any.
@@ -135,6 +140,44 @@ pub struct PartitionCheckpoint {
     pub finished: bool,
     /// Running totals, so the overview survives restarts.
     pub totals: PartitionTotals,
+}
+
+impl PartitionCheckpoint {
+    /// Where a restore from this checkpoint starts reading, with the watermark there: the first
+    /// publication whose records must be derived again, else the start of the unflushed range.
+    /// Everything before it is in the lake or in this checkpoint, so it is also the source
+    /// offset that may be committed upstream.
+    pub fn resume_at(&self) -> (u64, WatermarkState) {
+        self.unpublished
+            .iter()
+            .find(|p| p.has_record_range())
+            .map_or((self.range_start, self.range_start_watermark), |p| {
+                (p.from_offset, p.records_watermark)
+            })
+    }
+
+    /// Of a node's local checkpoint and the shared snapshot, the one to restore.
+    ///
+    /// The later owner wins (higher epoch), whatever the offsets: an owner publishes a snapshot
+    /// before it writes anything to the lake, so a node coming back with an older local
+    /// checkpoint must not restore it over what another node did since (their record files
+    /// would have different ranges). In one epoch the local checkpoint is at least as new as the
+    /// snapshot, so the larger offset wins.
+    pub fn newest(
+        local: Option<PartitionCheckpoint>,
+        shared: Option<PartitionCheckpoint>,
+    ) -> Option<PartitionCheckpoint> {
+        match (local, shared) {
+            (Some(l), Some(s)) => {
+                if (s.owner_epoch, s.next_offset) > (l.owner_epoch, l.next_offset) {
+                    Some(s)
+                } else {
+                    Some(l)
+                }
+            }
+            (l, s) => l.or(s),
+        }
+    }
 }
 
 /// Counters of one partition since its first event.
@@ -172,9 +215,15 @@ impl CheckpointStore {
     pub fn save(&self, cp: &PartitionCheckpoint) -> Result<usize, CheckpointError> {
         let bytes = encode(cp)?;
         let len = bytes.len();
-        self.db.insert(partition_key(cp.partition), bytes)?;
-        self.db.flush()?;
+        self.save_encoded(cp.partition, bytes)?;
         Ok(len)
+    }
+
+    /// [`CheckpointStore::save`] of a checkpoint already encoded with [`encode`].
+    pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointError> {
+        self.db.insert(partition_key(partition), bytes)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn load(&self, partition: u32) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
@@ -222,6 +271,7 @@ mod tests {
         .unwrap();
         let cp = PartitionCheckpoint {
             partition: 3,
+            owner_epoch: 1,
             next_offset: 42,
             watermark: WatermarkState::default(),
             open: vec![open],
@@ -247,5 +297,32 @@ mod tests {
         assert!(decode::<PartitionCheckpoint>("k", &[]).is_err());
         assert_eq!(store.meta_i64("start", || 5).unwrap(), 5);
         assert_eq!(store.meta_i64("start", || 6).unwrap(), 5);
+    }
+
+    #[test]
+    fn newest_prefers_the_later_owner() {
+        let cp = |epoch, offset| PartitionCheckpoint {
+            partition: 0,
+            owner_epoch: epoch,
+            next_offset: offset,
+            watermark: WatermarkState::default(),
+            open: vec![],
+            unpublished: vec![],
+            range_start: offset,
+            range_start_watermark: WatermarkState::default(),
+            finished: false,
+            totals: PartitionTotals::default(),
+        };
+        let pick = |l: Option<(u64, u64)>, s: Option<(u64, u64)>| {
+            PartitionCheckpoint::newest(l.map(|(e, o)| cp(e, o)), s.map(|(e, o)| cp(e, o)))
+                .map(|c| (c.owner_epoch, c.next_offset))
+        };
+        // Another node owned it since: its snapshot wins even at a lower offset.
+        assert_eq!(pick(Some((1, 1500)), Some((2, 1450))), Some((2, 1450)));
+        // Same owner: the local checkpoint is newer than its last snapshot.
+        assert_eq!(pick(Some((3, 900)), Some((3, 800))), Some((3, 900)));
+        assert_eq!(pick(None, Some((1, 5))), Some((1, 5)));
+        assert_eq!(pick(Some((1, 5)), None), Some((1, 5)));
+        assert_eq!(pick(None, None), None);
     }
 }

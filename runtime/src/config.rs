@@ -36,6 +36,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    /// This node's name in `/v1/cluster` and its Kafka client id; unset: `<hostname>:<port>`.
+    pub id: Option<String>,
     /// Where sled checkpoints (and, by default, the lake) live.
     pub data_dir: PathBuf,
     /// API listen address.
@@ -45,6 +47,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            id: None,
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:8080".into(),
         }
@@ -57,6 +60,17 @@ pub enum SourceKind {
     /// The built-in generator.
     #[default]
     Generator,
+    /// A Kafka topic, consumed in a consumer group (`[source.kafka]` settings).
+    Kafka,
+}
+
+/// Where a new consumer group starts on a partition no node has a checkpoint for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +101,21 @@ pub struct SourceConfig {
     pub malformed_share: f64,
     /// Records read per batch.
     pub batch_size: usize,
+    /// Kafka: bootstrap servers, `host:port[,host:port…]` (required with `kind = "kafka"`).
+    pub brokers: String,
+    /// Kafka: the topic to consume (required with `kind = "kafka"`).
+    pub topic: String,
+    /// Kafka: the consumer group every node of a cluster shares.
+    pub group: String,
+    /// Kafka: where a partition starts when neither this node nor the shared lake has a
+    /// checkpoint for it.
+    pub start_from: StartPosition,
+    /// Kafka: also produce malformed records to this topic (at least once; the lake's
+    /// `invalid/` output stays the exact one).
+    pub dead_letter_topic: Option<String>,
+    /// librdkafka settings passed through to the consumer and producers as they are (TLS, SASL,
+    /// timeouts), e.g. `"security.protocol" = "SSL"`.
+    pub kafka: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for SourceConfig {
@@ -106,6 +135,12 @@ impl Default for SourceConfig {
             anomalies: 4,
             malformed_share: 0.0,
             batch_size: 2048,
+            brokers: String::new(),
+            topic: String::new(),
+            group: "wtm".into(),
+            start_from: StartPosition::Earliest,
+            dead_letter_topic: None,
+            kafka: Default::default(),
         }
     }
 }
@@ -138,11 +173,18 @@ impl Default for WindowConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     pub interval_ms: u64,
+    /// Kafka: how often a partition's checkpoint is also published to the lake's
+    /// `checkpoints/` prefix for another node to take over from (also before any lake write,
+    /// and when the partition is revoked). Kafka offsets are committed after each publish.
+    pub snapshot_interval_ms: u64,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { interval_ms: 1000 }
+        CheckpointConfig {
+            interval_ms: 1000,
+            snapshot_interval_ms: 5000,
+        }
     }
 }
 
@@ -332,6 +374,30 @@ impl Config {
             "api.retention_windows",
             "must be at least 1",
         )?;
+        if self.source.kind == SourceKind::Kafka {
+            check(
+                !self.source.brokers.trim().is_empty(),
+                "source.brokers",
+                "must name the Kafka bootstrap servers (host:port) when source.kind is kafka",
+            )?;
+            check(
+                !self.source.topic.trim().is_empty(),
+                "source.topic",
+                "must name the topic to consume when source.kind is kafka",
+            )?;
+            check(
+                !self.source.group.trim().is_empty(),
+                "source.group",
+                "must not be empty",
+            )?;
+            for key in self.source.kafka.keys() {
+                check(
+                    !crate::kafka::RESERVED.contains(&key.as_str()),
+                    "source.kafka",
+                    "must not set group.id, bootstrap.servers or the offset-commit settings: wtm owns those",
+                )?;
+            }
+        }
         if let Some(s) = &self.source.start {
             check(
                 crate::time::parse_rfc3339(s).is_some(),
@@ -355,6 +421,18 @@ impl Config {
             out_of_orderness_ms: self.window.out_of_orderness_s as i64 * 1000,
             allowed_lateness_ms: self.window.allowed_lateness_s as i64 * 1000,
         }
+    }
+
+    /// `node.id`, or `<hostname>:<API port>`.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node.id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let port = self.node.listen.rsplit(':').next().unwrap_or("0");
+        format!("{host}:{port}")
     }
 
     pub fn lake_path(&self) -> PathBuf {

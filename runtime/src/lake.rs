@@ -296,8 +296,10 @@ impl Lake {
     fn write_batch(&self, path: &Path, batch: &RecordBatch) -> Result<u64, LakeError> {
         let dir = path.parent().expect("lake files live under a directory");
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The process id keeps two nodes sharing a lake from writing one temporary file.
         let tmp = dir.join(format!(
-            ".tmp-{}",
+            ".tmp-{}-{}",
+            std::process::id(),
             path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
         ));
         let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
@@ -316,6 +318,40 @@ impl Lake {
         let len = file.metadata().map_err(io_err(&tmp))?.len();
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
         Ok(len)
+    }
+
+    /// Where a partition's shared checkpoint snapshot lives (`checkpoints/` beside the tables).
+    pub fn snapshot_path(&self, partition: u32) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("partition-{partition:05}.ckpt"))
+    }
+
+    /// Replace a partition's shared snapshot atomically (temporary file, fsync, rename, then
+    /// the directory fsynced so the rename itself is durable). Blocking.
+    pub fn write_snapshot(&self, partition: u32, bytes: &[u8]) -> Result<(), LakeError> {
+        let path = self.snapshot_path(partition);
+        let dir = path.parent().expect("snapshots live under checkpoints/");
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let tmp = dir.join(format!(".tmp-{}-{partition}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        Ok(())
+    }
+
+    /// A partition's shared snapshot, if one was ever published. Blocking.
+    pub fn read_snapshot(&self, partition: u32) -> Result<Option<Vec<u8>>, LakeError> {
+        let path = self.snapshot_path(partition);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.

@@ -9,6 +9,7 @@
 //! - [`sketch`], [`agg`]: mergeable sketches and the per (host, window, partition) aggregate.
 //! - [`generator`], [`source`]: the deterministic traffic generator and the partition-source
 //!   trait every source (generator, files, Kafka) implements.
+//! - [`kafka`]: the Kafka consumer-group source and producers (the only file using rdkafka).
 //! - [`config`]: layered configuration (defaults, TOML, `WTM__` environment).
 //! - [`checkpoint`]: the sled checkpoint store and its versioned wire format.
 //! - [`lake`]: the Parquet lake writer and reader (Hive-style partitions, deterministic names).
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod generator;
+pub mod kafka;
 pub mod lake;
 pub mod msg;
 pub mod parse;

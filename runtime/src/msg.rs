@@ -27,6 +27,16 @@ pub const ARCHIVER_NAME: &str = "wtm.archiver";
 pub const DETECTOR_NAME: &str = "wtm.detector";
 pub const SUPERVISOR_NAME: &str = "wtm.supervisor";
 
+/// Partitions whose owner is running on this node, ascending.
+pub fn owned_partitions() -> Vec<u32> {
+    let mut out: Vec<u32> = ractor::registry::registered()
+        .iter()
+        .filter_map(|n| n.strip_prefix("wtm.owner.")?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Window shard of a host (FNV-1a, stable across runs and nodes).
 pub fn shard_of(host: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -172,6 +182,12 @@ impl HostTotals {
 pub struct PartitionStatus {
     pub partition: u32,
     pub next_offset: u64,
+    /// The offset last confirmed committed upstream (Kafka), if the source commits.
+    pub committed_offset: Option<u64>,
+    /// Records available at the source but not yet read, if the source knows.
+    pub lag: Option<u64>,
+    /// How many times the partition has been restored (see `PartitionCheckpoint::owner_epoch`).
+    pub owner_epoch: u64,
     pub watermark_ms: Option<i64>,
     pub max_event_ms: Option<i64>,
     pub finished: bool,
@@ -190,6 +206,15 @@ pub enum OwnerMsg {
     /// once the checkpoint is durable.
     Drain(RpcReplyPort<()>),
     Status(RpcReplyPort<PartitionStatus>),
+}
+
+/// Partitions a consumer group takes away from this node.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub partitions: Vec<u32>,
+    /// Checkpoint before stopping (an orderly revoke); false when the assignment was lost and
+    /// another node may already own the partitions: then nothing more is written.
+    pub drain: bool,
 }
 
 // ---- archiver ---------------------------------------------------------------------------------
@@ -283,5 +308,10 @@ pub struct ChildStatus {
 pub enum SupervisorMsg {
     /// Start a child again (sent to self once its backoff has elapsed).
     Restart(ChildId),
+    /// The consumer group assigned these partitions to this node: start their owners.
+    Assign(Vec<u32>),
+    /// The group takes these partitions away: stop their owners (after a final checkpoint
+    /// when `drain`), and clear their windows from the shards. Replies when done.
+    Revoke(Revocation, RpcReplyPort<()>),
     Status(RpcReplyPort<Vec<ChildStatus>>),
 }

@@ -18,6 +18,11 @@ use std::sync::Arc;
 pub trait SourceFactory: Send + Sync + 'static {
     /// Partition `p`, positioned so that the next record has offset `offset`.
     fn open(&self, partition: u32, offset: u64) -> Result<Box<dyn PartitionSource>, String>;
+    /// Partition `p` with no checkpoint anywhere: from its beginning, or where the source's
+    /// configuration says a new consumer starts.
+    fn open_new(&self, partition: u32) -> Result<Box<dyn PartitionSource>, String> {
+        self.open(partition, 0)
+    }
 }
 
 /// The built-in generator, one partition per generator partition.
@@ -213,6 +218,15 @@ pub trait PartitionSource: Send + 'static {
     fn poll(&mut self, max: usize, out: &mut RecordBatch) -> Polled;
     /// Records available but not yet read (consumer lag), when the source knows.
     fn lag(&mut self) -> Option<u64>;
+    /// The state up to `offset` is durable where another node can restore it: the source may
+    /// record that upstream (a Kafka offset commit). Must not block.
+    fn commit(&mut self, _offset: u64) {}
+    /// The last offset the source confirmed committed upstream, if it commits at all.
+    fn committed(&self) -> Option<u64> {
+        None
+    }
+    /// A malformed record, for a dead-letter stream beside the lake's (at least once).
+    fn dead_letter(&mut self, _offset: u64, _reason: &str, _record: &[u8]) {}
 }
 
 /// The built-in generator as a partition source, rendering records in `format`.

@@ -67,6 +67,12 @@ pub struct Metrics {
     pub windows_closed: Counter<u64>,
     pub anomalies: Counter<u64>,
     pub api_requests: Counter<u64>,
+    pub rebalances: Counter<u64>,
+    pub commit_seconds: Histogram<f64>,
+    pub commit_errors: Counter<u64>,
+    pub snapshots: Counter<u64>,
+    pub paused: Counter<u64>,
+    pub dead_letters: Counter<u64>,
 }
 
 impl Metrics {
@@ -81,6 +87,7 @@ impl Metrics {
             m.windows_closed.add(0, &[]);
             m.lake_files.add(0, &[]);
             m.lake_bytes.add(0, &[]);
+            m.snapshots.add(0, &[]);
             m
         })
     }
@@ -176,6 +183,33 @@ impl Metrics {
             api_requests: m
                 .u64_counter("wtm_api_requests")
                 .with_description("API requests, by route and status")
+                .build(),
+            rebalances: m
+                .u64_counter("wtm_kafka_rebalances")
+                .with_description("Kafka group rebalances seen, by kind (assign, revoke, lost)")
+                .build(),
+            commit_seconds: m
+                .f64_histogram("wtm_kafka_commit_seconds")
+                .with_description("Kafka offset commit latency, from request to broker reply")
+                .with_boundaries(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
+                .build(),
+            commit_errors: m
+                .u64_counter("wtm_kafka_commit_errors")
+                .with_description("Failed Kafka offset commits (the next snapshot commits again)")
+                .build(),
+            snapshots: m
+                .u64_counter("wtm_checkpoint_snapshots")
+                .with_description("Checkpoint snapshots published to the lake's checkpoints/")
+                .build(),
+            paused: m
+                .u64_counter("wtm_kafka_partition_pauses")
+                .with_description(
+                    "Times a Kafka partition was paused because its owner fell behind",
+                )
+                .build(),
+            dead_letters: m
+                .u64_counter("wtm_kafka_dead_letters")
+                .with_description("Malformed records produced to the dead-letter topic")
                 .build(),
             registry,
             _provider: provider,

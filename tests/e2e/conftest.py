@@ -38,6 +38,8 @@ def to_toml(cfg):
     for section, values in cfg.items():
         out.append(f"[{section}]")
         for k, v in values.items():
+            if "." in k:
+                k = json.dumps(k)  # a librdkafka setting such as "session.timeout.ms"
             if isinstance(v, bool):
                 v = "true" if v else "false"
             elif isinstance(v, (str, pathlib.Path)):
@@ -53,11 +55,16 @@ class Node:
         self.workdir = pathlib.Path(workdir)
         self.port = free_port()
         self.data = self.workdir / "data"
+        source = dict(source)
+        kafka_settings = source.pop("kafka", None)
         cfg = {
             "node": {"listen": f"127.0.0.1:{self.port}", "data_dir": self.data},
             "source": source,
         }
+        if kafka_settings:
+            cfg["source.kafka"] = kafka_settings
         cfg.update(sections)
+        self.config_sections = cfg
         self.config = self.workdir / "wtm.toml"
         self.config.write_text(to_toml(cfg))
         self.proc = None
@@ -65,7 +72,8 @@ class Node:
 
     @property
     def lake(self):
-        return self.data / "lake"
+        lake = self.config_sections.get("lake", {}).get("path")
+        return pathlib.Path(lake) if lake else self.data / "lake"
 
     def start(self):
         self.runs += 1
@@ -212,3 +220,30 @@ class Truth:
 def exact_quantile(values, q):
     s = sorted(values)
     return s[int((len(s) - 1) * q)]
+
+
+class Broker:
+    """A genuine Apache Kafka broker (KRaft) started by scripts/kafka in its own directory."""
+
+    def __init__(self, data_dir):
+        self.data_dir = pathlib.Path(data_dir)
+        self.bootstrap = None
+
+    def start(self):
+        out = subprocess.run(
+            [str(ROOT / "scripts/kafka"), "start", "--data-dir", str(self.data_dir)],
+            check=True, capture_output=True, text=True, timeout=300,
+        ).stdout
+        self.bootstrap = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("bootstrap="))
+        return self
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts/kafka"), "stop", "--data-dir", str(self.data_dir)], check=True,
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("kafka")).start()
+    yield b
+    b.stop()

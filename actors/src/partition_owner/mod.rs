@@ -10,9 +10,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use wtm_runtime::checkpoint::{decode, CheckpointStore, OpenWindows};
+use wtm_runtime::checkpoint::{decode, encode, CheckpointStore, OpenWindows, PartitionCheckpoint};
 use wtm_runtime::config::Config;
 use wtm_runtime::event::Event;
+use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::{
     ask, lookup, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, OwnerMsg,
     PartitionStatus, WindowMsg, ARCHIVER_NAME,
@@ -33,6 +34,9 @@ pub struct OwnerArgs {
     /// Write checkpoints to sled. Off for `wtm batch`, whose recovery is a rerun: windows are
     /// still cut and published at every checkpoint tick, without encoding the open ones.
     pub durable: bool,
+    /// Publish checkpoints to this lake's `checkpoints/` for other nodes, and restore from
+    /// there when that snapshot is newer (a consumer group moves partitions between nodes).
+    pub snapshots: Option<Lake>,
 }
 
 pub struct OwnerActor;
@@ -49,6 +53,8 @@ pub struct OwnerRun {
     draining: bool,
     last_input: Instant,
     last_flush: Instant,
+    /// When the checkpoint was last published to the shared snapshot (None: not yet).
+    last_snapshot: Option<Instant>,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -85,7 +91,11 @@ async fn restore(
 > {
     let store = args.store.clone();
     let p = args.partition;
-    let cp = tokio::task::spawn_blocking(move || store.load(p)).await??;
+    let (durable, snapshots) = (args.durable, args.snapshots.clone());
+    let cp =
+        tokio::task::spawn_blocking(move || load_newest(&store, durable, snapshots.as_ref(), p))
+            .await??;
+    let fresh = cp.is_none();
     let (mut state, open) = match cp {
         Some(cp) => OwnerState::restore(settings(args), cp),
         None => (OwnerState::new(settings(args)), Vec::new()),
@@ -103,14 +113,49 @@ async fn restore(
     for (shard, open) in shard_refs.iter().zip(per_shard) {
         tell(shard, ActorKind::Window, WindowMsg::Reset(p, open))?;
     }
-    let source = args.sources.open(p, state.next_offset)?;
+    let source = if fresh {
+        args.sources.open_new(p)?
+    } else {
+        args.sources.open(p, state.next_offset)?
+    };
     tracing::info!(
         partition = p,
         offset = state.next_offset,
+        epoch = state.owner_epoch,
         finished = state.finished,
         "partition restored"
     );
     Ok((state, shard_refs, source))
+}
+
+/// The checkpoint to restore: the local one, or the shared snapshot when another node owned the
+/// partition since. Blocking.
+fn load_newest(
+    store: &CheckpointStore,
+    durable: bool,
+    snapshots: Option<&Lake>,
+    p: u32,
+) -> Result<Option<PartitionCheckpoint>, ActorProcessingErr> {
+    let local = if durable { store.load(p)? } else { None };
+    let shared = match snapshots {
+        Some(lake) => match lake.read_snapshot(p)? {
+            Some(bytes) => Some(decode::<PartitionCheckpoint>(
+                &lake.snapshot_path(p).display().to_string(),
+                &bytes,
+            )?),
+            None => None,
+        },
+        None => None,
+    };
+    let (l, s) = (
+        local.as_ref().map(|c| (c.owner_epoch, c.next_offset)),
+        shared.as_ref().map(|c| (c.owner_epoch, c.next_offset)),
+    );
+    let newest = PartitionCheckpoint::newest(local, shared);
+    if s.is_some() {
+        tracing::info!(partition = p, local = ?l, shared = ?s, "checkpoint candidates (epoch, offset)");
+    }
+    Ok(newest)
 }
 
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
@@ -178,11 +223,16 @@ impl OwnerRun {
             if got.late > 0 {
                 m.late.add(got.late, &pl);
             }
-            for reason in got.invalid {
+            for (offset, reason) in got.invalid {
                 m.invalid.add(
                     1,
                     &[pl[0].clone(), KeyValue::new("reason", reason.as_str())],
                 );
+                let records = &self.batch.records;
+                if let Ok(i) = records.binary_search_by_key(&offset, |r| r.0) {
+                    let raw = &self.batch.buf[records[i].1.clone()];
+                    self.source.dead_letter(offset, reason.as_str(), raw);
+                }
             }
             for (shard, events) in self.shards.iter().zip(self.routed.iter_mut()) {
                 if !events.is_empty() {
@@ -236,7 +286,8 @@ impl OwnerRun {
         self.checkpoint_with(false).await
     }
 
-    /// `flush_now` also cuts the buffered records, whatever the flush interval.
+    /// `flush_now` also cuts the buffered records, whatever the flush interval, and publishes
+    /// the shared snapshot.
     async fn checkpoint_with(&mut self, flush_now: bool) -> Result<(), ActorProcessingErr> {
         if self.state.finished || self.draining || self.state.replaying() {
             return Ok(());
@@ -277,14 +328,55 @@ impl OwnerRun {
         self.state.cut_publication(closed, now, flush);
         let cp = self.state.checkpoint(open);
         let finished = cp.finished;
+        let resume_at = cp.resume_at().0;
         let m = Metrics::global();
-        if self.args.durable {
+        // An owner publishes its snapshot before it writes anything to the lake, so a node that
+        // takes the partition over knows every file's offset range; and otherwise every
+        // `snapshot_interval_ms`, and at a revoke.
+        let snapshot = self.args.snapshots.clone().filter(|_| {
+            flush_now
+                || !self.state.ready_publications().is_empty()
+                || self.last_snapshot.is_none_or(|t| {
+                    t.elapsed()
+                        >= Duration::from_millis(self.args.config.checkpoint.snapshot_interval_ms)
+                })
+        });
+        let mut may_publish = true;
+        if self.args.durable || snapshot.is_some() {
             let store = self.args.store.clone();
-            let size = tokio::task::spawn_blocking(move || store.save(&cp)).await??;
+            let durable = self.args.durable;
+            let (size, shared) = tokio::task::spawn_blocking(move || {
+                let bytes = encode(&cp)?;
+                let size = bytes.len();
+                let shared = snapshot.map(|lake| lake.write_snapshot(partition, &bytes));
+                if durable {
+                    store.save_encoded(partition, bytes)?;
+                }
+                Ok::<_, ActorProcessingErr>((size, shared))
+            })
+            .await??;
             m.checkpoint_bytes.record(size as u64, &[]);
+            match shared {
+                Some(Ok(())) => {
+                    m.snapshots.add(1, &[]);
+                    self.last_snapshot = Some(Instant::now());
+                    // The snapshot is durable where the next owner reads it: now the offset may
+                    // be committed.
+                    self.source.commit(resume_at);
+                }
+                Some(Err(e)) => {
+                    m.lake_errors
+                        .add(1, &[KeyValue::new("table", "checkpoints")]);
+                    tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
+                    may_publish = false;
+                }
+                None => {}
+            }
         }
         m.windows_closed.add(closed_n, &[]);
-        publish_pending(&mut self.state).await?;
+        if may_publish {
+            publish_pending(&mut self.state).await?;
+        }
         m.checkpoint_seconds
             .record(started.elapsed().as_secs_f64(), &[]);
         let pl = [partition_label(partition)];
@@ -305,12 +397,15 @@ impl OwnerRun {
         Ok(())
     }
 
-    fn status(&self) -> PartitionStatus {
+    fn status(&mut self) -> PartitionStatus {
         let wm = self.state.watermark_ms();
         let max = self.state.watermark.max_event_ms;
         PartitionStatus {
             partition: self.args.partition,
             next_offset: self.state.next_offset,
+            committed_offset: self.source.committed(),
+            lag: self.source.lag(),
+            owner_epoch: self.state.owner_epoch,
             watermark_ms: (wm != NO_WATERMARK && wm != i64::MAX).then_some(wm),
             max_event_ms: (max != NO_WATERMARK).then_some(max),
             finished: self.state.finished,
@@ -355,6 +450,7 @@ impl Actor for OwnerActor {
             draining: false,
             last_input: Instant::now(),
             last_flush: Instant::now(),
+            last_snapshot: None,
             timer: Some(timer),
         };
         run.schedule_poll(&me, Duration::ZERO);
@@ -388,7 +484,7 @@ impl Actor for OwnerActor {
                 run.schedule_poll(&me, Duration::ZERO);
             }
             OwnerMsg::Drain(reply) => {
-                run.checkpoint().await?;
+                run.checkpoint_with(run.args.snapshots.is_some()).await?;
                 run.draining = true;
                 let _ = reply.send(());
             }

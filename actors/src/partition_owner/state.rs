@@ -27,7 +27,8 @@ pub struct OwnerSettings {
 pub struct Ingested {
     pub events: u64,
     pub late: u64,
-    pub invalid: Vec<InvalidReason>,
+    /// Offset and reason of each malformed record.
+    pub invalid: Vec<(u64, InvalidReason)>,
 }
 
 /// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
@@ -41,6 +42,8 @@ struct Buffered {
 
 pub struct OwnerState {
     pub settings: OwnerSettings,
+    /// Raised at every restore (see `PartitionCheckpoint::owner_epoch`).
+    pub owner_epoch: u64,
     pub watermark: WatermarkState,
     pub next_offset: u64,
     /// Late, invalid and raw records not yet cut into a publication.
@@ -66,6 +69,7 @@ impl OwnerState {
     pub fn new(settings: OwnerSettings) -> OwnerState {
         OwnerState {
             settings,
+            owner_epoch: 1,
             watermark: WatermarkState::default(),
             next_offset: 0,
             buffered: Buffered::default(),
@@ -84,15 +88,8 @@ impl OwnerState {
     /// `next_offset` are replayed (see [`OwnerState::replaying`]).
     pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> (OwnerState, Vec<Vec<u8>>) {
         let mut s = OwnerState::new(settings);
-        // Replay from the first publication whose records must be derived again, else from the
-        // start of the unflushed range.
-        let (start, watermark) = cp
-            .unpublished
-            .iter()
-            .find(|p| p.has_record_range())
-            .map_or((cp.range_start, cp.range_start_watermark), |p| {
-                (p.from_offset, p.records_watermark)
-            });
+        let (start, watermark) = cp.resume_at();
+        s.owner_epoch = cp.owner_epoch + 1;
         s.watermark = watermark;
         s.range_start_watermark = watermark;
         s.next_offset = start;
@@ -181,7 +178,7 @@ impl OwnerState {
                 Err(err) => {
                     if !replay {
                         *self.totals.invalid.entry(err.reason).or_default() += 1;
-                        out.invalid.push(err.reason);
+                        out.invalid.push((offset, err.reason));
                     }
                     self.buffered.invalid.push(InvalidRecord {
                         offset,
@@ -273,6 +270,7 @@ impl OwnerState {
     pub fn checkpoint(&self, open: Vec<Vec<u8>>) -> PartitionCheckpoint {
         PartitionCheckpoint {
             partition: self.settings.partition,
+            owner_epoch: self.owner_epoch,
             next_offset: self.next_offset,
             watermark: self.watermark,
             open,
@@ -335,7 +333,7 @@ mod tests {
             Ingested {
                 events: 3,
                 late: 1,
-                invalid: vec![InvalidReason::BadJson]
+                invalid: vec![(101, InvalidReason::BadJson)]
             }
         );
         assert_eq!(routed.iter().map(Vec::len).sum::<usize>(), 2);

@@ -12,14 +12,14 @@ use crate::partition_owner::{OwnerActor, OwnerArgs};
 use crate::spawn_tell_after;
 use crate::window::WindowActor;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use wtm_runtime::checkpoint::CheckpointStore;
 use wtm_runtime::config::Config;
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::{
-    lookup, owner_name, shard_name, tell, ChildId, ChildStatus, OwnerMsg, SupervisorMsg,
-    ARCHIVER_NAME, DETECTOR_NAME,
+    ask, lookup, owner_name, shard_name, tell, ChildId, ChildStatus, OwnerMsg, Revocation,
+    SupervisorMsg, WindowMsg, ARCHIVER_NAME, CALL_TIMEOUT, DETECTOR_NAME,
 };
 use wtm_runtime::source::SourceFactory;
 use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
@@ -32,6 +32,11 @@ pub struct SupervisorArgs {
     pub lake: Lake,
     /// Durable checkpoints (see `OwnerArgs::durable`).
     pub durable: bool,
+    /// Partitions owned from the start (generator, files). A Kafka node starts with none and
+    /// is told by its consumer group (`SupervisorMsg::Assign` / `Revoke`).
+    pub partitions: Vec<u32>,
+    /// Shared snapshots for cross-node handoff (see `OwnerArgs::snapshots`).
+    pub snapshots: Option<Lake>,
 }
 
 pub struct SupervisorActor;
@@ -40,6 +45,8 @@ pub struct SupervisorRun {
     args: SupervisorArgs,
     children: BTreeMap<ChildId, (Option<ActorCell>, RestartBudget)>,
     by_actor: HashMap<ActorId, ChildId>,
+    /// Partitions this node owns now; a pending restart of any other owner is dropped.
+    owned: BTreeSet<u32>,
 }
 
 fn kind_of(c: ChildId) -> ActorKind {
@@ -95,6 +102,7 @@ impl SupervisorRun {
                     sources: Arc::clone(&self.args.sources),
                     store: self.args.store.clone(),
                     durable: self.args.durable,
+                    snapshots: self.args.snapshots.clone(),
                 };
                 Actor::spawn_linked(Some(owner_name(p)), OwnerActor, args, sup)
                     .await?
@@ -107,6 +115,50 @@ impl SupervisorRun {
         entry.0 = Some(cell);
         entry.1.started(now_ms());
         Ok(())
+    }
+
+    /// Start owners for newly assigned partitions (a failed start is retried like a crash).
+    async fn assign(&mut self, me: &ActorRef<SupervisorMsg>, partitions: Vec<u32>) {
+        for p in partitions {
+            if !self.owned.insert(p) {
+                continue;
+            }
+            if let Err(e) = self.spawn(me, ChildId::Owner(p)).await {
+                self.failed(me, ChildId::Owner(p), &e.to_string());
+            }
+        }
+    }
+
+    /// Stop the owners of revoked partitions, after a final checkpoint when asked, and clear
+    /// their open windows from the shards (the next owner restores them from its snapshot).
+    async fn revoke(&mut self, r: Revocation) {
+        for &p in &r.partitions {
+            self.owned.remove(&p);
+            let Some((cell, _)) = self.children.remove(&ChildId::Owner(p)) else {
+                continue;
+            };
+            let Some(cell) = cell else { continue };
+            self.by_actor.remove(&cell.get_id());
+            if r.drain {
+                let owner: ActorRef<OwnerMsg> = cell.clone().into();
+                if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
+                    tracing::warn!(partition = p, error = %e, "final checkpoint failed; the next owner replays from the last snapshot");
+                }
+            }
+            if let Err(e) = cell
+                .stop_and_wait(Some("partition revoked".into()), Some(CALL_TIMEOUT))
+                .await
+            {
+                tracing::warn!(partition = p, error = %e, "owner did not stop in time");
+            }
+        }
+        for i in 0..self.args.config.window.shards {
+            if let Some(shard) = lookup::<WindowMsg>(&shard_name(i)) {
+                for &p in &r.partitions {
+                    let _ = tell(&shard, ActorKind::Window, WindowMsg::Reset(p, Vec::new()));
+                }
+            }
+        }
     }
 
     /// A child died (or failed to start): restart it after its backoff, or give up.
@@ -157,6 +209,7 @@ impl Actor for SupervisorActor {
             args,
             children: BTreeMap::new(),
             by_actor: HashMap::new(),
+            owned: BTreeSet::new(),
         };
         // Order matters: owners restore into shards and publish through the archiver.
         run.spawn(&me, ChildId::Archiver).await?;
@@ -164,7 +217,8 @@ impl Actor for SupervisorActor {
         for i in 0..run.args.config.window.shards {
             run.spawn(&me, ChildId::Shard(i)).await?;
         }
-        for p in 0..run.args.config.source.partitions {
+        for p in run.args.partitions.clone() {
+            run.owned.insert(p);
             run.spawn(&me, ChildId::Owner(p)).await?;
         }
         Ok(run)
@@ -186,6 +240,19 @@ impl Actor for SupervisorActor {
         run: &mut SupervisorRun,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SupervisorMsg::Restart(ChildId::Owner(p)) if !run.owned.contains(&p) => {
+                // Revoked while it waited for its backoff.
+                ActorKind::Supervisor.dequeued();
+            }
+            SupervisorMsg::Assign(partitions) => {
+                ActorKind::Supervisor.dequeued();
+                run.assign(&me, partitions).await;
+            }
+            SupervisorMsg::Revoke(r, reply) => {
+                ActorKind::Supervisor.dequeued();
+                run.revoke(r).await;
+                let _ = reply.send(());
+            }
             SupervisorMsg::Restart(child) => {
                 ActorKind::Supervisor.dequeued();
                 match run.spawn(&me, child).await {
@@ -193,7 +260,7 @@ impl Actor for SupervisorActor {
                         tracing::info!(?child, "child restarted");
                         if let ChildId::Shard(_) = child {
                             // The new shard is empty: every owner refills it from its checkpoint.
-                            for p in 0..run.args.config.source.partitions {
+                            for &p in &run.owned {
                                 if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
                                     let _ =
                                         tell(&owner, ActorKind::PartitionOwner, OwnerMsg::Rewind);

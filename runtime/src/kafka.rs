@@ -1,0 +1,766 @@
+//! Kafka: the consumer-group source and the producers (`wtm generate --kafka`, dead letters).
+//! The only file that touches rdkafka.
+//!
+//! One consumer per node, polled on its own thread. Its messages are sorted into one queue per
+//! assigned partition, which that partition's owner drains through a [`KafkaPartition`]. The
+//! group's rebalance callbacks run on that thread too:
+//!
+//! - **assign**: the new partitions are paused and their owners started; each owner restores its
+//!   checkpoint and asks for its partition to be sought to the checkpoint's offset, and only then
+//!   is the partition resumed. Records fetched before that are dropped (they will be read again
+//!   from the sought offset).
+//! - **revoke**: the callback waits until the owners have taken a final checkpoint, published it
+//!   and stopped, so a partition is released only once its state is where the next owner reads
+//!   it. When the assignment was *lost* (session timeout), another node may already own the
+//!   partitions: the owners stop without writing anything.
+//!
+//! Offsets are committed after each published snapshot: the owner hands the offset to a
+//! committer thread (never blocking a handler), which commits synchronously and times it.
+
+use crate::config::{SourceConfig, StartPosition};
+use crate::msg::{ask, lookup, tell, Revocation, SupervisorMsg, SUPERVISOR_NAME};
+use crate::source::{PartitionSource, Polled, RecordBatch, SourceFactory};
+use crate::telemetry::{partition_label, ActorKind, KeyValue, Metrics};
+use crate::time::now_ms;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// librdkafka settings wtm sets itself; `[source.kafka]` may not override them.
+pub const RESERVED: [&str; 5] = [
+    "group.id",
+    "bootstrap.servers",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+/// Records per queued chunk (an owner takes whole chunks).
+const CHUNK: usize = 1024;
+/// Queued records at which a partition is paused (its owner fell behind), and resumed again.
+const PAUSE_AT: usize = 64 * 1024;
+const RESUME_AT: usize = 8 * 1024;
+/// How long an owner waits before looking at an empty queue again.
+const EMPTY_WAIT_MS: i64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("kafka: {0}")]
+pub struct KafkaSetupError(String);
+
+fn base_config(
+    brokers: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        c.set(k, v);
+    }
+    c
+}
+
+/// One assigned partition's queue.
+#[derive(Default)]
+struct Slot {
+    /// Bumped by every open: which owner incarnation the queue belongs to.
+    generation: u64,
+    /// The partition has been sought for `generation`: queued records are that owner's.
+    ready: bool,
+    chunks: VecDeque<RecordBatch>,
+    queued: usize,
+    /// Paused because the owner fell behind (not the pause that waits for the seek).
+    paused: bool,
+    committed: Option<u64>,
+}
+
+/// Offsets the owners asked to commit, newest per partition, for the committer thread.
+#[derive(Default)]
+struct Commits {
+    pending: HashMap<u32, u64>,
+    in_flight: bool,
+    /// The consumer thread has ended: commit what is left, then stop.
+    closing: bool,
+}
+
+struct Seek {
+    attempts: u32,
+    partition: u32,
+    generation: u64,
+    offset: Offset,
+    not_before: Instant,
+}
+
+struct Shared {
+    topic: String,
+    slots: Mutex<HashMap<u32, Slot>>,
+    seeks: Mutex<Vec<Seek>>,
+    stop: AtomicBool,
+    commits: Mutex<Commits>,
+    commits_changed: Condvar,
+    runtime: tokio::runtime::Handle,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the consumer: the data behind the lock stays consistent
+    // (every critical section is a few field updates).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<u32> {
+        let mut v: Vec<u32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .filter_map(|e| u32::try_from(e.partition()).ok())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn request_commit(&self, partition: u32, offset: u64) {
+        lock(&self.commits).pending.insert(partition, offset);
+        self.commits_changed.notify_all();
+    }
+
+    /// Wait until the committer has sent what was asked of it (or `timeout` passed).
+    fn wait_for_commits(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = lock(&self.commits);
+        while !c.pending.is_empty() || c.in_flight {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            c = self
+                .commits_changed
+                .wait_timeout(c, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn tpl(&self, partitions: &[u32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p as i32);
+        }
+        tpl
+    }
+}
+
+/// The consumer's callbacks: rebalances and commit results.
+struct GroupContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions = self.shared.partitions_of(tpl);
+        if partitions.is_empty() {
+            return;
+        }
+        let lost = consumer.assignment_lost();
+        let kind = if lost { "lost" } else { "revoke" };
+        Metrics::global()
+            .rebalances
+            .add(1, &[KeyValue::new("kind", kind)]);
+        tracing::info!(
+            ?partitions,
+            lost,
+            "partitions revoked; stopping their owners"
+        );
+        let request = Revocation {
+            partitions: partitions.clone(),
+            drain: !lost,
+        };
+        // Blocking here is the point: the group does not hand the partitions to another node
+        // until the owners' final checkpoints are published.
+        let done = self.shared.runtime.block_on(async move {
+            let sup = lookup::<SupervisorMsg>(SUPERVISOR_NAME)?;
+            ask(&sup, ActorKind::Supervisor, |r| {
+                SupervisorMsg::Revoke(request, r)
+            })
+            .await
+            .ok()
+        });
+        if done.is_none() {
+            tracing::warn!(
+                ?partitions,
+                "owners did not confirm their final checkpoint; the next owner replays from the last published snapshot"
+            );
+        }
+        // The final snapshots' offsets go out before the partitions are released.
+        if !lost && !self.shared.wait_for_commits(Duration::from_secs(10)) {
+            tracing::warn!(?partitions, "final offset commits not confirmed in 10 s");
+        }
+        let mut slots = lock(&self.shared.slots);
+        for p in &partitions {
+            slots.remove(p);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.shared.partitions_of(tpl);
+                if partitions.is_empty() {
+                    return;
+                }
+                // Nothing is read until the owner has sought its checkpoint's offset.
+                if let Err(e) = consumer.pause(&self.shared.tpl(&partitions)) {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                {
+                    let mut slots = lock(&self.shared.slots);
+                    for p in &partitions {
+                        slots.entry(*p).or_default();
+                    }
+                }
+                Metrics::global()
+                    .rebalances
+                    .add(1, &[KeyValue::new("kind", "assign")]);
+                tracing::info!(?partitions, "partitions assigned; starting their owners");
+                match lookup::<SupervisorMsg>(SUPERVISOR_NAME) {
+                    Some(sup) => {
+                        let _ = tell(
+                            &sup,
+                            ActorKind::Supervisor,
+                            SupervisorMsg::Assign(partitions),
+                        );
+                    }
+                    None => tracing::error!("no supervisor to start partition owners"),
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// A Kafka topic as the partitions of a node, through one consumer-group member.
+pub struct KafkaSources {
+    consumer: Arc<GroupConsumer>,
+    shared: Arc<Shared>,
+    start_from: StartPosition,
+    dead_letters: Option<Arc<KafkaSink>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl KafkaSources {
+    /// Join the group (nothing is consumed until [`KafkaSources::start`]).
+    pub fn connect(
+        cfg: &SourceConfig,
+        client_id: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<KafkaSources>, KafkaSetupError> {
+        let shared = Arc::new(Shared {
+            topic: cfg.topic.clone(),
+            slots: Mutex::new(HashMap::new()),
+            seeks: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            commits: Mutex::new(Commits::default()),
+            commits_changed: Condvar::new(),
+            runtime,
+        });
+        let mut c = base_config(&cfg.brokers, &Default::default());
+        c.set("group.id", &cfg.group)
+            .set("client.id", client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // Only used if a sought offset is out of range (deleted by retention).
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        for (k, v) in &cfg.kafka {
+            c.set(k, v);
+        }
+        let consumer: GroupConsumer = c
+            .create_with_context(GroupContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| KafkaSetupError(format!("cannot create the consumer: {e}")))?;
+        consumer
+            .subscribe(&[&cfg.topic])
+            .map_err(|e| KafkaSetupError(format!("cannot subscribe to {:?}: {e}", cfg.topic)))?;
+        let dead_letters = match &cfg.dead_letter_topic {
+            Some(t) => Some(Arc::new(KafkaSink::connect(
+                &cfg.brokers,
+                t,
+                &cfg.kafka,
+                &format!("{client_id}-dead-letters"),
+            )?)),
+            None => None,
+        };
+        Ok(Arc::new(KafkaSources {
+            consumer: Arc::new(consumer),
+            shared,
+            start_from: cfg.start_from,
+            dead_letters,
+            threads: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Start consuming on a thread of its own (the supervisor must be running: assignments
+    /// start owners through it).
+    pub fn start(&self) -> std::io::Result<()> {
+        let consumer = Arc::clone(&self.consumer);
+        let shared = Arc::clone(&self.shared);
+        let t = std::thread::Builder::new()
+            .name("wtm-kafka-consumer".into())
+            .spawn(move || consume(&consumer, &shared))?;
+        lock(&self.threads).push(t);
+        let consumer = Arc::clone(&self.consumer);
+        let shared = Arc::clone(&self.shared);
+        let t = std::thread::Builder::new()
+            .name("wtm-kafka-committer".into())
+            .spawn(move || commit_loop(&consumer, &shared))?;
+        lock(&self.threads).push(t);
+        Ok(())
+    }
+
+    /// Leave the group in order: every owned partition is revoked (final checkpoints
+    /// published, offsets committed) before this returns. Blocking.
+    pub fn leave(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        // The consumer is closed; rdkafka's Drop would try to close it again and log a spurious
+        // error. The process is about to exit: keep it alive instead.
+        std::mem::forget(Arc::clone(&self.consumer));
+        if let Some(d) = &self.dead_letters {
+            let _ = d.flush(Duration::from_secs(10));
+        }
+    }
+
+    fn open_at(
+        &self,
+        partition: u32,
+        offset: Offset,
+        next: u64,
+    ) -> Result<Box<dyn PartitionSource>, String> {
+        let generation = {
+            let mut slots = lock(&self.shared.slots);
+            let slot = slots
+                .get_mut(&partition)
+                .ok_or_else(|| format!("partition {partition} is not assigned to this node"))?;
+            slot.generation += 1;
+            slot.ready = false;
+            slot.chunks.clear();
+            slot.queued = 0;
+            slot.generation
+        };
+        lock(&self.shared.seeks).push(Seek {
+            attempts: 0,
+            partition,
+            generation,
+            offset,
+            not_before: Instant::now(),
+        });
+        Ok(Box::new(KafkaPartition {
+            consumer: Arc::clone(&self.consumer),
+            shared: Arc::clone(&self.shared),
+            dead_letters: self.dead_letters.clone(),
+            partition,
+            generation,
+            next,
+        }))
+    }
+}
+
+impl SourceFactory for KafkaSources {
+    fn open(&self, partition: u32, offset: u64) -> Result<Box<dyn PartitionSource>, String> {
+        self.open_at(partition, Offset::Offset(offset as i64), offset)
+    }
+
+    fn open_new(&self, partition: u32) -> Result<Box<dyn PartitionSource>, String> {
+        let at = match self.start_from {
+            StartPosition::Earliest => Offset::Beginning,
+            StartPosition::Latest => Offset::End,
+        };
+        self.open_at(partition, at, 0)
+    }
+}
+
+/// The consumer thread: seeks the owners asked for, then polls and sorts messages into queues.
+fn consume(consumer: &GroupConsumer, shared: &Shared) {
+    let mut last_error: Option<(String, Instant)> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        run_seeks(consumer, shared);
+        match consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Ok(m)) => {
+                if let (Ok(p), Ok(o)) = (u32::try_from(m.partition()), u64::try_from(m.offset())) {
+                    push(consumer, shared, p, o, m.payload().unwrap_or_default());
+                }
+            }
+            Some(Err(e)) => {
+                // A broker outage repeats the same error many times a second: log it once
+                // per change, or every 10 s.
+                let text = e.to_string();
+                let repeat = matches!(&last_error, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(10));
+                if !repeat {
+                    tracing::warn!(error = %text, "kafka consumer error (librdkafka retries)");
+                    last_error = Some((text, Instant::now()));
+                }
+            }
+        }
+    }
+    // Closing revokes every partition through the rebalance callback (final checkpoints), then
+    // leaves the group (LeaveGroup), so the other members get the partitions at once rather
+    // than a session timeout later.
+    tracing::info!("leaving the consumer group");
+    match consumer.close_queue() {
+        Ok(()) => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !consumer.closed() && Instant::now() < deadline {
+                consumer.poll(Duration::from_millis(50));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "consumer close failed"),
+    }
+    lock(&shared.commits).closing = true;
+    shared.commits_changed.notify_all();
+    tracing::info!("kafka consumer stopped");
+}
+
+/// The committer thread: synchronous commits, so each one's latency and outcome are known
+/// (rdkafka delivers no result for an asynchronous manual commit), off the owners' handlers
+/// and off the consumer thread (a commit waits while the broker is away).
+fn commit_loop(consumer: &GroupConsumer, shared: &Shared) {
+    let m = Metrics::global();
+    loop {
+        let batch = {
+            let mut c = lock(&shared.commits);
+            while c.pending.is_empty() && !c.closing {
+                c = shared
+                    .commits_changed
+                    .wait_timeout(c, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if c.pending.is_empty() {
+                return; // closing, nothing left
+            }
+            c.in_flight = true;
+            std::mem::take(&mut c.pending)
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &batch {
+            let _ = tpl.add_partition_offset(&shared.topic, p as i32, Offset::Offset(o as i64));
+        }
+        let started = Instant::now();
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                m.commit_seconds
+                    .record(started.elapsed().as_secs_f64(), &[]);
+                let mut slots = lock(&shared.slots);
+                for (p, o) in &batch {
+                    if let Some(slot) = slots.get_mut(p) {
+                        slot.committed = Some(*o);
+                    }
+                }
+            }
+            Err(e) => {
+                for p in batch.keys() {
+                    m.commit_errors.add(1, &[partition_label(*p)]);
+                }
+                tracing::warn!(error = %e, partitions = ?batch.keys().collect::<Vec<_>>(), "offset commit failed; the next snapshot commits again");
+            }
+        }
+        lock(&shared.commits).in_flight = false;
+        shared.commits_changed.notify_all();
+    }
+}
+
+fn run_seeks(consumer: &GroupConsumer, shared: &Shared) {
+    let due: Vec<Seek> = {
+        let mut seeks = lock(&shared.seeks);
+        if seeks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later) = std::mem::take(&mut *seeks)
+            .into_iter()
+            .partition(|s| s.not_before <= now);
+        *seeks = later;
+        due
+    };
+    for mut s in due {
+        let current = lock(&shared.slots)
+            .get(&s.partition)
+            .is_some_and(|slot| slot.generation == s.generation);
+        if !current {
+            continue; // revoked, or opened again since
+        }
+        match consumer.seek(
+            &shared.topic,
+            s.partition as i32,
+            s.offset,
+            Duration::from_secs(10),
+        ) {
+            Ok(()) => {
+                {
+                    let mut slots = lock(&shared.slots);
+                    if let Some(slot) = slots.get_mut(&s.partition) {
+                        if slot.generation == s.generation {
+                            slot.ready = true;
+                            slot.chunks.clear();
+                            slot.queued = 0;
+                            slot.paused = false;
+                        }
+                    }
+                }
+                if let Err(e) = consumer.resume(&shared.tpl(&[s.partition])) {
+                    tracing::warn!(partition = s.partition, error = %e, "resume failed");
+                }
+                tracing::info!(partition = s.partition, offset = ?s.offset, "partition sought; reading");
+            }
+            Err(e) => {
+                // A just-assigned partition refuses seeks ("erroneous state") until its fetcher
+                // has started; that takes a moment, so only a persistent failure is news.
+                s.attempts += 1;
+                if s.attempts >= 10 {
+                    tracing::warn!(partition = s.partition, offset = ?s.offset, attempts = s.attempts, error = %e, "seek failed; retrying");
+                } else {
+                    tracing::debug!(partition = s.partition, offset = ?s.offset, error = %e, "seek not possible yet; retrying");
+                }
+                s.not_before =
+                    Instant::now() + Duration::from_millis(100 * s.attempts.min(10) as u64);
+                lock(&shared.seeks).push(s);
+            }
+        }
+    }
+}
+
+fn push(consumer: &GroupConsumer, shared: &Shared, p: u32, offset: u64, payload: &[u8]) {
+    let mut slots = lock(&shared.slots);
+    let Some(slot) = slots.get_mut(&p) else {
+        return;
+    };
+    if !slot.ready {
+        return; // fetched before the owner's seek: it reads these again from its offset
+    }
+    if slot.chunks.back().is_none_or(|c| c.records.len() >= CHUNK) {
+        slot.chunks.push_back(RecordBatch::default());
+    }
+    let chunk = slot.chunks.back_mut().expect("just ensured");
+    let start = chunk.buf.len();
+    chunk.buf.extend_from_slice(payload);
+    chunk.records.push((offset, start..chunk.buf.len()));
+    slot.queued += 1;
+    if slot.queued >= PAUSE_AT && !slot.paused {
+        slot.paused = true;
+        Metrics::global().paused.add(1, &[partition_label(p)]);
+        if let Err(e) = consumer.pause(&shared.tpl(&[p])) {
+            tracing::warn!(partition = p, error = %e, "pause failed");
+        }
+    }
+}
+
+/// One assigned partition, as its owner reads it.
+pub struct KafkaPartition {
+    consumer: Arc<GroupConsumer>,
+    shared: Arc<Shared>,
+    dead_letters: Option<Arc<KafkaSink>>,
+    partition: u32,
+    generation: u64,
+    next: u64,
+}
+
+impl PartitionSource for KafkaPartition {
+    fn offset(&self) -> u64 {
+        self.next
+    }
+
+    fn poll(&mut self, max: usize, out: &mut RecordBatch) -> Polled {
+        let mut slots = lock(&self.shared.slots);
+        let Some(slot) = slots.get_mut(&self.partition) else {
+            return Polled::NotBefore(now_ms() + EMPTY_WAIT_MS);
+        };
+        if slot.generation != self.generation || !slot.ready {
+            return Polled::NotBefore(now_ms() + EMPTY_WAIT_MS);
+        }
+        while out.records.len() < max {
+            let Some(chunk) = slot.chunks.pop_front() else {
+                break;
+            };
+            slot.queued -= chunk.records.len();
+            for (offset, bytes) in chunk.iter() {
+                if offset >= self.next {
+                    let start = out.buf.len();
+                    out.buf.extend_from_slice(bytes);
+                    out.records.push((offset, start..out.buf.len()));
+                    self.next = offset + 1;
+                }
+            }
+        }
+        if slot.paused && slot.queued <= RESUME_AT {
+            slot.paused = false;
+            if let Err(e) = self.consumer.resume(&self.shared.tpl(&[self.partition])) {
+                tracing::warn!(partition = self.partition, error = %e, "resume failed");
+            }
+        }
+        if out.records.is_empty() {
+            Polled::NotBefore(now_ms() + EMPTY_WAIT_MS)
+        } else {
+            Polled::Ready
+        }
+    }
+
+    fn lag(&mut self) -> Option<u64> {
+        cached_high_watermark(&self.consumer, &self.shared.topic, self.partition)
+            .map(|h| h.saturating_sub(self.next))
+    }
+
+    fn commit(&mut self, offset: u64) {
+        self.shared.request_commit(self.partition, offset);
+    }
+
+    fn committed(&self) -> Option<u64> {
+        lock(&self.shared.slots)
+            .get(&self.partition)
+            .and_then(|s| s.committed)
+    }
+
+    fn dead_letter(&mut self, offset: u64, reason: &str, record: &[u8]) {
+        let Some(sink) = &self.dead_letters else {
+            return;
+        };
+        let key = format!("{}:{offset}:{reason}", self.partition);
+        match sink.send(key.as_bytes(), record) {
+            Ok(()) => Metrics::global()
+                .dead_letters
+                .add(1, &[partition_label(self.partition)]),
+            Err(e) => {
+                tracing::warn!(partition = self.partition, offset, error = %e, "dead-letter produce failed")
+            }
+        }
+    }
+}
+
+/// The partition's high watermark as librdkafka cached it from its last fetch response: no
+/// network round trip (rdkafka 0.38 wraps only the fetching variant).
+fn cached_high_watermark(consumer: &GroupConsumer, topic: &str, partition: u32) -> Option<u64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a NUL-terminated
+    // string that outlives the call; the two out-pointers are valid i64s.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition as i32,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return None;
+    }
+    u64::try_from(high).ok()
+}
+
+/// Delivery outcomes of a producer.
+#[derive(Default)]
+struct SinkContext {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            lock(&self.first_error).get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// An idempotent producer into one topic (`wtm generate --kafka`, the dead-letter topic).
+pub struct KafkaSink {
+    producer: ThreadedProducer<SinkContext>,
+    topic: String,
+}
+
+impl KafkaSink {
+    pub fn connect(
+        brokers: &str,
+        topic: &str,
+        settings: &std::collections::BTreeMap<String, String>,
+        client_id: &str,
+    ) -> Result<KafkaSink, KafkaSetupError> {
+        let mut c = base_config(brokers, settings);
+        c.set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            // The Java client's partitioner, so every producer keys hosts to the same partition.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4");
+        for (k, v) in settings {
+            c.set(k, v);
+        }
+        let producer = c
+            .create_with_context(SinkContext::default())
+            .map_err(|e| KafkaSetupError(format!("cannot create a producer: {e}")))?;
+        Ok(KafkaSink {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Queue one record; waits while librdkafka's queue is full.
+    pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<(), String> {
+        loop {
+            match self.producer.send(
+                BaseRecord::<[u8], [u8]>::to(&self.topic)
+                    .key(key)
+                    .payload(payload),
+            ) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(format!("cannot produce to {:?}: {e}", self.topic)),
+            }
+        }
+    }
+
+    /// Wait for every queued record to be acknowledged; an error if any delivery failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| format!("records still unacknowledged after {timeout:?}: {e}"))?;
+        let ctx = self.producer.context();
+        match ctx.failed.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} records were not delivered to {:?}: {}",
+                self.topic,
+                lock(&ctx.first_error).clone().unwrap_or_default()
+            )),
+        }
+    }
+}
