@@ -231,6 +231,15 @@ impl ConsumerContext for GroupContext {
                         slots.entry(*p).or_default();
                     }
                 }
+                // Series that dashboards query exist from the assignment on, not from the
+                // first failure.
+                let m = Metrics::global();
+                for p in &partitions {
+                    let pl = [partition_label(*p)];
+                    m.commit_errors.add(0, &pl);
+                    m.paused.add(0, &pl);
+                    m.dead_letters.add(0, &pl);
+                }
                 Metrics::global()
                     .rebalances
                     .add(1, &[KeyValue::new("kind", "assign")]);

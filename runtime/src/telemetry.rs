@@ -73,6 +73,8 @@ pub struct Metrics {
     pub snapshots: Counter<u64>,
     pub paused: Counter<u64>,
     pub dead_letters: Counter<u64>,
+    pub window_requests: Counter<u64>,
+    pub lake_backlog: Gauge<u64>,
 }
 
 impl Metrics {
@@ -88,6 +90,16 @@ impl Metrics {
             m.lake_files.add(0, &[]);
             m.lake_bytes.add(0, &[]);
             m.snapshots.add(0, &[]);
+            for table in ["any", "checkpoints"] {
+                m.lake_errors.add(0, &[KeyValue::new("table", table)]);
+            }
+            for class in STATUS_CLASSES {
+                m.window_requests
+                    .add(0, &[KeyValue::new("status_class", class)]);
+            }
+            for kind in ["assign", "revoke", "lost"] {
+                m.rebalances.add(0, &[KeyValue::new("kind", kind)]);
+            }
             m
         })
     }
@@ -211,6 +223,19 @@ impl Metrics {
                 .u64_counter("wtm_kafka_dead_letters")
                 .with_description("Malformed records produced to the dead-letter topic")
                 .build(),
+            window_requests: m
+                .u64_counter("wtm_window_requests")
+                .with_description(
+                    "Requests of the monitored sites in windows written to the lake, by status class \
+                     (1xx..5xx): the node-wide traffic and error rate",
+                )
+                .build(),
+            lake_backlog: m
+                .u64_gauge("wtm_lake_backlog_publications")
+                .with_description(
+                    "Committed outputs of a partition not yet written to the lake (grows while the lake is unreachable)",
+                )
+                .build(),
             registry,
             _provider: provider,
         }
@@ -233,6 +258,9 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Label values of `wtm_window_requests_total`, by index of `WindowAgg::status_class`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub fn partition_label(p: u32) -> KeyValue {
     KeyValue::new("partition", p.to_string())

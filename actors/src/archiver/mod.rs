@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::{lookup, tell, ArchiverMsg, DetectorMsg, WindowPoint, DETECTOR_NAME};
-use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
+use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
 
 pub struct ArchiverArgs {
     pub lake: Lake,
@@ -77,7 +77,11 @@ impl Actor for ArchiverActor {
                         m.lake_files.add(stats.files, &[]);
                         m.lake_bytes.add(stats.bytes, &[]);
                         let detector = lookup::<DetectorMsg>(DETECTOR_NAME).filter(|_| run.detect);
+                        let mut by_class = [0u64; 5];
                         for w in &p.closed {
+                            for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
+                                *sum += n;
+                            }
                             if let Some(d) = &detector {
                                 let s = w.agg.finalize();
                                 let point = WindowPoint {
@@ -93,6 +97,12 @@ impl Actor for ArchiverActor {
                                 );
                             }
                             run.recent.insert(w.clone());
+                        }
+                        for (class, n) in STATUS_CLASSES.iter().zip(by_class) {
+                            if n > 0 {
+                                m.window_requests
+                                    .add(n, &[KeyValue::new("status_class", *class)]);
+                            }
                         }
                         let _ = reply.send(Ok(()));
                     }

@@ -28,6 +28,12 @@ impl Actor for DetectorActor {
         _me: ActorRef<DetectorMsg>,
         args: DetectorArgs,
     ) -> Result<DetectorState, ActorProcessingErr> {
+        // Every metric's series exists from the start (a dashboard panel is never blank).
+        for metric in METRICS {
+            Metrics::global()
+                .anomalies
+                .add(0, &[KeyValue::new("metric", metric)]);
+        }
         Ok(DetectorState::new(args.config, args.window_ms))
     }
 

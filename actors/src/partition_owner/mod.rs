@@ -381,6 +381,8 @@ impl OwnerRun {
             .record(started.elapsed().as_secs_f64(), &[]);
         let pl = [partition_label(partition)];
         m.source_offset.record(self.state.next_offset, &pl);
+        m.lake_backlog
+            .record(self.state.unpublished.len() as u64, &pl);
         if let Some(lag) = self.source.lag() {
             m.consumer_lag.record(lag, &pl);
         }
@@ -425,6 +427,10 @@ impl Actor for OwnerActor {
         args: OwnerArgs,
     ) -> Result<OwnerRun, ActorProcessingErr> {
         let (state, shards, source) = restore(&args).await?;
+        let m = Metrics::global();
+        let pl = [partition_label(args.partition)];
+        m.events.add(0, &pl);
+        m.late.add(0, &pl);
         let interval = Duration::from_millis(args.config.checkpoint.interval_ms);
         let ticker = me.clone();
         let timer = tokio::spawn(async move {
