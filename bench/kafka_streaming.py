@@ -97,7 +97,7 @@ def run_case(name, bootstrap, broker_pid, topic, end, raw_events, perf):
             if prof:
                 prof.send_signal(2)
                 prof.wait()
-                rep = subprocess.run(["perf", "report", "-i", f"{d}/perf.data", "--no-children", "--stdio",
+                rep = subprocess.run(["perf", "report", "-i", f"{d}/perf.data", "--no-children", "--stdio", "-g", "none",
                                       "--sort", "symbol", "--percent-limit", "1.5"],
                                      capture_output=True, text=True).stdout
                 top = [l.strip() for l in rep.splitlines() if l.strip() and not l.startswith("#") and "%" in l][:25]
