@@ -59,6 +59,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       days          = var.lake_glacier_after_days
       storage_class = "GLACIER_IR"
     }
+  }
+
+  rule {
+    id     = "old-versions-and-failed-uploads"
+    status = "Enabled"
+    filter {}
     # Snapshots and rewritten files leave old versions behind: keep them a week.
     noncurrent_version_expiration {
       noncurrent_days = 7

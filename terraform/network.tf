@@ -2,6 +2,7 @@
 # for one NAT gateway (image pulls, AWS APIs through the VPC endpoints below where possible).
 
 data "aws_availability_zones" "available" {
+  #checkov:skip=CKV_AWS_394:Only the first two zones (sorted by name) are used; a zone AWS adds later sorts after them and changes nothing.
   state = "available"
 }
 
@@ -168,11 +169,19 @@ resource "aws_security_group" "nodes" {
   }
 
   egress {
-    description = "brokers, S3, ECR and CloudWatch"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
+    description = "HTTPS: S3, ECR, CloudWatch Logs, Secrets Manager"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
     cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  egress {
+    description = "Kafka brokers"
+    from_port   = var.kafka_port
+    to_port     = var.kafka_port
+    protocol    = "tcp"
+    cidr_blocks = var.kafka_cidr_blocks
   }
 }
 

@@ -44,6 +44,18 @@ variable "kafka_bootstrap_brokers" {
   default     = ""
 }
 
+variable "kafka_port" {
+  description = "Port the nodes reach the brokers on (MSK SASL/SCRAM over TLS: 9096)."
+  type        = number
+  default     = 9096
+}
+
+variable "kafka_cidr_blocks" {
+  description = "Where the brokers are, for the nodes' egress rule (default: anywhere; narrow it to your brokers' subnets)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
 variable "kafka_topic" {
   description = "Topic the nodes consume (access logs, keyed by host)."
   type        = string

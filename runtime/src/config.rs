@@ -392,7 +392,7 @@ impl Config {
             )?;
             for key in self.source.kafka.keys() {
                 check(
-                    !crate::kafka::RESERVED.contains(&key.as_str()),
+                    !crate::kafka::RESERVED.contains(&crate::kafka::librdkafka_key(key).as_str()),
                     "source.kafka",
                     "must not set group.id, bootstrap.servers or the offset-commit settings: wtm owns those",
                 )?;
@@ -486,6 +486,13 @@ mod tests {
             let c = Config::load(Some(&f)).map_err(|e| e.to_string())?;
             assert_eq!(c.window.size_s, 30);
             assert_eq!(c.source.rate, 25.5);
+            // librdkafka settings from the environment: `_` for `.` (a dot would nest).
+            jail.set_env("WTM__SOURCE__KAFKA__SASL_USERNAME", "wtm");
+            let c = Config::load(Some(&f)).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.source.kafka.get("sasl_username").map(String::as_str),
+                Some("wtm")
+            );
             jail.set_env("WTM__WINDOW__SIZE_S", "0");
             let err = Config::load(Some(&f)).unwrap_err().to_string();
             assert!(err.contains("window.size_s"), "{err}");

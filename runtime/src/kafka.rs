@@ -55,15 +55,26 @@ const EMPTY_WAIT_MS: i64 = 20;
 #[error("kafka: {0}")]
 pub struct KafkaSetupError(String);
 
+/// A `[source.kafka]` key as librdkafka spells it. librdkafka's property names are dotted and
+/// never contain `_`, while an environment variable's key cannot carry a dot through the config
+/// layers (a dot nests), so `WTM__SOURCE__KAFKA__SASL_PASSWORD` sets `sasl.password`.
+pub fn librdkafka_key(key: &str) -> String {
+    key.replace('_', ".")
+}
+
+fn set_all(c: &mut ClientConfig, settings: &std::collections::BTreeMap<String, String>) {
+    for (k, v) in settings {
+        c.set(librdkafka_key(k), v);
+    }
+}
+
 fn base_config(
     brokers: &str,
     settings: &std::collections::BTreeMap<String, String>,
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
-    for (k, v) in settings {
-        c.set(k, v);
-    }
+    set_all(&mut c, settings);
     c
 }
 
@@ -297,9 +308,7 @@ impl KafkaSources {
             // Only used if a sought offset is out of range (deleted by retention).
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky");
-        for (k, v) in &cfg.kafka {
-            c.set(k, v);
-        }
+        set_all(&mut c, &cfg.kafka);
         let consumer: GroupConsumer = c
             .create_with_context(GroupContext {
                 shared: Arc::clone(&shared),
@@ -728,9 +737,7 @@ impl KafkaSink {
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
             .set("compression.type", "lz4");
-        for (k, v) in settings {
-            c.set(k, v);
-        }
+        set_all(&mut c, settings);
         let producer = c
             .create_with_context(SinkContext::default())
             .map_err(|e| KafkaSetupError(format!("cannot create a producer: {e}")))?;
@@ -771,5 +778,17 @@ impl KafkaSink {
                 lock(&ctx.first_error).clone().unwrap_or_default()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_keys_become_librdkafka_keys() {
+        assert_eq!(librdkafka_key("sasl_password"), "sasl.password");
+        assert_eq!(librdkafka_key("security.protocol"), "security.protocol");
+        assert_eq!(librdkafka_key("session_timeout_ms"), "session.timeout.ms");
     }
 }
