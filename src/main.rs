@@ -16,6 +16,7 @@ use wtm_runtime::kafka::{KafkaSink, KafkaSources};
 use wtm_runtime::lake::Lake;
 use wtm_runtime::msg::SUPERVISOR_NAME;
 use wtm_runtime::source::{GeneratorSources, SourceFactory};
+use wtm_runtime::store::{S3Settings, Store};
 use wtm_runtime::time::{now_ms, parse_rfc3339};
 
 // The pipeline allocates per event (parsed strings, batches); with mimalloc an unpaced node with
@@ -391,11 +392,13 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
         bytes_read: Arc::clone(&bytes_read),
     });
     let total = sources.total_bytes();
+    let lake = open_lake(&cfg).await?;
+    let lake_name = lake.describe();
     let args = SupervisorArgs {
         config: Arc::clone(&cfg),
         sources,
         store,
-        lake: Lake::new(cfg.lake_path()),
+        lake,
         durable: false,
         partitions: (0..cfg.source.partitions).collect(),
         snapshots: None,
@@ -469,7 +472,7 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
         windows,
         elapsed_s: elapsed,
         lines_per_s: (events + invalid_total) as f64 / elapsed.max(1e-9),
-        lake: cfg.lake_path().display().to_string(),
+        lake: lake_name,
     })
 }
 
@@ -493,7 +496,8 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.node.data_dir.display()))?;
     let store = CheckpointStore::open(&cfg.node.data_dir.join("checkpoints"))?;
-    let lake = Lake::new(cfg.lake_path());
+    let lake = open_lake(&cfg).await?;
+    let lake_name = lake.describe();
     let listener = tokio::net::TcpListener::bind(&cfg.node.listen)
         .await
         .with_context(|| format!("cannot listen on {} (node.listen)", cfg.node.listen))?;
@@ -558,7 +562,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         window_ms: cfg.window_spec().size_ms,
         default_windows: 60,
     });
-    tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %cfg.lake_path().display(), "wtm node running; API docs at http://{addr}/docs");
+    tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %lake_name, "wtm node running; API docs at http://{addr}/docs");
     let server = poem::Server::new(poem::listener::TcpListener::bind(addr.to_string()));
     let shutdown = async {
         tokio::select! {
@@ -581,6 +585,23 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
             Ok(())
         }
         _ = &mut sup_done => bail!("the supervisor stopped (restart budget exhausted); see the log"),
+    }
+}
+
+/// The lake the config names: S3 (`lake.url`) or a local directory.
+async fn open_lake(cfg: &Config) -> Result<Lake> {
+    match &cfg.lake.url {
+        Some(url) => {
+            let store = Store::s3(&S3Settings {
+                url: url.clone(),
+                region: cfg.lake.region.clone(),
+                endpoint: cfg.lake.endpoint.clone(),
+                path_style: cfg.lake.path_style,
+            })
+            .await?;
+            Ok(Lake::with_store(store))
+        }
+        None => Ok(Lake::new(cfg.lake_path())),
     }
 }
 

@@ -108,7 +108,7 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
     while events_so_far(parts).await < (0.85 * total as f64) as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let root = lake.root().to_owned();
+    let root = cfg.lake_path();
     let aside = dir.path().join("lake-aside");
     std::fs::rename(&root, &aside).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();

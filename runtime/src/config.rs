@@ -191,8 +191,16 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
-    /// Lake root; unset: `<data_dir>/lake`.
+    /// Lake root; unset: `<data_dir>/lake` (unless `url` is set).
     pub path: Option<PathBuf>,
+    /// An S3 lake instead: `s3://bucket/prefix`. Credentials come from the standard AWS chain.
+    pub url: Option<String>,
+    /// S3 region (default: from the AWS environment/profile; `us-east-1` if none).
+    pub region: Option<String>,
+    /// S3-compatible stores (SeaweedFS, MinIO): their endpoint URL.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    pub path_style: bool,
     /// Also archive every raw event under `events/`.
     pub raw_events: bool,
     /// How often late, invalid and raw records are written out (window files are written as
@@ -200,15 +208,23 @@ pub struct LakeConfig {
     pub flush_interval_ms: u64,
     /// ... or as soon as a partition has buffered this many records, which bounds memory.
     pub flush_records: usize,
+    /// While the lake is unreachable a partition keeps reading until this many of its late,
+    /// invalid and raw records wait in memory; then it pauses until the lake is back.
+    pub max_unwritten_records: usize,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
         LakeConfig {
             path: None,
+            url: None,
+            region: None,
+            endpoint: None,
+            path_style: false,
             raw_events: true,
             flush_interval_ms: 10_000,
             flush_records: 100_000,
+            max_unwritten_records: 2_000_000,
         }
     }
 }
@@ -397,6 +413,17 @@ impl Config {
                     "must not set group.id, bootstrap.servers or the offset-commit settings: wtm owns those",
                 )?;
             }
+        }
+        if let Some(url) = &self.lake.url {
+            crate::store::parse_s3_url(url).map_err(|problem| ConfigError::Invalid {
+                key: "lake.url",
+                problem,
+            })?;
+            check(
+                self.lake.path.is_none(),
+                "lake.url",
+                "and lake.path are both set: the lake is one or the other",
+            )?;
         }
         if let Some(s) = &self.source.start {
             check(

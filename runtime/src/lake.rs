@@ -8,10 +8,12 @@
 //! ```
 //!
 //! A name is a function of what the file holds, so writing a publication again overwrites.
+//! The objects live in a [`Store`]: a local directory or an S3 bucket.
 
 use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
 use crate::checkpoint::{decode, encode, Publication};
 use crate::event::Event;
+use crate::store::{Store, StoreError};
 use crate::time::dt_hour;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder, Int32Array, Int32Builder,
@@ -25,26 +27,15 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
-    #[error("lake: {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("lake: {path}: {reason}")]
     Format { path: PathBuf, reason: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
-    move |source| LakeError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What one publication wrote.
@@ -268,105 +259,80 @@ fn events_batch(partition: u32, rows: &[EventRow], late: bool) -> Result<RecordB
 /// An event row: its offset, the event, and (for late rows) the watermark it arrived under.
 type EventRow<'a> = (u64, &'a Event, Option<i64>);
 
-/// Writes publications into a lake rooted at a local directory.
+/// Writes publications into a lake in a local directory or an S3 bucket.
 #[derive(Clone, Debug)]
 pub struct Lake {
-    root: PathBuf,
+    store: Store,
 }
 
 impl Lake {
+    /// A lake in a local directory.
     pub fn new(root: impl Into<PathBuf>) -> Lake {
-        Lake { root: root.into() }
+        Lake {
+            store: Store::Local(root.into()),
+        }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn with_store(store: Store) -> Lake {
+        Lake { store }
     }
 
-    fn file(&self, table: &str, ts_ms: i64, name: &str) -> PathBuf {
+    /// The lake's location: a directory or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn file(&self, table: &str, ts_ms: i64, name: &str) -> String {
         let (dt, hour) = dt_hour(ts_ms);
-        self.root
-            .join(table)
-            .join(format!("dt={dt}"))
-            .join(format!("hour={hour}"))
-            .join(name)
+        format!("{table}/dt={dt}/hour={hour}/{name}")
     }
 
-    /// Write a batch to `path` atomically: a temporary file, fsync, rename.
-    fn write_batch(&self, path: &Path, batch: &RecordBatch) -> Result<u64, LakeError> {
-        let dir = path.parent().expect("lake files live under a directory");
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        // The process id keeps two nodes sharing a lake from writing one temporary file.
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
-        ));
-        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    /// Encode a batch as Parquet and put it at `key` (atomically, see [`Store::put`]).
+    fn write_batch(&self, key: &str, batch: &RecordBatch) -> Result<u64, LakeError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
         let fmt = |e: parquet::errors::ParquetError| LakeError::Format {
-            path: path.to_owned(),
+            path: PathBuf::from(key),
             reason: e.to_string(),
         };
-        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(fmt)?;
+        let mut w = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(fmt)?;
         w.write(batch).map_err(fmt)?;
-        let mut file = w.into_inner().map_err(fmt)?;
-        file.flush().map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        let len = file.metadata().map_err(io_err(&tmp))?.len();
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        let bytes = w.into_inner().map_err(fmt)?;
+        let len = bytes.len() as u64;
+        self.store.put(key, bytes)?;
         Ok(len)
     }
 
-    /// Where a partition's shared checkpoint snapshot lives (`checkpoints/` beside the tables).
-    pub fn snapshot_path(&self, partition: u32) -> PathBuf {
-        self.root
-            .join("checkpoints")
-            .join(format!("partition-{partition:05}.ckpt"))
+    /// Key of a partition's shared checkpoint snapshot (`checkpoints/` beside the tables).
+    pub fn snapshot_key(partition: u32) -> String {
+        format!("checkpoints/partition-{partition:05}.ckpt")
     }
 
-    /// Replace a partition's shared snapshot atomically (temporary file, fsync, rename, then
-    /// the directory fsynced so the rename itself is durable). Blocking.
+    /// Replace a partition's shared snapshot atomically. Blocking.
     pub fn write_snapshot(&self, partition: u32, bytes: &[u8]) -> Result<(), LakeError> {
-        let path = self.snapshot_path(partition);
-        let dir = path.parent().expect("snapshots live under checkpoints/");
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tmp = dir.join(format!(".tmp-{}-{partition}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        Ok(())
+        Ok(self
+            .store
+            .put(&Self::snapshot_key(partition), bytes.to_vec())?)
     }
 
     /// A partition's shared snapshot, if one was ever published. Blocking.
     pub fn read_snapshot(&self, partition: u32) -> Result<Option<Vec<u8>>, LakeError> {
-        let path = self.snapshot_path(partition);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        Ok(self.store.get(&Self::snapshot_key(partition))?)
     }
 
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.
     pub fn write(&self, p: &Publication) -> Result<WriteStats, LakeError> {
         let mut stats = WriteStats::default();
-        let mut put =
-            |path: PathBuf, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
-                let batch = batch.map_err(|reason| LakeError::Format {
-                    path: path.clone(),
-                    reason,
-                })?;
-                stats.bytes += self.write_batch(&path, &batch)?;
-                stats.files += 1;
-                Ok(())
-            };
+        let mut put = |key: String, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
+            let batch = batch.map_err(|reason| LakeError::Format {
+                path: PathBuf::from(&key),
+                reason,
+            })?;
+            stats.bytes += self.write_batch(&key, &batch)?;
+            stats.files += 1;
+            Ok(())
+        };
         // Windows: one file per (partition, window start).
         let mut by_window: BTreeMap<i64, Vec<&ClosedWindow>> = BTreeMap::new();
         for w in &p.closed {
@@ -430,48 +396,55 @@ impl Lake {
         Ok(stats)
     }
 
-    /// Start (UTC ms) of the newest `windows/dt=…/hour=…` partition, if any.
-    pub fn newest_window_hour(&self) -> Option<i64> {
-        let base = self.root.join("windows");
-        let dt = read_dir_sorted(&base)
-            .ok()?
-            .into_iter()
-            .rev()
-            .find_map(|d| name_value(&d, "dt=").map(|v| (d, v)))?;
-        let hour = read_dir_sorted(&dt.0)
-            .ok()?
-            .into_iter()
-            .rev()
-            .find_map(|h| name_value(&h, "hour="))?;
-        crate::time::parse_rfc3339(&format!("{}T{}:00:00Z", dt.1, hour))
+    /// Start (UTC ms) of the newest `windows/dt=…/hour=…` partition, if any. Blocking.
+    pub fn newest_window_hour(&self) -> Result<Option<i64>, LakeError> {
+        let newest = |prefix: &str, key: &str| -> Result<Option<String>, LakeError> {
+            Ok(self
+                .store
+                .list_dirs(prefix)?
+                .into_iter()
+                .rev()
+                .find_map(|d| d.strip_prefix(key).map(str::to_owned)))
+        };
+        let Some(dt) = newest("windows", "dt=")? else {
+            return Ok(None);
+        };
+        let Some(hour) = newest(&format!("windows/dt={dt}"), "hour=")? else {
+            return Ok(None);
+        };
+        Ok(crate::time::parse_rfc3339(&format!("{dt}T{hour}:00:00Z")))
     }
 
     /// Closed windows whose start is at or after `since_ms`, rebuilt from their sketches (the API
-    /// reloads recent history this way after a restart).
+    /// reloads recent history this way after a restart). Blocking.
     pub fn read_windows(&self, since_ms: i64) -> Result<Vec<ClosedWindow>, LakeError> {
         let mut out = Vec::new();
-        let base = self.root.join("windows");
-        if !base.exists() {
-            return Ok(out);
-        }
         let (since_dt, since_hour) = dt_hour(since_ms);
-        for dt in read_dir_sorted(&base)? {
-            let Some(d) = name_value(&dt, "dt=") else {
+        for dt in self.store.list_dirs("windows")? {
+            let Some(d) = dt.strip_prefix("dt=") else {
                 continue;
             };
-            if d < since_dt {
+            if d < since_dt.as_str() {
                 continue;
             }
-            for hour in read_dir_sorted(&dt)? {
-                let Some(h) = name_value(&hour, "hour=") else {
+            for hour in self.store.list_dirs(&format!("windows/{dt}"))? {
+                let Some(h) = hour.strip_prefix("hour=") else {
                     continue;
                 };
-                if d == since_dt && h < since_hour {
+                if d == since_dt && h < since_hour.as_str() {
                     continue;
                 }
-                for file in read_dir_sorted(&hour)? {
-                    if file.extension().is_some_and(|e| e == "parquet") {
-                        read_window_file(&file, since_ms, &mut out)?;
+                let dir = format!("windows/{dt}/{hour}");
+                for file in self.store.list_files(&dir)? {
+                    if file.ends_with(".parquet") {
+                        let key = format!("{dir}/{file}");
+                        if let Some(bytes) = self.store.get(&key)? {
+                            // History for the API is best effort: a bad file is reported and
+                            // skipped, never a reason not to start.
+                            if let Err(e) = read_window_file(&key, bytes, since_ms, &mut out) {
+                                tracing::warn!(error = %e, "skipping an unreadable window file");
+                            }
+                        }
                     }
                 }
             }
@@ -480,33 +453,17 @@ impl Lake {
     }
 }
 
-fn name_value(p: &Path, prefix: &str) -> Option<String> {
-    p.file_name()?
-        .to_str()?
-        .strip_prefix(prefix)
-        .map(str::to_owned)
-}
-
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 fn read_window_file(
-    path: &Path,
+    key: &str,
+    bytes: Vec<u8>,
     since_ms: i64,
     out: &mut Vec<ClosedWindow>,
 ) -> Result<(), LakeError> {
     let fmt = |reason: String| LakeError::Format {
-        path: path.to_owned(),
+        path: PathBuf::from(key),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .and_then(|b| b.build())
         .map_err(|e| fmt(e.to_string()))?;
     for batch in reader {
@@ -540,8 +497,7 @@ fn read_window_file(
             if start.value(i) < since_ms || sketch.is_null(i) {
                 continue;
             }
-            let agg: WindowAgg = decode(&path.display().to_string(), sketch.value(i))
-                .map_err(|e| fmt(e.to_string()))?;
+            let agg: WindowAgg = decode(key, sketch.value(i)).map_err(|e| fmt(e.to_string()))?;
             out.push(ClosedWindow {
                 key: WindowKey {
                     host: host.value(i).to_owned(),

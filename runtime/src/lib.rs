@@ -12,7 +12,8 @@
 //! - [`kafka`]: the Kafka consumer-group source and producers (the only file using rdkafka).
 //! - [`config`]: layered configuration (defaults, TOML, `WTM__` environment).
 //! - [`checkpoint`]: the sled checkpoint store and its versioned wire format.
-//! - [`lake`]: the Parquet lake writer and reader (Hive-style partitions, deterministic names).
+//! - [`lake`]: the Parquet lake writer and reader (Hive-style partitions, deterministic names);
+//!   [`store`]: where its objects live, a local directory or S3 (the only file using aws-sdk-s3).
 //! - [`msg`]: every message the actors exchange, so actors never import each other.
 //! - [`telemetry`]: the one place metrics are defined.
 
@@ -27,6 +28,7 @@ pub mod msg;
 pub mod parse;
 pub mod sketch;
 pub mod source;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod window;

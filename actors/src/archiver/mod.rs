@@ -39,19 +39,26 @@ impl Actor for ArchiverActor {
     ) -> Result<ArchiverRun, ActorProcessingErr> {
         // Reload recent history so the API answers the same after a restart.
         let lake = args.lake.clone();
-        let since = lake
-            .newest_window_hour()
-            .map(|h| h + 3_600_000 - args.retention_windows as i64 * args.window_ms);
+        let keep_ms = args.retention_windows as i64 * args.window_ms;
         let mut recent = RecentWindows::new(args.retention_windows, args.window_ms);
-        if let Some(since) = since {
-            let windows = tokio::task::spawn_blocking(move || lake.read_windows(since)).await??;
-            tracing::info!(
-                windows = windows.len(),
-                "recent windows reloaded from the lake"
-            );
-            for w in windows {
-                recent.insert(w);
+        // An unreachable lake (S3 down) must not keep the node from starting: the API then
+        // starts without history.
+        let reloaded = tokio::task::spawn_blocking(move || match lake.newest_window_hour()? {
+            Some(h) => lake.read_windows(h + 3_600_000 - keep_ms),
+            None => Ok(Vec::new()),
+        })
+        .await?;
+        match reloaded {
+            Ok(windows) => {
+                tracing::info!(
+                    windows = windows.len(),
+                    "recent windows reloaded from the lake"
+                );
+                for w in windows {
+                    recent.insert(w);
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot reload recent windows from the lake"),
         }
         Ok(ArchiverRun {
             lake: args.lake,

@@ -3,7 +3,7 @@
 
 mod state;
 
-pub use state::{Ingested, OwnerSettings, OwnerState};
+pub use state::{Ingested, LakeBackoff, OwnerSettings, OwnerState};
 
 use crate::spawn_tell_after;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -55,6 +55,8 @@ pub struct OwnerRun {
     last_flush: Instant,
     /// When the checkpoint was last published to the shared snapshot (None: not yet).
     last_snapshot: Option<Instant>,
+    /// After a failed lake write (tables or snapshot), when to try again.
+    lake_backoff: LakeBackoff,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -100,6 +102,7 @@ async fn restore(
         Some(cp) => OwnerState::restore(settings(args), cp),
         None => (OwnerState::new(settings(args)), Vec::new()),
     };
+    // A lake that is down now is retried by the checkpoints; the partition still starts.
     publish_pending(&mut state).await?;
     let shard_refs = shards(args.config.window.shards)?;
     let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_refs.len()];
@@ -140,7 +143,7 @@ fn load_newest(
     let shared = match snapshots {
         Some(lake) => match lake.read_snapshot(p)? {
             Some(bytes) => Some(decode::<PartitionCheckpoint>(
-                &lake.snapshot_path(p).display().to_string(),
+                &format!("{}/{}", lake.describe(), Lake::snapshot_key(p)),
                 &bytes,
             )?),
             None => None,
@@ -159,10 +162,10 @@ fn load_newest(
 }
 
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
-/// the next checkpoint, so nothing is lost while the lake is unavailable).
-async fn publish_pending(state: &mut OwnerState) -> Result<(), ActorProcessingErr> {
+/// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure.
+async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessingErr> {
     if state.ready_publications().is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is not running")?;
     while let Some(p) = state.ready_publications().first().cloned() {
@@ -174,11 +177,11 @@ async fn publish_pending(state: &mut OwnerState) -> Result<(), ActorProcessingEr
             Ok(()) => state.published_one(),
             Err(e) => {
                 tracing::warn!(partition = state.settings.partition, error = %e, "lake write failed; will retry");
-                break;
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 impl OwnerRun {
@@ -203,6 +206,12 @@ impl OwnerRun {
         }
         if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * self.shards.len() as i64 {
             self.schedule_poll(me, Duration::from_millis(2));
+            return Ok(());
+        }
+        // The lake has been away long enough that the records waiting for it reach the bound:
+        // stop reading (the source keeps them) until it is back, instead of growing without end.
+        if self.state.unwritten_records() >= self.args.config.lake.max_unwritten_records {
+            self.schedule_poll(me, Duration::from_millis(200));
             return Ok(());
         }
         self.batch.clear();
@@ -333,15 +342,20 @@ impl OwnerRun {
         // An owner publishes its snapshot before it writes anything to the lake, so a node that
         // takes the partition over knows every file's offset range; and otherwise every
         // `snapshot_interval_ms`, and at a revoke.
+        // After a failed lake write, wait out the backoff (a drain tries regardless).
+        let lake_ready = flush_now || self.lake_backoff.ready(Instant::now());
         let snapshot = self.args.snapshots.clone().filter(|_| {
-            flush_now
-                || !self.state.ready_publications().is_empty()
-                || self.last_snapshot.is_none_or(|t| {
-                    t.elapsed()
-                        >= Duration::from_millis(self.args.config.checkpoint.snapshot_interval_ms)
-                })
+            lake_ready
+                && (flush_now
+                    || !self.state.ready_publications().is_empty()
+                    || self.last_snapshot.is_none_or(|t| {
+                        t.elapsed()
+                            >= Duration::from_millis(
+                                self.args.config.checkpoint.snapshot_interval_ms,
+                            )
+                    }))
         });
-        let mut may_publish = true;
+        let mut may_publish = lake_ready;
         if self.args.durable || snapshot.is_some() {
             let store = self.args.store.clone();
             let durable = self.args.durable;
@@ -368,6 +382,7 @@ impl OwnerRun {
                     m.lake_errors
                         .add(1, &[KeyValue::new("table", "checkpoints")]);
                     tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
+                    self.lake_backoff.failed(Instant::now());
                     may_publish = false;
                 }
                 None => {}
@@ -375,7 +390,11 @@ impl OwnerRun {
         }
         m.windows_closed.add(closed_n, &[]);
         if may_publish {
-            publish_pending(&mut self.state).await?;
+            if publish_pending(&mut self.state).await? {
+                self.lake_backoff.succeeded();
+            } else {
+                self.lake_backoff.failed(Instant::now());
+            }
         }
         m.checkpoint_seconds
             .record(started.elapsed().as_secs_f64(), &[]);
@@ -457,6 +476,7 @@ impl Actor for OwnerActor {
             last_input: Instant::now(),
             last_flush: Instant::now(),
             last_snapshot: None,
+            lake_backoff: LakeBackoff::default(),
             timer: Some(timer),
         };
         run.schedule_poll(&me, Duration::ZERO);

@@ -40,6 +40,28 @@ struct Buffered {
     raw: Vec<(u64, Event)>,
 }
 
+/// When to try the lake again after a failed write: 1 s, doubling to 30 s, reset by a success.
+/// While it waits, the owner keeps reading and checkpointing instead of stalling on every tick.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LakeBackoff {
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+impl LakeBackoff {
+    pub fn ready(&self, now: std::time::Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+    pub fn failed(&mut self, now: std::time::Instant) {
+        self.failures += 1;
+        let secs = 1u64 << (self.failures - 1).min(5);
+        self.retry_at = Some(now + std::time::Duration::from_secs(secs.min(30)));
+    }
+    pub fn succeeded(&mut self) {
+        *self = LakeBackoff::default();
+    }
+}
+
 pub struct OwnerState {
     pub settings: OwnerSettings,
     /// Raised at every restore (see `PartitionCheckpoint::owner_epoch`).
@@ -150,6 +172,17 @@ impl OwnerState {
         self.range_start_watermark = self.watermark;
         self.ready += 1;
         self.advance_ready();
+    }
+
+    /// Late, invalid and raw records held in memory: buffered, or in publications not yet
+    /// written to the lake (these grow while the lake is unreachable).
+    pub fn unwritten_records(&self) -> usize {
+        let pending: usize = self
+            .unpublished
+            .iter()
+            .map(|p| p.late.len() + p.invalid.len() + p.raw.len())
+            .sum();
+        pending + self.buffered.raw.len() + self.buffered.late.len() + self.buffered.invalid.len()
     }
 
     /// Records buffered since the last flush.
@@ -317,6 +350,21 @@ mod tests {
             b.records.push((100 + i as u64, start..b.buf.len()));
         }
         b
+    }
+
+    #[test]
+    fn lake_backoff_doubles_to_thirty_seconds_and_resets() {
+        let t0 = std::time::Instant::now();
+        let mut b = LakeBackoff::default();
+        assert!(b.ready(t0));
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            b.failed(t0);
+            waits.push((1..=60).find(|&s| b.ready(t0 + std::time::Duration::from_secs(s))));
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30].map(Some));
+        b.succeeded();
+        assert!(b.ready(t0));
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! Where the lake's objects live: a local directory or an S3 bucket (any S3 API: AWS, SeaweedFS,
+//! MinIO). The only file that touches aws-sdk-s3.
+//!
+//! Keys are relative (`windows/dt=…/hour=…/part-….parquet`, `checkpoints/…`). Every call blocks:
+//! the lake is used from `spawn_blocking`, and the S3 calls run on the runtime whose handle the
+//! store was built with.
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Objects above this size go up in parts (S3's single PUT is limited to 5 GiB, and parts retry
+/// independently).
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lake: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lake: s3://{bucket}/{key}: {reason}")]
+    S3 {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    #[error("lake: {0}")]
+    Config(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn temp_name(path: &Path) -> String {
+    format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("part"),
+        std::process::id()
+    )
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Settings of an S3 lake.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    pub region: Option<String>,
+    /// S3-compatible stores: their URL (e.g. `http://127.0.0.1:8333`).
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+}
+
+/// `s3://bucket/some/prefix` → (`bucket`, `some/prefix`).
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("{url:?} does not start with s3://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("{url:?} names no bucket"));
+    }
+    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Local(PathBuf),
+    S3(std::sync::Arc<S3Store>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Store {
+    /// An S3 store; credentials come from the standard AWS chain (environment, profile, web
+    /// identity, container or instance metadata).
+    pub async fn s3(s: &S3Settings) -> Result<Store, StoreError> {
+        let (bucket, prefix) = parse_s3_url(&s.url).map_err(StoreError::Config)?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &s.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            // An unreachable store fails within seconds; the owners retry at every checkpoint,
+            // so nothing waits on one call for long.
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .force_path_style(s.path_style);
+        if let Some(e) = &s.endpoint {
+            b = b.endpoint_url(e);
+        }
+        if shared.region().is_none() && s.region.is_none() {
+            // S3-compatible stores ignore it, but the signer needs one.
+            b = b.region(aws_config::Region::new("us-east-1"));
+        }
+        Ok(Store::S3(std::sync::Arc::new(S3Store {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket,
+            prefix,
+            runtime: tokio::runtime::Handle::current(),
+        })))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local(root) => root.display().to_string(),
+            Store::S3(s) if s.prefix.is_empty() => format!("s3://{}", s.bucket),
+            Store::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        }
+    }
+
+    /// Replace the object at `key` with `bytes`, atomically: readers see the old or the new
+    /// object, never a part (local: temporary file, fsync, rename, directory fsync; S3: one PUT
+    /// or a completed multipart upload).
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                let dir = path.parent().expect("keys name files under a directory");
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                // The process id keeps two nodes sharing a lake from writing one temporary file;
+                // the name ends in `.tmp`, not `.parquet`, so no `*.parquet` glob (DuckDB, the
+                // archiver's reload) ever reads one a crash left behind.
+                let tmp = dir.join(temp_name(&path));
+                let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                f.write_all(&bytes).map_err(io_err(&tmp))?;
+                f.sync_all().map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))
+            }
+            Store::S3(s) => s.runtime.block_on(s.put(key, bytes)),
+        }
+    }
+
+    /// The object at `key`, if it exists.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Store::S3(s) => s.runtime.block_on(s.get(key)),
+        }
+    }
+
+    /// Names of the "directories" directly under `prefix` (e.g. `dt=2026-01-01`), sorted.
+    pub fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list(prefix, true)
+    }
+
+    /// Names of the objects directly under `prefix`, sorted.
+    pub fn list_files(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list(prefix, false)
+    }
+
+    fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let dir = root.join(prefix);
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(io_err(&dir)(e)),
+                };
+                let mut v: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == dirs))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !is_temp_name(n))
+                    .collect();
+                v.sort();
+                Ok(v)
+            }
+            Store::S3(s) => s.runtime.block_on(s.list(prefix, dirs)),
+        }
+    }
+}
+
+impl S3Store {
+    fn key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn err(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::S3 {
+            bucket: self.bucket.clone(),
+            key: self.key(key),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let full = self.key(key);
+        if bytes.len() <= MULTIPART_THRESHOLD {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            return Ok(());
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        let id = upload
+            .upload_id()
+            .ok_or_else(|| self.err(key, "no upload id"))?
+            .to_owned();
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(PART_SIZE).enumerate() {
+                let n = i as i32 + 1;
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(part.e_tag().map(str::to_owned))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Best effort: the bucket's lifecycle rule aborts what this misses.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    return Ok(None);
+                }
+                return Err(self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)));
+            }
+        };
+        let body = out.body.collect().await.map_err(|e| self.err(key, e))?;
+        Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, StoreError> {
+        let base = format!("{}/", self.key(prefix.trim_end_matches('/')));
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&base)
+                .delimiter("/")
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err(prefix, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            if dirs {
+                out.extend(page.common_prefixes().iter().filter_map(|p| {
+                    let name = p.prefix()?.strip_prefix(&base)?.trim_end_matches('/');
+                    Some(name.to_owned())
+                }));
+            } else {
+                out.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| Some(o.key()?.strip_prefix(&base)?.to_owned())),
+                );
+            }
+            match page.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls() {
+        assert_eq!(
+            parse_s3_url("s3://lake/wtm/prod/").unwrap(),
+            ("lake".into(), "wtm/prod".into())
+        );
+        assert_eq!(
+            parse_s3_url("s3://lake").unwrap(),
+            ("lake".into(), "".into())
+        );
+        assert!(parse_s3_url("s3:///x").is_err());
+        assert!(parse_s3_url("https://lake").is_err());
+    }
+
+    #[test]
+    fn local_store_put_get_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Local(dir.path().to_owned());
+        assert_eq!(s.get("a/b.bin").unwrap(), None);
+        s.put("t/dt=2026-01-02/x.bin", vec![1, 2]).unwrap();
+        s.put("t/dt=2026-01-01/y.bin", vec![3]).unwrap();
+        s.put("t/dt=2026-01-01/y.bin", vec![4]).unwrap();
+        // What a crash mid-put leaves behind is never listed.
+        std::fs::write(
+            dir.path()
+                .join("t/dt=2026-01-01")
+                .join(temp_name(Path::new("z.parquet"))),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(s.get("t/dt=2026-01-01/y.bin").unwrap(), Some(vec![4]));
+        assert_eq!(
+            s.list_dirs("t").unwrap(),
+            ["dt=2026-01-01", "dt=2026-01-02"]
+        );
+        assert_eq!(s.list_files("t/dt=2026-01-01").unwrap(), ["y.bin"]);
+        assert!(s.list_files("nothing/here").unwrap().is_empty());
+    }
+}
