@@ -1,13 +1,15 @@
 """Deployment artefacts against the binary: the Glue tables Terraform declares must have exactly the
-columns (names, order, types) of the Parquet files the archiver writes, so Athena reads the lake."""
+columns (names, order, types) of the Parquet files the archiver writes, so Athena reads the lake; the
+docker-compose file and the Dockerfile only use commands, flags and settings the binary accepts."""
 
+import json
 import os
 import pathlib
 import re
 import subprocess
-import json
 
 import duckdb
+import yaml
 
 from conftest import ROOT, WTM, generate
 
@@ -65,3 +67,85 @@ def test_glue_columns_match_the_parquet_the_archiver_writes(tmp_path):
     assert sorted(tf) == sorted(pq)
     for table in pq:
         assert tf[table] == pq[table], table
+
+
+# ---- docker-compose and Dockerfile (no Docker engine here: checked against the binary) ----------
+
+COMPOSE = ROOT / "deploy/docker-compose.yml"
+DOCKERFILE = ROOT / "deploy/Dockerfile"
+
+
+def wtm_help(*args):
+    return subprocess.run([WTM, *args, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+def pinned(image):
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag not in ("", "latest")
+
+
+def test_compose_file_matches_what_the_binary_accepts(tmp_path):
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"kafka", "s3", "wtm-1", "wtm-2", "wtm-3", "producer", "prometheus", "grafana"} <= set(services)
+    subcommands = wtm_help()
+    wtm_services = [n for n, s in services.items() if s.get("image") == "wtm:local"]
+    assert sorted(wtm_services) == ["producer", "wtm-1", "wtm-2", "wtm-3"]
+    for name, svc in services.items():
+        image = svc["image"]
+        assert image == "wtm:local" or pinned(image), f"{name}: image {image} is not pinned to a version"
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0]
+            if src.startswith("."):
+                assert (COMPOSE.parent / src).exists(), f"{name}: mounts {src}, which is not in the repository"
+            else:
+                assert src in compose["volumes"], f"{name}: named volume {src} is not declared"
+    for name in wtm_services:
+        svc = services[name]
+        cmd = svc["command"]
+        assert cmd[0] in subcommands, f"{name}: `wtm {cmd[0]}` is not a command"
+        flags = wtm_help(cmd[0])
+        for arg in cmd[1:]:
+            if arg.startswith("--"):
+                assert arg in flags, f"{name}: `wtm {cmd[0]}` has no flag {arg}"
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if cmd[0] == "run":
+            # The node's whole configuration from this environment passes `wtm config`'s validation.
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("WTM__")}
+            r = subprocess.run([WTM, "config"], env={**clean, **env}, capture_output=True, text=True)
+            assert r.returncode == 0, f"{name}: {r.stderr}"
+            assert 'kind = "kafka"' in r.stdout and 'url = "s3://wtm-lake/lake"' in r.stdout
+            port = env["WTM__NODE__LISTEN"].rsplit(":", 1)[1]
+            assert any(p.endswith(f":{port}") for p in svc["ports"]), f"{name}: the API port is not published"
+            assert env["WTM__SOURCE__BROKERS"] == "kafka:9092" and env["WTM__LAKE__ENDPOINT"] == "http://s3:8333"
+    # Prometheus scrapes every node on its API port; Grafana mounts what deploy/grafana holds.
+    prom = yaml.safe_load((COMPOSE.parent / "prometheus.yml").read_text())
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert sorted(targets) == [f"{n}:8080" for n in sorted(n for n in wtm_services if n.startswith("wtm-"))]
+    dashboards = [v for v in services["grafana"]["volumes"] if "dashboards" in v][0].split(":")[1]
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/wtm.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == dashboards
+
+
+def test_dockerfile_builds_and_runs_the_binary():
+    lines = [l.strip() for l in DOCKERFILE.read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
+    stages = [l.split()[1] for l in lines if l.startswith("FROM ")]
+    assert len(stages) == 2 and all(pinned(s) for s in stages), stages
+    assert stages[0].startswith("rust:") and not stages[1].startswith("rust:"), "the runtime image carries no toolchain"
+    text = "\n".join(lines)
+    assert "cargo build --release --locked --bin wtm" in text
+    assert "COPY --from=build /src/target/release/wtm /usr/local/bin/wtm" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/wtm"]' in text and 'CMD ["run"]' in text
+    assert "USER 10001" in text, "runs unprivileged"
+    expose = [l.split()[1] for l in lines if l.startswith("EXPOSE ")]
+    env_line = next(l for l in lines if l.startswith("ENV "))
+    assert expose == ["8080"] and "WTM__NODE__LISTEN=0.0.0.0:8080" in env_line
+    # The runtime stage's environment is a valid configuration.
+    env = dict(kv.split("=", 1) for kv in env_line.split()[1:])
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WTM__")}
+    r = subprocess.run([WTM, "config"], env={**clean, **env}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # The Rust toolchain the image builds with is at least the workspace's minimum.
+    msrv = re.search(r'rust-version = "(\d+)\.(\d+)"', (ROOT / "Cargo.toml").read_text()).groups()
+    img = re.match(r"rust:(\d+)\.(\d+)", stages[0]).groups()
+    assert tuple(map(int, img)) >= tuple(map(int, msrv))
