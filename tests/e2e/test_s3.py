@@ -7,9 +7,11 @@ import subprocess
 import time
 
 import boto3
+import duckdb
 import pytest
 
 from conftest import ROOT, START, Truth, generate
+from test_kafka import FAST, PacedProducer, kafka_source, new_topic
 from test_pipeline import assert_lake_equals_truth, q
 
 KEY, SECRET = "wtm", "wtm-secret-key"
@@ -40,8 +42,14 @@ class SeaweedFS:
 
 
 @pytest.fixture(scope="module")
-def truth(tmp_path_factory):
-    return Truth(generate(tmp_path_factory.mktemp("s3-gen") / "events.json", **GEN_FLAGS))
+def generated(tmp_path_factory):
+    path = generate(tmp_path_factory.mktemp("s3-gen") / "events.json", **GEN_FLAGS)
+    return path, Truth(path)
+
+
+@pytest.fixture(scope="module")
+def truth(generated):
+    return generated[1]
 
 
 @pytest.fixture
@@ -69,6 +77,7 @@ def download(store, bucket, prefix, dest):
 
 def check_lake(store, bucket, tmp_path, truth):
     dest = tmp_path / "downloaded"
+    dest.mkdir(parents=True)
     assert download(store, bucket, "wtm", dest) > 0
     assert_lake_equals_truth(dest, truth)
     (raw,) = q(dest, "select count(*), count(distinct (partition, \"offset\")) from '{lake}/events/*/*/*.parquet'")
@@ -106,3 +115,28 @@ def test_s3_outage_loses_nothing(s3, node_factory, tmp_path, truth):
     s3.start()
     node.wait_finished(timeout=300)
     check_lake(s3, "lake-outage", tmp_path, truth)
+
+
+def test_kafka_node_keeps_lake_and_snapshots_in_s3(s3, broker, node_factory, tmp_path, generated):
+    path, truth = generated
+    s3.client().create_bucket(Bucket="lake-kafka")
+    topic = new_topic(broker, "s3lake")
+    producer = PacedProducer(broker, topic, path, seconds=5)
+    producer.start()
+    node = node_factory(kafka_source(broker, topic), window=FAST["window"], checkpoint=FAST["checkpoint"],
+                        lake=s3_lake(s3, "lake-kafka")).start()
+    producer.finish()
+    deadline, last = time.time() + 180, None
+    while time.time() < deadline:
+        try:
+            check_lake(s3, "lake-kafka", tmp_path / f"try-{int(time.time() * 1000)}", truth)
+            break
+        except (AssertionError, duckdb.Error) as e:
+            last = e
+            time.sleep(2)
+    else:
+        raise AssertionError(f"S3 lake never equalled the ground truth: {last!r}")
+    # Every partition's shared snapshot is in the bucket, beside the tables.
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="lake-kafka", Prefix="wtm/checkpoints/")["Contents"]]
+    assert sorted(keys) == [f"wtm/checkpoints/partition-{p:05}.ckpt" for p in range(6)]
+    assert node.get("/metrics")[1].decode().count("wtm_checkpoint_snapshots_total") >= 1
