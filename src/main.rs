@@ -40,6 +40,15 @@ enum Command {
     Generate(GenerateArgs),
     /// Run the same pipeline over log files (backfill): each file is a partition; writes the lake.
     Batch(BatchArgs),
+    /// Health check for containers: GET a URL of a node (e.g. http://127.0.0.1:8080/readyz);
+    /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this).
+    Probe {
+        /// http://HOST:PORT/PATH
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Print the effective configuration (defaults, file, WTM__ environment) as TOML.
     Config {
         /// TOML config file.
@@ -175,6 +184,7 @@ fn real_main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
+        Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
             print!("{}", cfg.to_toml());
@@ -284,6 +294,42 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// A plain HTTP/1.1 GET over a TCP stream: enough for a health check, no client library.
+fn probe(url: &str, timeout: std::time::Duration) -> Result<()> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?}: only http:// URLs can be probed"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("{authority:?} is not host:port"))?
+        .next()
+        .with_context(|| format!("{authority:?} resolves to nothing"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(
+        conn,
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = conn.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("{url}: not an HTTP answer"))?;
+    if (200..300).contains(&code) {
+        Ok(())
+    } else {
+        bail!("{url} answered {code}")
+    }
 }
 
 fn init_tracing(default: &str) {

@@ -65,6 +65,13 @@ resource "aws_ecs_task_definition" "node" {
     secrets                = local.node_secrets
     mountPoints            = [{ sourceVolume = "data", containerPath = "/data", readOnly = false }]
     stopTimeout            = 60
+    healthCheck = {
+      command     = ["CMD", "/usr/local/bin/wtm", "probe", "http://127.0.0.1:8080/readyz"]
+      interval    = 15
+      timeout     = 5
+      retries     = 3
+      startPeriod = 60
+    }
     logConfiguration = {
       logDriver = "awslogs"
       options = {

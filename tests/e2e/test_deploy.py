@@ -108,6 +108,9 @@ def test_compose_file_matches_what_the_binary_accepts(tmp_path):
         for arg in cmd[1:]:
             if arg.startswith("--"):
                 assert arg in flags, f"{name}: `wtm {cmd[0]}` has no flag {arg}"
+        health = svc.get("healthcheck", {}).get("test")
+        if health:
+            assert health[1:3] == ["/usr/local/bin/wtm", "probe"] and "probe" in subcommands, f"{name}: {health}"
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
         if cmd[0] == "run":
             # The node's whole configuration from this environment passes `wtm config`'s validation.
@@ -137,6 +140,7 @@ def test_dockerfile_builds_and_runs_the_binary():
     assert "COPY --from=build /src/target/release/wtm /usr/local/bin/wtm" in text
     assert 'ENTRYPOINT ["/usr/local/bin/wtm"]' in text and 'CMD ["run"]' in text
     assert "USER 10001" in text, "runs unprivileged"
+    assert 'CMD ["/usr/local/bin/wtm", "probe", "http://127.0.0.1:8080/healthz"]' in text and "probe" in wtm_help()
     expose = [l.split()[1] for l in lines if l.startswith("EXPOSE ")]
     env_line = next(l for l in lines if l.startswith("ENV "))
     assert expose == ["8080"] and "WTM__NODE__LISTEN=0.0.0.0:8080" in env_line
@@ -149,3 +153,15 @@ def test_dockerfile_builds_and_runs_the_binary():
     msrv = re.search(r'rust-version = "(\d+)\.(\d+)"', (ROOT / "Cargo.toml").read_text()).groups()
     img = re.match(r"rust:(\d+)\.(\d+)", stages[0]).groups()
     assert tuple(map(int, img)) >= tuple(map(int, msrv))
+
+
+def test_probe_is_a_health_check(node_factory):
+    node = node_factory(dict(seed=1, hosts=3, rate=50.0, realtime=True)).start()
+    ok = subprocess.run([WTM, "probe", f"http://127.0.0.1:{node.port}/readyz"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run([WTM, "probe", f"http://127.0.0.1:{node.port}/no/such/path"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "answered 404" in missing.stderr
+    node.stop()
+    down = subprocess.run([WTM, "probe", f"http://127.0.0.1:{node.port}/healthz", "--timeout", "2"], capture_output=True,
+                          text=True)
+    assert down.returncode == 1 and "cannot connect" in down.stderr
