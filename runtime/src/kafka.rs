@@ -169,7 +169,7 @@ impl Shared {
     }
 }
 
-/// The consumer's callbacks: rebalances and commit results.
+/// The consumer's callbacks: rebalances (commit results come from the committer thread).
 struct GroupContext {
     shared: Arc<Shared>,
 }
