@@ -311,9 +311,9 @@ impl Lake {
 
     /// Replace a partition's shared snapshot atomically. Blocking.
     pub fn write_snapshot(&self, partition: u32, bytes: &[u8]) -> Result<(), LakeError> {
-        Ok(self
-            .store
-            .put(&Self::snapshot_key(partition), bytes.to_vec())?)
+        let key = Self::snapshot_key(partition);
+        self.store.put(&key, bytes.to_vec())?;
+        Ok(self.store.sync([key.as_str()])?)
     }
 
     /// A partition's shared snapshot, if one was ever published. Blocking.
@@ -324,6 +324,7 @@ impl Lake {
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.
     pub fn write(&self, p: &Publication) -> Result<WriteStats, LakeError> {
         let mut stats = WriteStats::default();
+        let mut written: Vec<String> = Vec::new();
         let mut put = |key: String, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
             let batch = batch.map_err(|reason| LakeError::Format {
                 path: PathBuf::from(&key),
@@ -331,6 +332,7 @@ impl Lake {
             })?;
             stats.bytes += self.write_batch(&key, &batch)?;
             stats.files += 1;
+            written.push(key);
             Ok(())
         };
         // Windows: one file per (partition, window start).
@@ -393,6 +395,7 @@ impl Lake {
             let batch = RecordBatch::try_new(invalid_schema(), cols).map_err(|e| e.to_string());
             put(self.file("invalid", p.created_ms, &name), batch)?;
         }
+        self.store.sync(written.iter().map(String::as_str))?;
         Ok(stats)
     }
 

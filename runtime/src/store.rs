@@ -141,8 +141,10 @@ impl Store {
     }
 
     /// Replace the object at `key` with `bytes`, atomically: readers see the old or the new
-    /// object, never a part (local: temporary file, fsync, rename, directory fsync; S3: one PUT
-    /// or a completed multipart upload).
+    /// object, never a part (local: temporary file, fsync, rename; S3: one PUT or a completed
+    /// multipart upload). Locally the rename survives a crash of the process at once, and a
+    /// power loss once [`Store::sync`] has run over the keys.
+    ///
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         match self {
             Store::Local(root) => {
@@ -156,13 +158,29 @@ impl Store {
                 let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
                 f.write_all(&bytes).map_err(io_err(&tmp))?;
                 f.sync_all().map_err(io_err(&tmp))?;
-                std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(dir))
+                std::fs::rename(&tmp, &path).map_err(io_err(&path))
             }
             Store::S3(s) => s.runtime.block_on(s.put(key, bytes)),
         }
+    }
+
+    /// Make the puts of `keys` durable against power loss: fsync each distinct directory once
+    /// (a no-op on S3, where a completed PUT is durable). One fsync per directory per publication
+    /// instead of one per file: that was a quarter of an unpaced node's throughput.
+    pub fn sync<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
+        let Store::Local(root) = self else {
+            return Ok(());
+        };
+        let dirs: std::collections::BTreeSet<PathBuf> = keys
+            .into_iter()
+            .filter_map(|k| root.join(k).parent().map(Path::to_path_buf))
+            .collect();
+        for dir in dirs {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+        }
+        Ok(())
     }
 
     /// The object at `key`, if it exists.
