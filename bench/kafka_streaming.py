@@ -13,47 +13,23 @@ BENCH_PERF=1 also records a cpu-clock profile of the node (perf) and prints its 
 import json
 import os
 import pathlib
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+# The process and HTTP helpers of the node benchmark, not copies of them.
+from node_throughput import cpu_seconds, free_port, get, machine, peak_rss_mb
+
 WTM = sys.argv[1]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = pathlib.Path(__file__).with_name("RESULTS-kafka.md")
-TICK = os.sysconf("SC_CLK_TCK")
 EVENTS = int(os.environ.get("BENCH_KAFKA_EVENTS", 3_000_000))
 HOSTS = int(os.environ.get("BENCH_KAFKA_HOSTS", 1000))
 PARTITIONS = 6
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return json.loads(r.read())
-
-
-def cpu_seconds(pid):
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def peak_rss_mb(pid):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def ends(bootstrap, topic):
@@ -136,12 +112,10 @@ def main():
                     run_case("raw archive off", bootstrap, broker_pid, topic, end, False, perf)]
         finally:
             subprocess.run([str(ROOT / "scripts/kafka"), "stop", "--data-dir", kd], check=True)
-    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
-                         text=True).stdout.strip()
     lines = [
         "# Streaming from Kafka",
         "",
-        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
+        f"Machine: {machine()}; "
         f"Apache Kafka 4.1.1 (scripts/kafka, KRaft, one broker) on the same machine. "
         f"Run {time.strftime('%Y-%m-%d')} by `bench/run kafka`.",
         "",

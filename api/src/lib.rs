@@ -186,26 +186,25 @@ impl Api {
     }
 
     async fn partitions(&self) -> Result<Vec<PartitionStatus>, String> {
-        let mut out = Vec::new();
-        let Some(n) = self.ctx.partitions else {
-            // Owners come and go with the group: one that stops meanwhile is simply not ours.
-            for p in owned_partitions() {
-                if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
-                    if let Ok(s) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await {
-                        out.push(s);
-                    }
-                }
-            }
-            return Ok(out);
+        // A fixed set must all answer; owners that come and go with a consumer group may stop
+        // between listing and asking: such a partition is simply not ours any more.
+        let (partitions, strict) = match self.ctx.partitions {
+            Some(n) => ((0..n).collect(), true),
+            None => (owned_partitions(), false),
         };
-        for p in 0..n {
-            let owner = lookup::<OwnerMsg>(&owner_name(p))
-                .ok_or_else(|| format!("partition {p} is restarting"))?;
-            out.push(
-                ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status)
+        let mut out = Vec::new();
+        for p in partitions {
+            let status = match lookup::<OwnerMsg>(&owner_name(p)) {
+                Some(owner) => ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status)
                     .await
-                    .map_err(|e| e.to_string())?,
-            );
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("partition {p} is restarting")),
+            };
+            match status {
+                Ok(s) => out.push(s),
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
+            }
         }
         Ok(out)
     }
