@@ -6,18 +6,17 @@ use ractor::Actor;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use wtm_actors::supervisor::{SupervisorActor, SupervisorArgs};
-use wtm_runtime::checkpoint::CheckpointStore;
-use wtm_runtime::config::Config;
-use wtm_runtime::config::SourceKind;
-use wtm_runtime::event::Format;
-use wtm_runtime::generator::{Generator, GeneratorSpec};
-use wtm_runtime::kafka::{KafkaSink, KafkaSources};
-use wtm_runtime::lake::Lake;
-use wtm_runtime::msg::SUPERVISOR_NAME;
-use wtm_runtime::source::{GeneratorSources, SourceFactory};
-use wtm_runtime::store::{S3Settings, Store};
-use wtm_runtime::time::{now_ms, parse_rfc3339};
+use wtm_actors::supervisor::{follow_group, SupervisorActor, SupervisorArgs};
+use wtm_config::{Config, SourceKind};
+use wtm_core::event::Format;
+use wtm_core::generator::{Generator, GeneratorSpec};
+use wtm_core::time::{now_ms, parse_rfc3339};
+use wtm_messages::{ask, SupervisorMsg, SUPERVISOR_NAME};
+use wtm_sources::kafka::{KafkaSink, KafkaSources};
+use wtm_sources::{GeneratorSources, SourceFactory};
+use wtm_storage::store::{S3Settings, Store};
+use wtm_storage::{CheckpointStore, Lake};
+use wtm_telemetry::ActorKind;
 
 // The pipeline allocates per event (parsed strings, batches); with mimalloc an unpaced node with
 // the raw archive went from 161k to 230k events/s on the 2-core bench machine.
@@ -184,7 +183,10 @@ fn real_main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
-        Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
+        Command::Probe { url, timeout } => {
+            wtm_api::probe::probe(&url, std::time::Duration::from_secs(timeout))
+                .map_err(anyhow::Error::msg)
+        }
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
             print!("{}", cfg.to_toml());
@@ -296,42 +298,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A plain HTTP/1.1 GET over a TCP stream: enough for a health check, no client library.
-fn probe(url: &str, timeout: std::time::Duration) -> Result<()> {
-    use std::io::Read;
-    use std::net::ToSocketAddrs;
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?}: only http:// URLs can be probed"))?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = authority
-        .to_socket_addrs()
-        .with_context(|| format!("{authority:?} is not host:port"))?
-        .next()
-        .with_context(|| format!("{authority:?} resolves to nothing"))?;
-    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot connect to {authority}"))?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    write!(
-        conn,
-        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let n = conn.read(&mut head)?;
-    let status_line = String::from_utf8_lossy(&head[..n]);
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("{url}: not an HTTP answer"))?;
-    if (200..300).contains(&code) {
-        Ok(())
-    } else {
-        bail!("{url} answered {code}")
-    }
-}
-
 fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -420,9 +386,8 @@ impl BatchSummary {
 
 async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Result<BatchSummary> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use wtm_runtime::msg::{ask, lookup, owner_name, ArchiverMsg, OwnerMsg, ARCHIVER_NAME};
-    use wtm_runtime::source::FileSources;
-    use wtm_runtime::telemetry::ActorKind;
+    use wtm_messages::{lookup, partition_statuses, ArchiverMsg, ARCHIVER_NAME};
+    use wtm_sources::FileSources;
 
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&cfg.node.data_dir)
@@ -473,16 +438,11 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
-        let mut all = Vec::new();
-        for p in 0..cfg.source.partitions {
-            if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
-                if let Ok(s) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await {
-                    all.push(s);
-                }
+        // An owner restarting does not answer: ask again next time.
+        if let Ok(all) = partition_statuses(0..cfg.source.partitions, true).await {
+            if all.iter().all(|s| s.finished) {
+                break all;
             }
-        }
-        if all.len() == cfg.source.partitions as usize && all.iter().all(|s| s.finished) {
-            break all;
         }
     };
     bar.finish_and_clear();
@@ -573,12 +533,14 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
                 )
             }
             SourceKind::Kafka => {
-                let k = KafkaSources::connect(
-                    &cfg.source,
-                    &format!("wtm-{node_id}"),
-                    tokio::runtime::Handle::current(),
-                )?;
-                (Arc::clone(&k) as _, Vec::new(), Some(lake.clone()), Some(k))
+                let (events, group) = tokio::sync::mpsc::unbounded_channel();
+                let k = KafkaSources::connect(&cfg.source, &format!("wtm-{node_id}"), events)?;
+                (
+                    Arc::clone(&k) as _,
+                    Vec::new(),
+                    Some(lake.clone()),
+                    Some((k, group)),
+                )
             }
         };
     let args = SupervisorArgs {
@@ -593,10 +555,15 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     let (sup, sup_done) = Actor::spawn(Some(SUPERVISOR_NAME.into()), SupervisorActor, args)
         .await
         .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
-    if let Some(k) = &kafka {
-        k.start()
-            .context("cannot start the Kafka consumer thread")?;
-    }
+    let kafka = match kafka {
+        Some((k, group)) => {
+            follow_group(group, sup.clone());
+            k.start()
+                .context("cannot start the Kafka consumer thread")?;
+            Some(k)
+        }
+        None => None,
+    };
     let kafka_source = cfg.source.kind == SourceKind::Kafka;
     let app = wtm_api::routes(wtm_api::ApiContext {
         partitions: (!kafka_source).then_some(cfg.source.partitions),
@@ -625,7 +592,11 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
                 // snapshots and committed offsets, before the other members take over.
                 let _ = tokio::task::spawn_blocking(move || k.leave()).await;
             }
-            drain().await;
+            // Final checkpoints, so the next start replays nothing.
+            if let Err(e) = ask(&sup, ActorKind::Supervisor, SupervisorMsg::DrainAll).await {
+                tracing::warn!(error = %e, "final checkpoints not confirmed");
+            }
+            tracing::info!("partitions checkpointed; stopped");
             sup.stop(None);
             let _ = (&mut sup_done).await;
             Ok(())
@@ -649,20 +620,6 @@ async fn open_lake(cfg: &Config) -> Result<Lake> {
         }
         None => Ok(Lake::new(cfg.lake_path())),
     }
-}
-
-/// Checkpoint every partition before stopping, so the next start replays nothing.
-async fn drain() {
-    use wtm_runtime::msg::{ask, lookup, owned_partitions, owner_name, OwnerMsg};
-    use wtm_runtime::telemetry::ActorKind;
-    for p in owned_partitions() {
-        if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
-            if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
-                tracing::warn!(partition = p, error = %e, "final checkpoint failed; the next start replays from the previous one");
-            }
-        }
-    }
-    tracing::info!("partitions checkpointed; stopped");
 }
 
 async fn terminate() {

@@ -1,6 +1,6 @@
 # Glue tables over the lake's Hive layout (<table>/dt=YYYY-MM-DD/hour=HH/*.parquet) with partition
 # projection, so Athena finds new partitions without crawlers or MSCK REPAIR. The columns are the
-# archiver's Parquet schemas (runtime/src/lake.rs); tests/e2e/test_deploy.py checks they agree.
+# archiver's Parquet schemas (runtime/storage/src/lake.rs); tests/e2e/test_deploy.py checks they agree.
 
 locals {
   event_columns = [

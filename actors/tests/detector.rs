@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wtm_actors::detector::{fit, DetectorState};
-use wtm_runtime::agg::WindowAgg;
-use wtm_runtime::config::DetectorConfig;
-use wtm_runtime::generator::{AnomalyLabel, Generator, GeneratorSpec};
-use wtm_runtime::msg::{Anomaly, WindowPoint};
+use wtm_config::DetectorConfig;
+use wtm_core::agg::WindowAgg;
+use wtm_core::generator::{AnomalyLabel, Generator, GeneratorSpec};
+use wtm_messages::{Anomaly, WindowPoint};
 
 const WINDOW_MS: i64 = 60_000;
 /// A clean 3-hour run over 20 hosts (3,600 host-windows) may raise at most this many alarms.

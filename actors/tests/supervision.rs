@@ -9,16 +9,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use wtm_actors::supervisor::{SupervisorActor, SupervisorArgs};
-use wtm_runtime::checkpoint::CheckpointStore;
-use wtm_runtime::config::Config;
-use wtm_runtime::generator::Generator;
-use wtm_runtime::lake::Lake;
-use wtm_runtime::msg::{
+use wtm_config::Config;
+use wtm_core::generator::Generator;
+use wtm_core::time::parse_rfc3339;
+use wtm_messages::{
     ask, lookup, owner_name, shard_name, OwnerMsg, PartitionStatus, SupervisorMsg, ARCHIVER_NAME,
 };
-use wtm_runtime::source::GeneratorSources;
-use wtm_runtime::telemetry::ActorKind;
-use wtm_runtime::time::parse_rfc3339;
+use wtm_sources::GeneratorSources;
+use wtm_storage::lake::Lake;
+use wtm_storage::CheckpointStore;
+use wtm_telemetry::ActorKind;
 
 async fn statuses(partitions: u32) -> Option<Vec<PartitionStatus>> {
     let mut out = Vec::new();
@@ -117,7 +117,7 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     std::fs::remove_file(&root).unwrap();
     std::fs::rename(&aside, &root).unwrap();
-    let metrics = wtm_runtime::telemetry::Metrics::global().render();
+    let metrics = wtm_telemetry::Metrics::global().render();
     let failed_writes: f64 = metrics
         .lines()
         .find(|l| l.starts_with("wtm_lake_write_errors_total"))

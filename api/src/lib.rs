@@ -2,12 +2,17 @@
 //!
 //! The node's HTTP API: poem + poem-openapi. [`routes`] builds the whole app: the `/v1` JSON API
 //! (OpenAPI document at `/openapi.json`, Swagger UI at `/docs`), health probes and `/metrics`.
-//! Handlers talk to actors only through `wtm_runtime::msg` (looked up by registered name) and
+//! Handlers talk to actors only through `wtm_messages` (looked up by registered name) and
 //! merge what they get back: closed windows from the archiver, open ones from the window shards.
+//! `model` holds the JSON shapes, `params` the parameter types (their schema states exactly what
+//! is accepted); [`probe`] is the client side of a health check (`wtm probe`).
 
 mod model;
+mod params;
+pub mod probe;
 
 use model::*;
+use params::Rfc3339;
 use poem::middleware::Cors;
 use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::param::{Path, Query};
@@ -15,13 +20,14 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use std::collections::BTreeMap;
-use wtm_runtime::agg::WindowAgg;
-use wtm_runtime::msg::{
-    ask, lookup, owned_partitions, owner_name, shard_name, AnomalyQuery, ArchiverMsg, DetectorMsg,
-    HostTotals, OwnerMsg, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+use wtm_core::agg::WindowAgg;
+use wtm_core::time::{format_rfc3339, now_ms};
+use wtm_messages::{
+    ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, AnomalyQuery,
+    ArchiverMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME,
+    DETECTOR_NAME,
 };
-use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
-use wtm_runtime::time::{format_rfc3339, now_ms, parse_rfc3339};
+use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 /// What the API needs to know about the node it serves.
 #[derive(Debug, Clone)]
@@ -78,15 +84,6 @@ fn unavailable<T: ToJSON>(msg: impl std::fmt::Display) -> Reply<T> {
     }))
 }
 
-fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
-    match v {
-        None => Ok(None),
-        Some(s) => parse_rfc3339(s).map(Some).ok_or_else(|| {
-            format!("`{name}` must be an RFC 3339 time such as 2026-01-01T00:00:00Z, got {s:?}")
-        }),
-    }
-}
-
 enum QueryError {
     Bad(String),
     NotFound(String),
@@ -134,13 +131,10 @@ impl Api {
                 agg: WindowAgg::default(),
                 all_final: true,
             });
-            m.agg.merge(&w.agg);
+            m.agg.merge(&w.agg).map_err(|e| e.to_string())?;
         }
-        let shard = lookup::<WindowMsg>(&shard_name(wtm_runtime::msg::shard_of(
-            host,
-            self.ctx.shards,
-        )))
-        .ok_or("window shard is restarting")?;
+        let shard = lookup::<WindowMsg>(&shard_name(shard_of(host, self.ctx.shards)))
+            .ok_or("window shard is restarting")?;
         let open = ask(&shard, ActorKind::Window, |r| {
             WindowMsg::Query(q.clone(), r)
         })
@@ -151,7 +145,7 @@ impl Api {
                 agg: WindowAgg::default(),
                 all_final: true,
             });
-            m.agg.merge(&agg);
+            m.agg.merge(&agg).map_err(|e| e.to_string())?;
             m.all_final = false;
         }
         Ok(out)
@@ -188,25 +182,11 @@ impl Api {
     async fn partitions(&self) -> Result<Vec<PartitionStatus>, String> {
         // A fixed set must all answer; owners that come and go with a consumer group may stop
         // between listing and asking: such a partition is simply not ours any more.
-        let (partitions, strict) = match self.ctx.partitions {
-            Some(n) => ((0..n).collect(), true),
-            None => (owned_partitions(), false),
+        let result = match self.ctx.partitions {
+            Some(n) => partition_statuses(0..n, true).await,
+            None => partition_statuses(owned_partitions(), false).await,
         };
-        let mut out = Vec::new();
-        for p in partitions {
-            let status = match lookup::<OwnerMsg>(&owner_name(p)) {
-                Some(owner) => ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err(format!("partition {p} is restarting")),
-            };
-            match status {
-                Ok(s) => out.push(s),
-                Err(e) if strict => return Err(e),
-                Err(_) => {}
-            }
-        }
-        Ok(out)
+        result.map_err(|e| e.to_string())
     }
 
     /// The windows of `host` in the requested range; without `from`, the newest
@@ -214,13 +194,11 @@ impl Api {
     async fn host_windows(
         &self,
         host: &str,
-        from: &Option<String>,
-        to: &Option<String>,
+        from: Option<Rfc3339>,
+        to: Option<Rfc3339>,
     ) -> Result<Vec<(i64, Merged)>, QueryError> {
-        let from_ms = parse_time("from", from).map_err(QueryError::Bad)?;
-        let to_ms = parse_time("to", to)
-            .map_err(QueryError::Bad)?
-            .unwrap_or(i64::MAX);
+        let from_ms = from.map(|t| t.0);
+        let to_ms = to.map_or(i64::MAX, |t| t.0);
         if let Some(f) = from_ms.filter(|f| *f >= to_ms) {
             return Err(QueryError::Bad(format!(
                 "`from` ({}) must be before `to` ({})",
@@ -282,11 +260,13 @@ fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
 impl Api {
     /// The monitored sites, with totals over their most recent windows.
     #[oai(path = "/v1/hosts", method = "get")]
-    async fn hosts(&self, windows: Query<Option<u32>>) -> Reply<HostsOut> {
+    async fn hosts(
+        &self,
+        /// Closed windows the totals cover, newest first (default 60).
+        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
+        windows: Query<Option<u32>>,
+    ) -> Reply<HostsOut> {
         let n = windows.0.unwrap_or(60);
-        if !(1..=10_000).contains(&n) {
-            return bad(format!("`windows` must be in 1..=10000, got {n}"));
-        }
         match self.host_totals(n as usize).await {
             Ok(t) => Reply::Ok(Json(HostsOut {
                 hosts: t
@@ -315,10 +295,13 @@ impl Api {
     async fn windows(
         &self,
         host: Path<String>,
-        from: Query<Option<String>>,
-        to: Query<Option<String>>,
+        /// Start of the range (RFC 3339), before `to` (else 400); default: the newest 60
+        /// windows up to `to`.
+        from: Query<Option<Rfc3339>>,
+        /// End of the range, exclusive (RFC 3339); default: open-ended.
+        to: Query<Option<Rfc3339>>,
     ) -> Reply<WindowSeries> {
-        let windows = match self.host_windows(&host, &from, &to).await {
+        let windows = match self.host_windows(&host, from.0, to.0).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -336,24 +319,27 @@ impl Api {
         &self,
         host: Path<String>,
         dimension: Query<Dimension>,
+        /// Entries to return (default 10); the sketches keep 100 per dimension.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         k: Query<Option<u32>>,
-        from: Query<Option<String>>,
-        to: Query<Option<String>>,
+        /// Start of the range (RFC 3339), before `to` (else 400); default: the newest 60
+        /// windows up to `to`.
+        from: Query<Option<Rfc3339>>,
+        /// End of the range, exclusive (RFC 3339).
+        to: Query<Option<Rfc3339>>,
     ) -> Reply<TopOut> {
+        // The documented maximum is the sketch's capacity.
+        const _: () = assert!(wtm_core::agg::TOP_K_CAPACITY == 100);
         let k = k.0.unwrap_or(10);
-        if !(1..=wtm_runtime::agg::TOP_K_CAPACITY).contains(&k) {
-            return bad(format!(
-                "`k` must be in 1..={}, got {k}",
-                wtm_runtime::agg::TOP_K_CAPACITY
-            ));
-        }
-        let in_range = match self.host_windows(&host, &from, &to).await {
+        let in_range = match self.host_windows(&host, from.0, to.0).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
         let mut agg = WindowAgg::default();
         for (_, m) in &in_range {
-            agg.merge(&m.agg);
+            if let Err(e) = agg.merge(&m.agg) {
+                return unavailable(e);
+            }
         }
         let windows = in_range.len() as u64;
         let entries: Vec<(String, u64)> = match dimension.0 {
@@ -438,13 +424,12 @@ impl Api {
     #[oai(path = "/v1/anomalies", method = "get")]
     async fn anomalies(
         &self,
+        /// Only this site's anomalies.
         host: Query<Option<String>>,
-        since: Query<Option<String>>,
+        /// Only anomalies of windows starting at or after this time (RFC 3339).
+        since: Query<Option<Rfc3339>>,
     ) -> Reply<AnomaliesOut> {
-        let since_ms = match parse_time("since", &since) {
-            Ok(s) => s.unwrap_or(i64::MIN),
-            Err(e) => return bad(e),
-        };
+        let since_ms = since.0.map_or(i64::MIN, |t| t.0);
         let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
             return unavailable("detector is restarting");
         };
@@ -565,7 +550,14 @@ pub fn routes(ctx: ApiContext) -> impl Endpoint {
         .with(Cors::new())
         .around(|ep, req| async move {
             let route = route_of(req.uri().path());
-            let resp = ep.get_response(req).await;
+            let mut resp = ep.get_response(req).await;
+            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110: a 405 names the methods the resource supports; every route is GET.
+                resp.headers_mut().insert(
+                    poem::http::header::ALLOW,
+                    poem::http::HeaderValue::from_static("GET"),
+                );
+            }
             Metrics::global().api_requests.add(
                 1,
                 &[

@@ -98,7 +98,9 @@ pub struct TopOut {
 pub struct PartitionOut {
     pub partition: u32,
     pub next_offset: u64,
+    #[oai(nullable)]
     pub watermark: Option<String>,
+    #[oai(nullable)]
     pub max_event_time: Option<String>,
     pub events: u64,
     pub late: u64,
@@ -116,6 +118,7 @@ pub struct OverviewOut {
     pub hosts: u64,
     pub windows_closed: u64,
     /// Largest (wall clock − watermark) over partitions.
+    #[oai(nullable)]
     pub watermark_lag_seconds: Option<f64>,
     /// Every partition's source has ended and all its windows are in the lake.
     pub finished: bool,
@@ -154,10 +157,14 @@ pub struct ClusterPartitionOut {
     /// Offset of the next record the owner reads.
     pub next_offset: u64,
     /// Offset last confirmed committed to the source (Kafka); null for sources that do not commit.
+    #[oai(nullable)]
     pub committed_offset: Option<u64>,
     /// Records at the source not yet read (Kafka: high watermark − next offset), when known.
+    #[oai(nullable)]
     pub lag: Option<u64>,
+    #[oai(nullable)]
     pub watermark: Option<String>,
+    #[oai(nullable)]
     pub max_event_time: Option<String>,
     /// How many times the partition's state has been restored, on any node.
     pub owner_epoch: u64,
@@ -171,7 +178,9 @@ pub struct ClusterOut {
     /// Source kind: `generator`, `kafka`, `files`.
     pub source: String,
     /// Kafka topic and consumer group (null for other sources).
+    #[oai(nullable)]
     pub topic: Option<String>,
+    #[oai(nullable)]
     pub group: Option<String>,
     /// Partitions this node owns now.
     pub partitions: Vec<ClusterPartitionOut>,

@@ -1,15 +1,24 @@
 //! The archiver: writes committed publications to the Parquet lake, keeps recent closed windows
 //! for the API, and hands closed windows to the detector.
+//!
+//! Uploads run in tasks of their own, so partitions write in parallel and API reads are never
+//! queued behind a slow store; each owner sends its next publication only after the previous
+//! one's reply, so a partition's writes stay in order. A finished upload comes back as
+//! `Written` (queued before the reply goes out), which updates the recent windows in order.
 
 mod state;
 
 pub use state::RecentWindows;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
 use std::time::Instant;
-use wtm_runtime::lake::Lake;
-use wtm_runtime::msg::{lookup, tell, ArchiverMsg, DetectorMsg, WindowPoint, DETECTOR_NAME};
-use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
+use wtm_core::checkpoint::Publication;
+use wtm_messages::{
+    lookup, mailbox, tell, ArchiverMsg, DetectorMsg, Failure, WindowPoint, DETECTOR_NAME,
+};
+use wtm_storage::Lake;
+use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
 
 pub struct ArchiverArgs {
     pub lake: Lake,
@@ -69,67 +78,93 @@ impl Actor for ArchiverActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<ArchiverMsg>,
+        me: ActorRef<ArchiverMsg>,
         msg: ArchiverMsg,
         run: &mut ArchiverRun,
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
         match msg {
-            ArchiverMsg::Publish(p, reply) => {
-                let lake = run.lake.clone();
-                let pubn = p.clone();
-                let m = Metrics::global();
-                match tokio::task::spawn_blocking(move || lake.write(&pubn)).await? {
-                    Ok(stats) => {
-                        m.lake_files.add(stats.files, &[]);
-                        m.lake_bytes.add(stats.bytes, &[]);
-                        let detector = lookup::<DetectorMsg>(DETECTOR_NAME).filter(|_| run.detect);
-                        let mut by_class = [0u64; 5];
-                        for w in &p.closed {
-                            for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
-                                *sum += n;
-                            }
-                            if let Some(d) = &detector {
-                                let s = w.agg.finalize();
-                                let point = WindowPoint {
-                                    start_ms: w.key.start_ms,
-                                    requests: s.requests as f64,
-                                    error_rate: s.error_rate,
-                                    latency_p99_ms: s.latency_p99,
-                                };
-                                let _ = tell(
-                                    d,
-                                    ActorKind::Detector,
-                                    DetectorMsg::Observe(w.key.host.clone(), point),
-                                );
-                            }
-                            run.recent.insert(w.clone());
-                        }
-                        for (class, n) in STATUS_CLASSES.iter().zip(by_class) {
-                            if n > 0 {
-                                m.window_requests
-                                    .add(n, &[KeyValue::new("status_class", *class)]);
-                            }
-                        }
-                        let _ = reply.send(Ok(()));
-                    }
-                    Err(e) => {
-                        m.lake_errors.add(1, &[KeyValue::new("table", "any")]);
-                        let _ = reply.send(Err(e.to_string()));
-                    }
-                }
-            }
+            ArchiverMsg::Publish(p, reply) => upload(run.lake.clone(), me.clone(), p, reply),
+            ArchiverMsg::Written(p) => run.written(&p),
             ArchiverMsg::Windows(q, reply) => {
-                let _ = reply.send(run.recent.query(&q));
+                reply.send(run.recent.query(&q)).ok();
             }
             ArchiverMsg::Totals(n, reply) => {
-                let _ = reply.send(run.recent.totals(n));
+                reply.send(run.recent.totals(n)).ok();
             }
             ArchiverMsg::HostsSeen(reply) => {
-                let _ = reply.send(run.recent.hosts_seen());
+                reply.send(run.recent.hosts_seen()).ok();
             }
         }
-        Metrics::global().handled(ActorKind::Archiver, started.elapsed().as_secs_f64());
+        mailbox::handled(me.get_id(), ActorKind::Archiver, started);
         Ok(())
+    }
+}
+
+/// Write a publication on the blocking pool, off the archiver's mailbox; reply when durable.
+fn upload(
+    lake: Lake,
+    me: ActorRef<ArchiverMsg>,
+    p: Arc<Publication>,
+    reply: RpcReplyPort<Result<(), Failure>>,
+) {
+    tokio::spawn(async move {
+        let m = Metrics::global();
+        let publication = Arc::clone(&p);
+        let result = match tokio::task::spawn_blocking(move || lake.write(&publication)).await {
+            Ok(Ok(stats)) => {
+                m.lake_files.add(stats.files, &[]);
+                m.lake_bytes.add(stats.bytes, &[]);
+                // Queued before the reply, so the owner's next publication lands after it.
+                if tell(&me, ActorKind::Archiver, ArchiverMsg::Written(p)).is_err() {
+                    tracing::warn!("archiver restarting: recent windows reload from the lake");
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                m.lake_errors.add(1, &[KeyValue::new("table", "any")]);
+                Err(Failure {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(Failure::transient(format!("lake write task failed: {e}"))),
+        };
+        // The owner may have timed out; it retries from its checkpoint either way.
+        reply.send(result).ok();
+    });
+}
+
+impl ArchiverRun {
+    /// A publication is in the lake: its windows join the recent history and the detector.
+    fn written(&mut self, p: &Publication) {
+        let detector = lookup::<DetectorMsg>(DETECTOR_NAME).filter(|_| self.detect);
+        let mut by_class = [0u64; 5];
+        for w in &p.closed {
+            for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
+                *sum += n;
+            }
+            if let Some(d) = &detector {
+                let s = w.agg.finalize();
+                let point = WindowPoint {
+                    start_ms: w.key.start_ms,
+                    requests: s.requests as f64,
+                    error_rate: s.error_rate,
+                    latency_p99_ms: s.latency_p99,
+                };
+                let observed = DetectorMsg::Observe(w.key.host.clone(), point);
+                if tell(d, ActorKind::Detector, observed).is_err() {
+                    tracing::debug!("detector restarting: a window goes unjudged");
+                }
+            }
+            self.recent.insert(w.clone());
+        }
+        let m = Metrics::global();
+        for (class, n) in STATUS_CLASSES.iter().zip(by_class) {
+            if n > 0 {
+                m.window_requests
+                    .add(n, &[KeyValue::new("status_class", *class)]);
+            }
+        }
     }
 }

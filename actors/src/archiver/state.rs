@@ -1,8 +1,8 @@
 //! Recent closed windows kept for the API, keyed so a re-published window replaces itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use wtm_runtime::agg::ClosedWindow;
-use wtm_runtime::msg::{HostTotals, WindowQuery};
+use wtm_core::agg::ClosedWindow;
+use wtm_messages::{HostTotals, WindowQuery};
 
 pub struct RecentWindows {
     retention_ms: i64,
@@ -100,7 +100,7 @@ impl RecentWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_runtime::agg::{WindowAgg, WindowKey};
+    use wtm_core::agg::{WindowAgg, WindowKey};
 
     fn cw(host: &str, start: i64, requests: u64) -> ClosedWindow {
         let agg = WindowAgg {

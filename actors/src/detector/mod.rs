@@ -7,9 +7,9 @@ pub use state::{fit, DetectorState, FitJob, METRICS};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
-use wtm_runtime::config::DetectorConfig;
-use wtm_runtime::msg::{tell, DetectorMsg};
-use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
+use wtm_config::DetectorConfig;
+use wtm_messages::{mailbox, tell, DetectorMsg};
+use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct DetectorActor;
 
@@ -44,6 +44,7 @@ impl Actor for DetectorActor {
         state: &mut DetectorState,
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
+        let id = me.get_id();
         match msg {
             DetectorMsg::Observe(host, point) => {
                 let (found, job) = state.observe(&host, point);
@@ -56,16 +57,20 @@ impl Actor for DetectorActor {
                 if let Some(job) = job {
                     tokio::task::spawn_blocking(move || {
                         let forecasts = fit(&job);
-                        let _ = tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts));
+                        if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
+                            tracing::debug!("detector restarted during a fit; it refits");
+                        }
                     });
                 }
             }
             DetectorMsg::Fitted(forecasts) => state.install(forecasts),
             DetectorMsg::Anomalies(q, reply) => {
-                let _ = reply.send(state.anomalies(q.host.as_deref(), q.since_ms));
+                reply
+                    .send(state.anomalies(q.host.as_deref(), q.since_ms))
+                    .ok();
             }
         }
-        Metrics::global().handled(ActorKind::Detector, started.elapsed().as_secs_f64());
+        mailbox::handled(id, ActorKind::Detector, started);
         Ok(())
     }
 }

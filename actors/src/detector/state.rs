@@ -8,8 +8,8 @@
 //! are only judged on windows with enough requests: that keeps false alarms rare on small hosts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use wtm_runtime::config::DetectorConfig;
-use wtm_runtime::msg::{Anomaly, Forecast, WindowPoint};
+use wtm_config::DetectorConfig;
+use wtm_messages::{Anomaly, Forecast, WindowPoint};
 
 pub const METRICS: [&str; 3] = ["requests", "error_rate", "latency_p99_ms"];
 const MAX_ANOMALIES: usize = 10_000;

@@ -1,27 +1,37 @@
 //! The partition owner: reads one source partition, parses, decides lateness, routes event
 //! batches to the window shards, and drives the checkpoint cycle (cut → commit → publish).
+//!
+//! A thin shell: what to do and when is decided by [`OwnerState`] and [`CheckpointPolicy`];
+//! this file performs it (asks the shards, runs blocking saves on the blocking pool, writes
+//! through the archiver, commits through the source). The owner restores itself in its first
+//! message, not in `pre_start`, so a slow restore (S3, a lake backlog) never holds up the
+//! supervisor that spawned it: assignments and revocations keep flowing meanwhile.
 
 mod state;
 
-pub use state::{Ingested, LakeBackoff, OwnerSettings, OwnerState};
+pub use state::{
+    CheckpointPlan, CheckpointPolicy, CheckpointTiming, Ingested, LakeBackoff, OwnerSettings,
+    OwnerState,
+};
 
 use crate::spawn_tell_after;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
-use wtm_runtime::checkpoint::{decode, encode, CheckpointStore, OpenWindows, PartitionCheckpoint};
-use wtm_runtime::config::Config;
-use wtm_runtime::event::Event;
-use wtm_runtime::lake::Lake;
-use wtm_runtime::msg::{
-    ask, lookup, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, OwnerMsg,
-    PartitionStatus, WindowMsg, ARCHIVER_NAME,
+use wtm_config::Config;
+use wtm_core::checkpoint::{decode, encode, OpenWindows, PartitionCheckpoint};
+use wtm_core::error::ErrorKind;
+use wtm_core::event::Event;
+use wtm_core::records::RawRecords;
+use wtm_core::time::now_ms;
+use wtm_core::window::NO_WATERMARK;
+use wtm_messages::{
+    ask, lookup, mailbox, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, Failure,
+    OwnerMsg, PartitionStatus, WindowMsg, ARCHIVER_NAME,
 };
-use wtm_runtime::source::{PartitionSource, Polled, RecordBatch, SourceFactory};
-use wtm_runtime::telemetry::{partition_label, ActorKind, KeyValue, Metrics};
-use wtm_runtime::time::now_ms;
-use wtm_runtime::window::NO_WATERMARK;
+use wtm_sources::{PartitionSource, Polled, SourceFactory};
+use wtm_storage::{CheckpointStore, Lake};
+use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 
 /// Window-shard mailbox depth above which owners hold back (backpressure).
 const MAX_SHARD_BACKLOG: i64 = 64;
@@ -41,23 +51,25 @@ pub struct OwnerArgs {
 
 pub struct OwnerActor;
 
+/// A restored partition: what the owner reads from and routes to.
+struct Restored {
+    source: Box<dyn PartitionSource>,
+    shards: Vec<ActorRef<WindowMsg>>,
+}
+
 pub struct OwnerRun {
     args: OwnerArgs,
     state: OwnerState,
-    source: Box<dyn PartitionSource>,
-    shards: Vec<ActorRef<WindowMsg>>,
-    batch: RecordBatch,
+    policy: CheckpointPolicy,
+    /// None until the first `Restore` has run.
+    io: Option<Restored>,
+    batch: RawRecords,
     routed: Vec<Vec<Event>>,
     poll_pending: bool,
+    checkpoint_pending: bool,
     /// Drained for shutdown: no more reads or checkpoints.
     draining: bool,
     last_input: Instant,
-    last_flush: Instant,
-    /// When the checkpoint was last published to the shared snapshot (None: not yet).
-    last_snapshot: Option<Instant>,
-    /// After a failed lake write (tables or snapshot), when to try again.
-    lake_backoff: LakeBackoff,
-    timer: Option<JoinHandle<()>>,
 }
 
 fn settings(args: &OwnerArgs) -> OwnerSettings {
@@ -71,26 +83,27 @@ fn settings(args: &OwnerArgs) -> OwnerSettings {
     }
 }
 
+fn timing(args: &OwnerArgs) -> CheckpointTiming {
+    CheckpointTiming {
+        flush_interval: Duration::from_millis(args.config.lake.flush_interval_ms),
+        flush_records: args.config.lake.flush_records,
+        snapshot_interval: Duration::from_millis(args.config.checkpoint.snapshot_interval_ms),
+        snapshots: args.snapshots.is_some(),
+    }
+}
+
 fn shards(n: usize) -> Result<Vec<ActorRef<WindowMsg>>, ActorProcessingErr> {
     (0..n)
         .map(|i| {
-            lookup::<WindowMsg>(&shard_name(i))
-                .ok_or_else(|| format!("window shard {i} is not running").into())
+            lookup::<WindowMsg>(&shard_name(i)).ok_or_else(|| {
+                Failure::transient(format!("window shard {i} is not running")).into()
+            })
         })
         .collect()
 }
 
-/// Load the checkpoint, finish its pending publications, refill the shards, seek the source.
-async fn restore(
-    args: &OwnerArgs,
-) -> Result<
-    (
-        OwnerState,
-        Vec<ActorRef<WindowMsg>>,
-        Box<dyn PartitionSource>,
-    ),
-    ActorProcessingErr,
-> {
+/// Load the checkpoint, finish its pending publications, refill the shards, open the source.
+async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProcessingErr> {
     let store = args.store.clone();
     let p = args.partition;
     let (durable, snapshots) = (args.durable, args.snapshots.clone());
@@ -128,7 +141,13 @@ async fn restore(
         finished = state.finished,
         "partition restored"
     );
-    Ok((state, shard_refs, source))
+    Ok((
+        state,
+        Restored {
+            source,
+            shards: shard_refs,
+        },
+    ))
 }
 
 /// The checkpoint to restore: the local one, or the shared snapshot when another node owned the
@@ -162,12 +181,15 @@ fn load_newest(
 }
 
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
-/// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure.
+/// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure
+/// worth retrying; a permanent one (denied credentials) fails the owner, and the supervisor
+/// stops the node with its message.
 async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessingErr> {
     if state.ready_publications().is_empty() {
         return Ok(true);
     }
-    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is not running")?;
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME)
+        .ok_or_else(|| Failure::transient("archiver is not running"))?;
     while let Some(p) = state.ready_publications().first().cloned() {
         match ask(&archiver, ActorKind::Archiver, |r| {
             ArchiverMsg::Publish(p, r)
@@ -175,6 +197,7 @@ async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessing
         .await?
         {
             Ok(()) => state.published_one(),
+            Err(e) if e.kind == ErrorKind::Permanent => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(partition = state.settings.partition, error = %e, "lake write failed; will retry");
                 return Ok(false);
@@ -186,12 +209,14 @@ async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessing
 
 impl OwnerRun {
     fn schedule_poll(&mut self, me: &ActorRef<OwnerMsg>, after: Duration) {
-        if self.poll_pending || self.state.finished {
+        if self.poll_pending || self.state.finished || self.io.is_none() {
             return;
         }
         self.poll_pending = true;
         if after.is_zero() {
-            let _ = tell(me, ActorKind::PartitionOwner, OwnerMsg::Poll);
+            if tell(me, ActorKind::PartitionOwner, OwnerMsg::Poll).is_err() {
+                self.poll_pending = false; // stopping
+            }
         } else {
             spawn_tell_after(me.clone(), ActorKind::PartitionOwner, after, || {
                 OwnerMsg::Poll
@@ -199,12 +224,40 @@ impl OwnerRun {
         }
     }
 
+    /// The next checkpoint tick, one at a time: a slow checkpoint delays the next instead of
+    /// letting ticks pile up behind it.
+    fn schedule_checkpoint(&mut self, me: &ActorRef<OwnerMsg>) {
+        if self.checkpoint_pending || self.draining || self.state.finished {
+            return;
+        }
+        self.checkpoint_pending = true;
+        let every = Duration::from_millis(self.args.config.checkpoint.interval_ms);
+        spawn_tell_after(me.clone(), ActorKind::PartitionOwner, every, || {
+            OwnerMsg::Checkpoint
+        });
+    }
+
+    async fn restore(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
+        let (state, io) = restore(&self.args).await?;
+        self.state = state;
+        self.io = Some(io);
+        self.policy = CheckpointPolicy::new(timing(&self.args), Instant::now());
+        self.poll_pending = false;
+        self.last_input = Instant::now();
+        self.schedule_poll(me, Duration::ZERO);
+        self.schedule_checkpoint(me);
+        Ok(())
+    }
+
     async fn poll(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
         self.poll_pending = false;
         if self.state.finished || self.state.source_done || self.draining {
             return Ok(());
         }
-        if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * self.shards.len() as i64 {
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * io.shards.len() as i64 {
             self.schedule_poll(me, Duration::from_millis(2));
             return Ok(());
         }
@@ -218,17 +271,17 @@ impl OwnerRun {
         // File and pipe reads block (a stalled stdin for as long as it stalls): tell tokio, so
         // the worker's other tasks move elsewhere meanwhile.
         let (source, batch, max) = (
-            &mut self.source,
+            &mut io.source,
             &mut self.batch,
             self.args.config.source.batch_size,
         );
         let polled = tokio::task::block_in_place(|| source.poll(max, batch));
-        if !self.batch.records.is_empty() {
+        if !self.batch.is_empty() {
             self.last_input = Instant::now();
             let got = self.state.ingest(&self.batch, &mut self.routed);
             let m = Metrics::global();
             let pl = [partition_label(self.args.partition)];
-            m.events.add(self.batch.records.len() as u64, &pl);
+            m.events.add(self.batch.len() as u64, &pl);
             if got.late > 0 {
                 m.late.add(got.late, &pl);
             }
@@ -237,13 +290,11 @@ impl OwnerRun {
                     1,
                     &[pl[0].clone(), KeyValue::new("reason", reason.as_str())],
                 );
-                let records = &self.batch.records;
-                if let Ok(i) = records.binary_search_by_key(&offset, |r| r.0) {
-                    let raw = &self.batch.buf[records[i].1.clone()];
-                    self.source.dead_letter(offset, reason.as_str(), raw);
+                if let Some(raw) = self.batch.get(offset) {
+                    io.source.dead_letter(offset, reason.as_str(), raw);
                 }
             }
-            for (shard, events) in self.shards.iter().zip(self.routed.iter_mut()) {
+            for (shard, events) in io.shards.iter().zip(self.routed.iter_mut()) {
                 if !events.is_empty() {
                     let batch = EventBatch {
                         partition: self.args.partition,
@@ -268,7 +319,7 @@ impl OwnerRun {
                             partition = self.args.partition,
                             "idle partition: watermark advanced"
                         );
-                        self.checkpoint_with(true).await?;
+                        self.checkpoint(true).await?;
                     }
                     self.last_input = Instant::now();
                 }
@@ -283,30 +334,29 @@ impl OwnerRun {
                 );
                 self.state.source_done = true;
                 self.state.watermark.finish();
-                self.checkpoint().await?;
+                self.checkpoint(false).await?;
             }
         }
         Ok(())
     }
 
-    /// Cut closed windows from the shards, commit state + outputs in one sled insert, then
-    /// write the outputs to the lake.
-    async fn checkpoint(&mut self) -> Result<(), ActorProcessingErr> {
-        self.checkpoint_with(false).await
-    }
-
-    /// `flush_now` also cuts the buffered records, whatever the flush interval, and publishes
-    /// the shared snapshot.
-    async fn checkpoint_with(&mut self, flush_now: bool) -> Result<(), ActorProcessingErr> {
+    /// Cut closed windows from the shards, commit state + outputs (one sled insert and, when
+    /// planned, the shared snapshot), then write the outputs to the lake. `force` also cuts the
+    /// buffered records and publishes the snapshot whatever the intervals (an idle advance, a
+    /// drain).
+    async fn checkpoint(&mut self, force: bool) -> Result<(), ActorProcessingErr> {
         if self.state.finished || self.draining || self.state.replaying() {
             return Ok(());
         }
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
         let started = Instant::now();
         let partition = self.args.partition;
         let watermark_ms = self.state.watermark_ms();
         let mut closed = Vec::new();
         let mut open = Vec::new();
-        for shard in &self.shards {
+        for shard in &io.shards {
             let cut = ask(shard, ActorKind::Window, |r| {
                 WindowMsg::Cut(
                     CutRequest {
@@ -325,40 +375,25 @@ impl OwnerRun {
         }
         let closed_n = closed.len() as u64;
         let now = now_ms();
-        // Record-level outputs go out in larger files: every flush interval, and at the end.
-        let flush = flush_now
-            || self.state.source_done
-            || self.last_flush.elapsed()
-                >= Duration::from_millis(self.args.config.lake.flush_interval_ms)
-            || self.state.buffered_len() >= self.args.config.lake.flush_records;
-        if flush {
-            self.last_flush = Instant::now();
-        }
+        let flush = self.policy.flush(
+            Instant::now(),
+            force,
+            self.state.source_done,
+            self.state.buffered_len(),
+        );
         self.state.cut_publication(closed, now, flush);
         let cp = self.state.checkpoint(open);
         let finished = cp.finished;
         let resume_at = cp.resume_at().0;
+        let plan = self
+            .policy
+            .plan(Instant::now(), force, self.state.ready_publications().len());
         let m = Metrics::global();
-        // An owner publishes its snapshot before it writes anything to the lake, so a node that
-        // takes the partition over knows every file's offset range; and otherwise every
-        // `snapshot_interval_ms`, and at a revoke.
-        // After a failed lake write, wait out the backoff (a drain tries regardless).
-        let lake_ready = flush_now || self.lake_backoff.ready(Instant::now());
-        let snapshot = self.args.snapshots.clone().filter(|_| {
-            lake_ready
-                && (flush_now
-                    || !self.state.ready_publications().is_empty()
-                    || self.last_snapshot.is_none_or(|t| {
-                        t.elapsed()
-                            >= Duration::from_millis(
-                                self.args.config.checkpoint.snapshot_interval_ms,
-                            )
-                    }))
-        });
-        let mut may_publish = lake_ready;
-        if self.args.durable || snapshot.is_some() {
+        let mut write_lake = plan.write_lake;
+        if self.args.durable || plan.snapshot {
             let store = self.args.store.clone();
             let durable = self.args.durable;
+            let snapshot = self.args.snapshots.clone().filter(|_| plan.snapshot);
             let (size, shared) = tokio::task::spawn_blocking(move || {
                 let bytes = encode(&cp)?;
                 let size = bytes.len();
@@ -370,31 +405,29 @@ impl OwnerRun {
             })
             .await??;
             m.checkpoint_bytes.record(size as u64, &[]);
-            match shared {
-                Some(Ok(())) => {
-                    m.snapshots.add(1, &[]);
-                    self.last_snapshot = Some(Instant::now());
-                    // The snapshot is durable where the next owner reads it: now the offset may
-                    // be committed.
-                    self.source.commit(resume_at);
-                }
-                Some(Err(e)) => {
+            if let Some(result) = shared {
+                if let Err(e) = &result {
                     m.lake_errors
                         .add(1, &[KeyValue::new("table", "checkpoints")]);
+                    if e.kind() == ErrorKind::Permanent {
+                        return Err(Failure::permanent(e.to_string()).into());
+                    }
                     tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
-                    self.lake_backoff.failed(Instant::now());
-                    may_publish = false;
+                    write_lake = false;
+                } else {
+                    m.snapshots.add(1, &[]);
                 }
-                None => {}
+                if self.policy.snapshot_done(Instant::now(), result.is_ok()) {
+                    // The snapshot is durable where the next owner reads it: now the offset
+                    // may be committed.
+                    io.source.commit(resume_at);
+                }
             }
         }
         m.windows_closed.add(closed_n, &[]);
-        if may_publish {
-            if publish_pending(&mut self.state).await? {
-                self.lake_backoff.succeeded();
-            } else {
-                self.lake_backoff.failed(Instant::now());
-            }
+        if write_lake {
+            let ok = publish_pending(&mut self.state).await?;
+            self.policy.lake_done(Instant::now(), ok);
         }
         m.checkpoint_seconds
             .record(started.elapsed().as_secs_f64(), &[]);
@@ -402,8 +435,10 @@ impl OwnerRun {
         m.source_offset.record(self.state.next_offset, &pl);
         m.lake_backlog
             .record(self.state.unpublished.len() as u64, &pl);
-        if let Some(lag) = self.source.lag() {
-            m.consumer_lag.record(lag, &pl);
+        if let Some(io) = self.io.as_mut() {
+            if let Some(lag) = io.source.lag() {
+                m.consumer_lag.record(lag, &pl);
+            }
         }
         if let Some(lag) = self.state.watermark_lag_s(now) {
             m.watermark_lag.record(lag, &pl);
@@ -421,11 +456,15 @@ impl OwnerRun {
     fn status(&mut self) -> PartitionStatus {
         let wm = self.state.watermark_ms();
         let max = self.state.watermark.max_event_ms;
+        let (committed_offset, lag) = match self.io.as_mut() {
+            Some(io) => (io.source.committed(), io.source.lag()),
+            None => (None, None),
+        };
         PartitionStatus {
             partition: self.args.partition,
             next_offset: self.state.next_offset,
-            committed_offset: self.source.committed(),
-            lag: self.source.lag(),
+            committed_offset,
+            lag,
             owner_epoch: self.state.owner_epoch,
             watermark_ms: (wm != NO_WATERMARK && wm != i64::MAX).then_some(wm),
             max_event_ms: (max != NO_WATERMARK).then_some(max),
@@ -445,53 +484,25 @@ impl Actor for OwnerActor {
         me: ActorRef<OwnerMsg>,
         args: OwnerArgs,
     ) -> Result<OwnerRun, ActorProcessingErr> {
-        let (state, shards, source) = restore(&args).await?;
         let m = Metrics::global();
         let pl = [partition_label(args.partition)];
         m.events.add(0, &pl);
         m.late.add(0, &pl);
-        let interval = Duration::from_millis(args.config.checkpoint.interval_ms);
-        let ticker = me.clone();
-        let timer = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if tell(&ticker, ActorKind::PartitionOwner, OwnerMsg::Checkpoint).is_err() {
-                    break;
-                }
-            }
-        });
-        let n = shards.len();
-        let mut run = OwnerRun {
+        // The restore is the first message: nothing else is handled before it.
+        tell(&me, ActorKind::PartitionOwner, OwnerMsg::Restore)?;
+        let n = args.config.window.shards;
+        Ok(OwnerRun {
+            state: OwnerState::new(settings(&args)),
+            policy: CheckpointPolicy::new(timing(&args), Instant::now()),
             args,
-            state,
-            source,
-            shards,
-            batch: RecordBatch::default(),
+            io: None,
+            batch: RawRecords::default(),
             routed: vec![Vec::new(); n],
             poll_pending: false,
+            checkpoint_pending: false,
             draining: false,
             last_input: Instant::now(),
-            last_flush: Instant::now(),
-            last_snapshot: None,
-            lake_backoff: LakeBackoff::default(),
-            timer: Some(timer),
-        };
-        run.schedule_poll(&me, Duration::ZERO);
-        Ok(run)
-    }
-
-    async fn post_stop(
-        &self,
-        _me: ActorRef<OwnerMsg>,
-        run: &mut OwnerRun,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = run.timer.take() {
-            t.abort();
-        }
-        Ok(())
+        })
     }
 
     async fn handle(
@@ -502,23 +513,24 @@ impl Actor for OwnerActor {
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
         match msg {
+            OwnerMsg::Restore | OwnerMsg::Rewind => run.restore(&me).await?,
             OwnerMsg::Poll => run.poll(&me).await?,
-            OwnerMsg::Checkpoint => run.checkpoint().await?,
-            OwnerMsg::Rewind => {
-                let (state, shards, source) = restore(&run.args).await?;
-                (run.state, run.shards, run.source) = (state, shards, source);
-                run.schedule_poll(&me, Duration::ZERO);
+            OwnerMsg::Checkpoint => {
+                run.checkpoint_pending = false;
+                run.checkpoint(false).await?;
+                run.schedule_checkpoint(&me);
             }
             OwnerMsg::Drain(reply) => {
-                run.checkpoint_with(run.args.snapshots.is_some()).await?;
+                run.checkpoint(run.args.snapshots.is_some()).await?;
                 run.draining = true;
-                let _ = reply.send(());
+                // The caller may have given up waiting; the checkpoint stands either way.
+                reply.send(()).ok();
             }
             OwnerMsg::Status(reply) => {
-                let _ = reply.send(run.status());
+                reply.send(run.status()).ok();
             }
         }
-        Metrics::global().handled(ActorKind::PartitionOwner, started.elapsed().as_secs_f64());
+        mailbox::handled(me.get_id(), ActorKind::PartitionOwner, started);
         Ok(())
     }
 }

@@ -1,15 +1,17 @@
-//! A partition owner's synchronous core: parse, decide lateness, route, and cut publications.
+//! A partition owner's synchronous core: parse, decide lateness, route, cut publications, and
+//! decide (as plain data) when to flush, snapshot, write the lake and commit.
 
 use std::sync::Arc;
-use wtm_runtime::agg::ClosedWindow;
-use wtm_runtime::checkpoint::{
+use std::time::{Duration, Instant};
+use wtm_core::agg::ClosedWindow;
+use wtm_core::checkpoint::{
     InvalidRecord, LateEvent, PartitionCheckpoint, PartitionTotals, Publication,
 };
-use wtm_runtime::event::{Event, Format};
-use wtm_runtime::msg::shard_of;
-use wtm_runtime::parse::{parse_line, InvalidReason};
-use wtm_runtime::source::RecordBatch;
-use wtm_runtime::window::{WatermarkState, WindowSpec, NO_WATERMARK};
+use wtm_core::event::{Event, Format};
+use wtm_core::hash::shard_of;
+use wtm_core::parse::{parse_line, InvalidReason};
+use wtm_core::records::RawRecords;
+use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
 
 /// Fixed settings of one owner.
 #[derive(Debug, Clone)]
@@ -45,20 +47,116 @@ struct Buffered {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LakeBackoff {
     failures: u32,
-    retry_at: Option<std::time::Instant>,
+    retry_at: Option<Instant>,
 }
 
 impl LakeBackoff {
-    pub fn ready(&self, now: std::time::Instant) -> bool {
+    pub fn ready(&self, now: Instant) -> bool {
         self.retry_at.is_none_or(|t| now >= t)
     }
-    pub fn failed(&mut self, now: std::time::Instant) {
+    pub fn failed(&mut self, now: Instant) {
         self.failures += 1;
         let secs = 1u64 << (self.failures - 1).min(5);
-        self.retry_at = Some(now + std::time::Duration::from_secs(secs.min(30)));
+        self.retry_at = Some(now + Duration::from_secs(secs.min(30)));
     }
     pub fn succeeded(&mut self) {
         *self = LakeBackoff::default();
+    }
+}
+
+/// The intervals and bounds the checkpoint policy follows (from the config).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointTiming {
+    /// Record files (late, invalid, raw) go out at least this often ...
+    pub flush_interval: Duration,
+    /// ... or once this many records are buffered.
+    pub flush_records: usize,
+    /// The shared snapshot is published at least this often (when the node publishes any).
+    pub snapshot_interval: Duration,
+    /// This node publishes snapshots for others to take over from (a consumer group).
+    pub snapshots: bool,
+}
+
+/// What one checkpoint does beyond cutting windows and saving locally, decided up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPlan {
+    /// Publish the checkpoint to the shared snapshot (and commit the offset once it is durable).
+    pub snapshot: bool,
+    /// Write the ready publications to the lake (unless the snapshot fails first).
+    pub write_lake: bool,
+}
+
+/// When a partition owner flushes record files, publishes its snapshot, writes the lake and
+/// commits its source offset: decisions as data, from the clock and what the last attempts did.
+#[derive(Debug, Clone)]
+pub struct CheckpointPolicy {
+    timing: CheckpointTiming,
+    last_flush: Instant,
+    /// When the checkpoint was last published to the shared snapshot (None: not yet).
+    last_snapshot: Option<Instant>,
+    /// After a failed lake write (tables or snapshot), when to try again.
+    backoff: LakeBackoff,
+}
+
+impl CheckpointPolicy {
+    pub fn new(timing: CheckpointTiming, now: Instant) -> CheckpointPolicy {
+        CheckpointPolicy {
+            timing,
+            last_flush: now,
+            last_snapshot: None,
+            backoff: LakeBackoff::default(),
+        }
+    }
+
+    /// Whether this checkpoint also cuts the buffered records into a publication: when forced
+    /// (an idle advance, a drain), at the end of input, every flush interval, or once the
+    /// buffer reaches its bound. A flush restarts the interval.
+    pub fn flush(&mut self, now: Instant, force: bool, source_done: bool, buffered: usize) -> bool {
+        let due = force
+            || source_done
+            || now.saturating_duration_since(self.last_flush) >= self.timing.flush_interval
+            || buffered >= self.timing.flush_records;
+        if due {
+            self.last_flush = now;
+        }
+        due
+    }
+
+    /// What to do with the checkpoint just cut. The snapshot goes out before any lake write (so
+    /// whoever takes the partition over knows every file's offset range), every snapshot
+    /// interval, and when forced; while the lake backs off, neither is tried (a forced
+    /// checkpoint tries regardless).
+    pub fn plan(&self, now: Instant, force: bool, ready_publications: usize) -> CheckpointPlan {
+        let lake_ready = force || self.backoff.ready(now);
+        let interval_due = self
+            .last_snapshot
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.timing.snapshot_interval);
+        CheckpointPlan {
+            snapshot: self.timing.snapshots
+                && lake_ready
+                && (force || ready_publications > 0 || interval_due),
+            write_lake: lake_ready,
+        }
+    }
+
+    /// The snapshot was published (or not). True when the source offset may now be committed:
+    /// only a durable snapshot makes a committed offset safe.
+    pub fn snapshot_done(&mut self, now: Instant, ok: bool) -> bool {
+        if ok {
+            self.last_snapshot = Some(now);
+        } else {
+            self.backoff.failed(now);
+        }
+        ok
+    }
+
+    /// The lake writes of this checkpoint succeeded (or one failed).
+    pub fn lake_done(&mut self, now: Instant, ok: bool) {
+        if ok {
+            self.backoff.succeeded();
+        } else {
+            self.backoff.failed(now);
+        }
     }
 }
 
@@ -201,7 +299,7 @@ impl OwnerState {
 
     /// Parse a batch of records, routing on-time events into `routed[shard]`. Records being
     /// replayed only rebuild the buffered outputs: no routing, no counting.
-    pub fn ingest(&mut self, batch: &RecordBatch, routed: &mut [Vec<Event>]) -> Ingested {
+    pub fn ingest(&mut self, batch: &RawRecords, routed: &mut [Vec<Event>]) -> Ingested {
         let mut out = Ingested::default();
         let spec = self.settings.spec;
         for (offset, bytes) in batch.iter() {
@@ -325,7 +423,7 @@ impl OwnerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_runtime::checkpoint::{decode, encode};
+    use wtm_core::checkpoint::{decode, encode};
 
     fn settings() -> OwnerSettings {
         OwnerSettings {
@@ -342,8 +440,8 @@ mod tests {
         }
     }
 
-    fn batch(lines: &[&str]) -> RecordBatch {
-        let mut b = RecordBatch::default();
+    fn batch(lines: &[&str]) -> RawRecords {
+        let mut b = RawRecords::default();
         for (i, l) in lines.iter().enumerate() {
             let start = b.buf.len();
             b.buf.extend_from_slice(l.as_bytes());
@@ -352,15 +450,96 @@ mod tests {
         b
     }
 
+    fn timing(snapshots: bool) -> CheckpointTiming {
+        CheckpointTiming {
+            flush_interval: Duration::from_secs(10),
+            flush_records: 1000,
+            snapshot_interval: Duration::from_secs(5),
+            snapshots,
+        }
+    }
+
+    #[test]
+    fn flushes_on_interval_bound_end_or_force_and_restarts_the_interval() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut p = CheckpointPolicy::new(timing(false), t0);
+        assert!(!p.flush(s(9), false, false, 999));
+        assert!(p.flush(s(9), false, false, 1000), "buffer bound");
+        assert!(
+            !p.flush(s(18), false, false, 0),
+            "the bound flush restarted the interval"
+        );
+        assert!(p.flush(s(19), false, false, 0), "interval");
+        assert!(p.flush(s(19), true, false, 0), "forced");
+        assert!(p.flush(s(19), false, true, 0), "end of input");
+    }
+
+    #[test]
+    fn snapshots_go_before_lake_writes_and_on_their_interval_and_commit_only_when_durable() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        // A node without shared snapshots never publishes one, and writes the lake.
+        let p = CheckpointPolicy::new(timing(false), t0);
+        assert_eq!(
+            p.plan(s(1), true, 3),
+            CheckpointPlan {
+                snapshot: false,
+                write_lake: true
+            }
+        );
+        let mut p = CheckpointPolicy::new(timing(true), t0);
+        // The first checkpoint publishes (no snapshot yet).
+        assert!(p.plan(s(0), false, 0).snapshot);
+        assert!(p.snapshot_done(s(0), true), "durable: commit");
+        // Nothing to write and the interval not up: no snapshot.
+        assert_eq!(
+            p.plan(s(1), false, 0),
+            CheckpointPlan {
+                snapshot: false,
+                write_lake: true
+            }
+        );
+        // Something to write: the snapshot goes first.
+        assert!(p.plan(s(1), false, 1).snapshot);
+        assert!(p.plan(s(5), false, 0).snapshot, "interval");
+        // A failed snapshot: no commit, and lake writes back off (a forced one still tries).
+        assert!(!p.snapshot_done(s(5), false));
+        assert_eq!(
+            p.plan(s(5), false, 1),
+            CheckpointPlan {
+                snapshot: false,
+                write_lake: false
+            }
+        );
+        assert_eq!(
+            p.plan(s(5), true, 1),
+            CheckpointPlan {
+                snapshot: true,
+                write_lake: true
+            }
+        );
+        assert!(p.plan(s(6), false, 1).snapshot, "after the 1 s backoff");
+        p.lake_done(s(6), false);
+        p.lake_done(s(6), false);
+        assert!(!p.plan(s(7), false, 1).write_lake, "third failure: 4 s");
+        assert!(p.plan(s(10), false, 1).write_lake);
+        p.lake_done(s(10), true);
+        assert!(
+            p.plan(s(10), false, 1).write_lake,
+            "a success resets the backoff"
+        );
+    }
+
     #[test]
     fn lake_backoff_doubles_to_thirty_seconds_and_resets() {
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let mut b = LakeBackoff::default();
         assert!(b.ready(t0));
         let mut waits = Vec::new();
         for _ in 0..8 {
             b.failed(t0);
-            waits.push((1..=60).find(|&s| b.ready(t0 + std::time::Duration::from_secs(s))));
+            waits.push((1..=60).find(|&s| b.ready(t0 + Duration::from_secs(s))));
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30].map(Some));
         b.succeeded();
@@ -412,7 +591,7 @@ mod tests {
         let (a, b, c, d) = (line(10_000), line(70_000), line(1_000), line(71_000));
         let all = batch(&[&a, "nope", &b, &c, &d]); // offsets 100..105
         let part = |from: usize, to: usize| {
-            let mut out = RecordBatch::default();
+            let mut out = RawRecords::default();
             for (o, bytes) in all.iter().skip(from).take(to - from) {
                 let start = out.buf.len();
                 out.buf.extend_from_slice(bytes);

@@ -1,6 +1,10 @@
 //! The supervisor: starts every child linked to itself, and on a child's failure restarts it
 //! with backoff. A restarted window shard makes every owner rewind to its checkpoint (the shard
-//! lost their open windows); a restarted owner restores itself in `pre_start`.
+//! lost their open windows); a restarted owner restores itself in its first message. A failure
+//! that no restart can fix (an unreadable checkpoint format, denied credentials) stops the node
+//! at once with its message instead of spending the restart budget.
+//!
+//! [`follow_group`] turns a Kafka consumer group's events into `Assign` / `Revoke` messages.
 
 mod state;
 
@@ -9,21 +13,22 @@ pub use state::{Decision, RestartBudget};
 use crate::archiver::{ArchiverActor, ArchiverArgs};
 use crate::detector::{DetectorActor, DetectorArgs};
 use crate::partition_owner::{OwnerActor, OwnerArgs};
-use crate::spawn_tell_after;
 use crate::window::WindowActor;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use crate::{failure_kind, spawn_tell_after};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use wtm_runtime::checkpoint::CheckpointStore;
-use wtm_runtime::config::Config;
-use wtm_runtime::lake::Lake;
-use wtm_runtime::msg::{
-    ask, lookup, owner_name, shard_name, tell, ChildId, ChildStatus, OwnerMsg, Revocation,
+use wtm_config::Config;
+use wtm_core::error::ErrorKind;
+use wtm_core::time::now_ms;
+use wtm_messages::{
+    ask, lookup, mailbox, owner_name, shard_name, tell, ChildId, ChildStatus, OwnerMsg, Revocation,
     SupervisorMsg, WindowMsg, ARCHIVER_NAME, CALL_TIMEOUT, DETECTOR_NAME,
 };
-use wtm_runtime::source::SourceFactory;
-use wtm_runtime::telemetry::{ActorKind, KeyValue, Metrics};
-use wtm_runtime::time::now_ms;
+use wtm_sources::kafka::GroupEvent;
+use wtm_sources::SourceFactory;
+use wtm_storage::{CheckpointStore, Lake};
+use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct SupervisorArgs {
     pub config: Arc<Config>,
@@ -64,6 +69,18 @@ impl SupervisorRun {
         me: &ActorRef<SupervisorMsg>,
         child: ChildId,
     ) -> Result<(), ActorProcessingErr> {
+        self.spawn_child(me, child).await.map_err(|e| match e {
+            // Keep the child's own error, so its kind survives.
+            SpawnErr::StartupFailed(inner) => inner,
+            other => other.into(),
+        })
+    }
+
+    async fn spawn_child(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        child: ChildId,
+    ) -> Result<(), SpawnErr> {
         let cfg = &self.args.config;
         let sup = me.get_cell();
         let cell = match child {
@@ -124,7 +141,7 @@ impl SupervisorRun {
                 continue;
             }
             if let Err(e) = self.spawn(me, ChildId::Owner(p)).await {
-                self.failed(me, ChildId::Owner(p), &e.to_string());
+                self.failed(me, ChildId::Owner(p), &e);
             }
         }
     }
@@ -139,6 +156,7 @@ impl SupervisorRun {
             };
             let Some(cell) = cell else { continue };
             self.by_actor.remove(&cell.get_id());
+            let id = cell.get_id();
             if r.drain {
                 let owner: ActorRef<OwnerMsg> = cell.clone().into();
                 if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
@@ -151,28 +169,54 @@ impl SupervisorRun {
             {
                 tracing::warn!(partition = p, error = %e, "owner did not stop in time");
             }
+            mailbox::closed(id);
         }
         for i in 0..self.args.config.window.shards {
             if let Some(shard) = lookup::<WindowMsg>(&shard_name(i)) {
                 for &p in &r.partitions {
-                    let _ = tell(&shard, ActorKind::Window, WindowMsg::Reset(p, Vec::new()));
+                    if tell(&shard, ActorKind::Window, WindowMsg::Reset(p, Vec::new())).is_err() {
+                        // A restarting shard starts empty: nothing of `p` to clear.
+                        continue;
+                    }
                 }
             }
         }
     }
 
-    /// A child died (or failed to start): restart it after its backoff, or give up.
-    fn failed(&mut self, me: &ActorRef<SupervisorMsg>, child: ChildId, why: &str) {
+    /// Final checkpoints of every owned partition (shutdown), in order.
+    async fn drain_all(&mut self) {
+        for &p in &self.owned {
+            if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
+                if let Err(e) = ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Drain).await {
+                    tracing::warn!(partition = p, error = %e, "final checkpoint failed; the next start replays from the previous one");
+                }
+            }
+        }
+    }
+
+    /// A child died (or failed to start): restart it after its backoff, or give up — at once
+    /// when the failure is permanent.
+    fn failed(&mut self, me: &ActorRef<SupervisorMsg>, child: ChildId, err: &ActorProcessingErr) {
+        let why = err.to_string();
         let cfg = self.args.config.supervisor.clone();
         let entry = self.children.entry(child).or_default();
         entry.0 = None;
+        if failure_kind(err) == ErrorKind::Permanent {
+            tracing::error!(
+                ?child,
+                reason = %why,
+                "permanent failure (no restart can fix it); stopping the node"
+            );
+            me.stop(Some(format!("{child:?} failed permanently: {why}")));
+            return;
+        }
         match entry.1.on_failure(&cfg, now_ms()) {
             Decision::Restart { after, generation } => {
                 tracing::warn!(
                     ?child,
                     generation,
                     backoff_ms = after.as_millis() as u64,
-                    reason = why,
+                    reason = %why,
                     "child failed; restarting"
                 );
                 Metrics::global()
@@ -186,7 +230,7 @@ impl SupervisorRun {
                 tracing::error!(
                     ?child,
                     failures,
-                    reason = why,
+                    reason = %why,
                     "restart budget exhausted; stopping the node"
                 );
                 me.stop(Some(format!("{child:?} failed {failures} times: {why}")));
@@ -239,40 +283,41 @@ impl Actor for SupervisorActor {
         msg: SupervisorMsg,
         run: &mut SupervisorRun,
     ) -> Result<(), ActorProcessingErr> {
+        let started = std::time::Instant::now();
         match msg {
             SupervisorMsg::Restart(ChildId::Owner(p)) if !run.owned.contains(&p) => {
                 // Revoked while it waited for its backoff.
-                ActorKind::Supervisor.dequeued();
             }
-            SupervisorMsg::Assign(partitions) => {
-                ActorKind::Supervisor.dequeued();
-                run.assign(&me, partitions).await;
-            }
+            SupervisorMsg::Assign(partitions) => run.assign(&me, partitions).await,
             SupervisorMsg::Revoke(r, reply) => {
-                ActorKind::Supervisor.dequeued();
                 run.revoke(r).await;
-                let _ = reply.send(());
+                // The group may have stopped waiting; the owners are stopped either way.
+                reply.send(()).ok();
             }
-            SupervisorMsg::Restart(child) => {
-                ActorKind::Supervisor.dequeued();
-                match run.spawn(&me, child).await {
-                    Ok(()) => {
-                        tracing::info!(?child, "child restarted");
-                        if let ChildId::Shard(_) = child {
-                            // The new shard is empty: every owner refills it from its checkpoint.
-                            for &p in &run.owned {
-                                if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
-                                    let _ =
-                                        tell(&owner, ActorKind::PartitionOwner, OwnerMsg::Rewind);
+            SupervisorMsg::DrainAll(reply) => {
+                run.drain_all().await;
+                reply.send(()).ok();
+            }
+            SupervisorMsg::Restart(child) => match run.spawn(&me, child).await {
+                Ok(()) => {
+                    tracing::info!(?child, "child restarted");
+                    if let ChildId::Shard(_) = child {
+                        // The new shard is empty: every owner refills it from its checkpoint.
+                        for &p in &run.owned {
+                            if let Some(owner) = lookup::<OwnerMsg>(&owner_name(p)) {
+                                if tell(&owner, ActorKind::PartitionOwner, OwnerMsg::Rewind)
+                                    .is_err()
+                                {
+                                    // Stopped meanwhile: its own restart restores it anyway.
+                                    continue;
                                 }
                             }
                         }
                     }
-                    Err(e) => run.failed(&me, child, &e.to_string()),
                 }
-            }
+                Err(e) => run.failed(&me, child, &e),
+            },
             SupervisorMsg::Status(reply) => {
-                ActorKind::Supervisor.dequeued();
                 let status = run
                     .children
                     .iter()
@@ -282,9 +327,10 @@ impl Actor for SupervisorActor {
                         restarts: budget.generation,
                     })
                     .collect();
-                let _ = reply.send(status);
+                reply.send(status).ok();
             }
         }
+        mailbox::handled(me.get_id(), ActorKind::Supervisor, started);
         Ok(())
     }
 
@@ -294,16 +340,60 @@ impl Actor for SupervisorActor {
         evt: SupervisionEvent,
         run: &mut SupervisorRun,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+        let (cell, err): (ActorCell, ActorProcessingErr) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
+                (cell, reason.unwrap_or_else(|| "stopped".into()).into())
             }
             _ => return Ok(()),
         };
+        // Whatever was queued for it died with it.
+        mailbox::closed(cell.get_id());
         if let Some(child) = run.by_actor.remove(&cell.get_id()) {
-            run.failed(&me, child, &why);
+            run.failed(&me, child, &err);
         }
         Ok(())
     }
+}
+
+/// Carry a consumer group's events to the supervisor: assignments start owners, revocations
+/// stop them (after final checkpoints unless the assignment was lost) and are answered when
+/// done, which is what lets the group hand the partitions over.
+pub fn follow_group(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<GroupEvent>,
+    sup: ActorRef<SupervisorMsg>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                GroupEvent::Assigned(partitions) => {
+                    if let Err(e) = tell(
+                        &sup,
+                        ActorKind::Supervisor,
+                        SupervisorMsg::Assign(partitions),
+                    ) {
+                        tracing::error!(error = %e, "cannot start partition owners");
+                    }
+                }
+                GroupEvent::Revoked {
+                    partitions,
+                    lost,
+                    done,
+                } => {
+                    let revocation = Revocation {
+                        partitions,
+                        drain: !lost,
+                    };
+                    if let Err(e) = ask(&sup, ActorKind::Supervisor, |r| {
+                        SupervisorMsg::Revoke(revocation, r)
+                    })
+                    .await
+                    {
+                        tracing::warn!(error = %e, "revocation not confirmed by the supervisor");
+                    }
+                    done.done();
+                }
+            }
+        }
+    })
 }

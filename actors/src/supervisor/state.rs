@@ -2,7 +2,7 @@
 //! healthy period. Pure, so it is tested without a runtime.
 
 use std::time::Duration;
-use wtm_runtime::config::SupervisorConfig;
+use wtm_config::SupervisorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

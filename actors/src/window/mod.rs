@@ -6,9 +6,9 @@ pub use state::WindowState;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
-use wtm_runtime::msg::WindowMsg;
-use wtm_runtime::telemetry::{ActorKind, Metrics};
-use wtm_runtime::window::WindowSpec;
+use wtm_core::window::WindowSpec;
+use wtm_messages::{mailbox, WindowMsg};
+use wtm_telemetry::ActorKind;
 
 pub struct WindowActor;
 
@@ -29,7 +29,7 @@ impl Actor for WindowActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<WindowMsg>,
+        me: ActorRef<WindowMsg>,
         msg: WindowMsg,
         state: &mut WindowState,
     ) -> Result<(), ActorProcessingErr> {
@@ -38,17 +38,17 @@ impl Actor for WindowActor {
             WindowMsg::Apply(batch) => state.apply(batch.partition, &batch.events),
             WindowMsg::Cut(req, reply) => {
                 let result = state.cut(req.partition, req.watermark_ms, req.snapshot)?;
-                let _ = reply.send(result);
+                reply.send(result).ok();
             }
             WindowMsg::Reset(partition, open) => state.reset(partition, open),
             WindowMsg::Query(q, reply) => {
-                let _ = reply.send(state.query(&q));
+                reply.send(state.query(&q)).ok();
             }
             WindowMsg::Totals(reply) => {
-                let _ = reply.send(state.totals());
+                reply.send(state.totals()).ok();
             }
         }
-        Metrics::global().handled(ActorKind::Window, started.elapsed().as_secs_f64());
+        mailbox::handled(me.get_id(), ActorKind::Window, started);
         Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! Open windows of every partition routed to this shard.
 
 use std::collections::{BTreeMap, HashMap};
-use wtm_runtime::agg::{ClosedWindow, WindowAgg, WindowKey};
-use wtm_runtime::checkpoint::{encode, OpenWindows};
-use wtm_runtime::event::Event;
-use wtm_runtime::msg::{CutResult, HostTotals, WindowQuery};
-use wtm_runtime::window::WindowSpec;
+use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_core::checkpoint::{encode, OpenWindows};
+use wtm_core::event::Event;
+use wtm_core::window::WindowSpec;
+use wtm_messages::{CutResult, HostTotals, WindowQuery};
 
 /// partition → host → window start → aggregate. Keyed by host first so that adding an event
 /// needs no allocation for the lookup.
@@ -149,7 +149,7 @@ fn first_open(spec: &WindowSpec, windows: &BTreeMap<i64, WindowAgg>, watermark_m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_runtime::checkpoint::decode;
+    use wtm_core::checkpoint::decode;
 
     fn ev(host: &str, ts: i64) -> Event {
         Event {

@@ -1,8 +1,8 @@
-//! The checkpoint store: one sled tree, one key per partition, written as one atomic insert that
-//! holds the open-window state, the watermark, the next source offset and the outputs not yet
-//! confirmed in the lake.
+//! What a checkpoint holds and its versioned wire format: the open-window state, the watermark,
+//! the next source offset and the outputs not yet confirmed in the lake. (The sled store that
+//! keeps them is `wtm_storage::checkpoints`.)
 //!
-//! Committing outputs with the state is what makes the lake exact: a publication is durable here
+//! Committing outputs with the state is what makes the lake exact: a publication is durable
 //! before its files are written, is re-published after a crash (overwriting the same names), and
 //! its offset range never changes, so no file can ever overlap another.
 
@@ -12,17 +12,16 @@ use crate::parse::InvalidReason;
 use crate::window::WatermarkState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::sync::Arc;
 
 /// First byte of every encoded checkpoint; bump on an incompatible change.
 /// (2: checkpoints carry `owner_epoch`.)
 pub const WIRE_VERSION: u8 = 2;
 
+/// Bytes that are not a checkpoint this build can read (or a value that cannot be encoded).
+/// Never retryable: the same bytes fail the same way.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint store: {0}")]
-    Store(#[from] sled::Error),
+pub enum WireError {
     #[error("checkpoint {key}: unsupported wire version {found} (expected {WIRE_VERSION})")]
     Version { key: String, found: u8 },
     #[error("checkpoint {key}: cannot decode: {reason}")]
@@ -32,26 +31,24 @@ pub enum CheckpointError {
 }
 
 /// Encode with the leading version byte.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CheckpointError> {
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
     let mut out = vec![WIRE_VERSION];
-    rmp_serde::encode::write(&mut out, v).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+    rmp_serde::encode::write(&mut out, v).map_err(|e| WireError::Encode(e.to_string()))?;
     Ok(out)
 }
 
 /// Decode bytes written by [`encode`]; bad bytes are an error, never a panic.
-pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CheckpointError> {
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, WireError> {
     match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => {
-            rmp_serde::from_slice(rest).map_err(|e| CheckpointError::Decode {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })
-        }
-        Some((&found, _)) => Err(CheckpointError::Version {
+        Some((&WIRE_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| WireError::Decode {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        }),
+        Some((&found, _)) => Err(WireError::Version {
             key: key.to_owned(),
             found,
         }),
-        None => Err(CheckpointError::Decode {
+        None => Err(WireError::Decode {
             key: key.to_owned(),
             reason: "empty value".into(),
         }),
@@ -189,73 +186,27 @@ pub struct PartitionTotals {
     pub windows_closed: u64,
 }
 
-/// The sled-backed store.
-#[derive(Clone)]
-pub struct CheckpointStore {
-    db: sled::Db,
-}
-
-fn partition_key(p: u32) -> String {
-    format!("partition/{p:08}")
-}
-
-impl CheckpointStore {
-    pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
-        Ok(CheckpointStore {
-            // sled's page cache defaults to 1 GiB; checkpoints are written far more than read.
-            db: sled::Config::new()
-                .path(dir)
-                .cache_capacity(64 << 20)
-                .open()?,
-        })
-    }
-
-    /// Durably replace the partition's checkpoint (one atomic insert, then a flush).
-    /// Blocking: call from `spawn_blocking`.
-    pub fn save(&self, cp: &PartitionCheckpoint) -> Result<usize, CheckpointError> {
-        let bytes = encode(cp)?;
-        let len = bytes.len();
-        self.save_encoded(cp.partition, bytes)?;
-        Ok(len)
-    }
-
-    /// [`CheckpointStore::save`] of a checkpoint already encoded with [`encode`].
-    pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointError> {
-        self.db.insert(partition_key(partition), bytes)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub fn load(&self, partition: u32) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
-        let key = partition_key(partition);
-        match self.db.get(&key)? {
-            Some(v) => decode(&key, &v).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// A small named value (e.g. the generator's event-time origin), set once.
-    pub fn meta_i64(&self, name: &str, init: impl FnOnce() -> i64) -> Result<i64, CheckpointError> {
-        let key = format!("meta/{name}");
-        if let Some(v) = self.db.get(&key)? {
-            return decode(&key, &v);
-        }
-        let v = init();
-        self.db.insert(key, encode(&v)?)?;
-        self.db.flush()?;
-        Ok(v)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cp(epoch: u64, offset: u64) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            partition: 0,
+            owner_epoch: epoch,
+            next_offset: offset,
+            watermark: WatermarkState::default(),
+            open: vec![],
+            unpublished: vec![],
+            range_start: offset,
+            range_start_watermark: WatermarkState::default(),
+            finished: false,
+            totals: PartitionTotals::default(),
+        }
+    }
+
     #[test]
-    fn round_trip_and_bad_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        assert!(store.load(3).unwrap().is_none());
+    fn wire_round_trip_and_bad_bytes() {
         let agg = WindowAgg {
             requests: 9,
             ..Default::default()
@@ -269,50 +220,25 @@ mod tests {
             agg,
         )])
         .unwrap();
-        let cp = PartitionCheckpoint {
-            partition: 3,
-            owner_epoch: 1,
-            next_offset: 42,
-            watermark: WatermarkState::default(),
-            open: vec![open],
-            unpublished: vec![],
-            range_start: 42,
-            range_start_watermark: WatermarkState::default(),
-            finished: false,
-            totals: PartitionTotals::default(),
-        };
-        store.save(&cp).unwrap();
-        let back = store.load(3).unwrap().unwrap();
+        let mut c = cp(1, 42);
+        c.open = vec![open];
+        let back: PartitionCheckpoint = decode("k", &encode(&c).unwrap()).unwrap();
         assert_eq!(back.next_offset, 42);
         let windows: OpenWindows = decode("x", &back.open[0]).unwrap();
         assert_eq!(windows[0].1.requests, 9);
         assert!(matches!(
             decode::<PartitionCheckpoint>("k", &[9, 1, 2]),
-            Err(CheckpointError::Version { found: 9, .. })
+            Err(WireError::Version { found: 9, .. })
         ));
         assert!(matches!(
             decode::<PartitionCheckpoint>("k", &[WIRE_VERSION, 0xc1]),
-            Err(CheckpointError::Decode { .. })
+            Err(WireError::Decode { .. })
         ));
         assert!(decode::<PartitionCheckpoint>("k", &[]).is_err());
-        assert_eq!(store.meta_i64("start", || 5).unwrap(), 5);
-        assert_eq!(store.meta_i64("start", || 6).unwrap(), 5);
     }
 
     #[test]
     fn newest_prefers_the_later_owner() {
-        let cp = |epoch, offset| PartitionCheckpoint {
-            partition: 0,
-            owner_epoch: epoch,
-            next_offset: offset,
-            watermark: WatermarkState::default(),
-            open: vec![],
-            unpublished: vec![],
-            range_start: offset,
-            range_start_watermark: WatermarkState::default(),
-            finished: false,
-            totals: PartitionTotals::default(),
-        };
         let pick = |l: Option<(u64, u64)>, s: Option<(u64, u64)>| {
             PartitionCheckpoint::newest(l.map(|(e, o)| cp(e, o)), s.map(|(e, o)| cp(e, o)))
                 .map(|c| (c.owner_epoch, c.next_offset))

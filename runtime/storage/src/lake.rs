@@ -10,11 +10,7 @@
 //! A name is a function of what the file holds, so writing a publication again overwrites.
 //! The objects live in a [`Store`]: a local directory or an S3 bucket.
 
-use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
-use crate::checkpoint::{decode, encode, Publication};
-use crate::event::Event;
 use crate::store::{Store, StoreError};
-use crate::time::dt_hour;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder, Int32Array, Int32Builder,
     Int64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
@@ -29,6 +25,11 @@ use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_core::checkpoint::{decode, encode, Publication};
+use wtm_core::error::ErrorKind;
+use wtm_core::event::Event;
+use wtm_core::time::dt_hour;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -36,6 +37,16 @@ pub enum LakeError {
     Format { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl LakeError {
+    /// Encoding our own rows cannot succeed on a retry; the store's errors say for themselves.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LakeError::Format { .. } => ErrorKind::Permanent,
+            LakeError::Store(e) => e.kind(),
+        }
+    }
 }
 
 /// What one publication wrote.
@@ -415,7 +426,9 @@ impl Lake {
         let Some(hour) = newest(&format!("windows/dt={dt}"), "hour=")? else {
             return Ok(None);
         };
-        Ok(crate::time::parse_rfc3339(&format!("{dt}T{hour}:00:00Z")))
+        Ok(wtm_core::time::parse_rfc3339(&format!(
+            "{dt}T{hour}:00:00Z"
+        )))
     }
 
     /// Closed windows whose start is at or after `since_ms`, rebuilt from their sketches (the API
@@ -518,8 +531,8 @@ fn read_window_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{InvalidRecord, LateEvent};
-    use crate::parse::InvalidReason;
+    use wtm_core::checkpoint::{InvalidRecord, LateEvent};
+    use wtm_core::parse::InvalidReason;
 
     fn event(ts: i64) -> Event {
         Event {
@@ -547,7 +560,7 @@ mod tests {
             partition: 2,
             from_offset: 7,
             to_offset: 9,
-            records_watermark: crate::window::WatermarkState::default(),
+            records_watermark: wtm_core::window::WatermarkState::default(),
             created_ms: 3_600_000,
             closed: vec![ClosedWindow {
                 key: WindowKey {

@@ -97,8 +97,19 @@ fn digits(b: &[u8]) -> Option<u32> {
     Some(v)
 }
 
+/// Days in month `m` of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// A real calendar date and time of day (a leap second, `:60`, is accepted as RFC 3339 allows).
 fn valid_date(y: i64, m: u32, d: u32, h: u32, mi: u32, s: u32) -> bool {
-    (1..=12).contains(&m) && (1..=31).contains(&d) && h < 24 && mi < 60 && s <= 60 && y >= 1970
+    (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m) && h < 24 && mi < 60 && s <= 60
 }
 
 /// Parse an offset like `+0000`, `-05:00`, `Z`; returns seconds east of UTC.
@@ -171,7 +182,7 @@ pub fn parse_clf(s: &[u8]) -> Option<i64> {
     let h = digits(&s[12..14])?;
     let mi = digits(&s[15..17])?;
     let sec = digits(&s[18..20])?;
-    if s[14] != b':' || s[17] != b':' || !valid_date(y, mo, d, h, mi, sec) {
+    if s[14] != b':' || s[17] != b':' || y < 1970 || !valid_date(y, mo, d, h, mi, sec) {
         return None;
     }
     let off = parse_offset(&s[21..])?;
@@ -204,6 +215,12 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        // Any RFC 3339 year; only real calendar dates.
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(-1000));
+        assert!(parse_rfc3339("0001-01-01T00:00:00Z").is_some());
+        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_some());
+        assert_eq!(parse_rfc3339("2026-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-04-31T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2000-10-10T13:55:36Z"), Some(971_186_136_000));
         assert_eq!(
             parse_rfc3339("2000-10-10T06:55:36.250-07:00"),

@@ -142,8 +142,17 @@ mod tests {
             let mut last = NO_WATERMARK;
             for (i, ts) in events.iter().enumerate() {
                 let before = wm.current(&s);
-                // An event is late exactly when its window closed before it arrived.
-                prop_assert_eq!(s.is_late(*ts, before), s.is_closed(s.start_of(*ts), before));
+                // Late, computed independently of `start_of`/`is_closed`: the event's window
+                // ends at the next multiple of the size above it; it is late once the
+                // watermark has passed that end by the allowed lateness.
+                let window_end = (ts.div_euclid(s.size_ms) + 1) * s.size_ms;
+                let expected = before != NO_WATERMARK
+                    && before - s.allowed_lateness_ms >= window_end;
+                prop_assert_eq!(s.is_late(*ts, before), expected, "ts {} wm {}", ts, before);
+                // Once late, always late: a watermark never un-closes a window.
+                if expected {
+                    prop_assert!(s.is_late(*ts, before.saturating_add(1 + ts.rem_euclid(7))));
+                }
                 wm.observe(*ts);
                 if i == events.len() / 2 {
                     if let Some(now) = idle { wm.advance_idle(&s, now); }

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use wtm_runtime::store::{S3Settings, Store, MULTIPART_THRESHOLD};
+use wtm_core::error::ErrorKind;
+use wtm_storage::store::{S3Settings, Store, MULTIPART_THRESHOLD};
 
 const KEY: &str = "wtm";
 const SECRET: &str = "wtm-secret-key";
@@ -17,7 +18,7 @@ struct SeaweedFs {
 impl SeaweedFs {
     fn start() -> SeaweedFs {
         let dir = tempfile::tempdir().unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3");
         let out = Command::new(&script)
             .args(["start", "--data-dir"])
             .arg(dir.path())
@@ -42,7 +43,7 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3");
         let _ = Command::new(script)
             .args(["stop", "--data-dir"])
             .arg(self.dir.path())
@@ -97,7 +98,7 @@ async fn put_get_list_small_and_multipart() {
             ["big.bin", "small.bin"]
         );
         assert!(store.list_files("none")?.is_empty());
-        Ok::<_, wtm_runtime::store::StoreError>(())
+        Ok::<_, wtm_storage::store::StoreError>(())
     })
     .await
     .unwrap();
@@ -109,10 +110,29 @@ async fn put_get_list_small_and_multipart() {
     let err = tokio::task::spawn_blocking(move || bad.put("t/denied.bin", vec![1]))
         .await
         .unwrap()
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Permanent,
+        "no retry fixes credentials: {err}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("s3://store-test/some/prefix/t/denied.bin"),
         "{err}"
     );
+
+    // A store that does not answer: an error worth retrying.
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = connect(&format!("http://127.0.0.1:{port}"), "s3://store-test/x").await;
+    let err = tokio::task::spawn_blocking(move || down.put("t/down.bin", vec![1]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
 }

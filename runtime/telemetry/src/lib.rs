@@ -1,6 +1,10 @@
-//! Metrics: the one place each metric is defined. OpenTelemetry instruments, exported in the
-//! Prometheus text format at `/metrics`. Labels are bounded: actor kind, partition, reason, table,
-//! metric; never a monitored host or path.
+//! # Layout
+//!
+//! `wtm-telemetry`: the one place each metric is defined ([`Metrics`]). OpenTelemetry
+//! instruments, exported in the Prometheus text format at `/metrics`. Labels are bounded: actor
+//! kind, partition, reason, table, metric; never a monitored host or path. [`ActorKind`] keeps
+//! the per-kind mailbox depths (ractor does not expose queue lengths; `wtm-messages` counts
+//! them as messages are sent, handled, or dropped with a stopped actor).
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
 pub use opentelemetry::KeyValue;
@@ -41,7 +45,11 @@ impl ActorKind {
         DEPTHS[self as usize].fetch_add(1, Ordering::Relaxed);
     }
     pub fn dequeued(self) {
-        DEPTHS[self as usize].fetch_sub(1, Ordering::Relaxed);
+        self.forget(1);
+    }
+    /// `n` queued messages will never be handled (their actor stopped).
+    pub fn forget(self, n: i64) {
+        DEPTHS[self as usize].fetch_sub(n, Ordering::Relaxed);
     }
     pub fn depth(self) -> i64 {
         DEPTHS[self as usize].load(Ordering::Relaxed).max(0)
@@ -241,9 +249,8 @@ impl Metrics {
         }
     }
 
-    /// Record that an actor of `kind` handled one message that took `secs`.
-    pub fn handled(&self, kind: ActorKind, secs: f64) {
-        kind.dequeued();
+    /// Record that an actor of `kind` took `secs` to handle one message.
+    pub fn handle_time(&self, kind: ActorKind, secs: f64) {
         self.handle_seconds
             .record(secs, &[KeyValue::new("actor", kind.as_str())]);
     }

@@ -170,12 +170,7 @@ const PATHS_PER_HOST: u64 = 300;
 
 /// Stable partition of a host name (FNV-1a), as a Kafka producer keying by host would do.
 pub fn partition_of(host: &str, partitions: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in host.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (mix(h) % partitions.max(1) as u64) as u32
+    (mix(crate::hash::fnv1a(host.as_bytes())) % partitions.max(1) as u64) as u32
 }
 
 /// The generator: host profiles and anomaly schedule derived from a [`GeneratorSpec`].

@@ -1,13 +1,79 @@
-//! Configuration: built-in defaults, then a TOML file, then `WTM__SECTION__KEY` environment
-//! variables. Unknown keys are rejected with their name; `wtm config` prints the result.
+//! # Layout
+//!
+//! `wtm-config`: the node's configuration. Built-in defaults, then a TOML file, then
+//! `WTM__SECTION__KEY` environment variables; unknown keys are rejected with their name and
+//! [`Config::validate`] names the key of a bad value; `wtm config` prints the result.
+//!
+//! Plain data and plain checks: it calls into no source or store. The few rules an edge crate
+//! shares with validation live here as functions ([`librdkafka_key`], [`RESERVED_KAFKA_KEYS`],
+//! [`parse_s3_url`]), and the edges use them from here.
 
-use crate::event::Format;
-use crate::generator::GeneratorSpec;
-use crate::window::WindowSpec;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use wtm_core::error::ErrorKind;
+use wtm_core::event::Format;
+use wtm_core::generator::GeneratorSpec;
+use wtm_core::window::WindowSpec;
+
+/// librdkafka settings wtm sets itself; `[source.kafka]` may not override them.
+pub const RESERVED_KAFKA_KEYS: [&str; 5] = [
+    "group.id",
+    "bootstrap.servers",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+/// A `[source.kafka]` key as librdkafka spells it. librdkafka's property names are dotted and
+/// never contain `_`, while an environment variable's key cannot carry a dot through the config
+/// layers (a dot nests), so `WTM__SOURCE__KAFKA__SASL_PASSWORD` sets `sasl.password`.
+pub fn librdkafka_key(key: &str) -> String {
+    key.replace('_', ".")
+}
+
+/// `s3://bucket/some/prefix` → (`bucket`, `some/prefix`).
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("{url:?} does not start with s3://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("{url:?} names no bucket"));
+    }
+    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+}
+
+/// librdkafka settings are strings to librdkafka, but a TOML file or the environment hands
+/// numbers and booleans as such (`WTM__SOURCE__KAFKA__SESSION_TIMEOUT_MS=6000` arrives as the
+/// integer 6000): any scalar is accepted and kept as its text.
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::UInt(u) => u.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -18,6 +84,13 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+}
+
+impl ConfigError {
+    /// A bad configuration stays bad until someone edits it.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Permanent
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -114,8 +187,9 @@ pub struct SourceConfig {
     /// `invalid/` output stays the exact one).
     pub dead_letter_topic: Option<String>,
     /// librdkafka settings passed through to the consumer and producers as they are (TLS, SASL,
-    /// timeouts), e.g. `"security.protocol" = "SSL"`.
-    pub kafka: std::collections::BTreeMap<String, String>,
+    /// timeouts), e.g. `"security.protocol" = "SSL"`. Numbers and booleans are taken as text.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka: BTreeMap<String, String>,
 }
 
 impl Default for SourceConfig {
@@ -408,14 +482,14 @@ impl Config {
             )?;
             for key in self.source.kafka.keys() {
                 check(
-                    !crate::kafka::RESERVED.contains(&crate::kafka::librdkafka_key(key).as_str()),
+                    !RESERVED_KAFKA_KEYS.contains(&librdkafka_key(key).as_str()),
                     "source.kafka",
                     "must not set group.id, bootstrap.servers or the offset-commit settings: wtm owns those",
                 )?;
             }
         }
         if let Some(url) = &self.lake.url {
-            crate::store::parse_s3_url(url).map_err(|problem| ConfigError::Invalid {
+            parse_s3_url(url).map_err(|problem| ConfigError::Invalid {
                 key: "lake.url",
                 problem,
             })?;
@@ -427,7 +501,7 @@ impl Config {
         }
         if let Some(s) = &self.source.start {
             check(
-                crate::time::parse_rfc3339(s).is_some(),
+                wtm_core::time::parse_rfc3339(s).is_some(),
                 "source.start",
                 "must be an RFC 3339 time",
             )?;
@@ -494,6 +568,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn environment_keys_become_librdkafka_keys() {
+        assert_eq!(librdkafka_key("sasl_password"), "sasl.password");
+        assert_eq!(librdkafka_key("security.protocol"), "security.protocol");
+        assert_eq!(librdkafka_key("session_timeout_ms"), "session.timeout.ms");
+    }
+
+    #[test]
+    fn s3_urls() {
+        assert_eq!(
+            parse_s3_url("s3://lake/wtm/prod/").unwrap(),
+            ("lake".into(), "wtm/prod".into())
+        );
+        assert_eq!(
+            parse_s3_url("s3://lake").unwrap(),
+            ("lake".into(), "".into())
+        );
+        assert!(parse_s3_url("s3:///x").is_err());
+        assert!(parse_s3_url("https://lake").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -519,6 +614,24 @@ mod tests {
             assert_eq!(
                 c.source.kafka.get("sasl_username").map(String::as_str),
                 Some("wtm")
+            );
+            // Numbers and booleans are librdkafka settings too: taken as their text.
+            jail.set_env("WTM__SOURCE__KAFKA__SESSION_TIMEOUT_MS", "6000");
+            jail.set_env(
+                "WTM__SOURCE__KAFKA__ENABLE_SSL_CERTIFICATE_VERIFICATION",
+                "false",
+            );
+            let c = Config::load(Some(&f)).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.source.kafka.get("session_timeout_ms").map(String::as_str),
+                Some("6000")
+            );
+            assert_eq!(
+                c.source
+                    .kafka
+                    .get("enable_ssl_certificate_verification")
+                    .map(String::as_str),
+                Some("false")
             );
             jail.set_env("WTM__WINDOW__SIZE_S", "0");
             let err = Config::load(Some(&f)).unwrap_err().to_string();

@@ -5,6 +5,7 @@
 //! either cannot merge two summaries or cannot serialize them, and both are needed (per-partition
 //! windows merge at read time; open windows are checkpointed).
 
+use crate::hash::Fnv1a;
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
@@ -40,9 +41,12 @@ impl Quantiles {
     pub fn add(&mut self, v: f64) {
         self.0.add(v)
     }
-    pub fn merge(&mut self, other: &Quantiles) {
-        // Both sides use the same config, the only case in which merge can fail.
-        let _ = self.0.merge(&other.0);
+    /// Fails only when the two sketches were built with different settings (e.g. a sketch
+    /// decoded from bytes another build wrote).
+    pub fn merge(&mut self, other: &Quantiles) -> Result<(), SketchError> {
+        self.0
+            .merge(&other.0)
+            .map_err(|e| SketchError(format!("latency sketches differ: {e}")))
     }
     pub fn count(&self) -> u64 {
         self.0.count() as u64
@@ -62,11 +66,11 @@ impl Quantiles {
 #[derive(Clone, Copy, Default, Debug, Serialize, Deserialize)]
 pub struct StableHash;
 
-pub struct StableHasher(u64);
+pub struct StableHasher(Fnv1a);
 
 impl Hasher for StableHasher {
     fn finish(&self) -> u64 {
-        let mut h = self.0;
+        let mut h = self.0.finish();
         h ^= h >> 33;
         h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
         h ^= h >> 33;
@@ -74,19 +78,21 @@ impl Hasher for StableHasher {
         h ^ (h >> 33)
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0.write(bytes);
     }
 }
 
 impl BuildHasher for StableHash {
     type Hasher = StableHasher;
     fn build_hasher(&self) -> StableHasher {
-        StableHasher(0xcbf2_9ce4_8422_2325)
+        StableHasher(Fnv1a::default())
     }
 }
+
+/// Two sketches that cannot be merged (built with different settings).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot merge sketches: {0}")]
+pub struct SketchError(String);
 
 /// Approximate count of distinct values.
 #[derive(Clone, Serialize, Deserialize)]
@@ -108,9 +114,11 @@ impl Distinct {
     pub fn insert(&mut self, v: &str) {
         self.0.insert(v)
     }
-    pub fn merge(&mut self, other: &Distinct) {
-        // Same precision on both sides, the only case in which merge can fail.
-        let _ = self.0.merge(&other.0);
+    /// Fails only when the two sketches have different precisions.
+    pub fn merge(&mut self, other: &Distinct) -> Result<(), SketchError> {
+        self.0
+            .merge(&other.0)
+            .map_err(|e| SketchError(format!("distinct-count sketches differ: {e}")))
     }
     /// The estimate; takes `&mut` because HLL++ folds its sparse buffer in lazily.
     pub fn estimate(&mut self) -> u64 {
@@ -202,7 +210,7 @@ mod tests {
             let (mut sa, mut sb) = (Quantiles::default(), Quantiles::default());
             a.iter().for_each(|v| sa.add(*v));
             b.iter().for_each(|v| sb.add(*v));
-            sa.merge(&sb);
+            sa.merge(&sb).unwrap();
             let mut all: Vec<f64> = a.iter().chain(b.iter()).copied().collect();
             all.sort_by(f64::total_cmp);
             prop_assert_eq!(sa.count(), all.len() as u64);
@@ -259,7 +267,7 @@ mod tests {
                 b.insert(&ip)
             }
         }
-        a.merge(&b);
+        a.merge(&b).unwrap();
         let est = a.estimate() as f64;
         assert!((est - 1e6).abs() / 1e6 <= 0.02, "estimate {est}");
     }

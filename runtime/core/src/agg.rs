@@ -2,7 +2,7 @@
 //! several partitions combine exactly (counts) or within the sketches' bounds.
 
 use crate::event::Event;
-use crate::sketch::{Distinct, Quantiles, TopK};
+use crate::sketch::{Distinct, Quantiles, SketchError, TopK};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -87,7 +87,8 @@ impl WindowAgg {
         }
     }
 
-    pub fn merge(&mut self, o: &WindowAgg) {
+    /// Fold in another aggregate of the same host and window (another partition's, or a replay's).
+    pub fn merge(&mut self, o: &WindowAgg) -> Result<(), SketchError> {
         self.requests += o.requests;
         self.bytes += o.bytes;
         for (a, b) in self.status_class.iter_mut().zip(o.status_class) {
@@ -100,11 +101,12 @@ impl WindowAgg {
             *self.methods.entry(k.clone()).or_default() += v;
         }
         self.bots += o.bots;
-        self.latency.merge(&o.latency);
-        self.clients.merge(&o.clients);
+        self.latency.merge(&o.latency)?;
+        self.clients.merge(&o.clients)?;
         self.paths.merge(&o.paths);
         self.referrers.merge(&o.referrers);
         self.user_agents.merge(&o.user_agents);
+        Ok(())
     }
 
     /// Plain values of this aggregate.
@@ -205,7 +207,7 @@ mod tests {
             evs.iter().for_each(|e| whole.add(e));
             evs[..split].iter().for_each(|e| left.add(e));
             evs[split..].iter().for_each(|e| right.add(e));
-            left.merge(&right);
+            left.merge(&right).unwrap();
             let (a, b) = (whole.finalize(), left.finalize());
             prop_assert_eq!(a.requests, b.requests);
             prop_assert_eq!(a.bytes, b.bytes);

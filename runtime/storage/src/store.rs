@@ -5,13 +5,17 @@
 //! the lake is used from `spawn_blocking`, and the S3 calls run on the runtime whose handle the
 //! store was built with.
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use wtm_config::parse_s3_url;
+use wtm_core::error::ErrorKind;
 
 /// Objects above this size go up in parts (S3's single PUT is limited to 5 GiB, and parts retry
 /// independently).
@@ -30,9 +34,51 @@ pub enum StoreError {
         bucket: String,
         key: String,
         reason: String,
+        kind: ErrorKind,
     },
     #[error("lake: {0}")]
     Config(String),
+}
+
+impl StoreError {
+    /// Whether trying again can help: a store that is down or slow, yes; denied credentials,
+    /// a missing bucket, a bad URL or a read-only directory, no.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                    ErrorKind::Permanent
+                }
+                _ => ErrorKind::Transient,
+            },
+            StoreError::S3 { kind, .. } => *kind,
+            StoreError::Config(_) => ErrorKind::Permanent,
+        }
+    }
+}
+
+/// S3 error codes no retry can fix (credentials, permissions, the bucket itself).
+const PERMANENT_S3_CODES: [&str; 8] = [
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "AccountProblem",
+    "InvalidToken",
+];
+
+/// The kind of an S3 call's failure: by its error code, else by its HTTP status (401/403 are
+/// permanent; a timeout, a refused connection or a 5xx is not).
+fn s3_kind<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> ErrorKind {
+    let by_code = e.code().is_some_and(|c| PERMANENT_S3_CODES.contains(&c));
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    if by_code || matches!(status, Some(401 | 403)) {
+        ErrorKind::Permanent
+    } else {
+        ErrorKind::Transient
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -63,18 +109,6 @@ pub struct S3Settings {
     /// S3-compatible stores: their URL (e.g. `http://127.0.0.1:8333`).
     pub endpoint: Option<String>,
     pub path_style: bool,
-}
-
-/// `s3://bucket/some/prefix` → (`bucket`, `some/prefix`).
-pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| format!("{url:?} does not start with s3://"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(format!("{url:?} names no bucket"));
-    }
-    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
 }
 
 pub struct S3Store {
@@ -240,12 +274,22 @@ impl S3Store {
         }
     }
 
-    fn err(&self, key: &str, e: impl std::fmt::Display) -> StoreError {
+    fn err(&self, key: &str, e: impl std::fmt::Display, kind: ErrorKind) -> StoreError {
         StoreError::S3 {
             bucket: self.bucket.clone(),
             key: self.key(key),
             reason: e.to_string(),
+            kind,
         }
+    }
+
+    /// A failed SDK call, with its kind.
+    fn sdk_err<E>(&self, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let kind = s3_kind(&e);
+        self.err(key, DisplayErrorContext(e), kind)
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
@@ -258,7 +302,7 @@ impl S3Store {
                 .body(ByteStream::from(bytes))
                 .send()
                 .await
-                .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| self.sdk_err(key, e))?;
             return Ok(());
         }
         let upload = self
@@ -268,10 +312,10 @@ impl S3Store {
             .key(&full)
             .send()
             .await
-            .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            .map_err(|e| self.sdk_err(key, e))?;
         let id = upload
             .upload_id()
-            .ok_or_else(|| self.err(key, "no upload id"))?
+            .ok_or_else(|| self.err(key, "no upload id", ErrorKind::Transient))?
             .to_owned();
         let result = async {
             let mut parts = Vec::new();
@@ -287,7 +331,7 @@ impl S3Store {
                     .body(ByteStream::from(chunk.to_vec()))
                     .send()
                     .await
-                    .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                    .map_err(|e| self.sdk_err(key, e))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -307,13 +351,13 @@ impl S3Store {
                 )
                 .send()
                 .await
-                .map_err(|e| self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| self.sdk_err(key, e))?;
             Ok(())
         }
         .await;
         if result.is_err() {
             // Best effort: the bucket's lifecycle rule aborts what this misses.
-            let _ = self
+            let aborted = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
@@ -321,6 +365,9 @@ impl S3Store {
                 .upload_id(&id)
                 .send()
                 .await;
+            if let Err(e) = aborted {
+                tracing::warn!(key = %full, error = %DisplayErrorContext(e), "cannot abort a failed multipart upload; the bucket lifecycle rule will");
+            }
         }
         result
     }
@@ -339,10 +386,14 @@ impl S3Store {
                 if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
                     return Ok(None);
                 }
-                return Err(self.err(key, aws_sdk_s3::error::DisplayErrorContext(e)));
+                return Err(self.sdk_err(key, e));
             }
         };
-        let body = out.body.collect().await.map_err(|e| self.err(key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.err(key, e, ErrorKind::Transient))?;
         Ok(Some(body.into_bytes().to_vec()))
     }
 
@@ -360,7 +411,7 @@ impl S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(|e| self.err(prefix, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| self.sdk_err(prefix, e))?;
             if dirs {
                 out.extend(page.common_prefixes().iter().filter_map(|p| {
                     let name = p.prefix()?.strip_prefix(&base)?.trim_end_matches('/');
@@ -386,20 +437,6 @@ impl S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn s3_urls() {
-        assert_eq!(
-            parse_s3_url("s3://lake/wtm/prod/").unwrap(),
-            ("lake".into(), "wtm/prod".into())
-        );
-        assert_eq!(
-            parse_s3_url("s3://lake").unwrap(),
-            ("lake".into(), "".into())
-        );
-        assert!(parse_s3_url("s3:///x").is_err());
-        assert!(parse_s3_url("https://lake").is_err());
-    }
 
     #[test]
     fn local_store_put_get_list() {

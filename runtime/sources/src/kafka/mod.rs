@@ -5,62 +5,88 @@
 //! assigned partition, which that partition's owner drains through a [`KafkaPartition`]. The
 //! group's rebalance callbacks run on that thread too:
 //!
-//! - **assign**: the new partitions are paused and their owners started; each owner restores its
-//!   checkpoint and asks for its partition to be sought to the checkpoint's offset, and only then
-//!   is the partition resumed. Records fetched before that are dropped (they will be read again
-//!   from the sought offset).
-//! - **revoke**: the callback waits until the owners have taken a final checkpoint, published it
-//!   and stopped, so a partition is released only once its state is where the next owner reads
-//!   it. When the assignment was *lost* (session timeout), another node may already own the
-//!   partitions: the owners stop without writing anything.
+//! - **assign**: the new partitions are paused and a [`GroupEvent::Assigned`] goes out (the
+//!   node starts their owners); each owner restores its checkpoint and opens its partition at
+//!   the checkpoint's offset, which is sought, and only then is the partition resumed. Records
+//!   fetched before that are dropped (they will be read again from the sought offset).
+//! - **revoke**: a [`GroupEvent::Revoked`] goes out and the callback waits for its answer: the
+//!   owners have taken a final checkpoint, published it and stopped, so a partition is released
+//!   only once its state is where the next owner reads it. When the assignment was *lost*
+//!   (session timeout), another node may already own the partitions: the owners stop without
+//!   writing anything.
+//!
+//! The callbacks only send typed events and wait; the bookkeeping (queues, generations, pause
+//! and resume) is [`assignments::Assignments`], tested without a broker.
 //!
 //! Offsets are committed after each published snapshot: the owner hands the offset to a
 //! committer thread (never blocking a handler), which commits synchronously and times it.
 
-use crate::config::{SourceConfig, StartPosition};
-use crate::msg::{ask, lookup, tell, Revocation, SupervisorMsg, SUPERVISOR_NAME};
-use crate::source::{PartitionSource, Polled, RecordBatch, SourceFactory};
-use crate::telemetry::{partition_label, ActorKind, KeyValue, Metrics};
-use crate::time::now_ms;
+pub mod assignments;
+
+use crate::{PartitionSource, Polled, RawRecords, SourceError, SourceFactory};
+use assignments::{Assignments, Pushed, Taken};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wtm_config::{librdkafka_key, SourceConfig, StartPosition};
+use wtm_core::error::ErrorKind;
+use wtm_core::time::now_ms;
+use wtm_telemetry::{partition_label, KeyValue, Metrics};
 
-/// librdkafka settings wtm sets itself; `[source.kafka]` may not override them.
-pub const RESERVED: [&str; 5] = [
-    "group.id",
-    "bootstrap.servers",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-];
-
-/// Records per queued chunk (an owner takes whole chunks).
-const CHUNK: usize = 1024;
-/// Queued records at which a partition is paused (its owner fell behind), and resumed again.
-const PAUSE_AT: usize = 64 * 1024;
-const RESUME_AT: usize = 8 * 1024;
 /// How long an owner waits before looking at an empty queue again.
 const EMPTY_WAIT_MS: i64 = 20;
+
+/// How long a revoke waits for the node to confirm its owners' final checkpoints.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 #[error("kafka: {0}")]
 pub struct KafkaSetupError(String);
 
-/// A `[source.kafka]` key as librdkafka spells it. librdkafka's property names are dotted and
-/// never contain `_`, while an environment variable's key cannot carry a dot through the config
-/// layers (a dot nests), so `WTM__SOURCE__KAFKA__SASL_PASSWORD` sets `sasl.password`.
-pub fn librdkafka_key(key: &str) -> String {
-    key.replace('_', ".")
+impl KafkaSetupError {
+    /// librdkafka refuses a client only for settings it cannot accept.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Permanent
+    }
 }
+
+/// What the consumer group decided, for whoever runs the partitions' owners.
+#[derive(Debug)]
+pub enum GroupEvent {
+    /// These partitions are this node's now: start their owners (each opens its partition
+    /// through [`KafkaSources`], which seeks it and only then resumes it).
+    Assigned(Vec<u32>),
+    /// These partitions are taken away. Stop their owners — after a final checkpoint, unless
+    /// `lost` (another node may own them already: write nothing) — then answer on `done`.
+    /// The group waits for that answer before it hands the partitions over.
+    Revoked {
+        partitions: Vec<u32>,
+        lost: bool,
+        done: RevokeDone,
+    },
+}
+
+/// The answer to a [`GroupEvent::Revoked`].
+#[derive(Debug)]
+pub struct RevokeDone(std::sync::mpsc::SyncSender<()>);
+
+impl RevokeDone {
+    pub fn done(self) {
+        // The consumer thread may have stopped waiting (timeout): nothing to tell then.
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Where group events go (an unbounded channel: a callback must never block on a full one).
+pub type GroupEvents = tokio::sync::mpsc::UnboundedSender<GroupEvent>;
 
 fn set_all(c: &mut ClientConfig, settings: &std::collections::BTreeMap<String, String>) {
     for (k, v) in settings {
@@ -76,20 +102,6 @@ fn base_config(
     c.set("bootstrap.servers", brokers);
     set_all(&mut c, settings);
     c
-}
-
-/// One assigned partition's queue.
-#[derive(Default)]
-struct Slot {
-    /// Bumped by every open: which owner incarnation the queue belongs to.
-    generation: u64,
-    /// The partition has been sought for `generation`: queued records are that owner's.
-    ready: bool,
-    chunks: VecDeque<RecordBatch>,
-    queued: usize,
-    /// Paused because the owner fell behind (not the pause that waits for the seek).
-    paused: bool,
-    committed: Option<u64>,
 }
 
 /// Offsets the owners asked to commit, newest per partition, for the committer thread.
@@ -111,12 +123,12 @@ struct Seek {
 
 struct Shared {
     topic: String,
-    slots: Mutex<HashMap<u32, Slot>>,
+    slots: Mutex<Assignments>,
     seeks: Mutex<Vec<Seek>>,
     stop: AtomicBool,
     commits: Mutex<Commits>,
     commits_changed: Condvar,
-    runtime: tokio::runtime::Handle,
+    events: GroupEvents,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,21 +207,15 @@ impl ConsumerContext for GroupContext {
             lost,
             "partitions revoked; stopping their owners"
         );
-        let request = Revocation {
-            partitions: partitions.clone(),
-            drain: !lost,
-        };
         // Blocking here is the point: the group does not hand the partitions to another node
         // until the owners' final checkpoints are published.
-        let done = self.shared.runtime.block_on(async move {
-            let sup = lookup::<SupervisorMsg>(SUPERVISOR_NAME)?;
-            ask(&sup, ActorKind::Supervisor, |r| {
-                SupervisorMsg::Revoke(request, r)
-            })
-            .await
-            .ok()
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self.shared.events.send(GroupEvent::Revoked {
+            partitions: partitions.clone(),
+            lost,
+            done: RevokeDone(tx),
         });
-        if done.is_none() {
+        if sent.is_err() || rx.recv_timeout(REVOKE_TIMEOUT).is_err() {
             tracing::warn!(
                 ?partitions,
                 "owners did not confirm their final checkpoint; the next owner replays from the last published snapshot"
@@ -221,7 +227,7 @@ impl ConsumerContext for GroupContext {
         }
         let mut slots = lock(&self.shared.slots);
         for p in &partitions {
-            slots.remove(p);
+            slots.revoke(*p);
         }
     }
 
@@ -239,7 +245,7 @@ impl ConsumerContext for GroupContext {
                 {
                     let mut slots = lock(&self.shared.slots);
                     for p in &partitions {
-                        slots.entry(*p).or_default();
+                        slots.assign(*p);
                     }
                 }
                 // Series that dashboards query exist from the assignment on, not from the
@@ -255,15 +261,13 @@ impl ConsumerContext for GroupContext {
                     .rebalances
                     .add(1, &[KeyValue::new("kind", "assign")]);
                 tracing::info!(?partitions, "partitions assigned; starting their owners");
-                match lookup::<SupervisorMsg>(SUPERVISOR_NAME) {
-                    Some(sup) => {
-                        let _ = tell(
-                            &sup,
-                            ActorKind::Supervisor,
-                            SupervisorMsg::Assign(partitions),
-                        );
-                    }
-                    None => tracing::error!("no supervisor to start partition owners"),
+                if self
+                    .shared
+                    .events
+                    .send(GroupEvent::Assigned(partitions))
+                    .is_err()
+                {
+                    tracing::error!("nobody to start the partitions' owners (node stopping)");
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -284,20 +288,20 @@ pub struct KafkaSources {
 }
 
 impl KafkaSources {
-    /// Join the group (nothing is consumed until [`KafkaSources::start`]).
+    /// Join the group (nothing is consumed until [`KafkaSources::start`]); its assignments and revocations go to `events`.
     pub fn connect(
         cfg: &SourceConfig,
         client_id: &str,
-        runtime: tokio::runtime::Handle,
+        events: GroupEvents,
     ) -> Result<Arc<KafkaSources>, KafkaSetupError> {
         let shared = Arc::new(Shared {
             topic: cfg.topic.clone(),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Assignments::default()),
             seeks: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             commits: Mutex::new(Commits::default()),
             commits_changed: Condvar::new(),
-            runtime,
+            events,
         });
         let mut c = base_config(&cfg.brokers, &Default::default());
         c.set("group.id", &cfg.group)
@@ -374,18 +378,14 @@ impl KafkaSources {
         partition: u32,
         offset: Offset,
         next: u64,
-    ) -> Result<Box<dyn PartitionSource>, String> {
-        let generation = {
-            let mut slots = lock(&self.shared.slots);
-            let slot = slots
-                .get_mut(&partition)
-                .ok_or_else(|| format!("partition {partition} is not assigned to this node"))?;
-            slot.generation += 1;
-            slot.ready = false;
-            slot.chunks.clear();
-            slot.queued = 0;
-            slot.generation
-        };
+    ) -> Result<Box<dyn PartitionSource>, SourceError> {
+        // Revoked between the assignment and the owner's start: a supervisor retry finds it
+        // gone from its own set and stops trying.
+        let generation = lock(&self.shared.slots).open(partition).ok_or_else(|| {
+            SourceError::transient(format!(
+                "partition {partition} is not assigned to this node"
+            ))
+        })?;
         lock(&self.shared.seeks).push(Seek {
             attempts: 0,
             partition,
@@ -405,11 +405,11 @@ impl KafkaSources {
 }
 
 impl SourceFactory for KafkaSources {
-    fn open(&self, partition: u32, offset: u64) -> Result<Box<dyn PartitionSource>, String> {
+    fn open(&self, partition: u32, offset: u64) -> Result<Box<dyn PartitionSource>, SourceError> {
         self.open_at(partition, Offset::Offset(offset as i64), offset)
     }
 
-    fn open_new(&self, partition: u32) -> Result<Box<dyn PartitionSource>, String> {
+    fn open_new(&self, partition: u32) -> Result<Box<dyn PartitionSource>, SourceError> {
         let at = match self.start_from {
             StartPosition::Earliest => Offset::Beginning,
             StartPosition::Latest => Offset::End,
@@ -483,7 +483,12 @@ fn commit_loop(consumer: &GroupConsumer, shared: &Shared) {
         };
         let mut tpl = TopicPartitionList::new();
         for (&p, &o) in &batch {
-            let _ = tpl.add_partition_offset(&shared.topic, p as i32, Offset::Offset(o as i64));
+            if let Err(e) =
+                tpl.add_partition_offset(&shared.topic, p as i32, Offset::Offset(o as i64))
+            {
+                // Only an offset librdkafka cannot represent fails here: say so, commit the rest.
+                tracing::error!(partition = p, offset = o, error = %e, "offset not committable");
+            }
         }
         let started = Instant::now();
         match consumer.commit(&tpl, CommitMode::Sync) {
@@ -492,9 +497,7 @@ fn commit_loop(consumer: &GroupConsumer, shared: &Shared) {
                     .record(started.elapsed().as_secs_f64(), &[]);
                 let mut slots = lock(&shared.slots);
                 for (p, o) in &batch {
-                    if let Some(slot) = slots.get_mut(p) {
-                        slot.committed = Some(*o);
-                    }
+                    slots.set_committed(*p, *o);
                 }
             }
             Err(e) => {
@@ -523,9 +526,7 @@ fn run_seeks(consumer: &GroupConsumer, shared: &Shared) {
         due
     };
     for mut s in due {
-        let current = lock(&shared.slots)
-            .get(&s.partition)
-            .is_some_and(|slot| slot.generation == s.generation);
+        let current = lock(&shared.slots).is_current(s.partition, s.generation);
         if !current {
             continue; // revoked, or opened again since
         }
@@ -536,16 +537,8 @@ fn run_seeks(consumer: &GroupConsumer, shared: &Shared) {
             Duration::from_secs(10),
         ) {
             Ok(()) => {
-                {
-                    let mut slots = lock(&shared.slots);
-                    if let Some(slot) = slots.get_mut(&s.partition) {
-                        if slot.generation == s.generation {
-                            slot.ready = true;
-                            slot.chunks.clear();
-                            slot.queued = 0;
-                            slot.paused = false;
-                        }
-                    }
+                if !lock(&shared.slots).sought(s.partition, s.generation) {
+                    continue; // revoked or opened again while seeking: that owner seeks anew
                 }
                 if let Err(e) = consumer.resume(&shared.tpl(&[s.partition])) {
                     tracing::warn!(partition = s.partition, error = %e, "resume failed");
@@ -570,23 +563,7 @@ fn run_seeks(consumer: &GroupConsumer, shared: &Shared) {
 }
 
 fn push(consumer: &GroupConsumer, shared: &Shared, p: u32, offset: u64, payload: &[u8]) {
-    let mut slots = lock(&shared.slots);
-    let Some(slot) = slots.get_mut(&p) else {
-        return;
-    };
-    if !slot.ready {
-        return; // fetched before the owner's seek: it reads these again from its offset
-    }
-    if slot.chunks.back().is_none_or(|c| c.records.len() >= CHUNK) {
-        slot.chunks.push_back(RecordBatch::default());
-    }
-    let chunk = slot.chunks.back_mut().expect("just ensured");
-    let start = chunk.buf.len();
-    chunk.buf.extend_from_slice(payload);
-    chunk.records.push((offset, start..chunk.buf.len()));
-    slot.queued += 1;
-    if slot.queued >= PAUSE_AT && !slot.paused {
-        slot.paused = true;
+    if lock(&shared.slots).push(p, offset, payload) == Pushed::QueuedPause {
         Metrics::global().paused.add(1, &[partition_label(p)]);
         if let Err(e) = consumer.pause(&shared.tpl(&[p])) {
             tracing::warn!(partition = p, error = %e, "pause failed");
@@ -609,33 +586,22 @@ impl PartitionSource for KafkaPartition {
         self.next
     }
 
-    fn poll(&mut self, max: usize, out: &mut RecordBatch) -> Polled {
-        let mut slots = lock(&self.shared.slots);
-        let Some(slot) = slots.get_mut(&self.partition) else {
-            return Polled::NotBefore(now_ms() + EMPTY_WAIT_MS);
-        };
-        if slot.generation != self.generation || !slot.ready {
-            return Polled::NotBefore(now_ms() + EMPTY_WAIT_MS);
-        }
-        while out.records.len() < max {
-            let Some(chunk) = slot.chunks.pop_front() else {
-                break;
-            };
-            slot.queued -= chunk.records.len();
-            for (offset, bytes) in chunk.iter() {
-                if offset >= self.next {
-                    let start = out.buf.len();
-                    out.buf.extend_from_slice(bytes);
-                    out.records.push((offset, start..out.buf.len()));
-                    self.next = offset + 1;
+    fn poll(&mut self, max: usize, out: &mut RawRecords) -> Polled {
+        let taken = lock(&self.shared.slots).take(
+            self.partition,
+            self.generation,
+            max,
+            &mut self.next,
+            out,
+        );
+        match taken {
+            Taken::NotReady => return Polled::NotBefore(now_ms() + EMPTY_WAIT_MS),
+            Taken::Took { resume: true, .. } => {
+                if let Err(e) = self.consumer.resume(&self.shared.tpl(&[self.partition])) {
+                    tracing::warn!(partition = self.partition, error = %e, "resume failed");
                 }
             }
-        }
-        if slot.paused && slot.queued <= RESUME_AT {
-            slot.paused = false;
-            if let Err(e) = self.consumer.resume(&self.shared.tpl(&[self.partition])) {
-                tracing::warn!(partition = self.partition, error = %e, "resume failed");
-            }
+            Taken::Took { .. } => {}
         }
         if out.records.is_empty() {
             Polled::NotBefore(now_ms() + EMPTY_WAIT_MS)
@@ -654,9 +620,7 @@ impl PartitionSource for KafkaPartition {
     }
 
     fn committed(&self) -> Option<u64> {
-        lock(&self.shared.slots)
-            .get(&self.partition)
-            .and_then(|s| s.committed)
+        lock(&self.shared.slots).committed(self.partition)
     }
 
     fn dead_letter(&mut self, offset: u64, reason: &str, record: &[u8]) {
@@ -778,17 +742,5 @@ impl KafkaSink {
                 lock(&ctx.first_error).clone().unwrap_or_default()
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_keys_become_librdkafka_keys() {
-        assert_eq!(librdkafka_key("sasl_password"), "sasl.password");
-        assert_eq!(librdkafka_key("security.protocol"), "security.protocol");
-        assert_eq!(librdkafka_key("session_timeout_ms"), "session.timeout.ms");
     }
 }

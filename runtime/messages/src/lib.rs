@@ -1,21 +1,29 @@
-//! Every message the actors exchange, and the names they register under. Actors hold
-//! `ActorRef<FooMsg>` of these types and never import one another.
+//! # Layout
 //!
-//! Sends go through [`tell`] and [`ask`], which keep the per-actor-kind mailbox-depth gauge
-//! (ractor does not expose queue lengths) and put a timeout on every call.
+//! `wtm-messages`: every message the actors exchange and the names they register under, below
+//! the actors so that actors hold `ActorRef<FooMsg>` without importing one another, and the API
+//! asks them without pulling in Kafka, S3 or sled.
+//!
+//! - [`mailbox`]: sends go through [`tell`] and [`ask`], which count every message in the
+//!   receiver's mailbox (ractor does not expose queue lengths) and put a timeout on every call;
+//!   a stopped actor's unhandled messages are taken off the count.
+//! - The message enums, one section per actor: window shards, partition owners, archiver,
+//!   detector, supervisor; [`Failure`] is a classified error carried in replies and failures.
 
-use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
-use crate::checkpoint::{OpenWindows, PartitionTotals, Publication};
-use crate::event::Event;
-use crate::telemetry::ActorKind;
-use ractor::{ActorRef, Message, RpcReplyPort};
+pub mod mailbox;
+
+pub use mailbox::{ask, tell, SendError, CALL_TIMEOUT};
+pub use wtm_core::hash::shard_of;
+
+use ractor::RpcReplyPort;
 use ractor_cluster_derive::RactorMessage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Timeout of every actor call.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_core::checkpoint::{OpenWindows, PartitionTotals, Publication};
+use wtm_core::error::ErrorKind;
+use wtm_core::event::Event;
+use wtm_telemetry::ActorKind;
 
 pub fn owner_name(partition: u32) -> String {
     format!("wtm.owner.{partition}")
@@ -27,6 +35,28 @@ pub const ARCHIVER_NAME: &str = "wtm.archiver";
 pub const DETECTOR_NAME: &str = "wtm.detector";
 pub const SUPERVISOR_NAME: &str = "wtm.supervisor";
 
+/// Status of each partition's owner. With `strict`, every one must answer (a fixed set of
+/// partitions: generator, files); otherwise an owner that stops between the listing and the
+/// asking is simply not ours any more (a consumer group moved it).
+pub async fn partition_statuses(
+    partitions: impl IntoIterator<Item = u32>,
+    strict: bool,
+) -> Result<Vec<PartitionStatus>, SendError> {
+    let mut out = Vec::new();
+    for p in partitions {
+        let status = match lookup::<OwnerMsg>(&owner_name(p)) {
+            Some(owner) => ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await,
+            None => Err(SendError::Gone(format!("partition owner {p}"))),
+        };
+        match status {
+            Ok(s) => out.push(s),
+            Err(e) if strict => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Partitions whose owner is running on this node, ascending.
 pub fn owned_partitions() -> Vec<u32> {
     let mut out: Vec<u32> = ractor::registry::registered()
@@ -37,51 +67,31 @@ pub fn owned_partitions() -> Vec<u32> {
     out
 }
 
-/// Window shard of a host (FNV-1a, stable across runs and nodes).
-pub fn shard_of(host: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in host.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards.max(1) as u64) as usize
-}
-
 /// Look up a registered actor by name.
-pub fn lookup<M: Message>(name: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(name).map(ActorRef::from)
+pub fn lookup<M: ractor::Message>(name: &str) -> Option<ractor::ActorRef<M>> {
+    ractor::registry::where_is(name).map(ractor::ActorRef::from)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("{0} is not running")]
-    Gone(String),
-    #[error("call to {0} timed out or was dropped")]
-    NoReply(String),
+/// A failure with its kind: whether trying again can help. Replies that can fail carry it, and
+/// an actor that fails with one tells its supervisor whether a restart is worth it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
 }
 
-/// Cast, counting the message in the receiver kind's mailbox depth.
-pub fn tell<M: Message>(to: &ActorRef<M>, kind: ActorKind, msg: M) -> Result<(), SendError> {
-    kind.enqueued();
-    to.cast(msg).map_err(|_| {
-        kind.dequeued();
-        SendError::Gone(kind.as_str().into())
-    })
-}
-
-/// Call with the standard timeout, counting the message in the mailbox depth.
-pub async fn ask<M: Message, R: Send + 'static>(
-    to: &ActorRef<M>,
-    kind: ActorKind,
-    build: impl FnOnce(RpcReplyPort<R>) -> M,
-) -> Result<R, SendError> {
-    kind.enqueued();
-    match to.call(build, Some(CALL_TIMEOUT)).await {
-        Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
-        Ok(_) => Err(SendError::NoReply(kind.as_str().into())),
-        Err(_) => {
-            kind.dequeued();
-            Err(SendError::Gone(kind.as_str().into()))
+impl Failure {
+    pub fn transient(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
         }
     }
 }
@@ -196,6 +206,9 @@ pub struct PartitionStatus {
 
 #[derive(RactorMessage)]
 pub enum OwnerMsg {
+    /// Load the checkpoint, refill the shards and open the source (sent to itself at start, so
+    /// that a slow restore never holds up the supervisor that spawned the owner).
+    Restore,
     /// Read and route the next batch from the source.
     Poll,
     /// Cut windows, commit the checkpoint, publish.
@@ -221,8 +234,12 @@ pub struct Revocation {
 
 #[derive(RactorMessage)]
 pub enum ArchiverMsg {
-    /// Write a committed publication to the lake; replies once the files are durable.
-    Publish(Arc<Publication>, RpcReplyPort<Result<(), String>>),
+    /// Write a committed publication to the lake; replies once the files are durable. Writes
+    /// of different partitions run in parallel; an owner sends its next one after the reply.
+    Publish(Arc<Publication>, RpcReplyPort<Result<(), Failure>>),
+    /// A publication's files are durable (sent by the archiver's own upload task): update the
+    /// recent windows and hand them to the detector, in the order the writes finished.
+    Written(Arc<Publication>),
     /// Closed windows from the recent-history store, for the API.
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
     /// Per-host totals over the most recent `n` closed windows.
@@ -313,5 +330,7 @@ pub enum SupervisorMsg {
     /// The group takes these partitions away: stop their owners (after a final checkpoint
     /// when `drain`), and clear their windows from the shards. Replies when done.
     Revoke(Revocation, RpcReplyPort<()>),
+    /// Shutdown: every owner takes a final checkpoint and stops reading. Replies when done.
+    DrainAll(RpcReplyPort<()>),
     Status(RpcReplyPort<Vec<ChildStatus>>),
 }

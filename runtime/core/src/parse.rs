@@ -147,8 +147,9 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
             return fail(InvalidReason::BadTimestamp, format!("ts {v} out of range"))
         }
         Some(RawTs::Text(t)) => match parse_rfc3339(&t) {
-            Some(v) => v,
-            None => {
+            // Before the epoch is as out of range as a negative millisecond count.
+            Some(v) if v >= 0 => v,
+            _ => {
                 return fail(
                     InvalidReason::BadTimestamp,
                     format!("ts {t:?} is not RFC 3339"),

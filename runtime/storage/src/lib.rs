@@ -1,0 +1,18 @@
+//! # Layout
+//!
+//! `wtm-storage`: everything that keeps bytes. Every call blocks; callers run it on
+//! `spawn_blocking`.
+//!
+//! - [`store`]: where objects live, a local directory or an S3 bucket (the only module that
+//!   touches aws-sdk-s3). Atomic puts, listing, and errors that say whether to retry.
+//! - [`lake`]: the Parquet lake on a store: Hive-style partitions, deterministic file names,
+//!   the shared checkpoint snapshots under `checkpoints/`.
+//! - [`checkpoints`]: the node's sled checkpoint store (the only module that touches sled).
+
+pub mod checkpoints;
+pub mod lake;
+pub mod store;
+
+pub use checkpoints::{CheckpointStore, CheckpointStoreError};
+pub use lake::{Lake, LakeError};
+pub use store::{Store, StoreError};
