@@ -6,7 +6,7 @@ use ractor::Actor;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use wtm_actors::supervisor::{follow_group, SupervisorActor, SupervisorArgs};
+use wtm_actors::supervisor::{follow_group, gave_up_because, SupervisorActor, SupervisorArgs};
 use wtm_config::{Config, SourceKind};
 use wtm_core::event::Format;
 use wtm_core::generator::{Generator, GeneratorSpec};
@@ -434,7 +434,7 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
     };
     let statuses = loop {
         tokio::select! {
-            _ = &mut sup_done => bail!("the pipeline stopped (restart budget exhausted); see the log"),
+            _ = &mut sup_done => bail!("the pipeline stopped: {}", gave_up_because().unwrap_or("see the log")),
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
@@ -601,7 +601,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
             let _ = (&mut sup_done).await;
             Ok(())
         }
-        _ = &mut sup_done => bail!("the supervisor stopped (restart budget exhausted); see the log"),
+        _ = &mut sup_done => bail!("the node stopped: {}", gave_up_because().unwrap_or("see the log")),
     }
 }
 

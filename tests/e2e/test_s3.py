@@ -10,7 +10,7 @@ import boto3
 import duckdb
 import pytest
 
-from conftest import ROOT, START, Truth, generate
+from conftest import ROOT, START, WTM, Truth, generate
 from test_kafka import FAST, PacedProducer, check_records, kafka_source, new_topic
 from test_pipeline import assert_lake_equals_truth
 
@@ -93,6 +93,22 @@ def test_s3_lake_matches_ground_truth(s3, node_factory, tmp_path, truth):
     node.wait_finished()
     check_lake(s3, "lake-exact", tmp_path, truth)
     assert node.overview()["events"] == truth.events
+
+
+def test_denied_credentials_stop_the_node_at_once(s3, node_factory, monkeypatch):
+    # A secret the store refuses is not an outage: no retry can fix it, so the node stops at
+    # once and says why, instead of spending its restart budget (here it would take > 40 s).
+    s3.client().create_bucket(Bucket="lake-denied")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    node = node_factory(SOURCE, lake=s3_lake(s3, "lake-denied"),
+                        supervisor={"backoff_initial_ms": 5000, "backoff_max_ms": 10000})
+    started = time.time()
+    run = subprocess.run([WTM, "run", "--config", str(node.config)], capture_output=True, text=True, timeout=120)
+    took = time.time() - started
+    assert run.returncode != 0, run.stderr[-2000:]
+    assert took < 25, f"took {took:.0f} s: retried a permanent failure"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the node stopped") and "permanently" in last and "lake-denied" in last, last
 
 
 def test_s3_outage_loses_nothing(s3, node_factory, tmp_path, truth):

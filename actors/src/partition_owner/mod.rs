@@ -242,7 +242,8 @@ impl OwnerRun {
         self.state = state;
         self.io = Some(io);
         self.policy = CheckpointPolicy::new(timing(&self.args), Instant::now());
-        self.poll_pending = false;
+        // A poll already on its way (a rewind) carries on reading the restored source; a second
+        // one would double the poll chain for good.
         self.last_input = Instant::now();
         self.schedule_poll(me, Duration::ZERO);
         self.schedule_checkpoint(me);

@@ -46,6 +46,20 @@ pub struct SupervisorArgs {
 
 pub struct SupervisorActor;
 
+/// Why the supervisor gave up, once it has (one node per process, like ractor's registry).
+static GAVE_UP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Why the node's supervisor stopped itself: a permanent failure or a spent restart budget.
+pub fn gave_up_because() -> Option<&'static str> {
+    GAVE_UP.get().map(String::as_str)
+}
+
+fn give_up(me: &ActorRef<SupervisorMsg>, reason: String) {
+    // The first reason is the one that stopped the node.
+    GAVE_UP.get_or_init(|| reason.clone());
+    me.stop(Some(reason));
+}
+
 pub struct SupervisorRun {
     args: SupervisorArgs,
     children: BTreeMap<ChildId, (Option<ActorCell>, RestartBudget)>,
@@ -207,7 +221,7 @@ impl SupervisorRun {
                 reason = %why,
                 "permanent failure (no restart can fix it); stopping the node"
             );
-            me.stop(Some(format!("{child:?} failed permanently: {why}")));
+            give_up(me, format!("{child:?} failed permanently: {why}"));
             return;
         }
         match entry.1.on_failure(&cfg, now_ms()) {
@@ -233,7 +247,7 @@ impl SupervisorRun {
                     reason = %why,
                     "restart budget exhausted; stopping the node"
                 );
-                me.stop(Some(format!("{child:?} failed {failures} times: {why}")));
+                give_up(me, format!("{child:?} failed {failures} times: {why}"));
             }
         }
     }
