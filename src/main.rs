@@ -564,10 +564,13 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         }
         None => None,
     };
+    // Peers find this node's API through its heartbeats.
+    let _cluster = wtm_cluster::start(&cfg, &node_id, &addr.to_string()).await?;
     let kafka_source = cfg.source.kind == SourceKind::Kafka;
     let app = wtm_api::routes(wtm_api::ApiContext {
         partitions: (!kafka_source).then_some(cfg.source.partitions),
-        node: node_id,
+        node: node_id.clone(),
+        api_addr: addr.to_string(),
         source: if kafka_source { "kafka" } else { "generator" }.into(),
         topic: kafka_source.then(|| cfg.source.topic.clone()),
         group: kafka_source.then(|| cfg.source.group.clone()),

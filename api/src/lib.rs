@@ -24,8 +24,8 @@ use wtm_core::agg::WindowAgg;
 use wtm_core::time::{format_rfc3339, now_ms};
 use wtm_messages::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, AnomalyQuery,
-    ArchiverMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME,
-    DETECTOR_NAME,
+    ArchiverMsg, ClusterMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery,
+    ARCHIVER_NAME, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
@@ -37,6 +37,8 @@ pub struct ApiContext {
     pub partitions: Option<u32>,
     /// `node.id`, and the source as `/v1/cluster` reports it.
     pub node: String,
+    /// Where this API listens (as `/v1/cluster` reports it).
+    pub api_addr: String,
     pub source: String,
     pub topic: Option<String>,
     pub group: Option<String>,
@@ -471,7 +473,34 @@ impl Api {
             Ok(p) => p,
             Err(e) => return unavailable(e),
         };
+        let members = match lookup::<ClusterMsg>(CLUSTER_NAME) {
+            Some(c) => match ask(&c, ActorKind::Cluster, ClusterMsg::Members).await {
+                Ok(m) => m
+                    .into_iter()
+                    .map(|m| MemberOut {
+                        id: m.id,
+                        api: m.api_addr,
+                        cluster: Some(m.cluster_addr),
+                        alive: m.alive,
+                        this_node: m.this_node,
+                        last_heartbeat: m.last_heartbeat_ms.map(format_rfc3339),
+                        partitions: m.partitions,
+                    })
+                    .collect(),
+                Err(e) => return unavailable(e),
+            },
+            None => vec![MemberOut {
+                id: self.ctx.node.clone(),
+                api: self.ctx.api_addr.clone(),
+                cluster: None,
+                alive: true,
+                this_node: true,
+                last_heartbeat: None,
+                partitions: parts.iter().map(|p| p.partition).collect(),
+            }],
+        };
         Reply::Ok(Json(ClusterOut {
+            members,
             node: self.ctx.node.clone(),
             source: self.ctx.source.clone(),
             topic: self.ctx.topic.clone(),

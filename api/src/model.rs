@@ -184,4 +184,27 @@ pub struct ClusterOut {
     pub group: Option<String>,
     /// Partitions this node owns now.
     pub partitions: Vec<ClusterPartitionOut>,
+    /// Every member of the cluster as this node sees it, this node first (only this node when
+    /// `[cluster]` is not configured).
+    pub members: Vec<MemberOut>,
+}
+
+/// One cluster member.
+#[derive(Object)]
+pub struct MemberOut {
+    /// `node.id`.
+    pub id: String,
+    /// Where its API listens.
+    pub api: String,
+    /// The address peers dial (`cluster.advertise`); null without `[cluster]`.
+    #[oai(nullable)]
+    pub cluster: Option<String>,
+    /// Heard from within `cluster.failure_after_ms` (this node: always).
+    pub alive: bool,
+    pub this_node: bool,
+    /// When its last heartbeat arrived (RFC 3339); null for this node.
+    #[oai(nullable)]
+    pub last_heartbeat: Option<String>,
+    /// Partitions it owns (as of its last heartbeat; none while down).
+    pub partitions: Vec<u32>,
 }

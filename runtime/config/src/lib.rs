@@ -104,6 +104,99 @@ pub struct Config {
     pub detector: DetectorConfig,
     pub api: ApiConfig,
     pub supervisor: SupervisorConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// A secret setting: never printed (`wtm config` shows `<redacted>`) and never logged.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// `a:1,b:2` from the environment, or a list in a file.
+fn host_port_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Text(String),
+        Items(Vec<String>),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Items(v) => v,
+    })
+}
+
+/// Nodes that talk to each other (queries, closed windows, heartbeats). Unset `listen`: a single
+/// node, as without a `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Where this node accepts peers, `host:port` (bind 127.0.0.1 or a private address).
+    pub listen: Option<String>,
+    /// The address peers dial to reach this node (default: `listen`).
+    pub advertise: Option<String>,
+    /// Peers to dial at start (`host:port`, a list, or comma-separated from the environment).
+    #[serde(deserialize_with = "host_port_list")]
+    pub seeds: Vec<String>,
+    /// Shared secret every member must present (required with `listen`); from the environment
+    /// as `WTM__CLUSTER__COOKIE`. Printed as `<redacted>`.
+    pub cookie: Option<Secret>,
+    /// How often each node tells every peer it is alive.
+    pub heartbeat_ms: u64,
+    /// A peer not heard from for this long is taken as down (a crash, a freeze, a partition).
+    pub failure_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: None,
+            advertise: None,
+            seeds: Vec::new(),
+            cookie: None,
+            heartbeat_ms: 1000,
+            failure_after_ms: 5000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The address peers dial: `advertise`, else `listen`.
+    pub fn advertised(&self) -> Option<&str> {
+        self.advertise.as_deref().or(self.listen.as_deref())
+    }
+}
+
+/// `host:port` with a port (host names allowed: they resolve when dialled).
+fn is_host_port(s: &str) -> bool {
+    matches!(s.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,6 +599,47 @@ impl Config {
                 "must be an RFC 3339 time",
             )?;
         }
+        if let Some(listen) = &self.cluster.listen {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "cluster.listen",
+                    problem: format!("{listen:?} is not an address (ip:port): {e}"),
+                })?;
+            check(
+                self.cluster
+                    .cookie
+                    .as_ref()
+                    .is_some_and(|c| !c.expose().is_empty()),
+                "cluster.cookie",
+                "must be set (a shared secret) when cluster.listen is: peers authenticate with it",
+            )?;
+        }
+        if let Some(a) = &self.cluster.advertise {
+            check(is_host_port(a), "cluster.advertise", "must be host:port")?;
+        }
+        for seed in &self.cluster.seeds {
+            check(
+                is_host_port(seed),
+                "cluster.seeds",
+                "must be host:port entries",
+            )?;
+        }
+        check(
+            self.cluster.seeds.is_empty() || self.cluster.listen.is_some(),
+            "cluster.seeds",
+            "needs cluster.listen: a node without it does not join a cluster",
+        )?;
+        check(
+            self.cluster.heartbeat_ms >= 10,
+            "cluster.heartbeat_ms",
+            "must be at least 10",
+        )?;
+        check(
+            self.cluster.failure_after_ms >= 2 * self.cluster.heartbeat_ms,
+            "cluster.failure_after_ms",
+            "must be at least twice cluster.heartbeat_ms",
+        )?;
         self.node
             .listen
             .parse::<std::net::SocketAddr>()
@@ -586,6 +720,35 @@ mod tests {
         );
         assert!(parse_s3_url("s3:///x").is_err());
         assert!(parse_s3_url("https://lake").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
+    fn cluster_settings_cookie_is_required_and_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WTM__CLUSTER__LISTEN", "127.0.0.1:7400");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cluster.cookie"), "{err}");
+            jail.set_env("WTM__CLUSTER__COOKIE", "s3cret-cookie");
+            jail.set_env("WTM__CLUSTER__SEEDS", "127.0.0.1:7401, 127.0.0.1:7402");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.cluster.seeds, ["127.0.0.1:7401", "127.0.0.1:7402"]);
+            assert_eq!(
+                c.cluster.cookie.as_ref().map(Secret::expose),
+                Some("s3cret-cookie")
+            );
+            assert_eq!(c.cluster.advertised(), Some("127.0.0.1:7400"));
+            let printed = c.to_toml();
+            assert!(
+                !printed.contains("s3cret") && printed.contains("<redacted>"),
+                "{printed}"
+            );
+            assert!(!format!("{c:?}").contains("s3cret"));
+            jail.set_env("WTM__CLUSTER__SEEDS", "nohostport");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cluster.seeds"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn shard_name(shard: usize) -> String {
     format!("wtm.window.{shard}")
 }
 pub const ARCHIVER_NAME: &str = "wtm.archiver";
+pub const CLUSTER_NAME: &str = "wtm.cluster";
 pub const DETECTOR_NAME: &str = "wtm.detector";
 pub const SUPERVISOR_NAME: &str = "wtm.supervisor";
 
@@ -333,4 +334,64 @@ pub enum SupervisorMsg {
     /// Shutdown: every owner takes a final checkpoint and stops reading. Replies when done.
     DrainAll(RpcReplyPort<()>),
     Status(RpcReplyPort<Vec<ChildStatus>>),
+}
+
+// ---- cluster membership -----------------------------------------------------------------------
+
+/// What a node tells its peers every heartbeat (carried across nodes by `wtm-cluster`, with a
+/// wire version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerBeat {
+    /// `node.id`.
+    pub id: String,
+    /// The address peers dial (`cluster.advertise`).
+    pub cluster_addr: String,
+    /// Where its HTTP API listens.
+    pub api_addr: String,
+    /// Its wall clock when it sent this (UTC ms).
+    pub sent_ms: i64,
+    /// Partitions it owns now.
+    pub partitions: Vec<u32>,
+    /// Cluster addresses of the peers it hears from: how members find each other beyond seeds.
+    pub peers: Vec<String>,
+}
+
+/// One member of the cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub cluster_addr: String,
+    pub api_addr: String,
+    /// Heard from within `cluster.failure_after_ms` (always true for this node).
+    pub alive: bool,
+    pub this_node: bool,
+    /// When its last heartbeat arrived here (UTC ms); None for this node.
+    pub last_heartbeat_ms: Option<i64>,
+    pub partitions: Vec<u32>,
+}
+
+/// A cluster session changed (plain data from the transport's events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    Opened { session: u64, peer_addr: String },
+    Authenticated { session: u64 },
+    Closed { session: u64 },
+}
+
+#[derive(RactorMessage)]
+pub enum ClusterMsg {
+    /// Every member, this node first.
+    Members(RpcReplyPort<Vec<MemberStatus>>),
+    /// Send heartbeats, judge silence, dial whom to dial.
+    Tick,
+    /// A peer's heartbeat arrived.
+    Heard(PeerBeat),
+    /// A peer spoke a wire version or format this node cannot read.
+    Unreadable(String),
+    Session(SessionEvent),
+    /// A dial finished: the TCP connection (not yet authentication) succeeded or not.
+    Dialed {
+        addr: String,
+        ok: bool,
+    },
 }

@@ -20,17 +20,19 @@ pub enum ActorKind {
     Archiver,
     Detector,
     Supervisor,
+    Cluster,
 }
 
-static DEPTHS: [AtomicI64; 5] = [const { AtomicI64::new(0) }; 5];
+static DEPTHS: [AtomicI64; 6] = [const { AtomicI64::new(0) }; 6];
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 5] = [
+    pub const ALL: [ActorKind; 6] = [
         ActorKind::PartitionOwner,
         ActorKind::Window,
         ActorKind::Archiver,
         ActorKind::Detector,
         ActorKind::Supervisor,
+        ActorKind::Cluster,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +41,7 @@ impl ActorKind {
             ActorKind::Archiver => "archiver",
             ActorKind::Detector => "detector",
             ActorKind::Supervisor => "supervisor",
+            ActorKind::Cluster => "cluster",
         }
     }
     pub fn enqueued(self) {
@@ -83,6 +86,9 @@ pub struct Metrics {
     pub dead_letters: Counter<u64>,
     pub window_requests: Counter<u64>,
     pub lake_backlog: Gauge<u64>,
+    pub cluster_members: Gauge<u64>,
+    pub cluster_peer_failures: Counter<u64>,
+    pub cluster_refused: Counter<u64>,
 }
 
 impl Metrics {
@@ -243,6 +249,18 @@ impl Metrics {
                 .with_description(
                     "Committed outputs of a partition not yet written to the lake (grows while the lake is unreachable)",
                 )
+                .build(),
+            cluster_members: m
+                .u64_gauge("wtm_cluster_members")
+                .with_description("Cluster members this node knows, by state (alive, down), itself included")
+                .build(),
+            cluster_peer_failures: m
+                .u64_counter("wtm_cluster_peer_failures")
+                .with_description("Peers declared down after cluster.failure_after_ms without a heartbeat")
+                .build(),
+            cluster_refused: m
+                .u64_counter("wtm_cluster_refused_peers")
+                .with_description("Peer sessions refused, by reason (auth: wrong cookie; version: unreadable wire format)")
                 .build(),
             registry,
             _provider: provider,

@@ -1,0 +1,244 @@
+//! The cluster's actors: [`MembershipActor`] (local; keeps the member table, sends heartbeats,
+//! judges silence, redials) and [`PeerActor`] (the one actor peers talk to; hands what arrives to
+//! the membership actor), plus the bridge from the node server's session events.
+
+use crate::members::{Heard, Me, Membership};
+use crate::wire::{Ack, PeerMsg, WireBeat};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use wtm_messages::{mailbox, owned_partitions, tell, ClusterMsg, PeerBeat, SessionEvent};
+use wtm_telemetry::{ActorKind, KeyValue, Metrics};
+
+/// The process group every node's peer actor joins.
+pub const PEERS_GROUP: &str = "wtm.peers";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub struct MembershipArgs {
+    pub me: Me,
+    pub seeds: Vec<String>,
+    pub heartbeat: Duration,
+    pub failure_after: Duration,
+    pub server: ActorRef<NodeServerMessage>,
+}
+
+pub struct MembershipActor;
+
+pub struct MembershipRun {
+    members: Membership,
+    heartbeat: Duration,
+    server: ActorRef<NodeServerMessage>,
+    /// Open sessions by id: peer address and whether it authenticated.
+    sessions: HashMap<u64, (String, bool)>,
+}
+
+fn after(me: &ActorRef<ClusterMsg>, wait: Duration) {
+    let me = me.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if tell(&me, ActorKind::Cluster, ClusterMsg::Tick).is_err() {
+            tracing::trace!("membership stopped");
+        }
+    });
+}
+
+impl MembershipRun {
+    fn tick(&mut self, me: &ActorRef<ClusterMsg>) {
+        let now = Instant::now();
+        let m = Metrics::global();
+        for id in self.members.judge(now) {
+            m.cluster_peer_failures.add(1, &[]);
+            tracing::warn!(peer = %id, "peer silent past cluster.failure_after_ms: down");
+        }
+        let beat = PeerBeat {
+            id: self.members.me().id.clone(),
+            cluster_addr: self.members.me().cluster_addr.clone(),
+            api_addr: self.members.me().api_addr.clone(),
+            sent_ms: now_ms(),
+            partitions: owned_partitions(),
+            peers: self.members.live_addrs(),
+        };
+        for cell in ractor::pg::get_members(&PEERS_GROUP.to_owned()) {
+            if cell.get_id().is_local() {
+                continue;
+            }
+            let peer: ActorRef<PeerMsg> = cell.into();
+            // A session closing under us: the peer's silence is judged by the heartbeats.
+            peer.cast(PeerMsg::Beat(WireBeat::Beat(beat.clone()))).ok();
+        }
+        for addr in self.members.to_dial(now) {
+            let (server, me) = (self.server.clone(), me.clone());
+            tokio::spawn(async move {
+                let ok = match ractor_cluster::client_connect(&server, addr.as_str()).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "dial failed; retrying with backoff");
+                        false
+                    }
+                };
+                tell(&me, ActorKind::Cluster, ClusterMsg::Dialed { addr, ok }).ok();
+            });
+        }
+        let alive = self.members.alive_count() as u64;
+        let total = 1 + self.members.members(Vec::new()).len() as u64 - 1;
+        m.cluster_members
+            .record(alive, &[KeyValue::new("state", "alive")]);
+        m.cluster_members
+            .record(total - alive, &[KeyValue::new("state", "down")]);
+        after(me, self.heartbeat);
+    }
+
+    fn session(&mut self, e: SessionEvent) {
+        match e {
+            SessionEvent::Opened { session, peer_addr } => {
+                self.sessions.insert(session, (peer_addr, false));
+            }
+            SessionEvent::Authenticated { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.1 = true;
+                }
+            }
+            SessionEvent::Closed { session } => {
+                if let Some((addr, false)) = self.sessions.remove(&session) {
+                    Metrics::global()
+                        .cluster_refused
+                        .add(1, &[KeyValue::new("reason", "auth")]);
+                    tracing::warn!(peer = %addr, "cluster session refused: authentication failed (a wrong cookie?)");
+                }
+            }
+        }
+    }
+}
+
+impl Actor for MembershipActor {
+    type Msg = ClusterMsg;
+    type State = MembershipRun;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ClusterMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipRun, ActorProcessingErr> {
+        let m = Metrics::global();
+        for reason in ["auth", "version"] {
+            m.cluster_refused.add(0, &[KeyValue::new("reason", reason)]);
+        }
+        m.cluster_peer_failures.add(0, &[]);
+        tell(&me, ActorKind::Cluster, ClusterMsg::Tick)?;
+        Ok(MembershipRun {
+            members: Membership::new(args.me, &args.seeds, args.failure_after),
+            heartbeat: args.heartbeat,
+            server: args.server,
+            sessions: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ClusterMsg>,
+        msg: ClusterMsg,
+        run: &mut MembershipRun,
+    ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        match msg {
+            ClusterMsg::Tick => run.tick(&me),
+            ClusterMsg::Heard(beat) => {
+                let (id, addr) = (beat.id.clone(), beat.cluster_addr.clone());
+                match run.members.heard(beat, Instant::now(), now_ms()) {
+                    Heard::Joined => tracing::info!(peer = %id, %addr, "peer alive"),
+                    Heard::Known => {}
+                    Heard::Impostor => {
+                        tracing::warn!(peer = %id, %addr, "a peer presents this node's own id: ignored (node.id must be unique)")
+                    }
+                }
+            }
+            ClusterMsg::Unreadable(reason) => {
+                Metrics::global()
+                    .cluster_refused
+                    .add(1, &[KeyValue::new("reason", "version")]);
+                tracing::warn!(%reason, "a peer's message was unreadable: ignored");
+            }
+            ClusterMsg::Session(e) => run.session(e),
+            ClusterMsg::Dialed { addr, ok } => run.members.dialed(&addr, ok, Instant::now()),
+            ClusterMsg::Members(reply) => {
+                reply.send(run.members.members(owned_partitions())).ok();
+            }
+        }
+        mailbox::handled(me.get_id(), ActorKind::Cluster, started);
+        Ok(())
+    }
+}
+
+/// The actor other nodes send to (found through the `wtm.peers` process group).
+pub struct PeerActor;
+
+impl Actor for PeerActor {
+    type Msg = PeerMsg;
+    type State = ActorRef<ClusterMsg>;
+    type Arguments = ActorRef<ClusterMsg>;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<PeerMsg>,
+        membership: ActorRef<ClusterMsg>,
+    ) -> Result<ActorRef<ClusterMsg>, ActorProcessingErr> {
+        ractor::pg::join(PEERS_GROUP.to_owned(), vec![me.get_cell()]);
+        Ok(membership)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<PeerMsg>,
+        msg: PeerMsg,
+        membership: &mut ActorRef<ClusterMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PeerMsg::Beat(WireBeat::Beat(b)) => {
+                tell(membership, ActorKind::Cluster, ClusterMsg::Heard(b))?
+            }
+            PeerMsg::Beat(WireBeat::Unreadable(r)) => {
+                tell(membership, ActorKind::Cluster, ClusterMsg::Unreadable(r))?
+            }
+            PeerMsg::Ping(reply) => {
+                reply.send(Ack(true)).ok();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node server's session events, as plain messages to the membership actor.
+pub struct SessionEvents(pub ActorRef<ClusterMsg>);
+
+impl SessionEvents {
+    fn send(&self, e: SessionEvent) {
+        tell(&self.0, ActorKind::Cluster, ClusterMsg::Session(e)).ok();
+    }
+}
+
+impl NodeEventSubscription for SessionEvents {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Opened {
+            session: ses.node_id,
+            peer_addr: ses.peer_addr,
+        });
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Closed {
+            session: ses.node_id,
+        });
+    }
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Authenticated {
+            session: ses.node_id,
+        });
+    }
+}

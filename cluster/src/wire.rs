@@ -1,0 +1,103 @@
+//! What crosses nodes, with a version byte in front (rmp-serde behind ractor's
+//! `BytesConvertable`). ractor gives no way to fail a decode, so bad bytes become a value
+//! ([`WireBeat::Unreadable`]) instead of ractor's blanket-serde panic.
+
+use ractor::{BytesConvertable, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use wtm_messages::PeerBeat;
+
+/// First byte of every cluster payload; a peer with another one is refused.
+pub const WIRE_VERSION: u8 = 1;
+
+/// A heartbeat as it travels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireBeat {
+    Beat(PeerBeat),
+    /// Bytes this build cannot read: another wire version, or garbage.
+    Unreadable(String),
+}
+
+impl BytesConvertable for WireBeat {
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = vec![WIRE_VERSION];
+        match self {
+            // Encoding a plain struct of strings and numbers cannot fail.
+            WireBeat::Beat(b) => {
+                if let Err(e) = rmp_serde::encode::write(&mut out, &b) {
+                    tracing::error!(error = %e, "cannot encode a heartbeat");
+                }
+            }
+            WireBeat::Unreadable(_) => out.clear(),
+        }
+        out
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        match bytes.split_first() {
+            Some((&WIRE_VERSION, rest)) => match rmp_serde::from_slice(rest) {
+                Ok(b) => WireBeat::Beat(b),
+                Err(e) => WireBeat::Unreadable(format!("undecodable heartbeat: {e}")),
+            },
+            Some((v, _)) => {
+                WireBeat::Unreadable(format!("wire version {v}, this node speaks {WIRE_VERSION}"))
+            }
+            None => WireBeat::Unreadable("empty heartbeat".into()),
+        }
+    }
+}
+
+/// Wrapper so `bool` replies cross nodes (ractor implements `BytesConvertable` for a few
+/// primitives only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack(pub bool);
+
+impl BytesConvertable for Ack {
+    fn into_bytes(self) -> Vec<u8> {
+        vec![WIRE_VERSION, self.0 as u8]
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        Ack(bytes == [WIRE_VERSION, 1])
+    }
+}
+
+/// The messages one node's peer actor accepts from others.
+#[derive(RactorClusterMessage)]
+pub enum PeerMsg {
+    Beat(WireBeat),
+    /// Are you there? (answered by the peer actor itself: a liveness probe for tests and tools)
+    #[rpc]
+    Ping(RpcReplyPort<Ack>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_foreign_or_bad_bytes_never_panic() {
+        let b = PeerBeat {
+            id: "a".into(),
+            cluster_addr: "127.0.0.1:1".into(),
+            api_addr: "127.0.0.1:2".into(),
+            sent_ms: 5,
+            partitions: vec![3],
+            peers: vec!["127.0.0.1:9".into()],
+        };
+        let bytes = WireBeat::Beat(b.clone()).into_bytes();
+        assert_eq!(WireBeat::from_bytes(bytes.clone()), WireBeat::Beat(b));
+        let mut other = bytes.clone();
+        other[0] = WIRE_VERSION + 1;
+        assert!(
+            matches!(WireBeat::from_bytes(other), WireBeat::Unreadable(r) if r.contains("wire version"))
+        );
+        assert!(matches!(
+            WireBeat::from_bytes(vec![WIRE_VERSION, 0xc1]),
+            WireBeat::Unreadable(_)
+        ));
+        assert!(matches!(
+            WireBeat::from_bytes(vec![]),
+            WireBeat::Unreadable(_)
+        ));
+        assert_eq!(Ack::from_bytes(Ack(true).into_bytes()), Ack(true));
+    }
+}
