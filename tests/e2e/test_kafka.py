@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker, Truth, generate
+from conftest import START, Broker, Truth, generate
 from test_pipeline import assert_lake_equals_truth, q
 
 PARTITIONS = 6
@@ -45,10 +45,13 @@ class PacedProducer(threading.Thread):
     """Produces the generated lines, keyed by host, spread over `seconds` (so nodes are killed
     mid-stream), with an idempotent producer that retries through broker outages."""
 
-    def __init__(self, broker, topic, path, seconds):
+    def __init__(self, broker, topic, path, seconds, keyed=True):
         super().__init__(daemon=True)
+        self.keyed = keyed
         self.producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
-                                  "linger.ms": 20, "message.timeout.ms": 300_000})
+                                  "linger.ms": 20, "message.timeout.ms": 300_000,
+                                  # Unkeyed records: a random partition each, not sticky batches.
+                                  **({} if keyed else {"sticky.partitioning.linger.ms": 0})})
         self.topic, self.seconds = topic, seconds
         self.lines = path.read_bytes().splitlines()
         self.sent = 0
@@ -65,7 +68,7 @@ class PacedProducer(threading.Thread):
         for i in range(chunks):
             for line in self.lines[i * per:(i + 1) * per]:
                 try:
-                    key = json.loads(line)["host"].encode()
+                    key = json.loads(line)["host"].encode() if self.keyed else None
                 except ValueError:
                     key = None  # a malformed line: any partition
                 while True:
@@ -248,3 +251,34 @@ def test_broker_restart_mid_stream_is_exact(events, node_factory, tmp_path):
         wait_for(lambda: {p: s["committed_offset"] for p, s in owned(node).items()} == ends, 60, "commits after the restart")
     finally:
         broker.stop()
+
+
+def metric_total(node, name):
+    _, text = node.get("/metrics")
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines() if l.startswith(name))
+
+
+def test_unkeyed_records_are_judged_on_whole_windows(broker, node_factory, tmp_path):
+    """A producer that does not key by host (the default of many log shippers) spreads every
+    host over all partitions. The detector must judge each host's whole window once — not each
+    partition's share as it arrives, which reads as a traffic drop — so a steady stream raises
+    no anomaly, and the points judged are exactly the (host, window) pairs in the lake."""
+    path = generate(tmp_path / "unkeyed.json", seed=21, hosts=8, rate=150.0, start=START, duration=2400,
+                    anomalies=0, partitions=PARTITIONS)
+    truth = Truth(path)
+    topic = new_topic(broker, "unkeyed")
+    producer = PacedProducer(broker, topic, path, seconds=2, keyed=False)
+    producer.start()
+    producer.finish()
+    assert not producer.failed
+    node = node_factory(kafka_source(broker, topic), **FAST).start()
+    windows, _ = wait_exact(node.lake, truth)
+    busy = [w for w in windows.values() if w["requests"] >= 20]
+    spread = sum(1 for w in busy if w["partitions"] >= 3)
+    assert spread >= 0.9 * len(busy), f"only {spread} of {len(busy)} busy windows spread over partitions"
+    wait_for(lambda: metric_total(node, "wtm_detector_windows_total") >= len(windows), 60, "every window judged")
+    time.sleep(2)  # nothing more may come
+    assert metric_total(node, "wtm_detector_windows_total") == len(windows), "one point per (host, window)"
+    assert metric_total(node, "wtm_detector_incomplete_windows_total") == 0
+    status, body = node.get("/v1/anomalies")
+    assert status == 200 and body["anomalies"] == [], body["anomalies"][:5]

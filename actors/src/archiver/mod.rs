@@ -7,15 +7,19 @@
 //! `Written` (queued before the reply goes out), which updates the recent windows in order.
 
 mod state;
+mod whole;
 
 pub use state::RecentWindows;
+pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wtm_core::checkpoint::Publication;
+use wtm_core::window::WindowSpec;
 use wtm_messages::{
-    lookup, mailbox, tell, ArchiverMsg, DetectorMsg, Failure, WindowPoint, DETECTOR_NAME,
+    lookup, mailbox, owned_partitions, tell, ArchiverMsg, DetectorMsg, Failure, WindowPoint,
+    DETECTOR_NAME,
 };
 use wtm_storage::Lake;
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -23,9 +27,11 @@ use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
 pub struct ArchiverArgs {
     pub lake: Lake,
     pub retention_windows: usize,
-    pub window_ms: i64,
-    /// Hand closed windows to the detector (`detector.enabled`).
+    pub spec: WindowSpec,
+    /// Hand closed windows to the detector (`detector.enabled`), whole.
     pub detect: bool,
+    /// How long a window waits for its last partition before it is judged anyway.
+    pub merge_wait: Duration,
 }
 
 pub struct ArchiverActor;
@@ -33,7 +39,8 @@ pub struct ArchiverActor;
 pub struct ArchiverRun {
     lake: Lake,
     recent: RecentWindows,
-    detect: bool,
+    /// Windows waiting to go to the detector whole (None: detection off).
+    whole: Option<WholeWindows>,
 }
 
 impl Actor for ArchiverActor {
@@ -48,8 +55,8 @@ impl Actor for ArchiverActor {
     ) -> Result<ArchiverRun, ActorProcessingErr> {
         // Reload recent history so the API answers the same after a restart.
         let lake = args.lake.clone();
-        let keep_ms = args.retention_windows as i64 * args.window_ms;
-        let mut recent = RecentWindows::new(args.retention_windows, args.window_ms);
+        let keep_ms = args.retention_windows as i64 * args.spec.size_ms;
+        let mut recent = RecentWindows::new(args.retention_windows, args.spec.size_ms);
         // An unreachable lake (S3 down) must not keep the node from starting: the API then
         // starts without history.
         let reloaded = tokio::task::spawn_blocking(move || match lake.newest_window_hour()? {
@@ -72,7 +79,9 @@ impl Actor for ArchiverActor {
         Ok(ArchiverRun {
             lake: args.lake,
             recent,
-            detect: args.detect,
+            whole: args
+                .detect
+                .then(|| WholeWindows::new(args.spec, args.merge_wait)),
         })
     }
 
@@ -85,7 +94,16 @@ impl Actor for ArchiverActor {
         let started = Instant::now();
         match msg {
             ArchiverMsg::Publish(p, reply) => upload(run.lake.clone(), me.clone(), p, reply),
-            ArchiverMsg::Written(p) => run.written(&p),
+            ArchiverMsg::Written(p) => run.written(&p)?,
+            ArchiverMsg::Progress {
+                partition,
+                watermark_ms,
+            } => {
+                if let Some(whole) = run.whole.as_mut() {
+                    whole.progress(partition, watermark_ms);
+                }
+                run.judge_whole();
+            }
             ArchiverMsg::Windows(q, reply) => {
                 reply.send(run.recent.query(&q)).ok();
             }
@@ -136,26 +154,17 @@ fn upload(
 }
 
 impl ArchiverRun {
-    /// A publication is in the lake: its windows join the recent history and the detector.
-    fn written(&mut self, p: &Publication) {
-        let detector = lookup::<DetectorMsg>(DETECTOR_NAME).filter(|_| self.detect);
+    /// A publication is in the lake: its windows join the recent history, and wait to go to the
+    /// detector whole.
+    fn written(&mut self, p: &Publication) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
         let mut by_class = [0u64; 5];
         for w in &p.closed {
             for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
                 *sum += n;
             }
-            if let Some(d) = &detector {
-                let s = w.agg.finalize();
-                let point = WindowPoint {
-                    start_ms: w.key.start_ms,
-                    requests: s.requests as f64,
-                    error_rate: s.error_rate,
-                    latency_p99_ms: s.latency_p99,
-                };
-                let observed = DetectorMsg::Observe(w.key.host.clone(), point);
-                if tell(d, ActorKind::Detector, observed).is_err() {
-                    tracing::debug!("detector restarting: a window goes unjudged");
-                }
+            if let Some(whole) = self.whole.as_mut() {
+                whole.add(w, now)?;
             }
             self.recent.insert(w.clone());
         }
@@ -164,6 +173,46 @@ impl ArchiverRun {
             if n > 0 {
                 m.window_requests
                     .add(n, &[KeyValue::new("status_class", *class)]);
+            }
+        }
+        self.judge_whole();
+        Ok(())
+    }
+
+    /// Hand the windows every owned partition has closed (or that waited too long) to the
+    /// detector, one point per host and window.
+    fn judge_whole(&mut self) {
+        let Some(whole) = self.whole.as_mut() else {
+            return;
+        };
+        if whole.waiting() == 0 {
+            return;
+        }
+        let ready = whole.ready(&owned_partitions(), Instant::now());
+        let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
+            return;
+        };
+        let m = Metrics::global();
+        for w in ready {
+            if !w.complete {
+                m.incomplete_windows.add(1, &[]);
+                tracing::debug!(host = %w.host, start_ms = w.start_ms, "window judged before every partition closed it");
+            }
+            let s = w.agg.finalize();
+            let point = WindowPoint {
+                start_ms: w.start_ms,
+                requests: s.requests as f64,
+                error_rate: s.error_rate,
+                latency_p99_ms: s.latency_p99,
+            };
+            if tell(
+                &detector,
+                ActorKind::Detector,
+                DetectorMsg::Observe(w.host, point),
+            )
+            .is_err()
+            {
+                tracing::debug!("detector restarting: a window goes unjudged");
             }
         }
     }

@@ -47,6 +47,7 @@ impl Actor for DetectorActor {
         let id = me.get_id();
         match msg {
             DetectorMsg::Observe(host, point) => {
+                Metrics::global().judged_windows.add(1, &[]);
                 let (found, job) = state.observe(&host, point);
                 for a in &found {
                     tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, "anomaly");

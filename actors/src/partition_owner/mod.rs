@@ -429,6 +429,17 @@ impl OwnerRun {
         if write_lake {
             let ok = publish_pending(&mut self.state).await?;
             self.policy.lake_done(Instant::now(), ok);
+            if ok && self.state.unpublished.is_empty() {
+                // Everything this watermark closes is in the lake (queued at the archiver before
+                // this): the detector's whole windows may count this partition as done.
+                let progress = ArchiverMsg::Progress {
+                    partition,
+                    watermark_ms,
+                };
+                if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+                    tell(&archiver, ActorKind::Archiver, progress).ok();
+                }
+            }
         }
         m.checkpoint_seconds
             .record(started.elapsed().as_secs_f64(), &[]);

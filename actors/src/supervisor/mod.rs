@@ -102,8 +102,9 @@ impl SupervisorRun {
                 let args = ArchiverArgs {
                     lake: self.args.lake.clone(),
                     retention_windows: cfg.api.retention_windows,
-                    window_ms: cfg.window_spec().size_ms,
+                    spec: cfg.window_spec(),
                     detect: cfg.detector.enabled,
+                    merge_wait: std::time::Duration::from_secs(cfg.detector.merge_wait_s),
                 };
                 Actor::spawn_linked(Some(ARCHIVER_NAME.into()), ArchiverActor, args, sup)
                     .await?

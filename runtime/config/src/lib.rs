@@ -410,6 +410,9 @@ pub struct DetectorConfig {
     pub refit_every: usize,
     /// Robust z-score a value must exceed to be anomalous.
     pub threshold: f64,
+    /// A host's window is judged whole, once every partition has closed it; a partition that
+    /// holds it up longer than this (a stalled consumer) is not waited for.
+    pub merge_wait_s: u64,
 }
 
 impl Default for DetectorConfig {
@@ -421,6 +424,7 @@ impl Default for DetectorConfig {
             model_history: 60,
             refit_every: 10,
             threshold: 4.0,
+            merge_wait_s: 120,
         }
     }
 }

@@ -241,6 +241,9 @@ pub enum ArchiverMsg {
     /// A publication's files are durable (sent by the archiver's own upload task): update the
     /// recent windows and hand them to the detector, in the order the writes finished.
     Written(Arc<Publication>),
+    /// Every window `partition` closes at `watermark_ms` is written (sent by the owner after a
+    /// checkpoint that left nothing unwritten): the detector's whole windows wait for this.
+    Progress { partition: u32, watermark_ms: i64 },
     /// Closed windows from the recent-history store, for the API.
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
     /// Per-host totals over the most recent `n` closed windows.

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub window_requests: Counter<u64>,
     pub lake_backlog: Gauge<u64>,
     pub cluster_members: Gauge<u64>,
+    pub incomplete_windows: Counter<u64>,
+    pub judged_windows: Counter<u64>,
     pub cluster_peer_failures: Counter<u64>,
     pub cluster_refused: Counter<u64>,
 }
@@ -104,6 +106,8 @@ impl Metrics {
             m.lake_files.add(0, &[]);
             m.lake_bytes.add(0, &[]);
             m.snapshots.add(0, &[]);
+            m.incomplete_windows.add(0, &[]);
+            m.judged_windows.add(0, &[]);
             for table in ["any", "checkpoints"] {
                 m.lake_errors.add(0, &[KeyValue::new("table", table)]);
             }
@@ -248,6 +252,16 @@ impl Metrics {
                 .u64_gauge("wtm_lake_backlog_publications")
                 .with_description(
                     "Committed outputs of a partition not yet written to the lake (grows while the lake is unreachable)",
+                )
+                .build(),
+            judged_windows: m
+                .u64_counter("wtm_detector_windows")
+                .with_description("(host, window) points the detector judged: one per whole window")
+                .build(),
+            incomplete_windows: m
+                .u64_counter("wtm_detector_incomplete_windows")
+                .with_description(
+                    "Windows judged before every partition had closed them (detector.merge_wait_s passed)",
                 )
                 .build(),
             cluster_members: m
