@@ -22,9 +22,10 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use std::collections::BTreeMap;
 use wtm_core::agg::WindowAgg;
 use wtm_core::time::{format_rfc3339, now_ms};
+use wtm_messages::local::{self, Partitions};
 use wtm_messages::{
-    ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, AnomalyQuery,
-    ArchiverMsg, ClusterMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery,
+    ask, lookup, shard_name, shard_of, AnomalyQuery, ArchiverMsg, ClusterAnswer, ClusterMsg,
+    ClusterQuery, DetectorMsg, Gathered, HostTotals, PartitionStatus, WindowMsg, WindowQuery,
     ARCHIVER_NAME, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
@@ -155,40 +156,28 @@ impl Api {
 
     /// Totals per host: closed (newest `n` windows) plus open windows.
     async fn host_totals(&self, n: usize) -> Result<BTreeMap<String, HostTotals>, String> {
-        let mut by_host: BTreeMap<String, HostTotals> = BTreeMap::new();
-        let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
-        let mut all = ask(&archiver, ActorKind::Archiver, |r| {
-            ArchiverMsg::Totals(n, r)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for i in 0..self.ctx.shards {
-            let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
-            all.extend(
-                ask(&shard, ActorKind::Window, WindowMsg::Totals)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+        local::host_totals(n, self.ctx.shards).await
+    }
+
+    fn scope(&self) -> Partitions {
+        match self.ctx.partitions {
+            Some(n) => Partitions::Fixed(n),
+            None => Partitions::Assigned,
         }
-        for t in all {
-            match by_host.get_mut(&t.host) {
-                Some(e) => e.merge(&t),
-                None => {
-                    by_host.insert(t.host.clone(), t);
-                }
-            }
-        }
-        Ok(by_host)
     }
 
     async fn partitions(&self) -> Result<Vec<PartitionStatus>, String> {
-        // A fixed set must all answer; owners that come and go with a consumer group may stop
-        // between listing and asking: such a partition is simply not ours any more.
-        let result = match self.ctx.partitions {
-            Some(n) => partition_statuses(0..n, true).await,
-            None => partition_statuses(owned_partitions(), false).await,
-        };
-        result.map_err(|e| e.to_string())
+        local::partitions(self.scope()).await
+    }
+
+    /// Ask the cluster's other live members too (nothing without `[cluster]`).
+    async fn gather(&self, q: ClusterQuery) -> Result<Gathered, String> {
+        match lookup::<ClusterMsg>(CLUSTER_NAME) {
+            Some(c) => ask(&c, ActorKind::Cluster, |r| ClusterMsg::Gather(q, r))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Ok(Gathered::default()),
+        }
     }
 
     /// The windows of `host` in the requested range; without `from`, the newest
@@ -374,14 +363,21 @@ impl Api {
     /// Node-wide counters: events ingested, invalid by reason, late, hosts, windows, watermark lag.
     #[oai(path = "/v1/overview", method = "get")]
     async fn overview(&self) -> Reply<OverviewOut> {
-        let parts = match self.partitions().await {
+        let mine = match local::overview(self.scope(), self.ctx.shards).await {
             Ok(p) => p,
             Err(e) => return unavailable(e),
         };
-        let hosts = match self.host_totals(usize::MAX / 2).await {
-            Ok(h) => h.len() as u64,
+        let gathered = match self.gather(ClusterQuery::Overview).await {
+            Ok(g) => g,
             Err(e) => return unavailable(e),
         };
+        let others = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+            ClusterAnswer::Overview(p) => Some(p),
+            _ => None,
+        });
+        let merged = local::merge_overviews(std::iter::once(mine).chain(others));
+        let parts = merged.partitions;
+        let hosts = merged.hosts.len() as u64;
         let now = now_ms();
         let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = OverviewOut {
@@ -392,8 +388,10 @@ impl Api {
             hosts,
             windows_closed: 0,
             watermark_lag_seconds: None,
-            finished: parts.iter().all(|p| p.finished),
+            finished: parts.iter().all(|p| p.finished) && gathered.missing.is_empty(),
             partitions: Vec::new(),
+            partial: !gathered.missing.is_empty(),
+            missing: gathered.missing,
         };
         for p in &parts {
             out.events += p.totals.events;

@@ -122,7 +122,13 @@ pub struct OverviewOut {
     pub watermark_lag_seconds: Option<f64>,
     /// Every partition's source has ended and all its windows are in the lake.
     pub finished: bool,
+    /// In a cluster: the sum over every member's partitions (each partition once, from its
+    /// newest owner).
     pub partitions: Vec<PartitionOut>,
+    /// Some live cluster member did not answer in time: the totals lack its partitions.
+    pub partial: bool,
+    /// The members that did not answer (empty when complete).
+    pub missing: Vec<String>,
 }
 
 #[derive(Object)]

@@ -84,7 +84,18 @@ pub async fn start(
     let (membership, _) = Actor::spawn(Some(CLUSTER_NAME.into()), node::MembershipActor, args)
         .await
         .map_err(|e| ClusterError::Start(format!("membership: {e}")))?;
-    Actor::spawn(None, node::PeerActor, membership.clone())
+    let peer = node::PeerArgs {
+        membership: membership.clone(),
+        id: node_id.to_owned(),
+        scope: node::LocalScope {
+            partitions: match cfg.source.kind {
+                wtm_config::SourceKind::Kafka => wtm_messages::local::Partitions::Assigned,
+                _ => wtm_messages::local::Partitions::Fixed(cfg.source.partitions),
+            },
+            shards: cfg.window.shards,
+        },
+    };
+    Actor::spawn(None, node::PeerActor, peer)
         .await
         .map_err(|e| ClusterError::Start(format!("peer actor: {e}")))?;
     server

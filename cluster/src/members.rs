@@ -198,6 +198,24 @@ impl Membership {
         out
     }
 
+    /// Down peers whose last known partitions nobody alive owns now (`mine` are this node's):
+    /// an answer without them lacks those partitions, so it is partial until the consumer
+    /// group has moved them (or the peer is back).
+    pub fn uncovered_down(&self, mine: &[u32]) -> Vec<String> {
+        let covered: std::collections::BTreeSet<u32> = self
+            .peers
+            .values()
+            .filter(|p| p.alive)
+            .flat_map(|p| p.beat.partitions.iter().copied())
+            .chain(mine.iter().copied())
+            .collect();
+        self.peers
+            .values()
+            .filter(|p| !p.alive && p.beat.partitions.iter().any(|q| !covered.contains(q)))
+            .map(|p| p.beat.id.clone())
+            .collect()
+    }
+
     pub fn me(&self) -> &Me {
         &self.me
     }
@@ -256,6 +274,27 @@ mod tests {
             m.heard(beat("a", "10.9.9.9:1", &[]), s(30), 30),
             Heard::Impostor
         );
+    }
+
+    #[test]
+    fn a_down_peer_is_missing_until_its_partitions_have_a_new_owner() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut m = Membership::new(me(), &[], BOUND);
+        let mut b = beat("b", "10.0.0.2:7400", &[]);
+        b.partitions = vec![2, 3];
+        m.heard(b, s(0), 0);
+        let mut c = beat("c", "10.0.0.3:7400", &[]);
+        c.partitions = vec![4];
+        m.heard(c.clone(), s(0), 0);
+        assert!(m.uncovered_down(&[0, 1]).is_empty(), "all alive");
+        m.heard(c.clone(), s(6), 6);
+        m.judge(s(6));
+        assert_eq!(m.uncovered_down(&[0, 1]), vec!["b".to_string()]);
+        // The group moved 2 here and 3 to c: b is no longer missing.
+        c.partitions = vec![3, 4];
+        m.heard(c, s(7), 7);
+        assert!(m.uncovered_down(&[0, 1, 2]).is_empty());
     }
 
     #[test]

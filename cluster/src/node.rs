@@ -3,13 +3,17 @@
 //! the membership actor), plus the bridge from the node server's session events.
 
 use crate::members::{Heard, Me, Membership};
-use crate::wire::{Ack, PeerMsg, WireBeat};
+use crate::wire::{Ack, PeerMsg, WireAnswer, WireBeat, WireQuery};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use wtm_messages::{mailbox, owned_partitions, tell, ClusterMsg, PeerBeat, SessionEvent};
+use wtm_messages::local::{self, Partitions};
+use wtm_messages::{
+    mailbox, owned_partitions, tell, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, PeerBeat,
+    SessionEvent,
+};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 /// The process group every node's peer actor joins.
@@ -20,6 +24,9 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// How long a fan-out waits for a peer's answer before it counts the peer as missing.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct MembershipArgs {
     pub me: Me,
@@ -171,10 +178,73 @@ impl Actor for MembershipActor {
             ClusterMsg::Members(reply) => {
                 reply.send(run.members.members(owned_partitions())).ok();
             }
+            ClusterMsg::Gather(q, reply) => {
+                let alive: Vec<String> = run
+                    .members
+                    .members(Vec::new())
+                    .into_iter()
+                    .filter(|m| m.alive && !m.this_node)
+                    .map(|m| m.id)
+                    .collect();
+                let down = run.members.uncovered_down(&owned_partitions());
+                tokio::spawn(async move {
+                    let mut g = gather(q, alive).await;
+                    g.missing.extend(down);
+                    reply.send(g).ok();
+                });
+            }
         }
         mailbox::handled(me.get_id(), ActorKind::Cluster, started);
         Ok(())
     }
+}
+
+/// Ask every remote peer actor `q` at once; answers that do not come within [`CALL_TIMEOUT`]
+/// leave their member in `missing`.
+async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
+    let mut calls = tokio::task::JoinSet::new();
+    for cell in ractor::pg::get_members(&PEERS_GROUP.to_owned()) {
+        if cell.get_id().is_local() {
+            continue;
+        }
+        let peer: ActorRef<PeerMsg> = cell.into();
+        let q = WireQuery(Ok(q.clone()));
+        calls.spawn(async move {
+            match peer
+                .call(|r| PeerMsg::Query(q, r), Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(WireAnswer(Ok(a)))) => Some(a),
+                _ => None,
+            }
+        });
+    }
+    let mut out = Gathered::default();
+    while let Some(done) = calls.join_next().await {
+        if let Ok(Some((id, answer))) = done {
+            if !matches!(answer, ClusterAnswer::Failed(_)) {
+                out.answers.push((id, answer));
+            }
+        }
+    }
+    out.missing = alive
+        .into_iter()
+        .filter(|id| !out.answers.iter().any(|(a, _)| a == id))
+        .collect();
+    out
+}
+
+/// What this node answers for when a peer asks.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalScope {
+    pub partitions: Partitions,
+    pub shards: usize,
+}
+
+pub struct PeerArgs {
+    pub membership: ActorRef<ClusterMsg>,
+    pub id: String,
+    pub scope: LocalScope,
 }
 
 /// The actor other nodes send to (found through the `wtm.peers` process group).
@@ -182,36 +252,58 @@ pub struct PeerActor;
 
 impl Actor for PeerActor {
     type Msg = PeerMsg;
-    type State = ActorRef<ClusterMsg>;
-    type Arguments = ActorRef<ClusterMsg>;
+    type State = PeerArgs;
+    type Arguments = PeerArgs;
 
     async fn pre_start(
         &self,
         me: ActorRef<PeerMsg>,
-        membership: ActorRef<ClusterMsg>,
-    ) -> Result<ActorRef<ClusterMsg>, ActorProcessingErr> {
+        args: PeerArgs,
+    ) -> Result<PeerArgs, ActorProcessingErr> {
         ractor::pg::join(PEERS_GROUP.to_owned(), vec![me.get_cell()]);
-        Ok(membership)
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _me: ActorRef<PeerMsg>,
         msg: PeerMsg,
-        membership: &mut ActorRef<ClusterMsg>,
+        run: &mut PeerArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PeerMsg::Beat(WireBeat::Beat(b)) => {
-                tell(membership, ActorKind::Cluster, ClusterMsg::Heard(b))?
+                tell(&run.membership, ActorKind::Cluster, ClusterMsg::Heard(b))?
             }
-            PeerMsg::Beat(WireBeat::Unreadable(r)) => {
-                tell(membership, ActorKind::Cluster, ClusterMsg::Unreadable(r))?
+            PeerMsg::Beat(WireBeat::Unreadable(r)) => tell(
+                &run.membership,
+                ActorKind::Cluster,
+                ClusterMsg::Unreadable(r),
+            )?,
+            PeerMsg::Query(WireQuery(q), reply) => {
+                // Answered off this actor: heartbeats keep flowing while actors are asked.
+                let (id, scope) = (run.id.clone(), run.scope);
+                tokio::spawn(async move {
+                    let answer = match q {
+                        Ok(q) => answer(q, scope).await,
+                        Err(e) => ClusterAnswer::Failed(e),
+                    };
+                    reply.send(WireAnswer(Ok((id, answer)))).ok();
+                });
             }
             PeerMsg::Ping(reply) => {
                 reply.send(Ack(true)).ok();
             }
         }
         Ok(())
+    }
+}
+
+async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
+    match q {
+        ClusterQuery::Overview => match local::overview(scope.partitions, scope.shards).await {
+            Ok(part) => ClusterAnswer::Overview(part),
+            Err(e) => ClusterAnswer::Failed(e),
+        },
     }
 }
 

@@ -4,7 +4,9 @@
 
 use ractor::{BytesConvertable, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use wtm_messages::PeerBeat;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wtm_messages::{ClusterAnswer, ClusterQuery, PeerBeat};
 
 /// First byte of every cluster payload; a peer with another one is refused.
 pub const WIRE_VERSION: u8 = 1;
@@ -60,10 +62,64 @@ impl BytesConvertable for Ack {
     }
 }
 
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    if let Err(e) = rmp_serde::encode::write(&mut out, v) {
+        tracing::error!(error = %e, "cannot encode a cluster message");
+        out.clear();
+    }
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| format!("undecodable cluster message: {e}"))
+        }
+        Some((v, _)) => Err(format!("wire version {v}, this node speaks {WIRE_VERSION}")),
+        None => Err("empty cluster message".into()),
+    }
+}
+
+/// A question as it travels (an unreadable one is answered with `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireQuery(pub Result<ClusterQuery, String>);
+
+impl BytesConvertable for WireQuery {
+    fn into_bytes(self) -> Vec<u8> {
+        match self.0 {
+            Ok(q) => encode(&q),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        WireQuery(decode(&bytes))
+    }
+}
+
+/// An answer as it travels: who answered, and what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireAnswer(pub Result<(String, ClusterAnswer), String>);
+
+impl BytesConvertable for WireAnswer {
+    fn into_bytes(self) -> Vec<u8> {
+        match self.0 {
+            Ok(a) => encode(&a),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        WireAnswer(decode(&bytes))
+    }
+}
+
 /// The messages one node's peer actor accepts from others.
 #[derive(RactorClusterMessage)]
 pub enum PeerMsg {
     Beat(WireBeat),
+    /// Answer a question from this node's own actors.
+    #[rpc]
+    Query(WireQuery, RpcReplyPort<WireAnswer>),
     /// Are you there? (answered by the peer actor itself: a liveness probe for tests and tools)
     #[rpc]
     Ping(RpcReplyPort<Ack>),
@@ -99,5 +155,10 @@ mod tests {
             WireBeat::Unreadable(_)
         ));
         assert_eq!(Ack::from_bytes(Ack(true).into_bytes()), Ack(true));
+        let q = WireQuery(Ok(ClusterQuery::Overview));
+        assert_eq!(WireQuery::from_bytes(q.clone().into_bytes()), q);
+        let a = WireAnswer(Ok(("n1".into(), ClusterAnswer::Failed("x".into()))));
+        assert_eq!(WireAnswer::from_bytes(a.clone().into_bytes()), a);
+        assert!(WireAnswer::from_bytes(vec![9, 9]).0.is_err());
     }
 }

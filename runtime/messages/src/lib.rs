@@ -10,6 +10,7 @@
 //! - The message enums, one section per actor: window shards, partition owners, archiver,
 //!   detector, supervisor; [`Failure`] is a classified error carried in replies and failures.
 
+pub mod local;
 pub mod mailbox;
 
 pub use mailbox::{ask, tell, SendError, CALL_TIMEOUT};
@@ -189,7 +190,7 @@ impl HostTotals {
 // ---- partition owners -------------------------------------------------------------------------
 
 /// One partition as its owner sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     pub partition: u32,
     pub next_offset: u64,
@@ -397,4 +398,30 @@ pub enum ClusterMsg {
         addr: String,
         ok: bool,
     },
+    /// Ask every live peer (not this node) the same question, each within the cluster's call
+    /// timeout; the reply says who answered and who did not.
+    Gather(ClusterQuery, RpcReplyPort<Gathered>),
+}
+
+/// A question one node asks the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClusterQuery {
+    Overview,
+}
+
+/// A peer's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClusterAnswer {
+    Overview(local::OverviewPart),
+    /// The peer could not answer (an actor of its restarting).
+    Failed(String),
+}
+
+/// What a fan-out brought back.
+#[derive(Debug, Clone, Default)]
+pub struct Gathered {
+    /// (member id, its answer), for the members that answered in time.
+    pub answers: Vec<(String, ClusterAnswer)>,
+    /// Live members that did not answer in time (or could not): the merged reply is partial.
+    pub missing: Vec<String>,
 }
