@@ -22,11 +22,10 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use std::collections::BTreeMap;
 use wtm_core::agg::WindowAgg;
 use wtm_core::time::{format_rfc3339, now_ms};
-use wtm_messages::local::{self, Partitions};
+use wtm_messages::local::{self, Partitions, SeriesRange};
 use wtm_messages::{
-    ask, lookup, shard_name, shard_of, AnomalyQuery, ArchiverMsg, ClusterAnswer, ClusterMsg,
-    ClusterQuery, DetectorMsg, Gathered, HostTotals, PartitionStatus, WindowMsg, WindowQuery,
-    ARCHIVER_NAME, CLUSTER_NAME, DETECTOR_NAME,
+    ask, lookup, AnomalyQuery, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, HostTotals,
+    PartitionStatus, CLUSTER_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
@@ -114,44 +113,31 @@ struct Merged {
 }
 
 impl Api {
-    /// Every window of `host` the node holds: closed ones from the archiver, open ones from the
-    /// shards, merged over partitions.
-    async fn windows_of(&self, host: &str) -> Result<BTreeMap<i64, Merged>, String> {
-        let q = WindowQuery {
-            host: Some(host.to_owned()),
-            from_ms: i64::MIN,
-            to_ms: i64::MAX,
-        };
-        let mut out: BTreeMap<i64, Merged> = BTreeMap::new();
-        let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
-        let closed = ask(&archiver, ActorKind::Archiver, |r| {
-            ArchiverMsg::Windows(q.clone(), r)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for w in closed {
-            let m = out.entry(w.key.start_ms).or_insert_with(|| Merged {
-                agg: WindowAgg::default(),
-                all_final: true,
-            });
-            m.agg.merge(&w.agg).map_err(|e| e.to_string())?;
-        }
-        let shard = lookup::<WindowMsg>(&shard_name(shard_of(host, self.ctx.shards)))
-            .ok_or("window shard is restarting")?;
-        let open = ask(&shard, ActorKind::Window, |r| {
-            WindowMsg::Query(q.clone(), r)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for (key, agg) in open {
-            let m = out.entry(key.start_ms).or_insert_with(|| Merged {
-                agg: WindowAgg::default(),
-                all_final: true,
-            });
-            m.agg.merge(&agg).map_err(|e| e.to_string())?;
-            m.all_final = false;
-        }
-        Ok(out)
+    /// `host`'s windows in `range`, merged over partitions and, in a cluster, over every live
+    /// member; with the members that did not answer.
+    async fn windows_of(
+        &self,
+        host: &str,
+        range: SeriesRange,
+    ) -> Result<(BTreeMap<i64, Merged>, Vec<String>), String> {
+        let mine = local::host_parts(host, self.ctx.shards, range).await?;
+        let gathered = self
+            .gather(ClusterQuery::HostWindows {
+                host: host.to_owned(),
+                range,
+            })
+            .await?;
+        let theirs = gathered.answers.into_iter().flat_map(|(_, a)| match a {
+            ClusterAnswer::HostWindows(parts) => parts,
+            _ => Vec::new(),
+        });
+        let merged =
+            local::merge_parts(mine.into_iter().chain(theirs), range).map_err(|e| e.to_string())?;
+        let windows = merged
+            .into_iter()
+            .map(|(start, (agg, all_final))| (start, Merged { agg, all_final }))
+            .collect();
+        Ok((windows, gathered.missing))
     }
 
     /// Totals per host: closed (newest `n` windows) plus open windows.
@@ -181,13 +167,14 @@ impl Api {
     }
 
     /// The windows of `host` in the requested range; without `from`, the newest
-    /// `default_windows` up to `to`. Unknown host → NotFound.
+    /// `default_windows` up to `to`. Unknown host → NotFound. Also the members that did not
+    /// answer (the series is partial without them).
     async fn host_windows(
         &self,
         host: &str,
         from: Option<Rfc3339>,
         to: Option<Rfc3339>,
-    ) -> Result<Vec<(i64, Merged)>, QueryError> {
+    ) -> Result<(Vec<(i64, Merged)>, Vec<String>), QueryError> {
         let from_ms = from.map(|t| t.0);
         let to_ms = to.map_or(i64::MAX, |t| t.0);
         if let Some(f) = from_ms.filter(|f| *f >= to_ms) {
@@ -197,25 +184,20 @@ impl Api {
                 format_rfc3339(to_ms)
             )));
         }
-        let all = self
-            .windows_of(host)
+        let range = SeriesRange {
+            from_ms,
+            to_ms,
+            default_windows: self.ctx.default_windows,
+            window_ms: self.ctx.window_ms,
+        };
+        let (windows, missing) = self
+            .windows_of(host, range)
             .await
             .map_err(QueryError::Unavailable)?;
-        if all.is_empty() {
+        if windows.is_empty() && missing.is_empty() {
             return Err(QueryError::NotFound(format!("unknown host {host:?}")));
         }
-        let w = self.ctx.window_ms;
-        let from_ms = from_ms.unwrap_or_else(|| {
-            let newest = all.range(..to_ms).next_back().map_or(i64::MIN, |(s, _)| *s);
-            newest
-                .saturating_add(w)
-                .saturating_sub(self.ctx.default_windows * w)
-        });
-        let from = from_ms.saturating_sub(from_ms.rem_euclid(w));
-        Ok(all
-            .into_iter()
-            .filter(|(s, _)| (from..to_ms).contains(s))
-            .collect())
+        Ok((windows.into_iter().collect(), missing))
     }
 }
 
@@ -292,7 +274,7 @@ impl Api {
         /// End of the range, exclusive (RFC 3339); default: open-ended.
         to: Query<Option<Rfc3339>>,
     ) -> Reply<WindowSeries> {
-        let windows = match self.host_windows(&host, from.0, to.0).await {
+        let (windows, missing) = match self.host_windows(&host, from.0, to.0).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -301,6 +283,8 @@ impl Api {
         Reply::Ok(Json(WindowSeries {
             host: host.0,
             windows,
+            partial: !missing.is_empty(),
+            missing,
         }))
     }
 
@@ -322,7 +306,7 @@ impl Api {
         // The documented maximum is the sketch's capacity.
         const _: () = assert!(wtm_core::agg::TOP_K_CAPACITY == 100);
         let k = k.0.unwrap_or(10);
-        let in_range = match self.host_windows(&host, from.0, to.0).await {
+        let (in_range, missing) = match self.host_windows(&host, from.0, to.0).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -357,6 +341,8 @@ impl Api {
                 .into_iter()
                 .map(|(key, count)| TopEntry { key, count })
                 .collect(),
+            partial: !missing.is_empty(),
+            missing,
         }))
     }
 
@@ -430,37 +416,48 @@ impl Api {
         since: Query<Option<Rfc3339>>,
     ) -> Reply<AnomaliesOut> {
         let since_ms = since.0.map_or(i64::MIN, |t| t.0);
-        let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
-            return unavailable("detector is restarting");
-        };
         let q = AnomalyQuery {
             host: host.0.clone(),
             since_ms,
         };
-        match ask(&detector, ActorKind::Detector, |r| {
-            DetectorMsg::Anomalies(q, r)
-        })
-        .await
+        let mine = match local::anomalies(q.clone()).await {
+            Ok(l) => l,
+            Err(e) => return unavailable(e),
+        };
+        let gathered = match self
+            .gather(ClusterQuery::Anomalies {
+                host: q.host,
+                since_ms,
+            })
+            .await
         {
-            Ok(list) => Reply::Ok(Json(AnomaliesOut {
-                anomalies: list
-                    .into_iter()
-                    .map(|a| AnomalyOut {
-                        host: a.host,
-                        metric: a.metric,
-                        window_start: format_rfc3339(a.window_start_ms),
-                        observed: a.observed,
-                        expected: a.expected,
-                        lower: a.lower,
-                        upper: a.upper,
-                        score: a.score,
-                        kind: a.kind,
-                        model: a.model,
-                    })
-                    .collect(),
-            })),
-            Err(e) => unavailable(e),
-        }
+            Ok(g) => g,
+            Err(e) => return unavailable(e),
+        };
+        let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+            ClusterAnswer::Anomalies(l) => Some(l),
+            _ => None,
+        });
+        let list = local::merge_anomalies(std::iter::once(mine).chain(theirs));
+        Reply::Ok(Json(AnomaliesOut {
+            anomalies: list
+                .into_iter()
+                .map(|a| AnomalyOut {
+                    host: a.host,
+                    metric: a.metric,
+                    window_start: format_rfc3339(a.window_start_ms),
+                    observed: a.observed,
+                    expected: a.expected,
+                    lower: a.lower,
+                    upper: a.upper,
+                    score: a.score,
+                    kind: a.kind,
+                    model: a.model,
+                })
+                .collect(),
+            partial: !gathered.missing.is_empty(),
+            missing: gathered.missing,
+        }))
     }
 
     /// This node's view of the cluster: the partitions it owns, their committed and current

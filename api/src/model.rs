@@ -67,6 +67,10 @@ pub struct WindowOut {
 pub struct WindowSeries {
     pub host: String,
     pub windows: Vec<WindowOut>,
+    /// Some live cluster member did not answer in time: its share is missing.
+    pub partial: bool,
+    /// The members that did not answer (empty when complete).
+    pub missing: Vec<String>,
 }
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,10 @@ pub struct TopOut {
     pub windows: u64,
     pub requests: u64,
     pub entries: Vec<TopEntry>,
+    /// Some live cluster member did not answer in time: its share is missing.
+    pub partial: bool,
+    /// The members that did not answer (empty when complete).
+    pub missing: Vec<String>,
 }
 
 #[derive(Object)]
@@ -148,6 +156,10 @@ pub struct AnomalyOut {
 #[derive(Object)]
 pub struct AnomaliesOut {
     pub anomalies: Vec<AnomalyOut>,
+    /// Some live cluster member did not answer in time: its share is missing.
+    pub partial: bool,
+    /// The members that did not answer (empty when complete).
+    pub missing: Vec<String>,
 }
 
 #[derive(Object)]

@@ -66,7 +66,10 @@ pub async fn start(
         None,
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(listen.ip());
+    .with_listen_addr(listen.ip())
+    // A host's series carries its windows' sketches from every partition: room for the
+    // largest default answer (60 windows × many partitions) without a frame killing the session.
+    .with_max_inbound_frame_size(64 << 20);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| ClusterError::Start(format!("node server on {listen}: {e}")))?;

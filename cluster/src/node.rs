@@ -304,6 +304,18 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
             Ok(part) => ClusterAnswer::Overview(part),
             Err(e) => ClusterAnswer::Failed(e),
         },
+        ClusterQuery::HostWindows { host, range } => {
+            match local::host_parts(&host, scope.shards, range).await {
+                Ok(parts) => ClusterAnswer::HostWindows(parts),
+                Err(e) => ClusterAnswer::Failed(e),
+            }
+        }
+        ClusterQuery::Anomalies { host, since_ms } => {
+            match local::anomalies(wtm_messages::AnomalyQuery { host, since_ms }).await {
+                Ok(list) => ClusterAnswer::Anomalies(list),
+                Err(e) => ClusterAnswer::Failed(e),
+            }
+        }
     }
 }
 

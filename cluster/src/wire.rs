@@ -98,7 +98,7 @@ impl BytesConvertable for WireQuery {
 }
 
 /// An answer as it travels: who answered, and what.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WireAnswer(pub Result<(String, ClusterAnswer), String>);
 
 impl BytesConvertable for WireAnswer {
@@ -158,7 +158,10 @@ mod tests {
         let q = WireQuery(Ok(ClusterQuery::Overview));
         assert_eq!(WireQuery::from_bytes(q.clone().into_bytes()), q);
         let a = WireAnswer(Ok(("n1".into(), ClusterAnswer::Failed("x".into()))));
-        assert_eq!(WireAnswer::from_bytes(a.clone().into_bytes()), a);
+        assert!(matches!(
+            WireAnswer::from_bytes(a.into_bytes()).0,
+            Ok((id, ClusterAnswer::Failed(why))) if id == "n1" && why == "x"
+        ));
         assert!(WireAnswer::from_bytes(vec![9, 9]).0.is_err());
     }
 }

@@ -294,7 +294,7 @@ pub struct Forecast {
     pub upper: Vec<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyQuery {
     pub host: Option<String>,
     pub since_ms: i64,
@@ -407,12 +407,22 @@ pub enum ClusterMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClusterQuery {
     Overview,
+    HostWindows {
+        host: String,
+        range: local::SeriesRange,
+    },
+    Anomalies {
+        host: Option<String>,
+        since_ms: i64,
+    },
 }
 
 /// A peer's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClusterAnswer {
     Overview(local::OverviewPart),
+    HostWindows(Vec<local::WindowPart>),
+    Anomalies(Vec<Anomaly>),
     /// The peer could not answer (an actor of its restarting).
     Failed(String),
 }

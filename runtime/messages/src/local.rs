@@ -2,11 +2,13 @@
 //! (the cluster fan-out runs these on every member and merges).
 
 use crate::{
-    ask, lookup, owned_partitions, partition_statuses, shard_name, ArchiverMsg, HostTotals,
-    PartitionStatus, WindowMsg, ARCHIVER_NAME,
+    ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
+    ArchiverMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME,
+    DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use wtm_core::agg::{WindowAgg, WindowKey};
 use wtm_telemetry::ActorKind;
 
 /// Which partitions this node answers for: a fixed set (generator, files: all must answer) or
@@ -94,6 +96,145 @@ pub fn merge_overviews(parts: impl IntoIterator<Item = OverviewPart>) -> Overvie
     }
 }
 
+/// One partition's share of a host's window, closed (final) or still open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowPart {
+    pub key: WindowKey,
+    pub agg: WindowAgg,
+    pub is_final: bool,
+}
+
+/// Which of a host's windows a series asks for: `[from, to)`, or without `from` the newest
+/// `default_windows` before `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesRange {
+    pub from_ms: Option<i64>,
+    pub to_ms: i64,
+    pub default_windows: i64,
+    pub window_ms: i64,
+}
+
+impl SeriesRange {
+    /// The first window start of the range, given the newest start there is before `to`.
+    pub fn first_start(&self, newest_ms: Option<i64>) -> i64 {
+        let w = self.window_ms;
+        let from = self.from_ms.unwrap_or_else(|| {
+            newest_ms
+                .unwrap_or(i64::MIN)
+                .saturating_add(w)
+                .saturating_sub(self.default_windows.saturating_mul(w))
+        });
+        from.saturating_sub(from.rem_euclid(w))
+    }
+}
+
+/// This node's shares of `host`'s windows in `range` (its own newest start decides a default
+/// range: never later than the cluster's newest, so the union of all nodes' answers covers the
+/// cluster's range).
+pub async fn host_parts(
+    host: &str,
+    shards: usize,
+    range: SeriesRange,
+) -> Result<Vec<WindowPart>, String> {
+    let q = WindowQuery {
+        host: Some(host.to_owned()),
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    let closed = ask(&archiver, ActorKind::Archiver, |r| {
+        ArchiverMsg::Windows(q.clone(), r)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let shard = lookup::<WindowMsg>(&shard_name(shard_of(host, shards)))
+        .ok_or("window shard is restarting")?;
+    let open = ask(&shard, ActorKind::Window, |r| {
+        WindowMsg::Query(q.clone(), r)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut parts: Vec<WindowPart> = closed
+        .into_iter()
+        .map(|w| WindowPart {
+            key: w.key,
+            agg: w.agg,
+            is_final: true,
+        })
+        .chain(open.into_iter().map(|(key, agg)| WindowPart {
+            key,
+            agg,
+            is_final: false,
+        }))
+        .collect();
+    let newest = parts
+        .iter()
+        .map(|p| p.key.start_ms)
+        .filter(|s| *s < range.to_ms)
+        .max();
+    let first = range.first_start(newest);
+    parts.retain(|p| (first..range.to_ms).contains(&p.key.start_ms));
+    Ok(parts)
+}
+
+/// Merge every node's shares: one per (window, partition) — a closed share is the same on any
+/// node that holds it, and a final one wins over an open one — then one window per start, in
+/// `range` as the cluster's newest window decides it. The bool: every share was final.
+pub fn merge_parts(
+    parts: impl IntoIterator<Item = WindowPart>,
+    range: SeriesRange,
+) -> Result<BTreeMap<i64, (WindowAgg, bool)>, wtm_core::sketch::SketchError> {
+    let mut by_key: BTreeMap<(i64, u32), WindowPart> = BTreeMap::new();
+    for p in parts {
+        let k = (p.key.start_ms, p.key.partition);
+        match by_key.get(&k) {
+            Some(have) if have.is_final || !p.is_final => {}
+            _ => {
+                by_key.insert(k, p);
+            }
+        }
+    }
+    let newest = by_key
+        .keys()
+        .map(|(s, _)| *s)
+        .filter(|s| *s < range.to_ms)
+        .max();
+    let first = range.first_start(newest);
+    let mut out: BTreeMap<i64, (WindowAgg, bool)> = BTreeMap::new();
+    for ((start, _), p) in by_key {
+        if !(first..range.to_ms).contains(&start) {
+            continue;
+        }
+        let e = out
+            .entry(start)
+            .or_insert_with(|| (WindowAgg::default(), true));
+        e.0.merge(&p.agg)?;
+        e.1 &= p.is_final;
+    }
+    Ok(out)
+}
+
+/// This node's detector's anomalies.
+pub async fn anomalies(q: AnomalyQuery) -> Result<Vec<Anomaly>, String> {
+    let detector = lookup::<DetectorMsg>(DETECTOR_NAME).ok_or("detector is restarting")?;
+    ask(&detector, ActorKind::Detector, |r| {
+        DetectorMsg::Anomalies(q, r)
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Every node's anomalies, each (host, metric, window) once, oldest first.
+pub fn merge_anomalies(lists: impl IntoIterator<Item = Vec<Anomaly>>) -> Vec<Anomaly> {
+    let mut by_key: BTreeMap<(i64, String, String), Anomaly> = BTreeMap::new();
+    for a in lists.into_iter().flatten() {
+        by_key
+            .entry((a.window_start_ms, a.host.clone(), a.metric.clone()))
+            .or_insert(a);
+    }
+    by_key.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +276,49 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(0, 10), (1, 25), (2, 5)]);
         assert_eq!(m.hosts, ["x", "y", "z"]);
+    }
+
+    fn part(start: i64, partition: u32, requests: u64, is_final: bool) -> WindowPart {
+        WindowPart {
+            key: WindowKey {
+                host: "h".into(),
+                start_ms: start,
+                partition,
+            },
+            agg: WindowAgg {
+                requests,
+                ..Default::default()
+            },
+            is_final,
+        }
+    }
+
+    #[test]
+    fn shares_merge_once_per_partition_in_the_clusters_range() {
+        let range = SeriesRange {
+            from_ms: None,
+            to_ms: i64::MAX,
+            default_windows: 2,
+            window_ms: 60,
+        };
+        // Node a: windows 0 and 60 of partition 0 (closed); node b: the same closed share of
+        // 60 (b took partition 0 over) plus its open share of partition 1 at 120, and an old
+        // closed window 0 of partition 1 that the default range (newest 2 windows) leaves out.
+        let a = vec![part(0, 0, 5, true), part(60, 0, 7, true)];
+        let b = vec![
+            part(60, 0, 7, true),
+            part(60, 1, 3, false),
+            part(120, 1, 2, false),
+            part(0, 1, 9, true),
+        ];
+        let m = merge_parts(a.into_iter().chain(b), range).unwrap();
+        let got: Vec<(i64, u64, bool)> = m
+            .iter()
+            .map(|(s, (agg, f))| (*s, agg.requests, *f))
+            .collect();
+        assert_eq!(got, vec![(60, 10, false), (120, 2, false)]);
+        // A final share wins over an open one of the same key, whatever the order.
+        let m = merge_parts([part(0, 0, 1, false), part(0, 0, 4, true)], range).unwrap();
+        assert_eq!((m[&0].0.requests, m[&0].1), (4, true));
     }
 }

@@ -143,7 +143,13 @@ impl Store {
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             // An unreachable store fails within seconds; the owners retry at every checkpoint,
             // so nothing waits on one call for long.
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            // Retries back off from 200 ms, not the SDK's 1 s: an owner waits on its write, and
+            // a store that is down is retried by the owner's own backoff anyway.
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
