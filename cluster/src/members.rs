@@ -158,8 +158,13 @@ impl Membership {
         );
     }
 
+    /// Members alive, this node included.
     pub fn alive_count(&self) -> usize {
         1 + self.peers.values().filter(|p| p.alive).count()
+    }
+
+    pub fn down_count(&self) -> usize {
+        self.peers.values().filter(|p| !p.alive).count()
     }
 
     /// Cluster addresses of the live peers (for this node's heartbeats).

@@ -93,12 +93,14 @@ impl MembershipRun {
                 tell(&me, ActorKind::Cluster, ClusterMsg::Dialed { addr, ok }).ok();
             });
         }
-        let alive = self.members.alive_count() as u64;
-        let total = 1 + self.members.members(Vec::new()).len() as u64 - 1;
-        m.cluster_members
-            .record(alive, &[KeyValue::new("state", "alive")]);
-        m.cluster_members
-            .record(total - alive, &[KeyValue::new("state", "down")]);
+        m.cluster_members.record(
+            self.members.alive_count() as u64,
+            &[KeyValue::new("state", "alive")],
+        );
+        m.cluster_members.record(
+            self.members.down_count() as u64,
+            &[KeyValue::new("state", "down")],
+        );
         after(me, self.heartbeat);
     }
 
