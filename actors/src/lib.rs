@@ -20,27 +20,9 @@ pub mod partition_owner;
 pub mod supervisor;
 pub mod window;
 
-use ractor::{ActorProcessingErr, ActorRef, Message};
-use std::time::Duration;
+use ractor::ActorProcessingErr;
 use wtm_core::error::ErrorKind;
-use wtm_messages::{tell, Failure};
-use wtm_telemetry::ActorKind;
-
-/// Send `make()` to `to` after `after`, counted in the mailbox depth (ractor's `send_after`
-/// would bypass the count). Dropped silently if `to` stopped meanwhile: it no longer wants it.
-pub(crate) fn spawn_tell_after<M: Message>(
-    to: ActorRef<M>,
-    kind: ActorKind,
-    after: Duration,
-    make: impl FnOnce() -> M + Send + 'static,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        if tell(&to, kind, make()).is_err() {
-            tracing::trace!(actor = kind.as_str(), "timer fired after its actor stopped");
-        }
-    });
-}
+use wtm_messages::Failure;
 
 /// Whether a child's failure is worth a restart. Errors keep their type through `?` into
 /// ractor's boxed error, so each crate's error says for itself; anything unknown (a panic, a

@@ -9,6 +9,7 @@ use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use wtm_core::time::now_ms;
 use wtm_messages::local::{self, Partitions};
 use wtm_messages::{
     mailbox, owned_partitions, tell, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, PeerBeat,
@@ -18,12 +19,6 @@ use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 /// The process group every node's peer actor joins.
 pub const PEERS_GROUP: &str = "wtm.peers";
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// How long a fan-out waits for a peer's answer before it counts the peer as missing.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,16 +39,6 @@ pub struct MembershipRun {
     server: ActorRef<NodeServerMessage>,
     /// Open sessions by id: peer address and whether it authenticated.
     sessions: HashMap<u64, (String, bool)>,
-}
-
-fn after(me: &ActorRef<ClusterMsg>, wait: Duration) {
-    let me = me.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if tell(&me, ActorKind::Cluster, ClusterMsg::Tick).is_err() {
-            tracing::trace!("membership stopped");
-        }
-    });
 }
 
 impl MembershipRun {
@@ -101,7 +86,9 @@ impl MembershipRun {
             self.members.down_count() as u64,
             &[KeyValue::new("state", "down")],
         );
-        after(me, self.heartbeat);
+        mailbox::tell_after(me.clone(), ActorKind::Cluster, self.heartbeat, || {
+            ClusterMsg::Tick
+        });
     }
 
     fn session(&mut self, e: SessionEvent) {

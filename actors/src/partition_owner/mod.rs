@@ -14,7 +14,6 @@ pub use state::{
     OwnerState,
 };
 
-use crate::spawn_tell_after;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,7 +217,7 @@ impl OwnerRun {
                 self.poll_pending = false; // stopping
             }
         } else {
-            spawn_tell_after(me.clone(), ActorKind::PartitionOwner, after, || {
+            mailbox::tell_after(me.clone(), ActorKind::PartitionOwner, after, || {
                 OwnerMsg::Poll
             });
         }
@@ -232,7 +231,7 @@ impl OwnerRun {
         }
         self.checkpoint_pending = true;
         let every = Duration::from_millis(self.args.config.checkpoint.interval_ms);
-        spawn_tell_after(me.clone(), ActorKind::PartitionOwner, every, || {
+        mailbox::tell_after(me.clone(), ActorKind::PartitionOwner, every, || {
             OwnerMsg::Checkpoint
         });
     }

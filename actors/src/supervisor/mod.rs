@@ -12,9 +12,9 @@ pub use state::{Decision, RestartBudget};
 
 use crate::archiver::{ArchiverActor, ArchiverArgs};
 use crate::detector::{DetectorActor, DetectorArgs};
+use crate::failure_kind;
 use crate::partition_owner::{OwnerActor, OwnerArgs};
 use crate::window::WindowActor;
-use crate::{failure_kind, spawn_tell_after};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -237,7 +237,7 @@ impl SupervisorRun {
                 Metrics::global()
                     .restarts
                     .add(1, &[KeyValue::new("actor", kind_of(child).as_str())]);
-                spawn_tell_after(me.clone(), ActorKind::Supervisor, after, move || {
+                mailbox::tell_after(me.clone(), ActorKind::Supervisor, after, move || {
                     SupervisorMsg::Restart(child)
                 });
             }

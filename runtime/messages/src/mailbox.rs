@@ -96,6 +96,22 @@ pub fn tell<M: Message>(to: &ActorRef<M>, kind: ActorKind, msg: M) -> Result<(),
     })
 }
 
+/// Send `make()` to `to` after `after`, counted like [`tell`] (ractor's `send_after` would bypass
+/// the count). Dropped if `to` stopped meanwhile: it no longer wants it.
+pub fn tell_after<M: Message>(
+    to: ActorRef<M>,
+    kind: ActorKind,
+    after: Duration,
+    make: impl FnOnce() -> M + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        if tell(&to, kind, make()).is_err() {
+            tracing::trace!(actor = kind.as_str(), "timer fired after its actor stopped");
+        }
+    });
+}
+
 /// Call with the standard timeout, counting the message in the receiver's mailbox.
 pub async fn ask<M: Message, R: Send + 'static>(
     to: &ActorRef<M>,
