@@ -216,9 +216,17 @@ impl OwnerState {
         s.buffered.range_start = start;
         s.replay_until = cp.next_offset;
         s.totals = cp.totals;
-        s.finished = cp.finished;
-        s.source_done = cp.finished;
+        // A checkpoint taken when the source ended may still hold publications that are not in
+        // the lake. Those whose records must be derived again need the source read once more
+        // (the replay), and none may count as finished until all are written: otherwise the
+        // owner would never read or write again and their records would be lost.
+        let replay = start < cp.next_offset;
+        s.source_done = cp.finished && !replay;
+        if s.source_done {
+            s.watermark.finish();
+        }
         s.unpublished = cp.unpublished;
+        s.finished = cp.finished && s.unpublished.is_empty();
         s.advance_ready();
         (s, cp.open)
     }
@@ -529,6 +537,57 @@ mod tests {
             p.plan(s(10), false, 1).write_lake,
             "a success resets the backoff"
         );
+    }
+
+    #[test]
+    fn a_finished_partition_killed_before_its_last_write_replays_and_writes_it() {
+        let line =
+            |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
+        let (a, b) = (line(10_000), line(70_000));
+        let all = batch(&[&a, "nope", &b]); // offsets 100..103
+        let mut s = OwnerState::new(settings());
+        let mut routed = vec![Vec::new(), Vec::new()];
+        s.ingest(&all, &mut routed);
+        // The source ended: the final checkpoint commits the last publication, then the node
+        // dies before writing it.
+        s.source_done = true;
+        s.watermark.finish();
+        s.cut_publication(vec![], 0, true);
+        let cp = s.checkpoint(vec![]);
+        assert!(cp.finished && cp.unpublished[0].has_record_range());
+        let cp: PartitionCheckpoint = decode("t", &encode(&cp).unwrap()).unwrap();
+        let (mut r, _) = OwnerState::restore(settings(), cp);
+        assert!(
+            !r.finished && !r.source_done,
+            "must read again to derive the records"
+        );
+        assert!(r.replaying() && r.ready_publications().is_empty());
+        r.ingest(&all, &mut routed);
+        let p = &r.ready_publications()[0];
+        assert_eq!(
+            (p.invalid.len(), p.raw.len()),
+            (1, 2),
+            "the dead letter is back"
+        );
+        // Nothing to derive again, only to write: reading is over, but not finished until written.
+        let mut s = OwnerState::new(settings());
+        s.source_done = true;
+        s.watermark.finish();
+        s.cut_publication(vec![], 0, true);
+        let mut cp = s.checkpoint(vec![]);
+        cp.unpublished.push(Arc::new(Publication {
+            partition: 0,
+            from_offset: 0,
+            to_offset: 0,
+            records_watermark: WatermarkState::default(),
+            created_ms: 0,
+            closed: vec![],
+            late: vec![],
+            invalid: vec![],
+            raw: vec![],
+        }));
+        let (r, _) = OwnerState::restore(settings(), cp);
+        assert!(r.source_done && !r.finished && r.ready_publications().len() == 1);
     }
 
     #[test]
