@@ -140,9 +140,21 @@ impl Api {
         Ok((windows, gathered.missing))
     }
 
-    /// Totals per host: closed (newest `n` windows) plus open windows.
-    async fn host_totals(&self, n: usize) -> Result<BTreeMap<String, HostTotals>, String> {
-        local::host_totals(n, self.ctx.shards).await
+    /// Totals per host: closed (newest `n` windows) plus open windows, over every live member;
+    /// with the members that did not answer.
+    async fn host_totals(
+        &self,
+        n: usize,
+    ) -> Result<(BTreeMap<String, HostTotals>, Vec<String>), String> {
+        let mine = local::host_counts(n, self.ctx.shards).await?;
+        let gathered = self.gather(ClusterQuery::Hosts { windows: n }).await?;
+        let theirs = gathered.answers.into_iter().flat_map(|(_, a)| match a {
+            ClusterAnswer::Hosts(counts) => counts,
+            _ => Vec::new(),
+        });
+        let totals =
+            local::merge_host_counts(mine.into_iter().chain(theirs), n, self.ctx.window_ms);
+        Ok((totals, gathered.missing))
     }
 
     fn scope(&self) -> Partitions {
@@ -241,7 +253,9 @@ impl Api {
     ) -> Reply<HostsOut> {
         let n = windows.0.unwrap_or(60);
         match self.host_totals(n as usize).await {
-            Ok(t) => Reply::Ok(Json(HostsOut {
+            Ok((t, missing)) => Reply::Ok(Json(HostsOut {
+                partial: !missing.is_empty(),
+                missing,
                 hosts: t
                     .into_values()
                     .map(|t| HostOut {
@@ -480,6 +494,7 @@ impl Api {
                         this_node: m.this_node,
                         last_heartbeat: m.last_heartbeat_ms.map(format_rfc3339),
                         partitions: m.partitions,
+                        home_hosts: m.home_hosts,
                     })
                     .collect(),
                 Err(e) => return unavailable(e),
@@ -492,6 +507,7 @@ impl Api {
                 this_node: true,
                 last_heartbeat: None,
                 partitions: parts.iter().map(|p| p.partition).collect(),
+                home_hosts: self.host_totals(1).await.map_or(0, |(t, _)| t.len() as u64),
             }],
         };
         Reply::Ok(Json(ClusterOut {

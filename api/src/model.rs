@@ -19,6 +19,10 @@ pub struct HostOut {
 #[derive(Object)]
 pub struct HostsOut {
     pub hosts: Vec<HostOut>,
+    /// Some live cluster member did not answer in time: its sites' windows are missing.
+    pub partial: bool,
+    /// The members that did not answer.
+    pub missing: Vec<String>,
 }
 
 #[derive(Object)]
@@ -225,4 +229,6 @@ pub struct MemberOut {
     pub last_heartbeat: Option<String>,
     /// Partitions it owns (as of its last heartbeat; none while down).
     pub partitions: Vec<u32>,
+    /// Hosts it is home for: their detector runs there (as of its last heartbeat).
+    pub home_hosts: u64,
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use wtm_messages::{MemberStatus, PeerBeat};
+use wtm_messages::{ClusterView, MemberStatus, PeerBeat};
 
 /// This node, as it presents itself.
 #[derive(Debug, Clone)]
@@ -177,7 +177,7 @@ impl Membership {
     }
 
     /// Every member, this node first, then peers by id.
-    pub fn members(&self, my_partitions: Vec<u32>) -> Vec<MemberStatus> {
+    pub fn members(&self, my_partitions: Vec<u32>, my_home_hosts: u64) -> Vec<MemberStatus> {
         let mut out = vec![MemberStatus {
             id: self.me.id.clone(),
             cluster_addr: self.me.cluster_addr.clone(),
@@ -186,6 +186,7 @@ impl Membership {
             this_node: true,
             last_heartbeat_ms: None,
             partitions: my_partitions,
+            home_hosts: my_home_hosts,
         }];
         out.extend(self.peers.values().map(|p| MemberStatus {
             id: p.beat.id.clone(),
@@ -199,6 +200,7 @@ impl Membership {
             } else {
                 Vec::new()
             },
+            home_hosts: if p.alive { p.beat.home_hosts } else { 0 },
         }));
         out
     }
@@ -224,6 +226,31 @@ impl Membership {
     pub fn me(&self) -> &Me {
         &self.me
     }
+
+    /// Whose host is whose: the live members' ids (this node's included), and every partition
+    /// any member has owned (a down member's too: its partitions come back with their next
+    /// owner, and a home waits for them).
+    pub fn view(&self, mine: &[u32]) -> ClusterView {
+        let mut members: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| p.alive)
+            .map(|p| p.beat.id.clone())
+            .chain([self.me.id.clone()])
+            .collect();
+        members.sort();
+        let partitions: std::collections::BTreeSet<u32> = self
+            .peers
+            .values()
+            .flat_map(|p| p.beat.partitions.iter().copied())
+            .chain(mine.iter().copied())
+            .collect();
+        ClusterView {
+            me: self.me.id.clone(),
+            members,
+            partitions: partitions.into_iter().collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +273,7 @@ mod tests {
             sent_ms: 0,
             partitions: vec![1, 2],
             peers: peers.iter().map(|s| s.to_string()).collect(),
+            home_hosts: 0,
         }
     }
 
@@ -267,7 +295,7 @@ mod tests {
         assert!(m.judge(s(6)).is_empty(), "exactly the bound: still alive");
         assert_eq!(m.judge(s(7)), vec!["b".to_string()]);
         assert!(m.judge(s(8)).is_empty(), "reported once");
-        let members = m.members(vec![0]);
+        let members = m.members(vec![0], 0);
         assert_eq!(members.len(), 2);
         assert!(members[0].this_node && !members[1].alive && members[1].partitions.is_empty());
         assert_eq!(

@@ -3,7 +3,7 @@
 //! the membership actor), plus the bridge from the node server's session events.
 
 use crate::members::{Heard, Me, Membership};
-use crate::wire::{Ack, PeerMsg, WireAnswer, WireBeat, WireQuery};
+use crate::wire::{Ack, PeerMsg, WireAnswer, WireBeat, WireQuery, WireShares};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
@@ -12,13 +12,18 @@ use std::time::{Duration, Instant};
 use wtm_core::time::now_ms;
 use wtm_messages::local::{self, Partitions};
 use wtm_messages::{
-    mailbox, owned_partitions, tell, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, PeerBeat,
-    SessionEvent,
+    lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg, ClusterQuery,
+    Gathered, HomeShares, PeerBeat, SessionEvent, ARCHIVER_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 /// The process group every node's peer actor joins.
 pub const PEERS_GROUP: &str = "wtm.peers";
+
+/// The process group of one member's peer actor (to send to that member alone).
+fn peer_group(id: &str) -> String {
+    format!("wtm.peer.{id}")
+}
 
 /// How long a fan-out waits for a peer's answer before it counts the peer as missing.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +44,8 @@ pub struct MembershipRun {
     server: ActorRef<NodeServerMessage>,
     /// Open sessions by id: peer address and whether it authenticated.
     sessions: HashMap<u64, (String, bool)>,
+    /// Hosts this node's detector judges (told by the detector).
+    home_hosts: u64,
 }
 
 impl MembershipRun {
@@ -56,6 +63,7 @@ impl MembershipRun {
             sent_ms: now_ms(),
             partitions: owned_partitions(),
             peers: self.members.live_addrs(),
+            home_hosts: self.home_hosts,
         };
         for cell in ractor::pg::get_members(&PEERS_GROUP.to_owned()) {
             if cell.get_id().is_local() {
@@ -77,6 +85,12 @@ impl MembershipRun {
                 };
                 tell(&me, ActorKind::Cluster, ClusterMsg::Dialed { addr, ok }).ok();
             });
+        }
+        // The archiver routes shares by this view (and judges against its partitions).
+        let mine = owned_partitions();
+        if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+            let view = self.members.view(&mine);
+            tell(&archiver, ActorKind::Archiver, ArchiverMsg::View(view)).ok();
         }
         m.cluster_members.record(
             self.members.alive_count() as u64,
@@ -134,6 +148,7 @@ impl Actor for MembershipActor {
             heartbeat: args.heartbeat,
             server: args.server,
             sessions: HashMap::new(),
+            home_hosts: 0,
         })
     }
 
@@ -165,12 +180,25 @@ impl Actor for MembershipActor {
             ClusterMsg::Session(e) => run.session(e),
             ClusterMsg::Dialed { addr, ok } => run.members.dialed(&addr, ok, Instant::now()),
             ClusterMsg::Members(reply) => {
-                reply.send(run.members.members(owned_partitions())).ok();
+                reply
+                    .send(run.members.members(owned_partitions(), run.home_hosts))
+                    .ok();
+            }
+            ClusterMsg::HomeHosts(n) => run.home_hosts = n,
+            ClusterMsg::Send { to, shares } => {
+                let others: Vec<String> = run
+                    .members
+                    .members(Vec::new(), 0)
+                    .into_iter()
+                    .filter(|m| m.alive && !m.this_node)
+                    .map(|m| m.id)
+                    .collect();
+                send(to.as_deref(), shares, &others)
             }
             ClusterMsg::Gather(q, reply) => {
                 let alive: Vec<String> = run
                     .members
-                    .members(Vec::new())
+                    .members(Vec::new(), 0)
                     .into_iter()
                     .filter(|m| m.alive && !m.this_node)
                     .map(|m| m.id)
@@ -188,6 +216,31 @@ impl Actor for MembershipActor {
     }
 }
 
+/// Cast `shares` to one member's peer actor, or to every other member's (`to` None). A member
+/// without a session gets nothing: its windows go out incomplete after the merge wait, and
+/// homes move off it once it is judged down.
+fn send(to: Option<&str>, shares: HomeShares, members: &[String]) {
+    let targets: Vec<&str> = match to {
+        Some(id) => vec![id],
+        None => members.iter().map(String::as_str).collect(),
+    };
+    for id in targets {
+        // Two nodes that dialed each other share two sessions, and the group may list the
+        // peer through both: always the same one, so a member's shares and progress reach it
+        // in the order they were sent.
+        let Some(cell) = ractor::pg::get_members(&peer_group(id))
+            .into_iter()
+            .filter(|c| !c.get_id().is_local())
+            .min_by_key(|c| (c.get_id().node(), c.get_id().pid()))
+        else {
+            continue;
+        };
+        let peer: ActorRef<PeerMsg> = cell.into();
+        peer.cast(PeerMsg::Shares(WireShares(Ok(shares.clone()))))
+            .ok();
+    }
+}
+
 /// Ask every remote peer actor `q` at once; answers that do not come within [`CALL_TIMEOUT`]
 /// leave their member in `missing`.
 async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
@@ -197,14 +250,25 @@ async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
             continue;
         }
         let peer: ActorRef<PeerMsg> = cell.into();
+        let name = q.name();
         let q = WireQuery(Ok(q.clone()));
         calls.spawn(async move {
+            let started = Instant::now();
+            let m = Metrics::global();
+            let label = [KeyValue::new("query", name)];
             match peer
                 .call(|r| PeerMsg::Query(q, r), Some(CALL_TIMEOUT))
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(WireAnswer(Ok(a)))) => Some(a),
-                _ => None,
+                Ok(ractor::rpc::CallResult::Success(WireAnswer(Ok(a)))) => {
+                    m.cluster_call_seconds
+                        .record(started.elapsed().as_secs_f64(), &label);
+                    Some(a)
+                }
+                _ => {
+                    m.cluster_call_failures.add(1, &label);
+                    None
+                }
             }
         });
     }
@@ -250,6 +314,7 @@ impl Actor for PeerActor {
         args: PeerArgs,
     ) -> Result<PeerArgs, ActorProcessingErr> {
         ractor::pg::join(PEERS_GROUP.to_owned(), vec![me.get_cell()]);
+        ractor::pg::join(peer_group(&args.id), vec![me.get_cell()]);
         Ok(args)
     }
 
@@ -282,6 +347,21 @@ impl Actor for PeerActor {
             PeerMsg::Ping(reply) => {
                 reply.send(Ack(true)).ok();
             }
+            PeerMsg::Shares(WireShares(Ok(shares))) => {
+                if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+                    tell(
+                        &archiver,
+                        ActorKind::Archiver,
+                        ArchiverMsg::FromPeer(shares),
+                    )
+                    .ok();
+                }
+            }
+            PeerMsg::Shares(WireShares(Err(reason))) => tell(
+                &run.membership,
+                ActorKind::Cluster,
+                ClusterMsg::Unreadable(reason),
+            )?,
         }
         Ok(())
     }
@@ -291,6 +371,10 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
     match q {
         ClusterQuery::Overview => match local::overview(scope.partitions, scope.shards).await {
             Ok(part) => ClusterAnswer::Overview(part),
+            Err(e) => ClusterAnswer::Failed(e),
+        },
+        ClusterQuery::Hosts { windows } => match local::host_counts(windows, scope.shards).await {
+            Ok(counts) => ClusterAnswer::Hosts(counts),
             Err(e) => ClusterAnswer::Failed(e),
         },
         ClusterQuery::HostWindows { host, range } => {

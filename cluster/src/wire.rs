@@ -6,7 +6,7 @@ use ractor::{BytesConvertable, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wtm_messages::{ClusterAnswer, ClusterQuery, PeerBeat};
+use wtm_messages::{ClusterAnswer, ClusterQuery, HomeShares, PeerBeat};
 
 /// First byte of every cluster payload; a peer with another one is refused.
 pub const WIRE_VERSION: u8 = 1;
@@ -113,6 +113,23 @@ impl BytesConvertable for WireAnswer {
     }
 }
 
+/// Shares for a host's home as they travel (unreadable ones are counted and dropped: the
+/// window then goes out incomplete after `detector.merge_wait_s`).
+#[derive(Debug, Clone)]
+pub struct WireShares(pub Result<HomeShares, String>);
+
+impl BytesConvertable for WireShares {
+    fn into_bytes(self) -> Vec<u8> {
+        match self.0 {
+            Ok(s) => encode(&s),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        WireShares(decode(&bytes))
+    }
+}
+
 /// The messages one node's peer actor accepts from others.
 #[derive(RactorClusterMessage)]
 pub enum PeerMsg {
@@ -123,6 +140,8 @@ pub enum PeerMsg {
     /// Are you there? (answered by the peer actor itself: a liveness probe for tests and tools)
     #[rpc]
     Ping(RpcReplyPort<Ack>),
+    /// For this node's archiver: shares of hosts homed here, and partitions' progress.
+    Shares(WireShares),
 }
 
 #[cfg(test)]
@@ -138,6 +157,7 @@ mod tests {
             sent_ms: 5,
             partitions: vec![3],
             peers: vec!["127.0.0.1:9".into()],
+            home_hosts: 7,
         };
         let bytes = WireBeat::Beat(b.clone()).into_bytes();
         assert_eq!(WireBeat::from_bytes(bytes.clone()), WireBeat::Beat(b));

@@ -108,10 +108,17 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
         n.config.write_text(n.config.read_text().replace("[node]\n", f"[node]\nid = \"{name}\"\n", 1))
         nodes.append(n.start())
     a, b, c = nodes
-    producer = PacedProducer(broker, topic, path, seconds=3)
+    # Produce once the cluster and the group have settled: every node sees three live members,
+    # each owning some of the partitions.
+    for n in nodes:
+        wait_for(n, lambda m: len(m) == 3 and all(x["alive"] and x["partitions"] for x in m.values())
+                 and sorted(p for x in m.values() for p in x["partitions"]) == list(range(PARTITIONS)), 60)
+    # Unkeyed: every host's records spread over partitions owned by different nodes, so each
+    # host's home merges shares from the whole cluster.
+    producer = PacedProducer(broker, topic, path, seconds=3, keyed=False)
     producer.start()
     producer.finish()
-    wait_exact(lake, truth)
+    lake_windows_now, _ = wait_exact(lake, truth)
 
     def overview(node):
         started = time.time()
@@ -153,6 +160,38 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
         assert tops[0]["entries"] == tops[1]["entries"] == tops[2]["entries"] and not tops[0]["partial"]
     anomalies = [n.get("/v1/anomalies")[1] for n in nodes]
     assert anomalies[0]["anomalies"] == anomalies[1]["anomalies"] == anomalies[2]["anomalies"]
+
+    # Every node lists every site with its exact totals over all its windows (as the lake holds
+    # them: late events are not in a window).
+    expected_hosts = {}
+    for (host, _), w in lake_w.items():
+        e = expected_hosts.setdefault(host, [0, 0, 0])
+        e[0] += 1
+        e[1] += w["requests"]
+        e[2] += w["bytes"]
+    for n in nodes:
+        status, body = n.get("/v1/hosts?windows=10000")
+        assert status == 200 and not body["partial"], body
+        got = {h["host"]: [h["windows"], h["requests"], h["bytes"]] for h in body["hosts"]}
+        want = expected_hosts
+        assert got == want, [(h, got.get(h), want.get(h)) for h in sorted(set(got) | set(want)) if got.get(h) != want.get(h)][:5]
+
+    # One detector per host in the whole cluster: each (host, window) is judged exactly once,
+    # whole (every partition's share, from whichever node wrote it), and the homes split the
+    # sites between the members.
+    def judged():
+        return sum(metric(n, "wtm_detector_windows_total") for n in nodes)
+
+    deadline = time.time() + 60
+    while judged() < len(lake_windows_now) and time.time() < deadline:
+        time.sleep(0.3)
+    time.sleep(2)  # nothing more may come
+    assert judged() == len(lake_windows_now), "each (host, window) judged once in the cluster"
+    assert sum(metric(n, "wtm_detector_incomplete_windows_total") for n in nodes) == 0
+    assert all(metric(n, "wtm_cluster_shares_sent_total") > 0 for n in nodes), "shares crossed nodes"
+    wait_for(a, lambda m: sum(x["home_hosts"] for x in m.values()) == len(expected_hosts)
+             and all(x["home_hosts"] > 0 for x in m.values()), 10)
+    assert anomalies[0]["anomalies"] == [], anomalies[0]["anomalies"][:3]
 
     # c freezes: its partitions stay c's until the group's session timeout moves them.
     c.proc.send_signal(signal.SIGSTOP)

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use wtm_core::agg::ClosedWindow;
-use wtm_messages::{HostTotals, WindowQuery};
+use wtm_messages::{HostCounts, ShareCounts, WindowQuery};
 
 pub struct RecentWindows {
     retention_ms: i64,
@@ -70,27 +70,24 @@ impl RecentWindows {
         }
     }
 
-    /// Per-host totals over the newest `n` windows (relative to the newest window seen).
-    pub fn totals(&self, n: usize) -> Vec<HostTotals> {
+    /// Per-host counts of the newest `n` windows (relative to the newest window seen).
+    pub fn counts(&self, n: usize) -> Vec<HostCounts> {
         let span = (n as i64)
             .saturating_sub(1)
             .max(0)
             .saturating_mul(self.window_ms);
         let from = self.newest_start_ms.saturating_sub(span);
-        let mut out: Vec<HostTotals> = self
+        let mut out: Vec<HostCounts> = self
             .hosts
             .iter()
-            .map(|(host, windows)| {
-                let mut t = HostTotals {
-                    host: host.clone(),
-                    ..Default::default()
-                };
-                for ((start, _), w) in windows.range((from, 0)..) {
-                    t.add(*start, &w.agg);
-                }
-                t
+            .map(|(host, windows)| HostCounts {
+                host: host.clone(),
+                shares: windows
+                    .range((from, 0)..)
+                    .map(|(_, w)| ShareCounts::of(&w.key, &w.agg, true))
+                    .collect(),
             })
-            .filter(|t| t.windows > 0)
+            .filter(|t| !t.shares.is_empty())
             .collect();
         out.sort_by(|a, b| a.host.cmp(&b.host));
         out
@@ -134,11 +131,11 @@ mod tests {
             all.iter().map(|w| w.agg.requests).collect::<Vec<_>>(),
             vec![7]
         );
-        let t = r.totals(10);
+        let t = r.counts(10);
         assert_eq!(
             t.iter()
-                .map(|t| (t.host.as_str(), t.requests))
-                .collect::<Vec<_>>(),
+                .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))
+                .collect::<Vec<(&str, u64)>>(),
             vec![("a", 7), ("b", 2)]
         );
     }

@@ -4,9 +4,9 @@
 //! here until every partition this node owns has written everything up to a watermark that
 //! closes the window — or `max_wait` passes, and then the window goes out marked incomplete.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use wtm_core::agg::{ClosedWindow, WindowAgg};
+use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::sketch::SketchError;
 use wtm_core::window::WindowSpec;
 
@@ -20,10 +20,12 @@ pub struct WholeWindow {
     pub complete: bool,
 }
 
+/// A window's shares so far, kept apart per partition until it goes out: a share seen twice
+/// (a re-publication, or forwarded by a node whose view lagged) counts once, and the shares of a
+/// host whose home moved can be handed over as they are.
 struct Pending {
-    agg: WindowAgg,
     since: Instant,
-    partitions: BTreeSet<u32>,
+    shares: BTreeMap<u32, WindowAgg>,
 }
 
 pub struct WholeWindows {
@@ -32,6 +34,9 @@ pub struct WholeWindows {
     /// Per partition: every window its watermark closes is written.
     progress: BTreeMap<u32, i64>,
     pending: BTreeMap<(i64, String), Pending>,
+    /// Per host, the newest window judged: a share of a window judged already (re-published by
+    /// a partition's next owner as it replays, or delayed past the wait) is not judged again.
+    judged: std::collections::HashMap<String, i64>,
 }
 
 impl WholeWindows {
@@ -41,22 +46,56 @@ impl WholeWindows {
             max_wait,
             progress: BTreeMap::new(),
             pending: BTreeMap::new(),
+            judged: Default::default(),
         }
     }
 
     /// A partition's share of a window, now in the lake. A share seen before (a re-publication
-    /// after a crash) is not added twice.
-    pub fn add(&mut self, w: &ClosedWindow, now: Instant) -> Result<(), SketchError> {
+    /// after a crash) is not added twice; false when its window was judged already.
+    pub fn add(&mut self, w: &ClosedWindow, now: Instant) -> bool {
         let key = (w.key.start_ms, w.key.host.clone());
-        let p = self.pending.entry(key).or_insert_with(|| Pending {
-            agg: WindowAgg::default(),
-            since: now,
-            partitions: BTreeSet::new(),
-        });
-        if p.partitions.insert(w.key.partition) {
-            p.agg.merge(&w.agg)?;
+        let judged = self
+            .judged
+            .get(&w.key.host)
+            .is_some_and(|newest| w.key.start_ms <= *newest);
+        if judged && !self.pending.contains_key(&key) {
+            return false;
         }
-        Ok(())
+        let p = self.pending.entry(key).or_insert_with(|| Pending {
+            since: now,
+            shares: BTreeMap::new(),
+        });
+        p.shares
+            .entry(w.key.partition)
+            .or_insert_with(|| w.agg.clone());
+        true
+    }
+
+    /// Take out the waiting shares of hosts `moved` accepts (their home is now another node),
+    /// to hand them over.
+    pub fn take_hosts(&mut self, moved: impl Fn(&str) -> bool) -> Vec<ClosedWindow> {
+        let keys: Vec<(i64, String)> = self
+            .pending
+            .keys()
+            .filter(|(_, host)| moved(host))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for (start, host) in keys {
+            let Some(p) = self.pending.remove(&(start, host.clone())) else {
+                continue;
+            };
+            out.extend(p.shares.into_iter().map(|(partition, agg)| ClosedWindow {
+                key: WindowKey {
+                    host: host.clone(),
+                    start_ms: start,
+                    partition,
+                },
+                end_ms: start + self.spec.size_ms,
+                agg,
+            }));
+        }
+        out
     }
 
     /// Everything `partition` closes at `watermark_ms` is written.
@@ -67,7 +106,7 @@ impl WholeWindows {
 
     /// Windows to judge now: those every partition in `owned` has closed, and those waiting
     /// longer than `max_wait` (incomplete), oldest first.
-    pub fn ready(&mut self, owned: &[u32], now: Instant) -> Vec<WholeWindow> {
+    pub fn ready(&mut self, owned: &[u32], now: Instant) -> Result<Vec<WholeWindow>, SketchError> {
         let spec = self.spec;
         let closed_everywhere = |start: i64, progress: &BTreeMap<u32, i64>| {
             owned
@@ -83,17 +122,25 @@ impl WholeWindows {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        due.into_iter()
-            .filter_map(|k| {
-                let p = self.pending.remove(&k)?;
-                Some(WholeWindow {
-                    complete: closed_everywhere(k.0, &self.progress),
-                    host: k.1,
-                    start_ms: k.0,
-                    agg: p.agg,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(due.len());
+        for k in due {
+            let Some(p) = self.pending.remove(&k) else {
+                continue;
+            };
+            let mut agg = WindowAgg::default();
+            for share in p.shares.values() {
+                agg.merge(share)?;
+            }
+            let newest = self.judged.entry(k.1.clone()).or_insert(k.0);
+            *newest = (*newest).max(k.0);
+            out.push(WholeWindow {
+                complete: closed_everywhere(k.0, &self.progress),
+                host: k.1,
+                start_ms: k.0,
+                agg,
+            });
+        }
+        Ok(out)
     }
 
     pub fn waiting(&self) -> usize {
@@ -104,7 +151,6 @@ impl WholeWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_core::agg::WindowKey;
 
     fn share(host: &str, start: i64, partition: u32, requests: u64) -> ClosedWindow {
         ClosedWindow {
@@ -134,40 +180,56 @@ mod tests {
         let t0 = Instant::now();
         let mut w = WholeWindows::new(spec(), Duration::from_secs(120));
         let owned = [0, 1, 2];
-        w.add(&share("a", 0, 0, 10), t0).unwrap();
-        w.add(&share("a", 0, 0, 10), t0).unwrap(); // re-published: counted once
+        w.add(&share("a", 0, 0, 10), t0);
+        w.add(&share("a", 0, 0, 10), t0); // re-published: counted once
         w.progress(0, 65_000);
         w.progress(1, 65_000);
         assert!(
-            w.ready(&owned, t0).is_empty(),
+            w.ready(&owned, t0).unwrap().is_empty(),
             "partition 2 has not closed it yet"
         );
-        w.add(&share("a", 0, 1, 7), t0).unwrap();
+        w.add(&share("a", 0, 1, 7), t0);
         w.progress(2, 64_999);
         assert!(
-            w.ready(&owned, t0).is_empty(),
+            w.ready(&owned, t0).unwrap().is_empty(),
             "64.999 s does not close [0, 60 s) + 5 s"
         );
         // Partition 2 held no share of the host; its progress alone completes the window.
         w.progress(2, 65_000);
-        let out = w.ready(&owned, t0);
+        let out = w.ready(&owned, t0).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].agg.requests, out[0].complete), (17, true));
-        assert!(w.ready(&owned, t0).is_empty() && w.waiting() == 0);
+        assert!(w.ready(&owned, t0).unwrap().is_empty() && w.waiting() == 0);
+        // Partition 1's next owner replays and re-publishes its share: not judged again.
+        assert!(!w.add(&share("a", 0, 1, 7), t0));
+        assert!(w.ready(&owned, t0).unwrap().is_empty() && w.waiting() == 0);
     }
 
     #[test]
     fn a_silent_partition_holds_a_window_only_until_max_wait() {
         let t0 = Instant::now();
         let mut w = WholeWindows::new(spec(), Duration::from_secs(120));
-        w.add(&share("a", 0, 0, 10), t0).unwrap();
+        w.add(&share("a", 0, 0, 10), t0);
         w.progress(0, 65_000);
-        assert!(w.ready(&[0, 1], t0 + Duration::from_secs(119)).is_empty());
-        let out = w.ready(&[0, 1], t0 + Duration::from_secs(120));
+        assert!(w
+            .ready(&[0, 1], t0 + Duration::from_secs(119))
+            .unwrap()
+            .is_empty());
+        let out = w.ready(&[0, 1], t0 + Duration::from_secs(120)).unwrap();
         assert_eq!((out.len(), out[0].complete), (1, false));
+        // A host whose home moved hands its waiting shares over as they came.
+        w.add(&share("m", 0, 3, 4), t0);
+        w.add(&share("m", 0, 4, 5), t0);
+        let moved = w.take_hosts(|h| h == "m");
+        let got: Vec<(u32, u64)> = moved
+            .iter()
+            .map(|s| (s.key.partition, s.agg.requests))
+            .collect();
+        assert_eq!(got, vec![(3, 4), (4, 5)]);
+        assert_eq!(w.waiting(), 0);
         // A partition no longer owned here (revoked) is not waited for.
-        w.add(&share("b", 60_000, 0, 1), t0).unwrap();
+        w.add(&share("b", 60_000, 0, 1), t0);
         w.progress(0, 125_000);
-        assert_eq!(w.ready(&[0], t0).len(), 1);
+        assert_eq!(w.ready(&[0], t0).unwrap().len(), 1);
     }
 }

@@ -8,10 +8,16 @@ pub use state::{fit, DetectorState, FitJob, METRICS};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
 use wtm_config::DetectorConfig;
-use wtm_messages::{mailbox, tell, DetectorMsg};
+use wtm_messages::{lookup, mailbox, tell, ClusterMsg, DetectorMsg, CLUSTER_NAME};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct DetectorActor;
+
+pub struct DetectorRun {
+    state: DetectorState,
+    /// Hosts judged here as last told to the gauge and to membership (`/v1/cluster`).
+    reported_hosts: u64,
+}
 
 pub struct DetectorArgs {
     pub config: DetectorConfig,
@@ -20,29 +26,33 @@ pub struct DetectorArgs {
 
 impl Actor for DetectorActor {
     type Msg = DetectorMsg;
-    type State = DetectorState;
+    type State = DetectorRun;
     type Arguments = DetectorArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<DetectorMsg>,
         args: DetectorArgs,
-    ) -> Result<DetectorState, ActorProcessingErr> {
+    ) -> Result<DetectorRun, ActorProcessingErr> {
         // Every metric's series exists from the start (a dashboard panel is never blank).
         for metric in METRICS {
             Metrics::global()
                 .anomalies
                 .add(0, &[KeyValue::new("metric", metric)]);
         }
-        Ok(DetectorState::new(args.config, args.window_ms))
+        Ok(DetectorRun {
+            state: DetectorState::new(args.config, args.window_ms),
+            reported_hosts: u64::MAX,
+        })
     }
 
     async fn handle(
         &self,
         me: ActorRef<DetectorMsg>,
         msg: DetectorMsg,
-        state: &mut DetectorState,
+        run: &mut DetectorRun,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &mut run.state;
         let started = Instant::now();
         let id = me.get_id();
         match msg {
@@ -64,11 +74,21 @@ impl Actor for DetectorActor {
                     });
                 }
             }
+            DetectorMsg::Seed(host, points) => state.seed(&host, points),
+            DetectorMsg::Homes(view) => state.retain_hosts(|h| view.is_home(h)),
             DetectorMsg::Fitted(forecasts) => state.install(forecasts),
             DetectorMsg::Anomalies(q, reply) => {
                 reply
                     .send(state.anomalies(q.host.as_deref(), q.since_ms))
                     .ok();
+            }
+        }
+        let hosts = state.host_count() as u64;
+        if hosts != run.reported_hosts {
+            run.reported_hosts = hosts;
+            Metrics::global().cluster_home_hosts.record(hosts, &[]);
+            if let Some(cluster) = lookup::<ClusterMsg>(CLUSTER_NAME) {
+                tell(&cluster, ActorKind::Cluster, ClusterMsg::HomeHosts(hosts)).ok();
             }
         }
         mailbox::handled(id, ActorKind::Detector, started);

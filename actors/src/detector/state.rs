@@ -201,6 +201,29 @@ impl DetectorState {
         (found, job)
     }
 
+    /// A host's past windows, taken as history without judging them: the points a new home
+    /// rebuilt from the lake. A window already judged here keeps its point.
+    pub fn seed(&mut self, host: &str, points: Vec<WindowPoint>) {
+        let series = self.hosts.entry(host.to_owned()).or_default();
+        for p in points {
+            series.points.entry(p.start_ms).or_insert(p);
+        }
+        while series.points.len() > MAX_FIT_POINTS {
+            series.points.pop_first();
+        }
+    }
+
+    /// Drop the series of hosts `keep` rejects (homes moved elsewhere): memory follows the
+    /// hosts this node judges. Raised anomalies stay listed.
+    pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool) {
+        self.hosts.retain(|h, _| keep(h));
+    }
+
+    /// Hosts with a series here.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
     pub fn install(&mut self, forecasts: Vec<Forecast>) {
         for f in forecasts {
             if let Some(s) = self.hosts.get_mut(&f.host) {
@@ -277,6 +300,30 @@ mod tests {
             error_rate: err,
             latency_p99_ms: p99,
         }
+    }
+
+    #[test]
+    fn seeded_history_is_a_baseline_and_is_never_judged() {
+        let cfg = DetectorConfig {
+            model_history: 10_000,
+            ..DetectorConfig::default()
+        };
+        let mut d = DetectorState::new(cfg.clone(), 60_000);
+        // History that holds a spike: seeding raises nothing, and the spike is not re-raised.
+        let mut past: Vec<WindowPoint> = (0..40).map(|i| point(i, 600.0, 0.01, 200.0)).collect();
+        past[20].requests = 5000.0;
+        d.seed("h", past);
+        assert!(d.anomalies(None, i64::MIN).is_empty());
+        // The very next window is judged against the seeded baseline.
+        let (a, _) = d.observe("h", point(40, 3000.0, 0.01, 200.0));
+        assert_eq!(a.len(), 1, "{a:?}");
+        d.retain_hosts(|h| h != "h");
+        assert_eq!(d.host_count(), 0);
+        assert_eq!(
+            d.anomalies(None, i64::MIN).len(),
+            1,
+            "raised anomalies stay"
+        );
     }
 
     #[test]

@@ -44,8 +44,8 @@ impl Actor for WindowActor {
             WindowMsg::Query(q, reply) => {
                 reply.send(state.query(&q)).ok();
             }
-            WindowMsg::Totals(reply) => {
-                reply.send(state.totals()).ok();
+            WindowMsg::Counts(reply) => {
+                reply.send(state.counts()).ok();
             }
         }
         mailbox::handled(me.get_id(), ActorKind::Window, started);

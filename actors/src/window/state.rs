@@ -5,7 +5,7 @@ use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{encode, OpenWindows};
 use wtm_core::event::Event;
 use wtm_core::window::WindowSpec;
-use wtm_messages::{CutResult, HostTotals, WindowQuery};
+use wtm_messages::{CutResult, HostCounts, ShareCounts, WindowQuery};
 
 /// partition → host → window start → aggregate. Keyed by host first so that adding an event
 /// needs no allocation for the lookup.
@@ -119,17 +119,22 @@ impl WindowState {
 }
 
 impl WindowState {
-    /// Per-host totals over every open window.
-    pub fn totals(&self) -> Vec<HostTotals> {
-        let mut by_host: BTreeMap<&str, HostTotals> = BTreeMap::new();
-        for hosts in self.partitions.values() {
+    /// Per-host counts of every open window.
+    pub fn counts(&self) -> Vec<HostCounts> {
+        let mut by_host: BTreeMap<&str, HostCounts> = BTreeMap::new();
+        for (partition, hosts) in &self.partitions {
             for (host, windows) in hosts {
-                let t = by_host.entry(host).or_insert_with(|| HostTotals {
+                let t = by_host.entry(host).or_insert_with(|| HostCounts {
                     host: host.clone(),
-                    ..Default::default()
+                    shares: Vec::new(),
                 });
                 for (start, agg) in windows {
-                    t.add(*start, agg);
+                    let key = WindowKey {
+                        host: String::new(),
+                        start_ms: *start,
+                        partition: *partition,
+                    };
+                    t.shares.push(ShareCounts::of(&key, agg, false));
                 }
             }
         }

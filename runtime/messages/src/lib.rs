@@ -139,8 +139,8 @@ pub enum WindowMsg {
     Reset(u32, OpenWindows),
     /// Open windows for the API.
     Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
-    /// Per-host totals over the open windows.
-    Totals(RpcReplyPort<Vec<HostTotals>>),
+    /// Per-host counts of the open windows.
+    Counts(RpcReplyPort<Vec<HostCounts>>),
 }
 
 /// A host's totals over a set of windows (the `/v1/hosts` listing).
@@ -155,35 +155,35 @@ pub struct HostTotals {
     pub last_start_ms: i64,
 }
 
-impl HostTotals {
-    /// Fold in the same host's totals over other windows.
-    pub fn merge(&mut self, o: &HostTotals) {
-        if o.windows == 0 {
-            return;
-        }
-        if self.windows == 0 {
-            *self = o.clone();
-            return;
-        }
-        self.windows += o.windows;
-        self.requests += o.requests;
-        self.bytes += o.bytes;
-        self.status_5xx += o.status_5xx;
-        self.first_start_ms = self.first_start_ms.min(o.first_start_ms);
-        self.last_start_ms = self.last_start_ms.max(o.last_start_ms);
-    }
+/// One host's plain counts per (window, partition) share: what `/v1/hosts` adds up, small
+/// enough to gather from every member (no sketches).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostCounts {
+    pub host: String,
+    pub shares: Vec<ShareCounts>,
+}
 
-    pub fn add(&mut self, start_ms: i64, agg: &WindowAgg) {
-        if self.windows == 0 {
-            self.first_start_ms = start_ms;
-            self.last_start_ms = start_ms;
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareCounts {
+    pub start_ms: i64,
+    pub partition: u32,
+    pub requests: u64,
+    pub bytes: u64,
+    pub status_5xx: u64,
+    /// Closed (final) or still open.
+    pub is_final: bool,
+}
+
+impl ShareCounts {
+    pub fn of(key: &WindowKey, agg: &WindowAgg, is_final: bool) -> ShareCounts {
+        ShareCounts {
+            start_ms: key.start_ms,
+            partition: key.partition,
+            requests: agg.requests,
+            bytes: agg.bytes,
+            status_5xx: agg.status_class[4],
+            is_final,
         }
-        self.windows += 1;
-        self.requests += agg.requests;
-        self.bytes += agg.bytes;
-        self.status_5xx += agg.status_class[4];
-        self.first_start_ms = self.first_start_ms.min(start_ms);
-        self.last_start_ms = self.last_start_ms.max(start_ms);
     }
 }
 
@@ -247,10 +247,45 @@ pub enum ArchiverMsg {
     Progress { partition: u32, watermark_ms: i64 },
     /// Closed windows from the recent-history store, for the API.
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
-    /// Per-host totals over the most recent `n` closed windows.
-    Totals(usize, RpcReplyPort<Vec<HostTotals>>),
+    /// Per-host counts of the most recent `n` closed windows.
+    Counts(usize, RpcReplyPort<Vec<HostCounts>>),
     /// How many distinct hosts have been archived since start.
     HostsSeen(RpcReplyPort<usize>),
+    /// The cluster as membership sees it now (sent every heartbeat; absent on a single node):
+    /// whose host is whose, and every partition in the cluster.
+    View(ClusterView),
+    /// Shares and progress from other nodes, for the hosts this node is home for.
+    FromPeer(HomeShares),
+}
+
+/// What crosses to a host's home for its detector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum HomeShares {
+    /// Closed (host, window, partition) shares, already in the lake. `hops` counts forwards
+    /// between nodes whose views disagreed, so a share never circles.
+    Windows { shares: Vec<ClosedWindow>, hops: u8 },
+    /// Every window `partition` closes at `watermark_ms` is written (to every member).
+    Progress { partition: u32, watermark_ms: i64 },
+}
+
+/// The cluster's members as one node sees them: the live member ids (this node's included),
+/// sorted, and every partition a live member owns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    pub me: String,
+    pub members: Vec<String>,
+    pub partitions: Vec<u32>,
+}
+
+impl ClusterView {
+    /// The member whose detector judges `host` (rendezvous over the live members).
+    pub fn home_of(&self, host: &str) -> &str {
+        wtm_core::hash::rendezvous(host, &self.members).unwrap_or(&self.me)
+    }
+
+    pub fn is_home(&self, host: &str) -> bool {
+        self.home_of(host) == self.me
+    }
 }
 
 // ---- detector ---------------------------------------------------------------------------------
@@ -303,6 +338,10 @@ pub struct AnomalyQuery {
 #[derive(RactorMessage)]
 pub enum DetectorMsg {
     Observe(String, WindowPoint),
+    /// A host's past windows, as history only (never judged): this node just became its home.
+    Seed(String, Vec<WindowPoint>),
+    /// Forget the hosts this node is no longer home for (their raised anomalies stay).
+    Homes(ClusterView),
     /// A model fit finished off the actor (spawn_blocking).
     Fitted(Vec<Forecast>),
     Anomalies(AnomalyQuery, RpcReplyPort<Vec<Anomaly>>),
@@ -358,6 +397,9 @@ pub struct PeerBeat {
     pub partitions: Vec<u32>,
     /// Cluster addresses of the peers it hears from: how members find each other beyond seeds.
     pub peers: Vec<String>,
+    /// Hosts whose detector runs on it (it is their home).
+    #[serde(default)]
+    pub home_hosts: u64,
 }
 
 /// One member of the cluster as this node sees it.
@@ -372,6 +414,8 @@ pub struct MemberStatus {
     /// When its last heartbeat arrived here (UTC ms); None for this node.
     pub last_heartbeat_ms: Option<i64>,
     pub partitions: Vec<u32>,
+    /// Hosts whose detector runs on it.
+    pub home_hosts: u64,
 }
 
 /// A cluster session changed (plain data from the transport's events).
@@ -401,12 +445,24 @@ pub enum ClusterMsg {
     /// Ask every live peer (not this node) the same question, each within the cluster's call
     /// timeout; the reply says who answered and who did not.
     Gather(ClusterQuery, RpcReplyPort<Gathered>),
+    /// How many hosts this node's detector judges now (sent by the detector when it changes).
+    HomeHosts(u64),
+    /// Send to one member's archiver (`to`), or to every other live member (None).
+    Send {
+        to: Option<String>,
+        shares: HomeShares,
+    },
 }
 
 /// A question one node asks the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClusterQuery {
     Overview,
+    /// Counts of every host's newest `windows` closed windows (by the member's newest) and its
+    /// open ones.
+    Hosts {
+        windows: usize,
+    },
     HostWindows {
         host: String,
         range: local::SeriesRange,
@@ -417,10 +473,23 @@ pub enum ClusterQuery {
     },
 }
 
+impl ClusterQuery {
+    /// A bounded metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClusterQuery::Overview => "overview",
+            ClusterQuery::Hosts { .. } => "hosts",
+            ClusterQuery::HostWindows { .. } => "host_windows",
+            ClusterQuery::Anomalies { .. } => "anomalies",
+        }
+    }
+}
+
 /// A peer's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClusterAnswer {
     Overview(local::OverviewPart),
+    Hosts(Vec<HostCounts>),
     HostWindows(Vec<local::WindowPart>),
     Anomalies(Vec<Anomaly>),
     /// The peer could not answer (an actor of its restarting).

@@ -3,8 +3,8 @@
 
 use crate::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
-    ArchiverMsg, DetectorMsg, HostTotals, PartitionStatus, WindowMsg, WindowQuery, ARCHIVER_NAME,
-    DETECTOR_NAME,
+    ArchiverMsg, DetectorMsg, HostCounts, HostTotals, PartitionStatus, ShareCounts, WindowMsg,
+    WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,32 +28,76 @@ pub async fn partitions(which: Partitions) -> Result<Vec<PartitionStatus>, Strin
     result.map_err(|e| e.to_string())
 }
 
-/// Totals per host on this node: its newest `n` closed windows plus its open ones.
-pub async fn host_totals(n: usize, shards: usize) -> Result<BTreeMap<String, HostTotals>, String> {
+/// Counts per host on this node: its newest `n` closed windows plus its open ones.
+pub async fn host_counts(n: usize, shards: usize) -> Result<Vec<HostCounts>, String> {
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     let mut all = ask(&archiver, ActorKind::Archiver, |r| {
-        ArchiverMsg::Totals(n, r)
+        ArchiverMsg::Counts(n, r)
     })
     .await
     .map_err(|e| e.to_string())?;
     for i in 0..shards {
         let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
         all.extend(
-            ask(&shard, ActorKind::Window, WindowMsg::Totals)
+            ask(&shard, ActorKind::Window, WindowMsg::Counts)
                 .await
                 .map_err(|e| e.to_string())?,
         );
     }
-    let mut by_host: BTreeMap<String, HostTotals> = BTreeMap::new();
-    for t in all {
-        match by_host.get_mut(&t.host) {
-            Some(e) => e.merge(&t),
-            None => {
-                by_host.insert(t.host.clone(), t);
+    Ok(all)
+}
+
+/// Totals per host from every member's counts: each (window, partition) share once (a closed
+/// one wins over an open one; two members may hold the same closed share after a partition
+/// moved), the newest `n` closed windows by the cluster's newest, plus open windows. `windows`
+/// counts distinct window starts.
+pub fn merge_host_counts(
+    parts: impl IntoIterator<Item = HostCounts>,
+    n: usize,
+    window_ms: i64,
+) -> BTreeMap<String, HostTotals> {
+    let mut shares: BTreeMap<String, BTreeMap<(i64, u32), ShareCounts>> = BTreeMap::new();
+    for h in parts {
+        let entry = shares.entry(h.host).or_default();
+        for s in h.shares {
+            match entry.get(&(s.start_ms, s.partition)) {
+                Some(have) if have.is_final || !s.is_final => {}
+                _ => {
+                    entry.insert((s.start_ms, s.partition), s);
+                }
             }
         }
     }
-    Ok(by_host)
+    let newest_closed = shares
+        .values()
+        .flat_map(|m| m.values())
+        .filter(|s| s.is_final)
+        .map(|s| s.start_ms)
+        .max()
+        .unwrap_or(i64::MIN);
+    let span = (n as i64).saturating_sub(1).saturating_mul(window_ms);
+    let from = newest_closed.saturating_sub(span);
+    let mut out = BTreeMap::new();
+    for (host, m) in shares {
+        let mut t = HostTotals {
+            host: host.clone(),
+            ..Default::default()
+        };
+        let mut starts = std::collections::BTreeSet::new();
+        for s in m.values().filter(|s| !s.is_final || s.start_ms >= from) {
+            starts.insert(s.start_ms);
+            t.requests += s.requests;
+            t.bytes += s.bytes;
+            t.status_5xx += s.status_5xx;
+        }
+        let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
+            continue;
+        };
+        (t.first_start_ms, t.last_start_ms) = (*first, *last);
+        t.windows = starts.len() as u64;
+        out.insert(host, t);
+    }
+    out
 }
 
 /// One node's share of `/v1/overview`.
@@ -67,10 +111,16 @@ pub struct OverviewPart {
 pub async fn overview(which: Partitions, shards: usize) -> Result<OverviewPart, String> {
     Ok(OverviewPart {
         partitions: partitions(which).await?,
-        hosts: host_totals(usize::MAX / 2, shards)
-            .await?
-            .into_keys()
-            .collect(),
+        hosts: {
+            let mut hosts: Vec<String> = host_counts(usize::MAX / 2, shards)
+                .await?
+                .into_iter()
+                .map(|h| h.host)
+                .collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            hosts
+        },
     })
 }
 
@@ -276,6 +326,55 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(0, 10), (1, 25), (2, 5)]);
         assert_eq!(m.hosts, ["x", "y", "z"]);
+    }
+
+    #[test]
+    fn host_totals_count_each_share_once_over_the_clusters_newest_windows() {
+        let c = |start: i64, partition: u32, requests: u64, is_final: bool| ShareCounts {
+            start_ms: start,
+            partition,
+            requests,
+            bytes: requests * 10,
+            status_5xx: 1,
+            is_final,
+        };
+        let host = |shares: Vec<ShareCounts>| HostCounts {
+            host: "h".into(),
+            shares,
+        };
+        // Node a: windows 0..=2 of partition 0; node b: the same closed share of 120 (it took
+        // partition 0 over) and partition 1's shares of 120 (closed) and 180 (open).
+        let a = host(vec![
+            c(0, 0, 1, true),
+            c(60, 0, 2, true),
+            c(120, 0, 4, true),
+        ]);
+        let b = host(vec![
+            c(120, 0, 4, true),
+            c(120, 1, 8, true),
+            c(180, 1, 16, false),
+        ]);
+        let all = merge_host_counts([a.clone(), b.clone()], 2, 60);
+        let t = &all["h"];
+        // Newest 2 closed windows (60, 120) plus the open 180; 120's partition-0 share once.
+        assert_eq!(
+            (
+                t.windows,
+                t.requests,
+                t.status_5xx,
+                t.first_start_ms,
+                t.last_start_ms
+            ),
+            (3, 2 + 4 + 8 + 16, 4, 60, 180)
+        );
+        // An open share is replaced by the same share closed, whatever the order.
+        let open = host(vec![c(0, 0, 1, false)]);
+        let closed = host(vec![c(0, 0, 3, true)]);
+        assert_eq!(
+            merge_host_counts([open.clone(), closed.clone()], 9, 60)["h"].requests,
+            3
+        );
+        assert_eq!(merge_host_counts([closed, open], 9, 60)["h"].requests, 3);
     }
 
     fn part(start: i64, partition: u32, requests: u64, is_final: bool) -> WindowPart {

@@ -91,6 +91,11 @@ pub struct Metrics {
     pub judged_windows: Counter<u64>,
     pub cluster_peer_failures: Counter<u64>,
     pub cluster_refused: Counter<u64>,
+    pub cluster_home_hosts: Gauge<u64>,
+    pub late_shares: Counter<u64>,
+    pub cluster_shares_sent: Counter<u64>,
+    pub cluster_call_seconds: Histogram<f64>,
+    pub cluster_call_failures: Counter<u64>,
 }
 
 impl Metrics {
@@ -275,6 +280,27 @@ impl Metrics {
             cluster_refused: m
                 .u64_counter("wtm_cluster_refused_peers")
                 .with_description("Peer sessions refused, by reason (auth: wrong cookie; version: unreadable wire format)")
+                .build(),
+            late_shares: m
+                .u64_counter("wtm_detector_late_shares")
+                .with_description("Window shares that reached the detector's merge after their window was judged (replayed by a partition's next owner, or delayed past detector.merge_wait_s): not judged again")
+                .build(),
+            cluster_home_hosts: m
+                .u64_gauge("wtm_cluster_home_hosts")
+                .with_description("Hosts whose detector runs on this node (it is their home)")
+                .build(),
+            cluster_shares_sent: m
+                .u64_counter("wtm_cluster_shares_sent")
+                .with_description("Closed window shares sent to their host's home on another node")
+                .build(),
+            cluster_call_seconds: m
+                .f64_histogram("wtm_cluster_call_seconds")
+                .with_description("Time for a peer to answer a fan-out query, by query")
+                .with_boundaries(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0])
+                .build(),
+            cluster_call_failures: m
+                .u64_counter("wtm_cluster_call_failures")
+                .with_description("Fan-out queries a live peer did not answer in time (or could not), by query")
                 .build(),
             registry,
             _provider: provider,
