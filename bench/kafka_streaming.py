@@ -10,6 +10,7 @@ Environment: BENCH_KAFKA_EVENTS (default 3,000,000), BENCH_KAFKA_HOSTS (1,000),
 BENCH_PERF=1 also records a cpu-clock profile of the node (perf) and prints its top symbols.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -30,6 +31,28 @@ OUT = pathlib.Path(__file__).with_name("RESULTS-kafka.md")
 EVENTS = int(os.environ.get("BENCH_KAFKA_EVENTS", 3_000_000))
 HOSTS = int(os.environ.get("BENCH_KAFKA_HOSTS", 1000))
 PARTITIONS = 6
+
+
+@contextlib.contextmanager
+def broker():
+    """A Kafka broker (scripts/kafka) in a scratch directory: yields (bootstrap, broker pid)."""
+    with tempfile.TemporaryDirectory() as kd:
+        out = subprocess.run([str(ROOT / "scripts/kafka"), "start", "--data-dir", kd], check=True,
+                             capture_output=True, text=True).stdout
+        bootstrap = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("bootstrap="))
+        try:
+            yield bootstrap, int(pathlib.Path(kd, "broker.pid").read_text())
+        finally:
+            subprocess.run([str(ROOT / "scripts/kafka"), "stop", "--data-dir", kd], check=True)
+
+
+def new_topic(bootstrap, prefix):
+    """A fresh topic of PARTITIONS partitions."""
+    topic = f"{prefix}-{time.time_ns()}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        f.result(timeout=30)
+    return topic
 
 
 def ends(bootstrap, topic):
@@ -91,27 +114,17 @@ def run_case(name, bootstrap, broker_pid, topic, end, raw_events, perf):
 
 def main():
     perf = os.environ.get("BENCH_PERF") == "1"
-    with tempfile.TemporaryDirectory() as kd:
-        out = subprocess.run([str(ROOT / "scripts/kafka"), "start", "--data-dir", kd], check=True,
-                             capture_output=True, text=True).stdout
-        bootstrap = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("bootstrap="))
-        broker_pid = int(pathlib.Path(kd, "broker.pid").read_text())
-        try:
-            topic = f"bench-{time.time_ns()}"
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
-                f.result(timeout=30)
-            t0 = time.time()
-            subprocess.run([WTM, "generate", "--kafka", bootstrap, "--topic", topic, "--count", str(EVENTS),
-                            "--hosts", str(HOSTS), "--rate", "20000", "--seed", "5"], check=True)
-            fill = time.time() - t0
-            end = ends(bootstrap, topic)
-            assert sum(end.values()) == EVENTS, end
-            print(json.dumps({"filled": EVENTS, "seconds": fill}), flush=True)
-            rows = [run_case("raw archive on", bootstrap, broker_pid, topic, end, True, perf),
-                    run_case("raw archive off", bootstrap, broker_pid, topic, end, False, perf)]
-        finally:
-            subprocess.run([str(ROOT / "scripts/kafka"), "stop", "--data-dir", kd], check=True)
+    with broker() as (bootstrap, broker_pid):
+        topic = new_topic(bootstrap, "bench")
+        t0 = time.time()
+        subprocess.run([WTM, "generate", "--kafka", bootstrap, "--topic", topic, "--count", str(EVENTS),
+                        "--hosts", str(HOSTS), "--rate", "20000", "--seed", "5"], check=True)
+        fill = time.time() - t0
+        end = ends(bootstrap, topic)
+        assert sum(end.values()) == EVENTS, end
+        print(json.dumps({"filled": EVENTS, "seconds": fill}), flush=True)
+        rows = [run_case("raw archive on", bootstrap, broker_pid, topic, end, True, perf),
+                run_case("raw archive off", bootstrap, broker_pid, topic, end, False, perf)]
     lines = [
         "# Streaming from Kafka",
         "",

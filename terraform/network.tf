@@ -168,6 +168,22 @@ resource "aws_security_group" "nodes" {
     cidr_blocks = [var.vpc_id == null ? var.vpc_cidr : data.aws_vpc.given[0].cidr_block]
   }
 
+  ingress {
+    description = "wtm cluster port, from other wtm nodes"
+    from_port   = var.cluster_port
+    to_port     = var.cluster_port
+    protocol    = "tcp"
+    self        = true
+  }
+
+  egress {
+    description = "wtm cluster port, to other wtm nodes"
+    from_port   = var.cluster_port
+    to_port     = var.cluster_port
+    protocol    = "tcp"
+    self        = true
+  }
+
   egress {
     description = "HTTPS: S3, ECR, CloudWatch Logs, Secrets Manager"
     from_port   = 443

@@ -60,9 +60,9 @@ resource "aws_ecs_task_definition" "node" {
     command                = ["run"]
     readonlyRootFilesystem = true
     user                   = "10001"
-    portMappings           = [{ containerPort = 8080, protocol = "tcp" }]
-    environment            = local.node_environment
-    secrets                = local.node_secrets
+    portMappings           = [{ containerPort = 8080, protocol = "tcp" }, { containerPort = var.cluster_port, protocol = "tcp" }]
+    environment            = concat(local.node_environment, local.cluster_environment)
+    secrets                = concat(local.node_secrets, local.cluster_secrets)
     mountPoints            = [{ sourceVolume = "data", containerPath = "/data", readOnly = false }]
     stopTimeout            = 60
     healthCheck = {
@@ -103,6 +103,11 @@ resource "aws_ecs_service" "nodes" {
     subnets          = local.subnet_ids
     security_groups  = [aws_security_group.nodes.id]
     assign_public_ip = false
+  }
+
+  # Each running task's address under nodes.<name>.internal: the cluster's seed.
+  service_registries {
+    registry_arn = aws_service_discovery_service.nodes.arn
   }
 
   lifecycle {

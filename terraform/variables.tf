@@ -174,3 +174,9 @@ variable "enable_managed_grafana" {
   type        = bool
   default     = false
 }
+
+variable "cluster_port" {
+  description = "Port the nodes' cluster listens on (open only between nodes)"
+  type        = number
+  default     = 7400
+}

@@ -7,6 +7,7 @@
 //!   forever: ractor_cluster neither redials nor times out a silent peer).
 //! - [`wire`]: what crosses nodes, versioned (rmp-serde after a version byte); bad bytes are a
 //!   value, never a panic.
+//! - [`tls`]: mutual TLS between nodes (`[cluster.tls]`), both sides of the connection.
 //! - [`node`]: the membership actor (`wtm.cluster`, asked through `wtm_messages::ClusterMsg`), the
 //!   peer actor other nodes send to, and the node server's session events.
 //!
@@ -15,6 +16,7 @@
 
 pub mod members;
 pub mod node;
+pub mod tls;
 pub mod wire;
 
 use ractor::{Actor, ActorRef};
@@ -27,6 +29,39 @@ use wtm_messages::{ClusterMsg, CLUSTER_NAME};
 pub enum ClusterError {
     #[error("cluster: {0}")]
     Start(String),
+}
+
+/// The local address this host routes from towards the first resolvable seed (else towards the
+/// default route), for a node that listens on a wildcard address without `cluster.advertise`
+/// (a container whose address is known only once it runs). A UDP socket's `connect` only picks
+/// a route: no packet is sent.
+async fn local_ip_towards(seeds: &[String]) -> Option<std::net::IpAddr> {
+    let mut targets = Vec::new();
+    for seed in seeds {
+        if let Ok(mut addrs) = tokio::net::lookup_host(seed.as_str()).await {
+            targets.extend(addrs.next());
+        }
+    }
+    // TEST-NET-1 (RFC 5737): never answered; only its route matters.
+    targets.push(std::net::SocketAddr::from(([192, 0, 2, 1], 9)));
+    for t in targets {
+        let bind: std::net::SocketAddr = if t.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(sock) = std::net::UdpSocket::bind(bind) else {
+            continue;
+        };
+        if sock.connect(t).is_ok() {
+            if let Ok(local) = sock.local_addr() {
+                if !local.ip().is_unspecified() {
+                    return Some(local.ip());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// A running cluster member.
@@ -54,16 +89,33 @@ pub async fn start(
         .as_ref()
         .map(|s| s.expose().to_owned())
         .ok_or_else(|| ClusterError::Start("cluster.cookie is required".into()))?;
-    let advertised = c.advertised().unwrap_or_default().to_owned();
+    let advertised = match &c.advertise {
+        Some(a) => a.clone(),
+        None if listen.ip().is_unspecified() => {
+            let ip = local_ip_towards(&c.seeds).await.ok_or_else(|| {
+                ClusterError::Start(format!(
+                    "cluster.listen {listen} is a wildcard and no local address could be found: set cluster.advertise"
+                ))
+            })?;
+            tracing::info!(%ip, "cluster.advertise not set: advertising this node's address");
+            std::net::SocketAddr::new(ip, listen.port()).to_string()
+        }
+        None => listen.to_string(),
+    };
     let host = advertised
         .rsplit_once(':')
         .map_or(advertised.clone(), |(h, _)| h.to_owned());
+    let tls = match &c.tls {
+        Some(t) => Some(tls::Tls::load(t).map_err(ClusterError::Start)?),
+        None => None,
+    };
     let server = NodeServer::new(
         listen.port(),
         cookie,
         node_id.to_owned(),
         host,
-        None,
+        tls.as_ref()
+            .map(|t| ractor_cluster::IncomingEncryptionMode::Tls(t.acceptor.clone())),
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
     .with_listen_addr(listen.ip())
@@ -83,6 +135,7 @@ pub async fn start(
         heartbeat: Duration::from_millis(c.heartbeat_ms),
         failure_after: Duration::from_millis(c.failure_after_ms),
         server: server.clone(),
+        tls,
     };
     let (membership, _) = Actor::spawn(Some(CLUSTER_NAME.into()), node::MembershipActor, args)
         .await
@@ -107,6 +160,6 @@ pub async fn start(
             subscription: Box::new(node::SessionEvents(membership.clone())),
         })
         .map_err(|e| ClusterError::Start(format!("node server events: {e}")))?;
-    tracing::info!(%listen, "cluster member listening");
+    tracing::info!(%listen, tls = c.tls.is_some(), "cluster member listening");
     Ok(Some(ClusterNode { server, membership }))
 }

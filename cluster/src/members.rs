@@ -227,16 +227,30 @@ impl Membership {
         &self.me
     }
 
-    /// Whose host is whose: the live members' ids (this node's included), and every partition
-    /// any member has owned (a down member's too: its partitions come back with their next
-    /// owner, and a home waits for them).
+    /// Whose host is whose: the members every live member agrees are alive — this node hears
+    /// them, and every other live member's last heartbeat lists them (this node included on the
+    /// same terms) — so a joiner becomes a home on every node within about one heartbeat of each
+    /// other, not whenever each node first hears of it. Also every partition any member has
+    /// owned (a down member's too: its partitions come back with their next owner, and a home
+    /// waits for them).
     pub fn view(&self, mine: &[u32]) -> ClusterView {
-        let mut members: Vec<String> = self
+        let live: Vec<&PeerBeat> = self
             .peers
             .values()
             .filter(|p| p.alive)
-            .map(|p| p.beat.id.clone())
-            .chain([self.me.id.clone()])
+            .map(|p| &p.beat)
+            .collect();
+        let agreed = |id: &str, addr: &str| {
+            live.iter()
+                .filter(|b| b.id != id)
+                .all(|b| b.peers.iter().any(|a| a == addr))
+        };
+        let mut members: Vec<String> = live
+            .iter()
+            .map(|b| (b.id.as_str(), b.cluster_addr.as_str()))
+            .chain([(self.me.id.as_str(), self.me.cluster_addr.as_str())])
+            .filter(|(id, addr)| agreed(id, addr))
+            .map(|(id, _)| id.to_owned())
             .collect();
         members.sort();
         let partitions: std::collections::BTreeSet<u32> = self
@@ -307,6 +321,33 @@ mod tests {
             m.heard(beat("a", "10.9.9.9:1", &[]), s(30), 30),
             Heard::Impostor
         );
+    }
+
+    #[test]
+    fn a_joiner_is_a_home_only_once_every_live_member_hears_it() {
+        let mut m = Membership::new(me(), &[], Duration::from_secs(5));
+        let (t, ms) = (Instant::now(), 0);
+        // b hears a (this node); c has just joined: b does not list it yet, c lists a and b.
+        m.heard(beat("b", "10.0.0.2:7400", &["10.0.0.1:7400"]), t, ms);
+        m.heard(
+            beat("c", "10.0.0.3:7400", &["10.0.0.1:7400", "10.0.0.2:7400"]),
+            t,
+            ms,
+        );
+        assert_eq!(m.view(&[]).members, ["a", "b"]);
+        // b hears c now.
+        m.heard(
+            beat("b", "10.0.0.2:7400", &["10.0.0.1:7400", "10.0.0.3:7400"]),
+            t,
+            ms,
+        );
+        assert_eq!(m.view(&[]).members, ["a", "b", "c"]);
+        // A peer that does not hear this node: this node is no home until it does.
+        m.heard(beat("c", "10.0.0.3:7400", &["10.0.0.2:7400"]), t, ms);
+        assert_eq!(m.view(&[]).members, ["b", "c"]);
+        // Alone: its own home.
+        let alone = Membership::new(me(), &[], Duration::from_secs(5));
+        assert_eq!(alone.view(&[3]).members, ["a"]);
     }
 
     #[test]

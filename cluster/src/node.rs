@@ -34,6 +34,8 @@ pub struct MembershipArgs {
     pub heartbeat: Duration,
     pub failure_after: Duration,
     pub server: ActorRef<NodeServerMessage>,
+    /// Dial peers over mutual TLS (`[cluster.tls]`).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 pub struct MembershipActor;
@@ -42,6 +44,7 @@ pub struct MembershipRun {
     members: Membership,
     heartbeat: Duration,
     server: ActorRef<NodeServerMessage>,
+    tls: Option<crate::tls::Tls>,
     /// Open sessions by id: peer address and whether it authenticated.
     sessions: HashMap<u64, (String, bool)>,
     /// Hosts this node's detector judges (told by the detector).
@@ -74,9 +77,9 @@ impl MembershipRun {
             peer.cast(PeerMsg::Beat(WireBeat::Beat(beat.clone()))).ok();
         }
         for addr in self.members.to_dial(now) {
-            let (server, me) = (self.server.clone(), me.clone());
+            let (server, me, tls) = (self.server.clone(), me.clone(), self.tls.clone());
             tokio::spawn(async move {
-                let ok = match ractor_cluster::client_connect(&server, addr.as_str()).await {
+                let ok = match dial(&server, &addr, tls).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "dial failed; retrying with backoff");
@@ -138,15 +141,22 @@ impl Actor for MembershipActor {
         args: MembershipArgs,
     ) -> Result<MembershipRun, ActorProcessingErr> {
         let m = Metrics::global();
-        for reason in ["auth", "version"] {
+        for reason in ["auth", "version", "tls"] {
             m.cluster_refused.add(0, &[KeyValue::new("reason", reason)]);
         }
         m.cluster_peer_failures.add(0, &[]);
+        m.cluster_shares_sent.add(0, &[]);
+        m.late_shares.add(0, &[]);
+        for query in ClusterQuery::NAMES {
+            m.cluster_call_failures
+                .add(0, &[KeyValue::new("query", query)]);
+        }
         tell(&me, ActorKind::Cluster, ClusterMsg::Tick)?;
         Ok(MembershipRun {
             members: Membership::new(args.me, &args.seeds, args.failure_after),
             heartbeat: args.heartbeat,
             server: args.server,
+            tls: args.tls,
             sessions: HashMap::new(),
             home_hosts: 0,
         })
@@ -213,6 +223,32 @@ impl Actor for MembershipActor {
         }
         mailbox::handled(me.get_id(), ActorKind::Cluster, started);
         Ok(())
+    }
+}
+
+/// Open a session to `addr`, over TLS when configured. A TLS handshake the peer refuses (or
+/// whose certificate this node refuses) counts as a refused peer.
+async fn dial(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    tls: Option<crate::tls::Tls>,
+) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return ractor_cluster::client_connect(server, addr)
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let name = tls.server_name(addr)?;
+    match ractor_cluster::client_connect_enc(server, addr, tls.connector, name).await {
+        Ok(()) => Ok(()),
+        Err(ractor_cluster::ClientConnectErr::Encryption(e)) => {
+            Metrics::global()
+                .cluster_refused
+                .add(1, &[KeyValue::new("reason", "tls")]);
+            tracing::warn!(%addr, error = %e, "cluster peer refused: TLS handshake failed");
+            Err(e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -33,12 +33,23 @@ def prom_query(url, q):
 
 
 def test_every_dashboard_metric_exists_in_prometheus(broker, node_factory, tmp_path):
-    assert len(DASHBOARDS) == 3
+    assert len(DASHBOARDS) == 4
     topic = new_topic(broker, "metrics")
     subprocess.run([WTM, "generate", "--kafka", broker.bootstrap, "--topic", topic, "--count", "20000",
                     "--hosts", "10", "--rate", "200", "--malformed-share", "0.01", "--seed", "3"], check=True)
-    node = node_factory(kafka_source(broker, topic), **FAST).start()
-    wait_for(lambda: len(owned(node)) == 6, 60, "partitions assigned")
+    # Two nodes in one cluster, so the cluster dashboard's metrics (fan-out calls, shares sent to
+    # homes) have data too.
+    ports = [free_port(), free_port()]
+    nodes = []
+    for i, name in enumerate(["m1", "m2"]):
+        n = node_factory(kafka_source(broker, topic), name=name, **FAST,
+                         cluster={"listen": f"127.0.0.1:{ports[i]}", "seeds": [f"127.0.0.1:{ports[0]}"],
+                                  "cookie": "metrics-secret", "heartbeat_ms": 200})
+        n.config.write_text(n.config.read_text().replace("[node]\n", f"[node]\nid = \"{name}\"\n", 1))
+        nodes.append(n.start())
+    node = nodes[0]
+    wait_for(lambda: len(owned(node)) + len(owned(nodes[1])) == 6 and len(node.get("/v1/cluster")[1]["members"]) == 2,
+             60, "partitions assigned and the cluster formed")
     wait_for(lambda: node.overview()["events"] > 19000 and node.overview()["windows_closed"] > 0, 120, "events consumed")
 
     port, pdir = free_port(), tmp_path / "prometheus"

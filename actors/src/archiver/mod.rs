@@ -40,6 +40,9 @@ pub struct ArchiverArgs {
     pub detect: bool,
     /// How long a window waits for its last partition before it is judged anyway.
     pub merge_wait: Duration,
+    /// After homes move, how long nothing is judged: the previous homes' judged logs arrive
+    /// meanwhile, so a window one of them judged is not judged again here.
+    pub handover_grace: Duration,
 }
 
 pub struct ArchiverActor;
@@ -53,6 +56,9 @@ pub struct ArchiverRun {
     view: Option<ClusterView>,
     /// How far back a new home reads a host's history from the lake.
     history_ms: i64,
+    handover_grace: Duration,
+    /// Nothing is judged before this (homes just moved).
+    hold_until: Option<Instant>,
 }
 
 /// Shares sent to a home in one message: well below the cluster's frame limit even for heavy
@@ -102,6 +108,8 @@ impl Actor for ArchiverActor {
                 .then(|| WholeWindows::new(args.spec, args.merge_wait)),
             view: None,
             history_ms: keep_ms,
+            handover_grace: args.handover_grace,
+            hold_until: None,
         })
     }
 
@@ -133,7 +141,8 @@ impl Actor for ArchiverActor {
                 }
                 run.judge_whole()?;
             }
-            ArchiverMsg::View(view) => run.view(view),
+            ArchiverMsg::View(view) => run.view(view, &me),
+            ArchiverMsg::JudgeReady => run.judge_whole()?,
             ArchiverMsg::FromPeer(shares) => run.shares_from_peer(shares)?,
             ArchiverMsg::Windows(q, reply) => {
                 reply.send(run.recent.query(&q)).ok();
@@ -256,6 +265,15 @@ impl ArchiverRun {
                     whole.progress(partition, watermark_ms);
                 }
             }
+            HomeShares::Judged(hosts) => {
+                if let Some(whole) = self.whole.as_mut() {
+                    let dropped: usize = hosts
+                        .iter()
+                        .map(|(host, starts)| whole.judged_elsewhere(host, starts))
+                        .sum();
+                    Metrics::global().late_shares.add(dropped as u64, &[]);
+                }
+            }
         }
         self.judge_whole()
     }
@@ -263,17 +281,40 @@ impl ArchiverRun {
     /// Membership's latest view. When homes moved: hand waiting shares to their new homes, let
     /// the detector forget hosts homed elsewhere, and rebuild from the lake the history of hosts
     /// homed here now.
-    fn view(&mut self, view: ClusterView) {
+    fn view(&mut self, view: ClusterView, me: &ActorRef<ArchiverMsg>) {
         let old = self.view.replace(view.clone());
-        if self.whole.is_none() || old.as_ref().is_some_and(|o| o.members == view.members) {
+        let Some(whole) = self.whole.as_mut() else {
+            return;
+        };
+        // Shares waiting here for a host homed elsewhere (a forward from a node whose view
+        // lagged) go on to its home.
+        let moved = whole.take_hosts(|h| !view.is_home(h));
+        self.route_shares(moved, 0);
+        if old.as_ref().is_some_and(|o| o.members == view.members) {
             return;
         }
-        let moved = self
-            .whole
-            .as_mut()
-            .map(|w| w.take_hosts(|h| !view.is_home(h)))
-            .unwrap_or_default();
-        self.route_shares(moved, 0);
+        let Some(whole) = self.whole.as_mut() else {
+            return;
+        };
+        // What this node judged of hosts homed elsewhere now travels to their new homes.
+        let mut logs: std::collections::BTreeMap<String, Vec<(String, Vec<i64>)>> =
+            Default::default();
+        for (host, starts) in whole.take_judged(|h| !view.is_home(h)) {
+            logs.entry(view.home_of(&host).to_owned())
+                .or_default()
+                .push((host, starts));
+        }
+        for (home, hosts) in logs {
+            for chunk in hosts.chunks(4 * SHARES_PER_MESSAGE) {
+                send_to_cluster(Some(home.clone()), HomeShares::Judged(chunk.to_vec()));
+            }
+        }
+        if old.is_some() {
+            self.hold_until = Some(Instant::now() + self.handover_grace);
+            mailbox::tell_after(me.clone(), ActorKind::Archiver, self.handover_grace, || {
+                ArchiverMsg::JudgeReady
+            });
+        }
         if let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) {
             tell(
                 &detector,
@@ -296,17 +337,26 @@ impl ArchiverRun {
         if whole.waiting() == 0 {
             return Ok(());
         }
+        if self.hold_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
         // A home waits for every partition in the cluster, a single node for its own.
         let partitions = match &self.view {
             Some(v) => v.partitions.clone(),
             None => owned_partitions(),
         };
-        let ready = whole.ready(&partitions, Instant::now())?;
+        // A host homed elsewhere now (a share that came on a lagging view) is handed over at the
+        // next view, never judged here.
+        let view = self.view.as_ref();
+        let ready = whole.ready(&partitions, Instant::now(), |h| {
+            view.is_none_or(|v| v.is_home(h))
+        })?;
         let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
             return Ok(());
         };
         let m = Metrics::global();
         for w in ready {
+            tracing::debug!(host = %w.host, start_ms = w.start_ms, complete = w.complete, "whole window judged");
             if !w.complete {
                 m.incomplete_windows.add(1, &[]);
                 tracing::debug!(host = %w.host, start_ms = w.start_ms, "window judged before every partition closed it");

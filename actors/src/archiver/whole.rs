@@ -34,9 +34,63 @@ pub struct WholeWindows {
     /// Per partition: every window its watermark closes is written.
     progress: BTreeMap<u32, i64>,
     pending: BTreeMap<(i64, String), Pending>,
-    /// Per host, the newest window judged: a share of a window judged already (re-published by
-    /// a partition's next owner as it replays, or delayed past the wait) is not judged again.
-    judged: std::collections::HashMap<String, i64>,
+    /// Per host, the windows judged: a share of a window judged already (re-published by a
+    /// partition's next owner as it replays, or delayed past the wait) is not judged again —
+    /// here, or at the host's next home, which receives this log with the host.
+    judged: std::collections::HashMap<String, JudgedLog>,
+}
+
+/// Which of a host's recent windows were judged, in 16 bytes: the newest judged start and one
+/// bit for each of the 63 windows before it. A window older than that counts as judged (no
+/// replay reaches back an hour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JudgedLog {
+    newest: i64,
+    bits: u64,
+}
+
+impl JudgedLog {
+    fn new(start: i64) -> JudgedLog {
+        JudgedLog {
+            newest: start,
+            bits: 1,
+        }
+    }
+
+    fn back(&self, start: i64, size_ms: i64) -> i64 {
+        (self.newest - start) / size_ms.max(1)
+    }
+
+    pub fn contains(&self, start: i64, size_ms: i64) -> bool {
+        if start > self.newest {
+            return false;
+        }
+        let k = self.back(start, size_ms);
+        k >= 64 || self.bits & (1 << k) != 0
+    }
+
+    pub fn mark(&mut self, start: i64, size_ms: i64) {
+        if start > self.newest {
+            let shift = (start - self.newest) / size_ms.max(1);
+            self.bits = if shift >= 64 { 0 } else { self.bits << shift };
+            self.newest = start;
+            self.bits |= 1;
+        } else {
+            let k = self.back(start, size_ms);
+            if k < 64 {
+                self.bits |= 1 << k;
+            }
+        }
+    }
+
+    /// The judged starts this log knows exactly, oldest first.
+    pub fn starts(&self, size_ms: i64) -> Vec<i64> {
+        (0..64)
+            .rev()
+            .filter(|k| self.bits & (1 << k) != 0)
+            .map(|k| self.newest - k * size_ms)
+            .collect()
+    }
 }
 
 impl WholeWindows {
@@ -54,10 +108,11 @@ impl WholeWindows {
     /// after a crash) is not added twice; false when its window was judged already.
     pub fn add(&mut self, w: &ClosedWindow, now: Instant) -> bool {
         let key = (w.key.start_ms, w.key.host.clone());
+        let size = self.spec.size_ms;
         let judged = self
             .judged
             .get(&w.key.host)
-            .is_some_and(|newest| w.key.start_ms <= *newest);
+            .is_some_and(|log| log.contains(w.key.start_ms, size));
         if judged && !self.pending.contains_key(&key) {
             return false;
         }
@@ -98,6 +153,38 @@ impl WholeWindows {
         out
     }
 
+    /// Take out the judged logs of hosts `moved` accepts, for their new home.
+    pub fn take_judged(&mut self, moved: impl Fn(&str) -> bool) -> Vec<(String, Vec<i64>)> {
+        let hosts: Vec<String> = self.judged.keys().filter(|h| moved(h)).cloned().collect();
+        let size = self.spec.size_ms;
+        hosts
+            .into_iter()
+            .filter_map(|h| {
+                let log = self.judged.remove(&h)?;
+                Some((h, log.starts(size)))
+            })
+            .collect()
+    }
+
+    /// Windows of `host` its previous home judged: never judged here. Returns how many waiting
+    /// shares that drops (replays that reached this home first).
+    pub fn judged_elsewhere(&mut self, host: &str, starts: &[i64]) -> usize {
+        let size = self.spec.size_ms;
+        let mut dropped = 0;
+        for &start in starts {
+            match self.judged.get_mut(host) {
+                Some(log) => log.mark(start, size),
+                None => {
+                    self.judged.insert(host.to_owned(), JudgedLog::new(start));
+                }
+            }
+            if let Some(p) = self.pending.remove(&(start, host.to_owned())) {
+                dropped += p.shares.len();
+            }
+        }
+        dropped
+    }
+
     /// Everything `partition` closes at `watermark_ms` is written.
     pub fn progress(&mut self, partition: u32, watermark_ms: i64) {
         let e = self.progress.entry(partition).or_insert(watermark_ms);
@@ -106,7 +193,12 @@ impl WholeWindows {
 
     /// Windows to judge now: those every partition in `owned` has closed, and those waiting
     /// longer than `max_wait` (incomplete), oldest first.
-    pub fn ready(&mut self, owned: &[u32], now: Instant) -> Result<Vec<WholeWindow>, SketchError> {
+    pub fn ready(
+        &mut self,
+        owned: &[u32],
+        now: Instant,
+        judge_here: impl Fn(&str) -> bool,
+    ) -> Result<Vec<WholeWindow>, SketchError> {
         let spec = self.spec;
         let closed_everywhere = |start: i64, progress: &BTreeMap<u32, i64>| {
             owned
@@ -116,9 +208,10 @@ impl WholeWindows {
         let due: Vec<(i64, String)> = self
             .pending
             .iter()
-            .filter(|((start, _), p)| {
-                closed_everywhere(*start, &self.progress)
-                    || now.saturating_duration_since(p.since) >= self.max_wait
+            .filter(|((start, host), p)| {
+                judge_here(host)
+                    && (closed_everywhere(*start, &self.progress)
+                        || now.saturating_duration_since(p.since) >= self.max_wait)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -131,8 +224,10 @@ impl WholeWindows {
             for share in p.shares.values() {
                 agg.merge(share)?;
             }
-            let newest = self.judged.entry(k.1.clone()).or_insert(k.0);
-            *newest = (*newest).max(k.0);
+            self.judged
+                .entry(k.1.clone())
+                .or_insert_with(|| JudgedLog::new(k.0))
+                .mark(k.0, spec.size_ms);
             out.push(WholeWindow {
                 complete: closed_everywhere(k.0, &self.progress),
                 host: k.1,
@@ -185,24 +280,55 @@ mod tests {
         w.progress(0, 65_000);
         w.progress(1, 65_000);
         assert!(
-            w.ready(&owned, t0).unwrap().is_empty(),
+            w.ready(&owned, t0, |_| true).unwrap().is_empty(),
             "partition 2 has not closed it yet"
         );
         w.add(&share("a", 0, 1, 7), t0);
         w.progress(2, 64_999);
         assert!(
-            w.ready(&owned, t0).unwrap().is_empty(),
+            w.ready(&owned, t0, |_| true).unwrap().is_empty(),
             "64.999 s does not close [0, 60 s) + 5 s"
         );
         // Partition 2 held no share of the host; its progress alone completes the window.
         w.progress(2, 65_000);
-        let out = w.ready(&owned, t0).unwrap();
+        let out = w.ready(&owned, t0, |_| true).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].agg.requests, out[0].complete), (17, true));
-        assert!(w.ready(&owned, t0).unwrap().is_empty() && w.waiting() == 0);
+        assert!(w.ready(&owned, t0, |_| true).unwrap().is_empty() && w.waiting() == 0);
         // Partition 1's next owner replays and re-publishes its share: not judged again.
         assert!(!w.add(&share("a", 0, 1, 7), t0));
-        assert!(w.ready(&owned, t0).unwrap().is_empty() && w.waiting() == 0);
+        assert!(w.ready(&owned, t0, |_| true).unwrap().is_empty() && w.waiting() == 0);
+    }
+
+    #[test]
+    fn the_judged_log_remembers_64_windows_and_travels_with_the_host() {
+        let mut log = JudgedLog::new(600);
+        log.mark(0, 60);
+        log.mark(1200, 60); // newest moves on; 0 and 600 stay
+        assert!(log.contains(0, 60) && log.contains(600, 60) && log.contains(1200, 60));
+        assert!(!log.contains(60, 60) && !log.contains(1260, 60));
+        assert_eq!(log.starts(60), vec![0, 600, 1200]);
+        log.mark(1200 + 64 * 60, 60);
+        assert!(log.contains(60, 60), "older than 64 windows: judged");
+        assert_eq!(log.starts(60), vec![1200 + 64 * 60]);
+
+        // The old home judged window 0 of "a"; a replayed share reached the new home first.
+        let t0 = Instant::now();
+        let mut old = WholeWindows::new(spec(), Duration::from_secs(120));
+        old.add(&share("a", 0, 0, 10), t0);
+        old.progress(0, 65_000);
+        assert_eq!(old.ready(&[0], t0, |_| true).unwrap().len(), 1);
+        let mut new = WholeWindows::new(spec(), Duration::from_secs(120));
+        assert!(new.add(&share("a", 0, 0, 10), t0));
+        for (host, starts) in old.take_judged(|h| h == "a") {
+            assert_eq!(new.judged_elsewhere(&host, &starts), 1);
+        }
+        new.progress(0, 65_000);
+        assert!(
+            new.ready(&[0], t0, |_| true).unwrap().is_empty(),
+            "judged once, at the old home"
+        );
+        assert!(!new.add(&share("a", 0, 1, 3), t0));
     }
 
     #[test]
@@ -212,10 +338,17 @@ mod tests {
         w.add(&share("a", 0, 0, 10), t0);
         w.progress(0, 65_000);
         assert!(w
-            .ready(&[0, 1], t0 + Duration::from_secs(119))
+            .ready(&[0, 1], t0 + Duration::from_secs(119), |_| true)
             .unwrap()
             .is_empty());
-        let out = w.ready(&[0, 1], t0 + Duration::from_secs(120)).unwrap();
+        // A host not homed here is never judged here, however long it waits.
+        assert!(w
+            .ready(&[0, 1], t0 + Duration::from_secs(500), |h| h != "a")
+            .unwrap()
+            .is_empty());
+        let out = w
+            .ready(&[0, 1], t0 + Duration::from_secs(120), |_| true)
+            .unwrap();
         assert_eq!((out.len(), out[0].complete), (1, false));
         // A host whose home moved hands its waiting shares over as they came.
         w.add(&share("m", 0, 3, 4), t0);
@@ -230,6 +363,6 @@ mod tests {
         // A partition no longer owned here (revoked) is not waited for.
         w.add(&share("b", 60_000, 0, 1), t0);
         w.progress(0, 125_000);
-        assert_eq!(w.ready(&[0], t0).unwrap().len(), 1);
+        assert_eq!(w.ready(&[0], t0, |_| true).unwrap().len(), 1);
     }
 }

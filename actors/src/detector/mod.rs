@@ -8,7 +8,7 @@ pub use state::{fit, DetectorState, FitJob, METRICS};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
 use wtm_config::DetectorConfig;
-use wtm_messages::{lookup, mailbox, tell, ClusterMsg, DetectorMsg, CLUSTER_NAME};
+use wtm_messages::{lookup, mailbox, tell, ClusterMsg, ClusterView, DetectorMsg, CLUSTER_NAME};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct DetectorActor;
@@ -17,6 +17,8 @@ pub struct DetectorRun {
     state: DetectorState,
     /// Hosts judged here as last told to the gauge and to membership (`/v1/cluster`).
     reported_hosts: u64,
+    /// Whose host is whose, as of the archiver's last change of homes (None: a single node).
+    view: Option<ClusterView>,
 }
 
 pub struct DetectorArgs {
@@ -43,6 +45,7 @@ impl Actor for DetectorActor {
         Ok(DetectorRun {
             state: DetectorState::new(args.config, args.window_ms),
             reported_hosts: u64::MAX,
+            view: None,
         })
     }
 
@@ -74,8 +77,16 @@ impl Actor for DetectorActor {
                     });
                 }
             }
-            DetectorMsg::Seed(host, points) => state.seed(&host, points),
-            DetectorMsg::Homes(view) => state.retain_hosts(|h| view.is_home(h)),
+            DetectorMsg::Seed(host, points) => {
+                // A rebuild started under an older view may finish after homes moved again.
+                if run.view.as_ref().is_none_or(|v| v.is_home(&host)) {
+                    state.seed(&host, points);
+                }
+            }
+            DetectorMsg::Homes(view) => {
+                state.retain_hosts(|h| view.is_home(h));
+                run.view = Some(view);
+            }
             DetectorMsg::Fitted(forecasts) => state.install(forecasts),
             DetectorMsg::Anomalies(q, reply) => {
                 reply

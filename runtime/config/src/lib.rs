@@ -172,6 +172,24 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// A peer not heard from for this long is taken as down (a crash, a freeze, a partition).
     pub failure_after_ms: u64,
+    /// Mutual TLS between nodes (unset: plain TCP, authenticated by the cookie only).
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// Mutual TLS between nodes: each presents `cert` (signed by `ca`) and accepts only peers whose
+/// certificate `ca` signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The CA certificate(s) (PEM) that sign every member's certificate.
+    pub ca: PathBuf,
+    /// The name a peer's certificate must carry (a DNS SAN); default: the host part of the
+    /// address dialled (then an IP SAN for an IP address).
+    pub server_name: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -183,6 +201,7 @@ impl Default for ClusterConfig {
             cookie: None,
             heartbeat_ms: 1000,
             failure_after_ms: 5000,
+            tls: None,
         }
     }
 }
@@ -622,6 +641,19 @@ impl Config {
         if let Some(a) = &self.cluster.advertise {
             check(is_host_port(a), "cluster.advertise", "must be host:port")?;
         }
+        if let Some(tls) = &self.cluster.tls {
+            for (key, path) in [
+                ("cluster.tls.cert", &tls.cert),
+                ("cluster.tls.key", &tls.key),
+                ("cluster.tls.ca", &tls.ca),
+            ] {
+                check(
+                    path.is_file(),
+                    key,
+                    &format!("{} is not a readable file", path.display()),
+                )?;
+            }
+        }
         for seed in &self.cluster.seeds {
             check(
                 is_host_port(seed),
@@ -751,6 +783,14 @@ mod tests {
             jail.set_env("WTM__CLUSTER__SEEDS", "nohostport");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cluster.seeds"), "{err}");
+            jail.set_env("WTM__CLUSTER__SEEDS", "127.0.0.1:7401");
+            // TLS files that are not there fail at start-up, naming the key.
+            jail.create_file("node.pem", "not checked here")?;
+            jail.set_env("WTM__CLUSTER__TLS__CERT", "node.pem");
+            jail.set_env("WTM__CLUSTER__TLS__KEY", "missing-key.pem");
+            jail.set_env("WTM__CLUSTER__TLS__CA", "node.pem");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cluster.tls.key"), "{err}");
             Ok(())
         });
     }

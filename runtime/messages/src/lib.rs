@@ -256,6 +256,8 @@ pub enum ArchiverMsg {
     View(ClusterView),
     /// Shares and progress from other nodes, for the hosts this node is home for.
     FromPeer(HomeShares),
+    /// Judge the whole windows that are ready (sent to itself when a hold ends).
+    JudgeReady,
 }
 
 /// What crosses to a host's home for its detector.
@@ -266,6 +268,8 @@ pub enum HomeShares {
     Windows { shares: Vec<ClosedWindow>, hops: u8 },
     /// Every window `partition` closes at `watermark_ms` is written (to every member).
     Progress { partition: u32, watermark_ms: i64 },
+    /// Windows the previous home judged, per host that moved here: never judged again.
+    Judged(Vec<(String, Vec<i64>)>),
 }
 
 /// The cluster's members as one node sees them: the live member ids (this node's included),
@@ -474,6 +478,9 @@ pub enum ClusterQuery {
 }
 
 impl ClusterQuery {
+    /// Every [`ClusterQuery::name`].
+    pub const NAMES: [&'static str; 4] = ["overview", "hosts", "host_windows", "anomalies"];
+
     /// A bounded metric label.
     pub fn name(&self) -> &'static str {
         match self {

@@ -279,7 +279,7 @@ impl Metrics {
                 .build(),
             cluster_refused: m
                 .u64_counter("wtm_cluster_refused_peers")
-                .with_description("Peer sessions refused, by reason (auth: wrong cookie; version: unreadable wire format)")
+                .with_description("Peer sessions refused, by reason (auth: wrong cookie; version: unreadable wire format; tls: TLS handshake failed)")
                 .build(),
             late_shares: m
                 .u64_counter("wtm_detector_late_shares")
