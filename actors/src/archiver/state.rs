@@ -7,10 +7,47 @@ use wtm_messages::{HostCounts, ShareCounts, WindowQuery};
 pub struct RecentWindows {
     retention_ms: i64,
     window_ms: i64,
-    hosts: HashMap<String, BTreeMap<(i64, u32), ClosedWindow>>,
+    hosts: HashMap<String, HostRecent>,
     newest_start_ms: i64,
     /// Every host ever archived by this process (one name each: bounded by the sites).
     seen: HashSet<String>,
+}
+
+/// One host's retained windows, and their plain counts in a sorted vector beside them:
+/// `/v1/hosts` reads only the counts, a contiguous copy, instead of walking every window's
+/// aggregate (a cache miss each).
+#[derive(Default)]
+struct HostRecent {
+    windows: BTreeMap<(i64, u32), ClosedWindow>,
+    /// Sorted by (start, partition), one per window above.
+    counts: Vec<ShareCounts>,
+}
+
+impl HostRecent {
+    fn insert(&mut self, w: ClosedWindow) {
+        let key = (w.key.start_ms, w.key.partition);
+        let c = ShareCounts::of(&w.key, &w.agg, true);
+        match self
+            .counts
+            .binary_search_by_key(&key, |c| (c.start_ms, c.partition))
+        {
+            Ok(i) => self.counts[i] = c,
+            Err(i) => self.counts.insert(i, c),
+        }
+        self.windows.insert(key, w);
+    }
+
+    fn drop_before(&mut self, keep_from: i64) {
+        while self
+            .windows
+            .first_key_value()
+            .is_some_and(|((s, _), _)| *s < keep_from)
+        {
+            self.windows.pop_first();
+        }
+        let cut = self.counts.partition_point(|c| c.start_ms < keep_from);
+        self.counts.drain(..cut);
+    }
 }
 
 impl RecentWindows {
@@ -30,20 +67,15 @@ impl RecentWindows {
         if !self.seen.contains(&w.key.host) {
             self.seen.insert(w.key.host.clone());
         }
-        let windows = self.hosts.entry(w.key.host.clone()).or_default();
-        windows.insert((start, w.key.partition), w);
+        let recent = self.hosts.entry(w.key.host.clone()).or_default();
+        recent.insert(w);
         if start > self.newest_start_ms {
             self.newest_start_ms = start;
             let keep_from = start - self.retention_ms;
-            for windows in self.hosts.values_mut() {
-                while windows
-                    .first_key_value()
-                    .is_some_and(|((s, _), _)| *s < keep_from)
-                {
-                    windows.pop_first();
-                }
+            for recent in self.hosts.values_mut() {
+                recent.drop_before(keep_from);
             }
-            self.hosts.retain(|_, w| !w.is_empty());
+            self.hosts.retain(|_, r| !r.windows.is_empty());
         }
     }
 
@@ -65,8 +97,12 @@ impl RecentWindows {
                 .collect()
         };
         match &q.host {
-            Some(h) => self.hosts.get(h).map(pick).unwrap_or_default(),
-            None => self.hosts.values().flat_map(pick).collect(),
+            Some(h) => self
+                .hosts
+                .get(h)
+                .map(|r| pick(&r.windows))
+                .unwrap_or_default(),
+            None => self.hosts.values().flat_map(|r| pick(&r.windows)).collect(),
         }
     }
 
@@ -80,12 +116,9 @@ impl RecentWindows {
         let mut out: Vec<HostCounts> = self
             .hosts
             .iter()
-            .map(|(host, windows)| HostCounts {
+            .map(|(host, r)| HostCounts {
                 host: host.clone(),
-                shares: windows
-                    .range((from, 0)..)
-                    .map(|(_, w)| ShareCounts::of(&w.key, &w.agg, true))
-                    .collect(),
+                shares: r.counts[r.counts.partition_point(|c| c.start_ms < from)..].to_vec(),
             })
             .filter(|t| !t.shares.is_empty())
             .collect();

@@ -56,45 +56,49 @@ pub fn merge_host_counts(
     n: usize,
     window_ms: i64,
 ) -> BTreeMap<String, HostTotals> {
-    let mut shares: BTreeMap<String, BTreeMap<(i64, u32), ShareCounts>> = BTreeMap::new();
+    // Sorting each host's few shares beats a map per host: this runs on every `/v1/hosts`.
+    let mut shares: std::collections::HashMap<String, Vec<ShareCounts>> = Default::default();
+    let mut newest_closed = i64::MIN;
     for h in parts {
-        let entry = shares.entry(h.host).or_default();
-        for s in h.shares {
-            match entry.get(&(s.start_ms, s.partition)) {
-                Some(have) if have.is_final || !s.is_final => {}
-                _ => {
-                    entry.insert((s.start_ms, s.partition), s);
-                }
+        for s in h.shares.iter().filter(|s| s.is_final) {
+            newest_closed = newest_closed.max(s.start_ms);
+        }
+        match shares.get_mut(&h.host) {
+            Some(v) => v.extend(h.shares),
+            None => {
+                shares.insert(h.host, h.shares);
             }
         }
     }
-    let newest_closed = shares
-        .values()
-        .flat_map(|m| m.values())
-        .filter(|s| s.is_final)
-        .map(|s| s.start_ms)
-        .max()
-        .unwrap_or(i64::MIN);
     let span = (n as i64).saturating_sub(1).saturating_mul(window_ms);
     let from = newest_closed.saturating_sub(span);
     let mut out = BTreeMap::new();
-    for (host, m) in shares {
+    for (host, mut v) in shares {
+        // Per (window, partition), a closed share first: it wins over an open one.
+        v.sort_unstable_by_key(|s| (s.start_ms, s.partition, !s.is_final));
+        v.dedup_by_key(|s| (s.start_ms, s.partition));
         let mut t = HostTotals {
-            host: host.clone(),
+            host: String::new(),
             ..Default::default()
         };
-        let mut starts = std::collections::BTreeSet::new();
-        for s in m.values().filter(|s| !s.is_final || s.start_ms >= from) {
-            starts.insert(s.start_ms);
+        let mut last_start = None;
+        for s in v.iter().filter(|s| !s.is_final || s.start_ms >= from) {
+            if last_start != Some(s.start_ms) {
+                if last_start.is_none() {
+                    t.first_start_ms = s.start_ms;
+                }
+                t.windows += 1;
+                last_start = Some(s.start_ms);
+            }
             t.requests += s.requests;
             t.bytes += s.bytes;
             t.status_5xx += s.status_5xx;
         }
-        let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
+        let Some(last) = last_start else {
             continue;
         };
-        (t.first_start_ms, t.last_start_ms) = (*first, *last);
-        t.windows = starts.len() as u64;
+        t.last_start_ms = last;
+        t.host = host.clone();
         out.insert(host, t);
     }
     out
