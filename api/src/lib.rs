@@ -25,7 +25,7 @@ use wtm_core::time::{format_rfc3339, now_ms};
 use wtm_messages::local::{self, Partitions, SeriesRange};
 use wtm_messages::{
     ask, lookup, AnomalyQuery, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, HostTotals,
-    PartitionStatus, CLUSTER_NAME,
+    HostsPage, PartitionStatus, Targeted, CLUSTER_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
@@ -146,15 +146,58 @@ impl Api {
         &self,
         n: usize,
     ) -> Result<(BTreeMap<String, HostTotals>, Vec<String>), String> {
-        let mine = local::host_counts(n, self.ctx.shards).await?;
-        let gathered = self.gather(ClusterQuery::Hosts { windows: n }).await?;
-        let theirs = gathered.answers.into_iter().flat_map(|(_, a)| match a {
-            ClusterAnswer::Hosts(counts) => counts,
-            _ => Vec::new(),
-        });
-        let totals =
-            local::merge_host_counts(mine.into_iter().chain(theirs), n, self.ctx.window_ms);
-        Ok((totals, gathered.missing))
+        let mut counts = local::host_counts(n, self.ctx.shards, HostsPage::ALL).await?;
+        let gathered = self
+            .gather(ClusterQuery::Hosts {
+                windows: n,
+                page: None,
+            })
+            .await?;
+        let mut missing = gathered.missing;
+        for (member, answer) in gathered.answers {
+            let ClusterAnswer::Hosts {
+                counts: first,
+                page,
+            } = answer
+            else {
+                continue;
+            };
+            counts.extend(first);
+            // A member with many sites answers in pages (each under the transport's frame).
+            for index in 1..page.of {
+                let query = ClusterQuery::Hosts {
+                    windows: n,
+                    page: Some(HostsPage { index, of: page.of }),
+                };
+                match self.ask_member(&member, query).await? {
+                    Some(ClusterAnswer::Hosts { counts: more, .. }) => counts.extend(more),
+                    _ => {
+                        missing.push(member.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        let totals = local::merge_host_counts(counts, n, self.ctx.window_ms);
+        Ok((totals, missing))
+    }
+
+    /// Ask one member of the cluster (None: it did not answer in time).
+    async fn ask_member(
+        &self,
+        to: &str,
+        query: ClusterQuery,
+    ) -> Result<Option<ClusterAnswer>, String> {
+        let Some(c) = lookup::<ClusterMsg>(CLUSTER_NAME) else {
+            return Ok(None);
+        };
+        let t = Targeted {
+            to: to.to_owned(),
+            query,
+        };
+        ask(&c, ActorKind::Cluster, |r| ClusterMsg::Ask(t, r))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn scope(&self) -> Partitions {

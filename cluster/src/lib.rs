@@ -149,6 +149,7 @@ pub async fn start(
                 _ => wtm_messages::local::Partitions::Fixed(cfg.source.partitions),
             },
             shards: cfg.window.shards,
+            page_shares: c.page_shares,
         },
     };
     Actor::spawn(None, node::PeerActor, peer)

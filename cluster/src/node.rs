@@ -13,7 +13,7 @@ use wtm_core::time::now_ms;
 use wtm_messages::local::{self, Partitions};
 use wtm_messages::{
     lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg, ClusterQuery,
-    Gathered, HomeShares, PeerBeat, SessionEvent, ARCHIVER_NAME,
+    Gathered, HomeShares, HostsPage, PeerBeat, SessionEvent, ARCHIVER_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
@@ -195,6 +195,11 @@ impl Actor for MembershipActor {
                     .ok();
             }
             ClusterMsg::HomeHosts(n) => run.home_hosts = n,
+            ClusterMsg::Ask(t, reply) => {
+                tokio::spawn(async move {
+                    reply.send(ask_one(&t.to, t.query).await).ok();
+                });
+            }
             ClusterMsg::Send { to, shares } => {
                 let others: Vec<String> = run
                     .members
@@ -277,6 +282,40 @@ fn send(to: Option<&str>, shares: HomeShares, members: &[String]) {
     }
 }
 
+/// Ask member `to` alone, within [`CALL_TIMEOUT`].
+async fn ask_one(to: &str, q: ClusterQuery) -> Option<ClusterAnswer> {
+    let cell = ractor::pg::get_members(&peer_group(to))
+        .into_iter()
+        .filter(|c| !c.get_id().is_local())
+        .min_by_key(|c| (c.get_id().node(), c.get_id().pid()))?;
+    let peer: ActorRef<PeerMsg> = cell.into();
+    call_peer(peer, q).await.map(|(_, a)| a)
+}
+
+/// One timed call to a peer, counted by query.
+async fn call_peer(peer: ActorRef<PeerMsg>, q: ClusterQuery) -> Option<(String, ClusterAnswer)> {
+    let name = q.name();
+    let started = Instant::now();
+    let m = Metrics::global();
+    let label = [KeyValue::new("query", name)];
+    match peer
+        .call(|r| PeerMsg::Query(WireQuery(Ok(q)), r), Some(CALL_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(WireAnswer(Ok((id, a)))))
+            if !matches!(a, ClusterAnswer::Failed(_)) =>
+        {
+            m.cluster_call_seconds
+                .record(started.elapsed().as_secs_f64(), &label);
+            Some((id, a))
+        }
+        _ => {
+            m.cluster_call_failures.add(1, &label);
+            None
+        }
+    }
+}
+
 /// Ask every remote peer actor `q` at once; answers that do not come within [`CALL_TIMEOUT`]
 /// leave their member in `missing`.
 async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
@@ -286,34 +325,12 @@ async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
             continue;
         }
         let peer: ActorRef<PeerMsg> = cell.into();
-        let name = q.name();
-        let q = WireQuery(Ok(q.clone()));
-        calls.spawn(async move {
-            let started = Instant::now();
-            let m = Metrics::global();
-            let label = [KeyValue::new("query", name)];
-            match peer
-                .call(|r| PeerMsg::Query(q, r), Some(CALL_TIMEOUT))
-                .await
-            {
-                Ok(ractor::rpc::CallResult::Success(WireAnswer(Ok(a)))) => {
-                    m.cluster_call_seconds
-                        .record(started.elapsed().as_secs_f64(), &label);
-                    Some(a)
-                }
-                _ => {
-                    m.cluster_call_failures.add(1, &label);
-                    None
-                }
-            }
-        });
+        calls.spawn(call_peer(peer, q.clone()));
     }
     let mut out = Gathered::default();
     while let Some(done) = calls.join_next().await {
         if let Ok(Some((id, answer))) = done {
-            if !matches!(answer, ClusterAnswer::Failed(_)) {
-                out.answers.push((id, answer));
-            }
+            out.answers.push((id, answer));
         }
     }
     out.missing = alive
@@ -328,6 +345,8 @@ async fn gather(q: ClusterQuery, alive: Vec<String>) -> Gathered {
 pub struct LocalScope {
     pub partitions: Partitions,
     pub shards: usize,
+    /// Window shares per page of a `/v1/hosts` answer.
+    pub page_shares: usize,
 }
 
 pub struct PeerArgs {
@@ -409,10 +428,27 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
             Ok(part) => ClusterAnswer::Overview(part),
             Err(e) => ClusterAnswer::Failed(e),
         },
-        ClusterQuery::Hosts { windows } => match local::host_counts(windows, scope.shards).await {
-            Ok(counts) => ClusterAnswer::Hosts(counts),
-            Err(e) => ClusterAnswer::Failed(e),
-        },
+        ClusterQuery::Hosts { windows, page } => {
+            match local::host_counts(windows, scope.shards, page.unwrap_or(HostsPage::ALL)).await {
+                // A page asked for, or everything when it fits one page.
+                Ok(counts) if page.is_some() => ClusterAnswer::Hosts {
+                    counts,
+                    page: page.unwrap_or(HostsPage::ALL),
+                },
+                Ok(counts) => {
+                    let of = local::pages_for(&counts, scope.page_shares);
+                    let first = HostsPage { index: 0, of };
+                    ClusterAnswer::Hosts {
+                        counts: counts
+                            .into_iter()
+                            .filter(|h| first.holds(&h.host))
+                            .collect(),
+                        page: first,
+                    }
+                }
+                Err(e) => ClusterAnswer::Failed(e),
+            }
+        }
         ClusterQuery::HostWindows { host, range } => {
             match local::host_parts(&host, scope.shards, range).await {
                 Ok(parts) => ClusterAnswer::HostWindows(parts),

@@ -105,7 +105,9 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
         n = node_factory(kafka_source(broker, topic), name=name, **dict(FAST, lake=dict(FAST["lake"], path=str(lake))),
                          cluster={"listen": f"127.0.0.1:{ports[i]}", "seeds": [f"127.0.0.1:{ports[0]}"],
                                   "cookie": "shared-secret", "heartbeat_ms": HEARTBEAT_MS,
-                                  "failure_after_ms": FAILURE_AFTER_MS})
+                                  "failure_after_ms": FAILURE_AFTER_MS,
+                                  # Tiny pages: every member answers /v1/hosts in several.
+                                  "page_shares": 20})
         n.config.write_text(n.config.read_text().replace("[node]\n", f"[node]\nid = \"{name}\"\n", 1))
         nodes.append(n.start())
     a, b, c = nodes
@@ -163,7 +165,7 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
     assert anomalies[0]["anomalies"] == anomalies[1]["anomalies"] == anomalies[2]["anomalies"]
 
     # Every node lists every site with its exact totals over all its windows (as the lake holds
-    # them: late events are not in a window).
+    # them: late events are not in a window), gathered from the others page by page.
     expected_hosts = {}
     for (host, _), w in lake_w.items():
         e = expected_hosts.setdefault(host, [0, 0, 0])
@@ -176,6 +178,10 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
         got = {h["host"]: [h["windows"], h["requests"], h["bytes"]] for h in body["hosts"]}
         want = expected_hosts
         assert got == want, [(h, got.get(h), want.get(h)) for h in sorted(set(got) | set(want)) if got.get(h) != want.get(h)][:5]
+    _, text = a.get("/metrics")
+    calls = sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
+                if l.startswith("wtm_cluster_call_seconds_count") and 'query="hosts"' in l)
+    assert calls > 2 * 2, f"a's two peers answered /v1/hosts in pages ({calls} calls)"
 
     # One detector per host in the whole cluster: each (host, window) is judged exactly once,
     # whole (every partition's share, from whichever node wrote it), and the homes split the

@@ -147,8 +147,8 @@ impl Actor for ArchiverActor {
             ArchiverMsg::Windows(q, reply) => {
                 reply.send(run.recent.query(&q)).ok();
             }
-            ArchiverMsg::Counts(n, reply) => {
-                reply.send(run.recent.counts(n)).ok();
+            ArchiverMsg::Counts(q, reply) => {
+                reply.send(run.recent.counts(q.windows, q.page)).ok();
             }
             ArchiverMsg::HostsSeen(reply) => {
                 reply.send(run.recent.hosts_seen()).ok();

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use wtm_core::agg::ClosedWindow;
-use wtm_messages::{HostCounts, ShareCounts, WindowQuery};
+use wtm_messages::{HostCounts, HostsPage, ShareCounts, WindowQuery};
 
 pub struct RecentWindows {
     retention_ms: i64,
@@ -107,7 +107,7 @@ impl RecentWindows {
     }
 
     /// Per-host counts of the newest `n` windows (relative to the newest window seen).
-    pub fn counts(&self, n: usize) -> Vec<HostCounts> {
+    pub fn counts(&self, n: usize, page: HostsPage) -> Vec<HostCounts> {
         let span = (n as i64)
             .saturating_sub(1)
             .max(0)
@@ -116,6 +116,7 @@ impl RecentWindows {
         let mut out: Vec<HostCounts> = self
             .hosts
             .iter()
+            .filter(|(host, _)| page.holds(host))
             .map(|(host, r)| HostCounts {
                 host: host.clone(),
                 shares: r.counts[r.counts.partition_point(|c| c.start_ms < from)..].to_vec(),
@@ -164,7 +165,7 @@ mod tests {
             all.iter().map(|w| w.agg.requests).collect::<Vec<_>>(),
             vec![7]
         );
-        let t = r.counts(10);
+        let t = r.counts(10, HostsPage::ALL);
         assert_eq!(
             t.iter()
                 .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))

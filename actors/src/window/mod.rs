@@ -44,8 +44,8 @@ impl Actor for WindowActor {
             WindowMsg::Query(q, reply) => {
                 reply.send(state.query(&q)).ok();
             }
-            WindowMsg::Counts(reply) => {
-                reply.send(state.counts()).ok();
+            WindowMsg::Counts(page, reply) => {
+                reply.send(state.counts(page)).ok();
             }
         }
         mailbox::handled(me.get_id(), ActorKind::Window, started);

@@ -5,7 +5,7 @@ use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{encode, OpenWindows};
 use wtm_core::event::Event;
 use wtm_core::window::WindowSpec;
-use wtm_messages::{CutResult, HostCounts, ShareCounts, WindowQuery};
+use wtm_messages::{CutResult, HostCounts, HostsPage, ShareCounts, WindowQuery};
 
 /// partition → host → window start → aggregate. Keyed by host first so that adding an event
 /// needs no allocation for the lookup.
@@ -120,10 +120,10 @@ impl WindowState {
 
 impl WindowState {
     /// Per-host counts of every open window.
-    pub fn counts(&self) -> Vec<HostCounts> {
+    pub fn counts(&self, page: HostsPage) -> Vec<HostCounts> {
         let mut by_host: BTreeMap<&str, HostCounts> = BTreeMap::new();
         for (partition, hosts) in &self.partitions {
-            for (host, windows) in hosts {
+            for (host, windows) in hosts.iter().filter(|(h, _)| page.holds(h)) {
                 let t = by_host.entry(host).or_insert_with(|| HostCounts {
                     host: host.clone(),
                     shares: Vec::new(),

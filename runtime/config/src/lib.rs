@@ -174,6 +174,9 @@ pub struct ClusterConfig {
     pub failure_after_ms: u64,
     /// Mutual TLS between nodes (unset: plain TCP, authenticated by the cookie only).
     pub tls: Option<ClusterTlsConfig>,
+    /// Window shares per page of a member's `/v1/hosts` answer (a page must fit the transport's
+    /// 64 MiB frame: a share is about 40 bytes on the wire).
+    pub page_shares: usize,
 }
 
 /// Mutual TLS between nodes: each presents `cert` (signed by `ca`) and accepts only peers whose
@@ -202,6 +205,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 1000,
             failure_after_ms: 5000,
             tls: None,
+            page_shares: 100_000,
         }
     }
 }
@@ -641,6 +645,11 @@ impl Config {
         if let Some(a) = &self.cluster.advertise {
             check(is_host_port(a), "cluster.advertise", "must be host:port")?;
         }
+        check(
+            (1..=1_000_000).contains(&self.cluster.page_shares),
+            "cluster.page_shares",
+            "must be between 1 and 1000000 (a page must fit the 64 MiB frame)",
+        )?;
         if let Some(tls) = &self.cluster.tls {
             for (key, path) in [
                 ("cluster.tls.cert", &tls.cert),

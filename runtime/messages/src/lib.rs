@@ -139,8 +139,8 @@ pub enum WindowMsg {
     Reset(u32, OpenWindows),
     /// Open windows for the API.
     Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
-    /// Per-host counts of the open windows.
-    Counts(RpcReplyPort<Vec<HostCounts>>),
+    /// Per-host counts of the open windows, of the sites on one page.
+    Counts(HostsPage, RpcReplyPort<Vec<HostCounts>>),
 }
 
 /// A host's totals over a set of windows (the `/v1/hosts` listing).
@@ -153,6 +153,29 @@ pub struct HostTotals {
     pub status_5xx: u64,
     pub first_start_ms: i64,
     pub last_start_ms: i64,
+}
+
+/// One page of the sites, by hash: those with `fnv1a(host) % of == index` (`of` = 1: all). Pages
+/// keep a cross-node `/v1/hosts` answer under the transport's frame limit at any number of sites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostsPage {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl HostsPage {
+    pub const ALL: HostsPage = HostsPage { index: 0, of: 1 };
+
+    pub fn holds(&self, host: &str) -> bool {
+        self.of <= 1 || wtm_core::hash::fnv1a(host.as_bytes()) % self.of as u64 == self.index as u64
+    }
+}
+
+/// Counts of the newest `windows` closed windows, of the sites on `page`.
+#[derive(Debug, Clone, Copy)]
+pub struct CountsQuery {
+    pub windows: usize,
+    pub page: HostsPage,
 }
 
 /// One host's plain counts per (window, partition) share: what `/v1/hosts` adds up, small
@@ -247,8 +270,8 @@ pub enum ArchiverMsg {
     Progress { partition: u32, watermark_ms: i64 },
     /// Closed windows from the recent-history store, for the API.
     Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
-    /// Per-host counts of the most recent `n` closed windows.
-    Counts(usize, RpcReplyPort<Vec<HostCounts>>),
+    /// Per-host counts of the most recent closed windows, of the sites on one page.
+    Counts(CountsQuery, RpcReplyPort<Vec<HostCounts>>),
     /// How many distinct hosts have been archived since start.
     HostsSeen(RpcReplyPort<usize>),
     /// The cluster as membership sees it now (sent every heartbeat; absent on a single node):
@@ -451,6 +474,9 @@ pub enum ClusterMsg {
     Gather(ClusterQuery, RpcReplyPort<Gathered>),
     /// How many hosts this node's detector judges now (sent by the detector when it changes).
     HomeHosts(u64),
+    /// Ask one member (not this node) a question, within the call timeout; None when it did not
+    /// answer.
+    Ask(Targeted, RpcReplyPort<Option<ClusterAnswer>>),
     /// Send to one member's archiver (`to`), or to every other live member (None).
     Send {
         to: Option<String>,
@@ -463,9 +489,10 @@ pub enum ClusterMsg {
 pub enum ClusterQuery {
     Overview,
     /// Counts of every host's newest `windows` closed windows (by the member's newest) and its
-    /// open ones.
+    /// open ones; of one page of the sites, or (None) as the member pages them, first page.
     Hosts {
         windows: usize,
+        page: Option<HostsPage>,
     },
     HostWindows {
         host: String,
@@ -492,11 +519,22 @@ impl ClusterQuery {
     }
 }
 
+/// A question for one member.
+#[derive(Debug, Clone)]
+pub struct Targeted {
+    pub to: String,
+    pub query: ClusterQuery,
+}
+
 /// A peer's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClusterAnswer {
     Overview(local::OverviewPart),
-    Hosts(Vec<HostCounts>),
+    /// Counts of the sites on `page` (whose `of` says how many pages the member has).
+    Hosts {
+        counts: Vec<HostCounts>,
+        page: HostsPage,
+    },
     HostWindows(Vec<local::WindowPart>),
     Anomalies(Vec<Anomaly>),
     /// The peer could not answer (an actor of its restarting).

@@ -3,8 +3,8 @@
 
 use crate::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
-    ArchiverMsg, DetectorMsg, HostCounts, HostTotals, PartitionStatus, ShareCounts, WindowMsg,
-    WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+    ArchiverMsg, CountsQuery, DetectorMsg, HostCounts, HostTotals, HostsPage, PartitionStatus,
+    ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,23 +28,41 @@ pub async fn partitions(which: Partitions) -> Result<Vec<PartitionStatus>, Strin
     result.map_err(|e| e.to_string())
 }
 
-/// Counts per host on this node: its newest `n` closed windows plus its open ones.
-pub async fn host_counts(n: usize, shards: usize) -> Result<Vec<HostCounts>, String> {
+/// Counts per host on this node, of the sites on `page`: their newest `n` closed windows plus
+/// their open ones.
+pub async fn host_counts(
+    n: usize,
+    shards: usize,
+    page: HostsPage,
+) -> Result<Vec<HostCounts>, String> {
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    let q = CountsQuery { windows: n, page };
     let mut all = ask(&archiver, ActorKind::Archiver, |r| {
-        ArchiverMsg::Counts(n, r)
+        ArchiverMsg::Counts(q, r)
     })
     .await
     .map_err(|e| e.to_string())?;
     for i in 0..shards {
         let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
         all.extend(
-            ask(&shard, ActorKind::Window, WindowMsg::Counts)
+            ask(&shard, ActorKind::Window, |r| WindowMsg::Counts(page, r))
                 .await
                 .map_err(|e| e.to_string())?,
         );
     }
     Ok(all)
+}
+
+/// How many pages `counts` take at `page_shares` shares a page (one at least; a quarter more
+/// than the even split, as hashing spreads sites only about evenly).
+pub fn pages_for(counts: &[HostCounts], page_shares: usize) -> u32 {
+    let total: usize = counts.iter().map(|h| h.shares.len()).sum();
+    let even = total.div_ceil(page_shares.max(1));
+    if even <= 1 {
+        1
+    } else {
+        u32::try_from(even + even.div_ceil(4)).unwrap_or(u32::MAX)
+    }
 }
 
 /// Totals per host from every member's counts: each (window, partition) share once (a closed
@@ -116,7 +134,7 @@ pub async fn overview(which: Partitions, shards: usize) -> Result<OverviewPart, 
     Ok(OverviewPart {
         partitions: partitions(which).await?,
         hosts: {
-            let mut hosts: Vec<String> = host_counts(usize::MAX / 2, shards)
+            let mut hosts: Vec<String> = host_counts(usize::MAX / 2, shards, HostsPage::ALL)
                 .await?
                 .into_iter()
                 .map(|h| h.host)
@@ -379,6 +397,28 @@ mod tests {
             3
         );
         assert_eq!(merge_host_counts([closed, open], 9, 60)["h"].requests, 3);
+    }
+
+    #[test]
+    fn pages_split_the_sites_and_cover_each_once() {
+        let counts: Vec<HostCounts> = (0..1000)
+            .map(|i| HostCounts {
+                host: format!("site-{i}.example"),
+                shares: vec![ShareCounts::default(); 10],
+            })
+            .collect();
+        assert_eq!(pages_for(&counts, 100_000), 1);
+        let of = pages_for(&counts, 1000);
+        assert_eq!(of, 13, "10 even pages and a quarter more");
+        let mut seen = 0;
+        for index in 0..of {
+            let page = HostsPage { index, of };
+            let on: Vec<&HostCounts> = counts.iter().filter(|h| page.holds(&h.host)).collect();
+            let shares: usize = on.iter().map(|h| h.shares.len()).sum();
+            assert!(shares <= 1000, "page {index} holds {shares} shares");
+            seen += on.len();
+        }
+        assert_eq!(seen, 1000, "every site on exactly one page");
     }
 
     fn part(start: i64, partition: u32, requests: u64, is_final: bool) -> WindowPart {
