@@ -91,7 +91,17 @@ impl RecentWindows {
         if from >= q.to_ms {
             return Vec::new();
         }
+        let window_ms = self.window_ms;
         let pick = |w: &BTreeMap<(i64, u32), ClosedWindow>| -> Vec<ClosedWindow> {
+            let from = match q.last_windows {
+                Some(n) => match w.range(..(q.to_ms, 0)).next_back() {
+                    Some(((newest, _), _)) => {
+                        from.max(newest.saturating_sub((n - 1).max(0).saturating_mul(window_ms)))
+                    }
+                    None => return Vec::new(),
+                },
+                None => from,
+            };
             w.range((from, 0)..(q.to_ms, 0))
                 .map(|(_, v)| v.clone())
                 .collect()
@@ -160,17 +170,38 @@ mod tests {
             host: Some("a".into()),
             from_ms: 0,
             to_ms: i64::MAX,
+            last_windows: None,
         });
         assert_eq!(
             all.iter().map(|w| w.agg.requests).collect::<Vec<_>>(),
             vec![7]
         );
+        // The newest 2 windows' span of "b" before 200 s: only its window at 60 s.
+        let last = r.query(&WindowQuery {
+            host: Some("b".into()),
+            from_ms: i64::MIN,
+            to_ms: 200_000,
+            last_windows: Some(2),
+        });
+        assert_eq!(last.len(), 1);
+        r.insert(cw("a", 180_000, 3));
+        let last: Vec<i64> = r
+            .query(&WindowQuery {
+                host: Some("a".into()),
+                from_ms: i64::MIN,
+                to_ms: i64::MAX,
+                last_windows: Some(2),
+            })
+            .iter()
+            .map(|w| w.key.start_ms)
+            .collect();
+        assert_eq!(last, vec![180_000, 240_000]);
         let t = r.counts(10, HostsPage::ALL);
         assert_eq!(
             t.iter()
                 .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))
                 .collect::<Vec<(&str, u64)>>(),
-            vec![("a", 7), ("b", 2)]
+            vec![("a", 10), ("b", 2)]
         );
     }
 }

@@ -203,7 +203,8 @@ mod tests {
             s.query(&WindowQuery {
                 host: Some("c".into()),
                 from_ms: 0,
-                to_ms: 60_000
+                to_ms: 60_000,
+                last_windows: None,
             })
             .len(),
             1

@@ -129,6 +129,9 @@ pub struct WindowQuery {
     pub host: Option<String>,
     pub from_ms: i64,
     pub to_ms: i64,
+    /// Only the span of this many windows up to each host's newest window before `to_ms` (a
+    /// default series range: the archiver keeps six hours, a series shows one).
+    pub last_windows: Option<i64>,
 }
 
 #[derive(RactorMessage)]

@@ -208,10 +208,13 @@ pub async fn host_parts(
     shards: usize,
     range: SeriesRange,
 ) -> Result<Vec<WindowPart>, String> {
+    // Copy out only what the range can use: the archiver keeps hours of windows with their
+    // sketches, a series shows one hour.
     let q = WindowQuery {
         host: Some(host.to_owned()),
-        from_ms: i64::MIN,
-        to_ms: i64::MAX,
+        from_ms: range.from_ms.unwrap_or(i64::MIN),
+        to_ms: range.to_ms,
+        last_windows: range.from_ms.is_none().then_some(range.default_windows),
     };
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     let closed = ask(&archiver, ActorKind::Archiver, |r| {
