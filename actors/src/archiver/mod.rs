@@ -59,6 +59,8 @@ pub struct ArchiverRun {
     handover_grace: Duration,
     /// Nothing is judged before this (homes just moved).
     hold_until: Option<Instant>,
+    /// Shares of hosts homed elsewhere wait here (kept after too many forwards).
+    strays: bool,
 }
 
 /// Shares sent to a home in one message: well below the cluster's frame limit even for heavy
@@ -110,6 +112,7 @@ impl Actor for ArchiverActor {
             history_ms: keep_ms,
             handover_grace: args.handover_grace,
             hold_until: None,
+            strays: false,
         })
     }
 
@@ -230,7 +233,11 @@ impl ArchiverRun {
                         .or_default()
                         .push(w);
                 }
-                _ => {
+                view => {
+                    if view.as_ref().is_some_and(|v| !v.is_home(&w.key.host)) {
+                        // Kept after MAX_HOPS forwards: handed on at the next view.
+                        self.strays = true;
+                    }
                     if !whole.add(&w, now) {
                         Metrics::global().late_shares.add(1, &[]);
                         tracing::debug!(host = %w.key.host, start_ms = w.key.start_ms, partition = w.key.partition, "share of a window judged already: not judged again");
@@ -286,11 +293,14 @@ impl ArchiverRun {
         let Some(whole) = self.whole.as_mut() else {
             return;
         };
-        // Shares waiting here for a host homed elsewhere (a forward from a node whose view
-        // lagged) go on to its home.
-        let moved = whole.take_hosts(|h| !view.is_home(h));
-        self.route_shares(moved, 0);
-        if old.as_ref().is_some_and(|o| o.members == view.members) {
+        let same_members = old.as_ref().is_some_and(|o| o.members == view.members);
+        if !same_members || std::mem::take(&mut self.strays) {
+            // Shares waiting here for a host homed elsewhere now (homes moved, or a forward
+            // from a node whose view lagged) go on to its home.
+            let moved = whole.take_hosts(|h| !view.is_home(h));
+            self.route_shares(moved, 0);
+        }
+        if same_members {
             return;
         }
         let Some(whole) = self.whole.as_mut() else {
