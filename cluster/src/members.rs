@@ -167,6 +167,15 @@ impl Membership {
         self.peers.values().filter(|p| !p.alive).count()
     }
 
+    /// Ids of the live peers (this node not included).
+    pub fn live_ids(&self) -> Vec<String> {
+        self.peers
+            .values()
+            .filter(|p| p.alive)
+            .map(|p| p.beat.id.clone())
+            .collect()
+    }
+
     /// Cluster addresses of the live peers (for this node's heartbeats).
     pub fn live_addrs(&self) -> Vec<String> {
         self.peers

@@ -200,24 +200,9 @@ impl Actor for MembershipActor {
                     reply.send(ask_one(&t.to, t.query).await).ok();
                 });
             }
-            ClusterMsg::Send { to, shares } => {
-                let others: Vec<String> = run
-                    .members
-                    .members(Vec::new(), 0)
-                    .into_iter()
-                    .filter(|m| m.alive && !m.this_node)
-                    .map(|m| m.id)
-                    .collect();
-                send(to.as_deref(), shares, &others)
-            }
+            ClusterMsg::Send { to, shares } => send(to.as_deref(), shares, &run.members.live_ids()),
             ClusterMsg::Gather(q, reply) => {
-                let alive: Vec<String> = run
-                    .members
-                    .members(Vec::new(), 0)
-                    .into_iter()
-                    .filter(|m| m.alive && !m.this_node)
-                    .map(|m| m.id)
-                    .collect();
+                let alive = run.members.live_ids();
                 let down = run.members.uncovered_down(&owned_partitions());
                 tokio::spawn(async move {
                     let mut g = gather(q, alive).await;
@@ -265,31 +250,26 @@ fn send(to: Option<&str>, shares: HomeShares, members: &[String]) {
         Some(id) => vec![id],
         None => members.iter().map(String::as_str).collect(),
     };
-    for id in targets {
-        // Two nodes that dialed each other share two sessions, and the group may list the
-        // peer through both: always the same one, so a member's shares and progress reach it
-        // in the order they were sent.
-        let Some(cell) = ractor::pg::get_members(&peer_group(id))
-            .into_iter()
-            .filter(|c| !c.get_id().is_local())
-            .min_by_key(|c| (c.get_id().node(), c.get_id().pid()))
-        else {
-            continue;
-        };
-        let peer: ActorRef<PeerMsg> = cell.into();
+    for peer in targets.into_iter().filter_map(peer_ref) {
         peer.cast(PeerMsg::Shares(WireShares(Ok(shares.clone()))))
             .ok();
     }
 }
 
-/// Ask member `to` alone, within [`CALL_TIMEOUT`].
-async fn ask_one(to: &str, q: ClusterQuery) -> Option<ClusterAnswer> {
-    let cell = ractor::pg::get_members(&peer_group(to))
+/// Member `id`'s peer actor. Two nodes that dialled each other share two sessions, and the
+/// group may list the peer through both: always the same one, so what this node sends a member
+/// reaches it in the order it was sent.
+fn peer_ref(id: &str) -> Option<ActorRef<PeerMsg>> {
+    ractor::pg::get_members(&peer_group(id))
         .into_iter()
         .filter(|c| !c.get_id().is_local())
-        .min_by_key(|c| (c.get_id().node(), c.get_id().pid()))?;
-    let peer: ActorRef<PeerMsg> = cell.into();
-    call_peer(peer, q).await.map(|(_, a)| a)
+        .min_by_key(|c| (c.get_id().node(), c.get_id().pid()))
+        .map(ActorRef::from)
+}
+
+/// Ask member `to` alone, within [`CALL_TIMEOUT`].
+async fn ask_one(to: &str, q: ClusterQuery) -> Option<ClusterAnswer> {
+    call_peer(peer_ref(to)?, q).await.map(|(_, a)| a)
 }
 
 /// One timed call to a peer, counted by query.
