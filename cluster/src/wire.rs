@@ -81,54 +81,41 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
-/// A question as it travels (an unreadable one is answered with `Failed`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WireQuery(pub Result<ClusterQuery, String>);
+/// A payload as it travels: the decoded value, or why these bytes could not be read (ractor's
+/// `BytesConvertable` cannot fail a decode, so the failure travels as a value).
+macro_rules! wire_payload {
+    ($(#[$doc:meta])* $name:ident($ty:ty)) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Result<$ty, String>);
 
-impl BytesConvertable for WireQuery {
-    fn into_bytes(self) -> Vec<u8> {
-        match self.0 {
-            Ok(q) => encode(&q),
-            Err(_) => Vec::new(),
+        impl BytesConvertable for $name {
+            fn into_bytes(self) -> Vec<u8> {
+                match self.0 {
+                    Ok(v) => encode(&v),
+                    Err(_) => Vec::new(),
+                }
+            }
+            fn from_bytes(bytes: Vec<u8>) -> Self {
+                $name(decode(&bytes))
+            }
         }
-    }
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        WireQuery(decode(&bytes))
-    }
+    };
 }
 
-/// An answer as it travels: who answered, and what.
-#[derive(Debug, Clone)]
-pub struct WireAnswer(pub Result<(String, ClusterAnswer), String>);
-
-impl BytesConvertable for WireAnswer {
-    fn into_bytes(self) -> Vec<u8> {
-        match self.0 {
-            Ok(a) => encode(&a),
-            Err(_) => Vec::new(),
-        }
-    }
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        WireAnswer(decode(&bytes))
-    }
-}
-
-/// Shares for a host's home as they travel (unreadable ones are counted and dropped: the
-/// window then goes out incomplete after `detector.merge_wait_s`).
-#[derive(Debug, Clone)]
-pub struct WireShares(pub Result<HomeShares, String>);
-
-impl BytesConvertable for WireShares {
-    fn into_bytes(self) -> Vec<u8> {
-        match self.0 {
-            Ok(s) => encode(&s),
-            Err(_) => Vec::new(),
-        }
-    }
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        WireShares(decode(&bytes))
-    }
-}
+wire_payload!(
+    /// A question as it travels (an unreadable one is answered with `Failed`).
+    WireQuery(ClusterQuery)
+);
+wire_payload!(
+    /// An answer as it travels: who answered, and what.
+    WireAnswer((String, ClusterAnswer))
+);
+wire_payload!(
+    /// Shares for a host's home as they travel (unreadable ones are counted and dropped: the
+    /// window then goes out incomplete after `detector.merge_wait_s`).
+    WireShares(HomeShares)
+);
 
 /// The messages one node's peer actor accepts from others.
 #[derive(RactorClusterMessage)]
@@ -176,7 +163,7 @@ mod tests {
         ));
         assert_eq!(Ack::from_bytes(Ack(true).into_bytes()), Ack(true));
         let q = WireQuery(Ok(ClusterQuery::Overview));
-        assert_eq!(WireQuery::from_bytes(q.clone().into_bytes()), q);
+        assert_eq!(WireQuery::from_bytes(q.clone().into_bytes()).0, q.0);
         let a = WireAnswer(Ok(("n1".into(), ClusterAnswer::Failed("x".into()))));
         assert!(matches!(
             WireAnswer::from_bytes(a.into_bytes()).0,
