@@ -236,31 +236,50 @@ impl Membership {
         &self.me
     }
 
-    /// Whose host is whose: the members every live member agrees are alive — this node hears
-    /// them, and every other live member's last heartbeat lists them (this node included on the
-    /// same terms) — so a joiner becomes a home on every node within about one heartbeat of each
-    /// other, not whenever each node first hears of it. Also every partition any member has
-    /// owned (a down member's too: its partitions come back with their next owner, and a home
-    /// waits for them).
+    /// Whose host is whose: the largest group, this node and the peers it hears, in which every
+    /// two hear each other (each lists the other in its last heartbeat; this node hears every
+    /// live peer). While one does not hear another, the one with the most such gaps leaves the
+    /// group (the larger id of equals), so a joiner whose first heartbeats list few peers stays
+    /// out instead of pushing the others out, and becomes a home on every node within about one
+    /// heartbeat of each other once all hear it. Also every partition any member has owned (a
+    /// down member's too: its partitions come back with their next owner, and a home waits for
+    /// them).
     pub fn view(&self, mine: &[u32]) -> ClusterView {
-        let live: Vec<&PeerBeat> = self
+        let my_peers = self.live_addrs();
+        // (id, address, the addresses it hears)
+        let mut group: Vec<(&str, &str, &[String])> = self
             .peers
             .values()
             .filter(|p| p.alive)
-            .map(|p| &p.beat)
+            .map(|p| {
+                let b = &p.beat;
+                (b.id.as_str(), b.cluster_addr.as_str(), b.peers.as_slice())
+            })
+            .chain([(
+                self.me.id.as_str(),
+                self.me.cluster_addr.as_str(),
+                my_peers.as_slice(),
+            )])
             .collect();
-        let agreed = |id: &str, addr: &str| {
-            live.iter()
-                .filter(|b| b.id != id)
-                .all(|b| b.peers.iter().any(|a| a == addr))
-        };
-        let mut members: Vec<String> = live
-            .iter()
-            .map(|b| (b.id.as_str(), b.cluster_addr.as_str()))
-            .chain([(self.me.id.as_str(), self.me.cluster_addr.as_str())])
-            .filter(|(id, addr)| agreed(id, addr))
-            .map(|(id, _)| id.to_owned())
-            .collect();
+        let hears =
+            |x: &(&str, &str, &[String]), y: &(&str, &str, &[String])| x.2.iter().any(|a| a == y.1);
+        loop {
+            let worst = group
+                .iter()
+                .map(|x| {
+                    let gaps = group
+                        .iter()
+                        .filter(|y| y.0 != x.0 && !(hears(x, y) && hears(y, x)))
+                        .count();
+                    (gaps, x.0)
+                })
+                .max();
+            match worst {
+                Some((gaps, id)) if gaps > 0 => group.retain(|x| x.0 != id),
+                _ => break,
+            }
+        }
+        let mut members: Vec<String> = group.iter().map(|x| x.0.to_owned()).collect();
         members.sort();
         let partitions: std::collections::BTreeSet<u32> = self
             .peers
@@ -271,6 +290,7 @@ impl Membership {
         ClusterView {
             me: self.me.id.clone(),
             members,
+            live: self.live_ids(),
             partitions: partitions.into_iter().collect(),
         }
     }
@@ -351,9 +371,25 @@ mod tests {
             ms,
         );
         assert_eq!(m.view(&[]).members, ["a", "b", "c"]);
-        // A peer that does not hear this node: this node is no home until it does.
+        // A peer that does not hear this node: one of the two leaves the group (the larger id
+        // of equals), the same on every node that knows as much.
         m.heard(beat("c", "10.0.0.3:7400", &["10.0.0.2:7400"]), t, ms);
-        assert_eq!(m.view(&[]).members, ["b", "c"]);
+        assert_eq!(m.view(&[]).members, ["a", "b"]);
+        // A joiner whose first heartbeat lists only this node does not push the others out.
+        m.heard(
+            beat("c", "10.0.0.3:7400", &["10.0.0.1:7400", "10.0.0.2:7400"]),
+            t,
+            ms,
+        );
+        m.heard(beat("d", "10.0.0.4:7400", &["10.0.0.1:7400"]), t, ms);
+        let view = m.view(&[]);
+        assert_eq!(
+            (view.members, view.live),
+            (
+                vec!["a".into(), "b".into(), "c".into()],
+                vec!["b".into(), "c".into(), "d".into()]
+            )
+        );
         // Alone: its own home.
         let alone = Membership::new(me(), &[], Duration::from_secs(5));
         assert_eq!(alone.view(&[3]).members, ["a"]);

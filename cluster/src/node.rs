@@ -147,6 +147,7 @@ impl Actor for MembershipActor {
         m.cluster_peer_failures.add(0, &[]);
         m.cluster_shares_sent.add(0, &[]);
         m.late_shares.add(0, &[]);
+        m.cluster_handover_timeouts.add(0, &[]);
         for query in ClusterQuery::NAMES {
             m.cluster_call_failures
                 .add(0, &[KeyValue::new("query", query)]);
@@ -435,6 +436,10 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
                 Err(e) => ClusterAnswer::Failed(e),
             }
         }
+        ClusterQuery::Handover(q) => match local::handover(q).await {
+            Ok(h) => ClusterAnswer::Handover(h),
+            Err(e) => ClusterAnswer::Failed(e),
+        },
         ClusterQuery::Anomalies { host, since_ms } => {
             match local::anomalies(wtm_messages::AnomalyQuery { host, since_ms }).await {
                 Ok(list) => ClusterAnswer::Anomalies(list),

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wtm_messages::{ClusterAnswer, ClusterQuery, HomeShares, PeerBeat};
 
-/// First byte of every cluster payload; a peer with another one is refused.
-pub const WIRE_VERSION: u8 = 1;
+/// First byte of every cluster payload; a peer with another one is refused. 2: host homes hand
+/// over by asking (`ClusterQuery::Handover`) instead of pushing judged logs.
+pub const WIRE_VERSION: u8 = 2;
 
 /// A heartbeat as it travels.
 #[derive(Debug, Clone, PartialEq)]

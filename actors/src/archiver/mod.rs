@@ -9,25 +9,29 @@
 //! In a cluster, each host's detector runs on its *home* (rendezvous over the live members, from
 //! the `View` membership sends every heartbeat): a written share of a host homed elsewhere goes to
 //! that node's archiver, and every partition's progress goes to every member, so a home waits for
-//! the whole cluster's partitions before it judges a window. When homes move, waiting shares are
-//! handed to the new home, and a node that became home for a host seeds its detector with the
-//! host's recent windows read back from the lake (history only: nothing is judged twice).
+//! the whole cluster's partitions before it judges a window. When homes move, every member asks
+//! every other for what it holds of its hosts ([`homes`]: the handover round), and a node that
+//! became home for a host seeds its detector with the host's recent windows read back from the
+//! lake (history only: nothing is judged twice).
 
+mod homes;
 mod state;
 mod whole;
 
+pub use homes::{Action, HostHomes};
 pub use state::RecentWindows;
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtm_core::agg::{ClosedWindow, WindowAgg};
+use wtm_core::agg::WindowAgg;
 use wtm_core::checkpoint::Publication;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{
-    lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterMsg, ClusterView, DetectorMsg,
-    Failure, HomeShares, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
+    ask, lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg,
+    ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
+    Targeted, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_storage::Lake;
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -38,11 +42,11 @@ pub struct ArchiverArgs {
     pub spec: WindowSpec,
     /// Hand closed windows to the detector (`detector.enabled`), whole.
     pub detect: bool,
-    /// How long a window waits for its last partition before it is judged anyway.
+    /// How long a window waits for its last partition before it is judged anyway; also the
+    /// longest judging waits for a member's handover after homes moved.
     pub merge_wait: Duration,
-    /// After homes move, how long nothing is judged: the previous homes' judged logs arrive
-    /// meanwhile, so a window one of them judged is not judged again here.
-    pub handover_grace: Duration,
+    /// A cluster member (`[cluster] listen`): nothing is judged before membership's first view.
+    pub clustered: bool,
 }
 
 pub struct ArchiverActor;
@@ -50,24 +54,11 @@ pub struct ArchiverActor;
 pub struct ArchiverRun {
     lake: Lake,
     recent: RecentWindows,
-    /// Windows waiting to go to the detector whole (None: detection off).
-    whole: Option<WholeWindows>,
-    /// The cluster as membership last saw it (None on a single node: every host is ours).
-    view: Option<ClusterView>,
+    /// Where hosts are judged, and their windows waiting to go out whole (None: detection off).
+    homes: Option<HostHomes>,
     /// How far back a new home reads a host's history from the lake.
     history_ms: i64,
-    handover_grace: Duration,
-    /// Nothing is judged before this (homes just moved).
-    hold_until: Option<Instant>,
-    /// Shares of hosts homed elsewhere wait here (kept after too many forwards).
-    strays: bool,
 }
-
-/// Shares sent to a home in one message: well below the cluster's frame limit even for heavy
-/// windows (~40 KB each).
-const SHARES_PER_MESSAGE: usize = 256;
-/// Forwards between nodes whose views disagree before a share is judged where it is.
-const MAX_HOPS: u8 = 2;
 
 impl Actor for ArchiverActor {
     type Msg = ArchiverMsg;
@@ -105,14 +96,11 @@ impl Actor for ArchiverActor {
         Ok(ArchiverRun {
             lake: args.lake,
             recent,
-            whole: args
-                .detect
-                .then(|| WholeWindows::new(args.spec, args.merge_wait)),
-            view: None,
+            homes: args.detect.then(|| {
+                let whole = WholeWindows::new(args.spec, args.merge_wait);
+                HostHomes::new(whole, args.merge_wait, args.clustered)
+            }),
             history_ms: keep_ms,
-            handover_grace: args.handover_grace,
-            hold_until: None,
-            strays: false,
         })
     }
 
@@ -125,28 +113,33 @@ impl Actor for ArchiverActor {
         let started = Instant::now();
         match msg {
             ArchiverMsg::Publish(p, reply) => upload(run.lake.clone(), me.clone(), p, reply),
-            ArchiverMsg::Written(p) => run.written(&p)?,
+            ArchiverMsg::Written(p) => run.written(&p, &me)?,
             ArchiverMsg::Progress {
                 partition,
                 watermark_ms,
-            } => {
-                if let Some(whole) = run.whole.as_mut() {
-                    whole.progress(partition, watermark_ms);
-                    if run.view.is_some() {
-                        send_to_cluster(
-                            None,
-                            HomeShares::Progress {
-                                partition,
-                                watermark_ms,
-                            },
-                        );
-                    }
-                }
-                run.judge_whole()?;
+            } => run.with_homes(&me, |h, _| h.progress(partition, watermark_ms, true))?,
+            ArchiverMsg::View(view) => run.view(view, &me)?,
+            ArchiverMsg::FromPeer(shares) => run.with_homes(&me, |h, now| match shares {
+                HomeShares::Windows { shares, hops } => h.shares(shares, hops, now),
+                HomeShares::Progress {
+                    partition,
+                    watermark_ms,
+                } => h.progress(partition, watermark_ms, false),
+            })?,
+            ArchiverMsg::Handover(q, reply) => {
+                // Detection off here: nothing to hand over, and nothing judged here either.
+                let answer = match run.homes.as_mut() {
+                    Some(h) => h.handover(&q.from, &q.members),
+                    None => Handover {
+                        settled: true,
+                        ..Default::default()
+                    },
+                };
+                reply.send(answer).ok();
             }
-            ArchiverMsg::View(view) => run.view(view, &me),
-            ArchiverMsg::JudgeReady => run.judge_whole()?,
-            ArchiverMsg::FromPeer(shares) => run.shares_from_peer(shares)?,
+            ArchiverMsg::HandedOver(h) => run.with_homes(&me, |homes, now| {
+                homes.handed_over(&h.from, &h.members, h.answer, now)
+            })?,
             ArchiverMsg::Windows(q, reply) => {
                 reply.send(run.recent.query(&q)).ok();
             }
@@ -199,7 +192,11 @@ fn upload(
 impl ArchiverRun {
     /// A publication is in the lake: its windows join the recent history, and wait to go to the
     /// detector whole.
-    fn written(&mut self, p: &Publication) -> Result<(), ActorProcessingErr> {
+    fn written(
+        &mut self,
+        p: &Publication,
+        me: &ActorRef<ArchiverMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let mut by_class = [0u64; 5];
         for w in &p.closed {
             for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
@@ -207,7 +204,6 @@ impl ArchiverRun {
             }
             self.recent.insert(w.clone());
         }
-        self.route_shares(p.closed.iter().cloned(), 0);
         let m = Metrics::global();
         for (class, n) in STATUS_CLASSES.iter().zip(by_class) {
             if n > 0 {
@@ -215,115 +211,41 @@ impl ArchiverRun {
                     .add(n, &[KeyValue::new("status_class", *class)]);
             }
         }
-        self.judge_whole()
+        self.with_homes(me, |h, now| h.shares(p.closed.iter().cloned(), 0, now))
     }
 
-    /// Shares for the detector: those of hosts homed here wait to go out whole; the others go
-    /// to their home's archiver.
-    fn route_shares(&mut self, shares: impl IntoIterator<Item = ClosedWindow>, hops: u8) {
-        let Some(whole) = self.whole.as_mut() else {
-            return;
+    /// Feed the host homes (when detecting), perform what they decide, then judge what is
+    /// ready.
+    fn with_homes(
+        &mut self,
+        me: &ActorRef<ArchiverMsg>,
+        f: impl FnOnce(&mut HostHomes, Instant) -> Vec<Action>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(homes) = self.homes.as_mut() else {
+            return Ok(());
         };
         let now = Instant::now();
-        let mut away: std::collections::BTreeMap<String, Vec<ClosedWindow>> = Default::default();
-        for w in shares {
-            match &self.view {
-                Some(v) if hops < MAX_HOPS && !v.is_home(&w.key.host) => {
-                    away.entry(v.home_of(&w.key.host).to_owned())
-                        .or_default()
-                        .push(w);
-                }
-                view => {
-                    if view.as_ref().is_some_and(|v| !v.is_home(&w.key.host)) {
-                        // Kept after MAX_HOPS forwards: handed on at the next view.
-                        self.strays = true;
-                    }
-                    if !whole.add(&w, now) {
-                        Metrics::global().late_shares.add(1, &[]);
-                        tracing::debug!(host = %w.key.host, start_ms = w.key.start_ms, partition = w.key.partition, "share of a window judged already: not judged again");
-                    }
-                }
-            }
-        }
-        for (home, shares) in away {
-            Metrics::global()
-                .cluster_shares_sent
-                .add(shares.len() as u64, &[]);
-            for chunk in shares.chunks(SHARES_PER_MESSAGE) {
-                send_to_cluster(
-                    Some(home.clone()),
-                    HomeShares::Windows {
-                        shares: chunk.to_vec(),
-                        hops: hops + 1,
-                    },
-                );
-            }
-        }
+        let mut actions = f(homes, now);
+        actions.extend(homes.judge(now, &owned_partitions())?);
+        perform(actions, homes.view().map(|v| v.me.as_str()), me);
+        Ok(())
     }
 
-    fn shares_from_peer(&mut self, shares: HomeShares) -> Result<(), ActorProcessingErr> {
-        match shares {
-            HomeShares::Windows { shares, hops } => self.route_shares(shares, hops),
-            HomeShares::Progress {
-                partition,
-                watermark_ms,
-            } => {
-                if let Some(whole) = self.whole.as_mut() {
-                    whole.progress(partition, watermark_ms);
-                }
-            }
-            HomeShares::Judged(hosts) => {
-                if let Some(whole) = self.whole.as_mut() {
-                    let dropped: usize = hosts
-                        .iter()
-                        .map(|(host, starts)| whole.judged_elsewhere(host, starts))
-                        .sum();
-                    Metrics::global().late_shares.add(dropped as u64, &[]);
-                }
-            }
-        }
-        self.judge_whole()
-    }
-
-    /// Membership's latest view. When homes moved: hand waiting shares to their new homes, let
-    /// the detector forget hosts homed elsewhere, and rebuild from the lake the history of hosts
-    /// homed here now.
-    fn view(&mut self, view: ClusterView, me: &ActorRef<ArchiverMsg>) {
-        let old = self.view.replace(view.clone());
-        let Some(whole) = self.whole.as_mut() else {
-            return;
+    /// Membership's latest view. When members changed: the detector forgets hosts homed
+    /// elsewhere now, and rebuilds from the lake the history of hosts homed here now.
+    fn view(
+        &mut self,
+        view: ClusterView,
+        me: &ActorRef<ArchiverMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(homes) = self.homes.as_ref() else {
+            return Ok(());
         };
-        let same_members = old.as_ref().is_some_and(|o| o.members == view.members);
-        if !same_members || std::mem::take(&mut self.strays) {
-            // Shares waiting here for a host homed elsewhere now (homes moved, or a forward
-            // from a node whose view lagged) go on to its home.
-            let moved = whole.take_hosts(|h| !view.is_home(h));
-            self.route_shares(moved, 0);
-        }
-        if same_members {
-            return;
-        }
-        let Some(whole) = self.whole.as_mut() else {
-            return;
-        };
-        // What this node judged of hosts homed elsewhere now travels to their new homes.
-        let mut logs: std::collections::BTreeMap<String, Vec<(String, Vec<i64>)>> =
-            Default::default();
-        for (host, starts) in whole.take_judged(|h| !view.is_home(h)) {
-            logs.entry(view.home_of(&host).to_owned())
-                .or_default()
-                .push((host, starts));
-        }
-        for (home, hosts) in logs {
-            for chunk in hosts.chunks(4 * SHARES_PER_MESSAGE) {
-                send_to_cluster(Some(home.clone()), HomeShares::Judged(chunk.to_vec()));
-            }
-        }
-        if old.is_some() {
-            self.hold_until = Some(Instant::now() + self.handover_grace);
-            mailbox::tell_after(me.clone(), ActorKind::Archiver, self.handover_grace, || {
-                ArchiverMsg::JudgeReady
-            });
+        let old = homes.view().cloned();
+        let changed = old.as_ref().is_none_or(|o| o.members != view.members);
+        self.with_homes(me, |h, now| h.new_view(view.clone(), now))?;
+        if !changed {
+            return Ok(());
         }
         if let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) {
             tell(
@@ -333,57 +255,89 @@ impl ArchiverRun {
             )
             .ok();
         }
-        tracing::info!(members = ?view.members, "cluster members changed: host homes recomputed");
+        tracing::info!(members = ?view.members, "cluster members changed: host homes recomputed, handing over");
         let gained = move |h: &str| view.is_home(h) && old.as_ref().is_none_or(|o| !o.is_home(h));
         rebuild_history(self.lake.clone(), self.history_ms, gained);
-    }
-
-    /// Hand the windows every owned partition has closed (or that waited too long) to the
-    /// detector, one point per host and window.
-    fn judge_whole(&mut self) -> Result<(), ActorProcessingErr> {
-        let Some(whole) = self.whole.as_mut() else {
-            return Ok(());
-        };
-        if whole.waiting() == 0 {
-            return Ok(());
-        }
-        if self.hold_until.is_some_and(|t| Instant::now() < t) {
-            return Ok(());
-        }
-        // A home waits for every partition in the cluster, a single node for its own.
-        let partitions = match &self.view {
-            Some(v) => v.partitions.clone(),
-            None => owned_partitions(),
-        };
-        // A host homed elsewhere now (a share that came on a lagging view) is handed over at the
-        // next view, never judged here.
-        let view = self.view.as_ref();
-        let ready = whole.ready(&partitions, Instant::now(), |h| {
-            view.is_none_or(|v| v.is_home(h))
-        })?;
-        let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
-            return Ok(());
-        };
-        let m = Metrics::global();
-        for w in ready {
-            tracing::debug!(host = %w.host, start_ms = w.start_ms, complete = w.complete, "whole window judged");
-            if !w.complete {
-                m.incomplete_windows.add(1, &[]);
-                tracing::debug!(host = %w.host, start_ms = w.start_ms, "window judged before every partition closed it");
-            }
-            let point = point_of(w.start_ms, &w.agg);
-            if tell(
-                &detector,
-                ActorKind::Detector,
-                DetectorMsg::Observe(w.host, point),
-            )
-            .is_err()
-            {
-                tracing::debug!("detector restarting: a window goes unjudged");
-            }
-        }
         Ok(())
     }
+}
+
+/// Carry out what the host homes decided. `me_id` is this node's member id (None on a single
+/// node, which never sends nor asks).
+fn perform(actions: Vec<Action>, me_id: Option<&str>, me: &ActorRef<ArchiverMsg>) {
+    let m = Metrics::global();
+    let detector = lookup::<DetectorMsg>(DETECTOR_NAME);
+    for a in actions {
+        match a {
+            Action::Send { to, shares } => {
+                if let HomeShares::Windows { shares, .. } = &shares {
+                    m.cluster_shares_sent.add(shares.len() as u64, &[]);
+                }
+                send_to_cluster(to, shares);
+            }
+            Action::Ask { to, members } => {
+                if let Some(from) = me_id {
+                    ask_handover(
+                        to,
+                        HandoverAsk {
+                            from: from.to_owned(),
+                            members,
+                        },
+                        me.clone(),
+                    );
+                }
+            }
+            Action::Judge(w) => {
+                tracing::debug!(host = %w.host, start_ms = w.start_ms, complete = w.complete, "whole window judged");
+                if !w.complete {
+                    m.incomplete_windows.add(1, &[]);
+                }
+                let sent = detector.as_ref().is_some_and(|d| {
+                    let point = point_of(w.start_ms, &w.agg);
+                    tell(
+                        d,
+                        ActorKind::Detector,
+                        DetectorMsg::Observe(w.host.clone(), point),
+                    )
+                    .is_ok()
+                });
+                if !sent {
+                    tracing::debug!("detector restarting: a window goes unjudged");
+                }
+            }
+            Action::Late(n) => m.late_shares.add(n as u64, &[]),
+            Action::HoldTimedOut(missing) => {
+                m.cluster_handover_timeouts.add(1, &[]);
+                tracing::warn!(?missing, "members did not hand over their hosts within detector.merge_wait_s: judging resumes without them (a window they judged may be judged again)");
+            }
+        }
+    }
+}
+
+/// Ask member `to` for its handover (through the membership actor), off the archiver; the
+/// answer comes back as `HandedOver`.
+fn ask_handover(to: String, q: HandoverAsk, me: ActorRef<ArchiverMsg>) {
+    tokio::spawn(async move {
+        let answer = match lookup::<ClusterMsg>(CLUSTER_NAME) {
+            Some(cluster) => {
+                let target = Targeted {
+                    to: to.clone(),
+                    query: ClusterQuery::Handover(q.clone()),
+                };
+                match ask(&cluster, ActorKind::Cluster, |r| ClusterMsg::Ask(target, r)).await {
+                    Ok(Some(ClusterAnswer::Handover(h))) => Some(h),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let done = HandedOver {
+            from: to,
+            members: q.members,
+            answer,
+        };
+        tell(&me, ActorKind::Archiver, ArchiverMsg::HandedOver(done)).ok();
+    });
 }
 
 fn point_of(start_ms: i64, agg: &WindowAgg) -> WindowPoint {

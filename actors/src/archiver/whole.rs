@@ -127,16 +127,22 @@ impl WholeWindows {
     }
 
     /// Take out the waiting shares of hosts `moved` accepts (their home is now another node),
-    /// to hand them over.
-    pub fn take_hosts(&mut self, moved: impl Fn(&str) -> bool) -> Vec<ClosedWindow> {
+    /// to hand them over: the shares of at most `limit` windows (None: all). The bool says
+    /// whether some were left.
+    pub fn take_hosts(
+        &mut self,
+        moved: impl Fn(&str) -> bool,
+        limit: Option<usize>,
+    ) -> (Vec<ClosedWindow>, bool) {
         let keys: Vec<(i64, String)> = self
             .pending
             .keys()
             .filter(|(_, host)| moved(host))
             .cloned()
             .collect();
+        let left = limit.is_some_and(|n| keys.len() > n);
         let mut out = Vec::new();
-        for (start, host) in keys {
+        for (start, host) in keys.into_iter().take(limit.unwrap_or(usize::MAX)) {
             let Some(p) = self.pending.remove(&(start, host.clone())) else {
                 continue;
             };
@@ -150,20 +156,28 @@ impl WholeWindows {
                 agg,
             }));
         }
-        out
+        (out, left)
     }
 
-    /// Take out the judged logs of hosts `moved` accepts, for their new home.
-    pub fn take_judged(&mut self, moved: impl Fn(&str) -> bool) -> Vec<(String, Vec<i64>)> {
+    /// Take out the judged logs of at most `limit` hosts `moved` accepts, for their new home.
+    /// The bool says whether some were left.
+    pub fn take_judged(
+        &mut self,
+        moved: impl Fn(&str) -> bool,
+        limit: usize,
+    ) -> (Vec<(String, Vec<i64>)>, bool) {
         let hosts: Vec<String> = self.judged.keys().filter(|h| moved(h)).cloned().collect();
+        let left = hosts.len() > limit;
         let size = self.spec.size_ms;
-        hosts
+        let out = hosts
             .into_iter()
+            .take(limit)
             .filter_map(|h| {
                 let log = self.judged.remove(&h)?;
                 Some((h, log.starts(size)))
             })
-            .collect()
+            .collect();
+        (out, left)
     }
 
     /// Windows of `host` its previous home judged: never judged here. Returns how many waiting
@@ -320,7 +334,7 @@ mod tests {
         assert_eq!(old.ready(&[0], t0, |_| true).unwrap().len(), 1);
         let mut new = WholeWindows::new(spec(), Duration::from_secs(120));
         assert!(new.add(&share("a", 0, 0, 10), t0));
-        for (host, starts) in old.take_judged(|h| h == "a") {
+        for (host, starts) in old.take_judged(|h| h == "a", 10).0 {
             assert_eq!(new.judged_elsewhere(&host, &starts), 1);
         }
         new.progress(0, 65_000);
@@ -353,7 +367,16 @@ mod tests {
         // A host whose home moved hands its waiting shares over as they came.
         w.add(&share("m", 0, 3, 4), t0);
         w.add(&share("m", 0, 4, 5), t0);
-        let moved = w.take_hosts(|h| h == "m");
+        w.add(&share("m", 60_000, 3, 6), t0);
+        let (first, left) = w.take_hosts(|h| h == "m", Some(1));
+        assert_eq!(
+            (first.len(), left),
+            (2, true),
+            "one window: both its shares"
+        );
+        let (rest, left) = w.take_hosts(|h| h == "m", None);
+        assert_eq!((rest.len(), left), (1, false));
+        let moved = first;
         let got: Vec<(u32, u64)> = moved
             .iter()
             .map(|s| (s.key.partition, s.agg.requests))

@@ -105,11 +105,7 @@ impl SupervisorRun {
                     spec: cfg.window_spec(),
                     detect: cfg.detector.enabled,
                     merge_wait: std::time::Duration::from_secs(cfg.detector.merge_wait_s),
-                    // Long enough for the previous homes to hear of the change and send their
-                    // judged logs (each learns of it within a heartbeat).
-                    handover_grace: std::time::Duration::from_millis(
-                        2 * cfg.cluster.heartbeat_ms + 500,
-                    ),
+                    clustered: cfg.cluster.listen.is_some(),
                 };
                 Actor::spawn_linked(Some(ARCHIVER_NAME.into()), ArchiverActor, args, sup)
                     .await?

@@ -282,8 +282,41 @@ pub enum ArchiverMsg {
     View(ClusterView),
     /// Shares and progress from other nodes, for the hosts this node is home for.
     FromPeer(HomeShares),
-    /// Judge the whole windows that are ready (sent to itself when a hold ends).
-    JudgeReady,
+    /// A member that just agreed on `members` asks what this node holds of the hosts homed at
+    /// it under them (answered only once this node agrees on the same members).
+    Handover(HandoverAsk, RpcReplyPort<Handover>),
+    /// What a member answered this node's handover ask (sent by the archiver's own ask task;
+    /// None when the member did not answer in time).
+    HandedOver(HandedOver),
+}
+
+/// A handover ask, from the member `from` that agreed on `members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverAsk {
+    pub from: String,
+    pub members: Vec<String>,
+}
+
+/// A member's answer to a handover ask.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Handover {
+    /// The member agrees on the asked members: it judges none of the asker's hosts any more,
+    /// and what it held of them is in this answer (and the next ones while `more`).
+    pub settled: bool,
+    /// Per host, the windows it judged: never judged again by the new home.
+    pub judged: Vec<(String, Vec<i64>)>,
+    /// Shares it kept waiting for a window of those hosts.
+    pub shares: Vec<ClosedWindow>,
+    /// Bounded answers: ask again for the rest.
+    pub more: bool,
+}
+
+/// The answer to this node's handover ask to `from`.
+#[derive(Debug, Clone)]
+pub struct HandedOver {
+    pub from: String,
+    pub members: Vec<String>,
+    pub answer: Option<Handover>,
 }
 
 /// What crosses to a host's home for its detector.
@@ -294,16 +327,16 @@ pub enum HomeShares {
     Windows { shares: Vec<ClosedWindow>, hops: u8 },
     /// Every window `partition` closes at `watermark_ms` is written (to every member).
     Progress { partition: u32, watermark_ms: i64 },
-    /// Windows the previous home judged, per host that moved here: never judged again.
-    Judged(Vec<(String, Vec<i64>)>),
 }
 
-/// The cluster's members as one node sees them: the live member ids (this node's included),
-/// sorted, and every partition a live member owns.
+/// The cluster's members as one node sees them: the members every live member agrees on
+/// (this node's id included when it is one), sorted; the peers this node hears now (agreed or
+/// not); and every partition a member owns.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterView {
     pub me: String,
     pub members: Vec<String>,
+    pub live: Vec<String>,
     pub partitions: Vec<u32>,
 }
 
@@ -505,11 +538,14 @@ pub enum ClusterQuery {
         host: Option<String>,
         since_ms: i64,
     },
+    /// What the member holds of the asker's hosts, once both agree on the members.
+    Handover(HandoverAsk),
 }
 
 impl ClusterQuery {
     /// Every [`ClusterQuery::name`].
-    pub const NAMES: [&'static str; 4] = ["overview", "hosts", "host_windows", "anomalies"];
+    pub const NAMES: [&'static str; 5] =
+        ["overview", "hosts", "host_windows", "anomalies", "handover"];
 
     /// A bounded metric label.
     pub fn name(&self) -> &'static str {
@@ -518,6 +554,7 @@ impl ClusterQuery {
             ClusterQuery::Hosts { .. } => "hosts",
             ClusterQuery::HostWindows { .. } => "host_windows",
             ClusterQuery::Anomalies { .. } => "anomalies",
+            ClusterQuery::Handover(_) => "handover",
         }
     }
 }
@@ -540,6 +577,7 @@ pub enum ClusterAnswer {
     },
     HostWindows(Vec<local::WindowPart>),
     Anomalies(Vec<Anomaly>),
+    Handover(Handover),
     /// The peer could not answer (an actor of its restarting).
     Failed(String),
 }

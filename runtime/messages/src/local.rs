@@ -3,8 +3,8 @@
 
 use crate::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
-    ArchiverMsg, CountsQuery, DetectorMsg, HostCounts, HostTotals, HostsPage, PartitionStatus,
-    ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+    ArchiverMsg, CountsQuery, DetectorMsg, Handover, HandoverAsk, HostCounts, HostTotals,
+    HostsPage, PartitionStatus, ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -467,4 +467,14 @@ mod tests {
         let m = merge_parts([part(0, 0, 1, false), part(0, 0, 4, true)], range).unwrap();
         assert_eq!((m[&0].0.requests, m[&0].1), (4, true));
     }
+}
+
+/// What this node's archiver holds of the asking member's hosts (see [`ArchiverMsg::Handover`]).
+pub async fn handover(q: HandoverAsk) -> Result<Handover, String> {
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    ask(&archiver, ActorKind::Archiver, |r| {
+        ArchiverMsg::Handover(q, r)
+    })
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub cluster_refused: Counter<u64>,
     pub cluster_home_hosts: Gauge<u64>,
     pub late_shares: Counter<u64>,
+    pub cluster_handover_timeouts: Counter<u64>,
     pub cluster_shares_sent: Counter<u64>,
     pub cluster_call_seconds: Histogram<f64>,
     pub cluster_call_failures: Counter<u64>,
@@ -284,6 +285,10 @@ impl Metrics {
             late_shares: m
                 .u64_counter("wtm_detector_late_shares")
                 .with_description("Window shares that reached the detector's merge after their window was judged (replayed by a partition's next owner, or delayed past detector.merge_wait_s): not judged again")
+                .build(),
+            cluster_handover_timeouts: m
+                .u64_counter("wtm_cluster_handover_timeouts")
+                .with_description("Handover rounds after a membership change in which some member did not hand over its hosts within detector.merge_wait_s: judging resumed without it")
                 .build(),
             cluster_home_hosts: m
                 .u64_gauge("wtm_cluster_home_hosts")
