@@ -5,11 +5,12 @@ A 6-partition topic is filled by `wtm generate --kafka` (keyed by host) with an 
 for BENCH_CLUSTER_HOSTS sites (default 1,000: 60 windows each). Case "one node": one release node
 consumes it. Case "three nodes": three release nodes in one consumer group and one cluster
 (`[cluster]` on 127.0.0.1, shared lake directory) consume it; the questions go to one of them,
-which fans out to the other two. Once every partition is consumed, BENCH_CLUSTER_CLIENTS client
-threads (default 4, keep-alive HTTP/1.1) ask, one after another, BENCH_CLUSTER_REQUESTS requests
-(default 400) of each route: `/v1/hosts` (default 60 windows) and
-`/v1/hosts/{host}/windows` for a random site. Latency is measured at the client, which shares the
-machine's cores with the nodes and the broker. BENCH_CLUSTER_CASES=one runs the one-node case only
+which fans out to the other two. Once every partition is consumed, each route — `/v1/hosts`
+(default 60 windows) and `/v1/hosts/{host}/windows` for a random site — is asked
+BENCH_CLUSTER_REQUESTS times (default 400) twice: by one keep-alive client, one request after
+another (the latency of a request on its own: the issue's goal), then by BENCH_CLUSTER_CLIENTS
+client threads at once (default 4: latency under load, with queueing, and throughput). Latency is
+measured at the client, which shares the machine's cores with the nodes and the broker. BENCH_CLUSTER_CASES=one runs the one-node case only
 (to compare builds that have no cluster).
 """
 
@@ -87,9 +88,9 @@ def quiesce(pids, limit=60):
     print("nodes still busy after", limit, "s", flush=True)
 
 
-def load(port, paths):
-    """Ask every path in turn from CLIENTS threads; latencies in ms, and the wall time."""
-    chunks = [paths[i::CLIENTS] for i in range(CLIENTS)]
+def load(port, paths, clients):
+    """Ask every path in turn from `clients` threads; latencies in ms, and the wall time."""
+    chunks = [paths[i::clients] for i in range(clients)]
     lat = [[] for _ in chunks]
     errors = []
 
@@ -135,13 +136,15 @@ def run_case(name, n, bootstrap, topic, end, hosts):
             rng = random.Random(7)
             routes = [("/v1/hosts", ["/v1/hosts"] * REQUESTS),
                       ("/v1/hosts/{host}/windows", [f"/v1/hosts/{rng.choice(hosts)}/windows" for _ in range(REQUESTS)])]
-            load(port, [p for _, ps in routes for p in ps[:20]])  # warm up
+            load(port, [p for _, ps in routes for p in ps[:20]], CLIENTS)  # warm up
             for route, paths in routes:
-                ms, wall = load(port, paths)
-                row = dict(case=name, route=route, requests=len(ms), p50_ms=statistics.median(ms),
-                           p99_ms=pct(ms, 0.99), max_ms=ms[-1], per_s=len(ms) / wall, sites=len(listed))
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                for clients in (1, CLIENTS):
+                    ms, wall = load(port, paths, clients)
+                    row = dict(case=name, route=route, clients=clients, requests=len(ms),
+                               p50_ms=statistics.median(ms), p99_ms=pct(ms, 0.99), max_ms=ms[-1],
+                               per_s=len(ms) / wall, sites=len(listed))
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
             return rows
         finally:
             for p, _ in nodes:
@@ -172,16 +175,18 @@ def main():
         f"A {PARTITIONS}-partition topic holds {EVENTS:,} events: {HOSTS:,} sites over an hour of event time "
         f"(60 one-minute windows each), keyed by host. Release nodes consume it (detector on, raw archive off); "
         f"once the nodes are idle (under 10% of a core: the model fits after the last windows are done), "
-        f"{CLIENTS} keep-alive clients ask {REQUESTS} requests per route, one after another, of one node. "
+        f"{REQUESTS} requests per route are asked of one node by one keep-alive client (one after another: "
+        f"a request's own latency) and then by {CLIENTS} clients at once (latency under load, and throughput). "
         "`/v1/hosts` lists every site over its newest 60 windows; a series is one random site's newest 60 "
         "windows. In the cluster, the node asked gathers the other two nodes' shares (2 s timeout) and merges. "
         "Latency is measured at the client (Python), which shares the two cores with the nodes.",
         "",
-        "| case | route | sites | requests | p50 ms | p99 ms | max ms | requests/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| case | route | sites | clients | requests | p50 ms | p99 ms | max ms | requests/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | `{r['route']}` | {r['sites']:,} | {r['requests']} | {r['p50_ms']:.1f} | "
+        lines.append(f"| {r['case']} | `{r['route']}` | {r['sites']:,} | {r['clients']} | {r['requests']} | "
+                     f"{r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['per_s']:,.0f} |")
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
