@@ -7,7 +7,7 @@ consumes it. Case "three nodes": three release nodes in one consumer group and o
 (`[cluster]` on 127.0.0.1, shared lake directory) consume it; the questions go to one of them,
 which fans out to the other two. Once every partition is consumed, each route — `/v1/hosts`
 (default 60 windows) and `/v1/hosts/{host}/windows` for a random site — is asked
-BENCH_CLUSTER_REQUESTS times (default 400) twice: by one keep-alive client, one request after
+BENCH_CLUSTER_REQUESTS times (default 1,000) twice: by one keep-alive client, one request after
 another (the latency of a request on its own: the issue's goal), then by BENCH_CLUSTER_CLIENTS
 client threads at once (default 4: latency under load, with queueing, and throughput). Latency is
 measured at the client, which shares the machine's cores with the nodes and the broker. BENCH_CLUSTER_CASES=one runs the one-node case only
@@ -34,7 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = pathlib.Path(__file__).with_name("RESULTS-cluster.md")
 HOSTS = int(os.environ.get("BENCH_CLUSTER_HOSTS", 1000))
 CLIENTS = int(os.environ.get("BENCH_CLUSTER_CLIENTS", 4))
-REQUESTS = int(os.environ.get("BENCH_CLUSTER_REQUESTS", 400))
+REQUESTS = int(os.environ.get("BENCH_CLUSTER_REQUESTS", 1000))
 EVENT_SECONDS = 3600
 EVENTS = HOSTS * 600  # ~10 requests per site and window
 
@@ -106,7 +106,7 @@ def load(port, paths, clients):
                 errors.append((path, r.status))
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.time()
     for t in threads:
         t.start()

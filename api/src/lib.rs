@@ -114,19 +114,23 @@ struct Merged {
 
 impl Api {
     /// `host`'s windows in `range`, merged over partitions and, in a cluster, over every live
-    /// member; with the members that did not answer.
+    /// member (`top`: with their top-K sketches); with the members that did not answer.
     async fn windows_of(
         &self,
         host: &str,
         range: SeriesRange,
+        top: bool,
     ) -> Result<(BTreeMap<i64, Merged>, Vec<String>), String> {
-        let mine = local::host_parts(host, self.ctx.shards, range).await?;
-        let gathered = self
-            .gather(ClusterQuery::HostWindows {
+        // This node's share and the peers' at once: the slower of the two is the latency.
+        let (mine, gathered) = tokio::join!(
+            local::host_parts(host, self.ctx.shards, range, top),
+            self.gather(ClusterQuery::HostWindows {
                 host: host.to_owned(),
                 range,
+                top,
             })
-            .await?;
+        );
+        let (mine, gathered) = (mine?, gathered?);
         let theirs = gathered.answers.into_iter().flat_map(|(_, a)| match a {
             ClusterAnswer::HostWindows(parts) => parts,
             _ => Vec::new(),
@@ -146,13 +150,14 @@ impl Api {
         &self,
         n: usize,
     ) -> Result<(BTreeMap<String, HostTotals>, Vec<String>), String> {
-        let mut counts = local::host_counts(n, self.ctx.shards, HostsPage::ALL).await?;
-        let gathered = self
-            .gather(ClusterQuery::Hosts {
+        let (counts, gathered) = tokio::join!(
+            local::host_counts(n, self.ctx.shards, HostsPage::ALL),
+            self.gather(ClusterQuery::Hosts {
                 windows: n,
                 page: None,
             })
-            .await?;
+        );
+        let (mut counts, gathered) = (counts?, gathered?);
         let mut missing = gathered.missing;
         for (member, answer) in gathered.answers {
             let ClusterAnswer::Hosts {
@@ -229,6 +234,7 @@ impl Api {
         host: &str,
         from: Option<Rfc3339>,
         to: Option<Rfc3339>,
+        top: bool,
     ) -> Result<(Vec<(i64, Merged)>, Vec<String>), QueryError> {
         let from_ms = from.map(|t| t.0);
         let to_ms = to.map_or(i64::MAX, |t| t.0);
@@ -246,7 +252,7 @@ impl Api {
             window_ms: self.ctx.window_ms,
         };
         let (windows, missing) = self
-            .windows_of(host, range)
+            .windows_of(host, range, top)
             .await
             .map_err(QueryError::Unavailable)?;
         if windows.is_empty() && missing.is_empty() {
@@ -331,7 +337,7 @@ impl Api {
         /// End of the range, exclusive (RFC 3339); default: open-ended.
         to: Query<Option<Rfc3339>>,
     ) -> Reply<WindowSeries> {
-        let (windows, missing) = match self.host_windows(&host, from.0, to.0).await {
+        let (windows, missing) = match self.host_windows(&host, from.0, to.0, false).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -363,7 +369,7 @@ impl Api {
         // The documented maximum is the sketch's capacity.
         const _: () = assert!(wtm_core::agg::TOP_K_CAPACITY == 100);
         let k = k.0.unwrap_or(10);
-        let (in_range, missing) = match self.host_windows(&host, from.0, to.0).await {
+        let (in_range, missing) = match self.host_windows(&host, from.0, to.0, true).await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -406,13 +412,12 @@ impl Api {
     /// Node-wide counters: events ingested, invalid by reason, late, hosts, windows, watermark lag.
     #[oai(path = "/v1/overview", method = "get")]
     async fn overview(&self) -> Reply<OverviewOut> {
-        let mine = match local::overview(self.scope(), self.ctx.shards).await {
-            Ok(p) => p,
-            Err(e) => return unavailable(e),
-        };
-        let gathered = match self.gather(ClusterQuery::Overview).await {
-            Ok(g) => g,
-            Err(e) => return unavailable(e),
+        let (mine, gathered) = match tokio::join!(
+            local::overview(self.scope(), self.ctx.shards),
+            self.gather(ClusterQuery::Overview)
+        ) {
+            (Ok(p), Ok(g)) => (p, g),
+            (Err(e), _) | (_, Err(e)) => return unavailable(e),
         };
         let others = gathered.answers.into_iter().filter_map(|(_, a)| match a {
             ClusterAnswer::Overview(p) => Some(p),
@@ -477,19 +482,15 @@ impl Api {
             host: host.0.clone(),
             since_ms,
         };
-        let mine = match local::anomalies(q.clone()).await {
-            Ok(l) => l,
-            Err(e) => return unavailable(e),
-        };
-        let gathered = match self
-            .gather(ClusterQuery::Anomalies {
+        let (mine, gathered) = match tokio::join!(
+            local::anomalies(q.clone()),
+            self.gather(ClusterQuery::Anomalies {
                 host: q.host,
                 since_ms,
             })
-            .await
-        {
-            Ok(g) => g,
-            Err(e) => return unavailable(e),
+        ) {
+            (Ok(l), Ok(g)) => (l, g),
+            (Err(e), _) | (_, Err(e)) => return unavailable(e),
         };
         let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
             ClusterAnswer::Anomalies(l) => Some(l),

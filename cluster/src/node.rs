@@ -430,8 +430,8 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
                 Err(e) => ClusterAnswer::Failed(e),
             }
         }
-        ClusterQuery::HostWindows { host, range } => {
-            match local::host_parts(&host, scope.shards, range).await {
+        ClusterQuery::HostWindows { host, range, top } => {
+            match local::host_parts(&host, scope.shards, range, top).await {
                 Ok(parts) => ClusterAnswer::HostWindows(parts),
                 Err(e) => ClusterAnswer::Failed(e),
             }

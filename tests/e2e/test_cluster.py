@@ -9,13 +9,20 @@ import time
 
 from conftest import START, Truth, free_port, generate, parse_ts
 
-SOURCE = dict(seed=3, hosts=5, rate=50.0, realtime=False, start=START, duration_s=600, anomalies=0)
 HEARTBEAT_MS, FAILURE_AFTER_MS = 200, 1500
 BOUND_S = (FAILURE_AFTER_MS + HEARTBEAT_MS) / 1000
 
 
-def cluster_node(node_factory, name, port, seed_port, cookie="shared-secret"):
-    n = node_factory(SOURCE, name=name, cluster={
+def idle_source(broker, prefix):
+    """A Kafka source on an empty topic, a consumer group per node: for tests of membership
+    alone (a cluster forms over a Kafka topic only)."""
+    from test_kafka import kafka_source, new_topic
+    topic = new_topic(broker, prefix)
+    return lambda node: kafka_source(broker, topic, group=f"g-{topic}-{node}")
+
+
+def cluster_node(node_factory, source, name, port, seed_port, cookie="shared-secret"):
+    n = node_factory(source(name), name=name, cluster={
         "listen": f"127.0.0.1:{port}", "seeds": [f"127.0.0.1:{seed_port}"], "cookie": cookie,
         "heartbeat_ms": HEARTBEAT_MS, "failure_after_ms": FAILURE_AFTER_MS})
     n.config.write_text(n.config.read_text().replace("[node]\n", f"[node]\nid = \"{name}\"\n", 1))
@@ -45,12 +52,13 @@ def metric(node, name):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines() if l.startswith(name))
 
 
-def test_members_find_each_other_refuse_a_wrong_cookie_and_detect_failures(node_factory):
+def test_members_find_each_other_refuse_a_wrong_cookie_and_detect_failures(broker, node_factory):
     ports = [free_port() for _ in range(4)]
-    a = cluster_node(node_factory, "a", ports[0], ports[0])
-    b = cluster_node(node_factory, "b", ports[1], ports[0])
-    c = cluster_node(node_factory, "c", ports[2], ports[1])  # knows only b: finds a through b
-    intruder = cluster_node(node_factory, "intruder", ports[3], ports[0], cookie="not-the-secret")
+    src = idle_source(broker, "members")
+    a = cluster_node(node_factory, src, "a", ports[0], ports[0])
+    b = cluster_node(node_factory, src, "b", ports[1], ports[0])
+    c = cluster_node(node_factory, src, "c", ports[2], ports[1])  # knows only b: finds a through b
+    intruder = cluster_node(node_factory, src, "intruder", ports[3], ports[0], cookie="not-the-secret")
     for n in (a, b, c, intruder):
         n.start()
 
@@ -326,7 +334,7 @@ def make_cert(d, name, ca):
     return cert, key
 
 
-def test_mutual_tls_admits_only_peers_the_ca_signed(node_factory, tmp_path):
+def test_mutual_tls_admits_only_peers_the_ca_signed(broker, node_factory, tmp_path):
     """With [cluster.tls], members talk over mutual TLS: two nodes whose certificates the CA
     signed form a cluster; a node with a certificate from another CA, and a plain-TCP node with
     the right cookie, never become members."""
@@ -334,9 +342,10 @@ def test_mutual_tls_admits_only_peers_the_ca_signed(node_factory, tmp_path):
     pki.mkdir()
     ca, rogue_ca = make_ca(pki, "cluster-ca"), make_ca(pki, "rogue-ca")
     ports = [free_port() for _ in range(4)]
+    src = idle_source(broker, "tls")
 
     def tls_node(name, port, cert_ca, trust):
-        n = cluster_node(node_factory, name, port, ports[0])
+        n = cluster_node(node_factory, src, name, port, ports[0])
         if cert_ca is not None:
             cert, key = make_cert(pki, name, cert_ca)
             n.config.write_text(n.config.read_text() + f'[cluster.tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{trust}"\n')

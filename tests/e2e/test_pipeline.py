@@ -191,6 +191,10 @@ def test_bad_config_fails_at_startup_naming_the_key(tmp_path):
     env = dict(os.environ, WTM__WINDOW__SIZE_S="0")
     r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "window.size_s" in r.stderr, r.stderr
+    # A cluster over the per-node generator would merge different events as one partition.
+    env = dict(os.environ, WTM__CLUSTER__LISTEN="127.0.0.1:7400", WTM__CLUSTER__COOKIE="x")
+    r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "cluster.listen" in r.stderr and "kafka" in r.stderr, r.stderr
 
 
 def test_sigterm_checkpoints_then_a_restart_resumes_exactly(node_factory, truth):

@@ -103,7 +103,14 @@ impl RecentWindows {
                 None => from,
             };
             w.range((from, 0)..(q.to_ms, 0))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| match q.top {
+                    true => v.clone(),
+                    false => ClosedWindow {
+                        key: v.key.clone(),
+                        end_ms: v.end_ms,
+                        agg: v.agg.without_top(),
+                    },
+                })
                 .collect()
         };
         match &q.host {
@@ -171,6 +178,7 @@ mod tests {
             from_ms: 0,
             to_ms: i64::MAX,
             last_windows: None,
+            top: true,
         });
         assert_eq!(
             all.iter().map(|w| w.agg.requests).collect::<Vec<_>>(),
@@ -182,6 +190,7 @@ mod tests {
             from_ms: i64::MIN,
             to_ms: 200_000,
             last_windows: Some(2),
+            top: true,
         });
         assert_eq!(last.len(), 1);
         r.insert(cw("a", 180_000, 3));
@@ -191,6 +200,7 @@ mod tests {
                 from_ms: i64::MIN,
                 to_ms: i64::MAX,
                 last_windows: Some(2),
+                top: false,
             })
             .iter()
             .map(|w| w.key.start_ms)

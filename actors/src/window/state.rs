@@ -109,7 +109,11 @@ impl WindowState {
                             start_ms: *start,
                             partition: *partition,
                         },
-                        agg.clone(),
+                        if q.top {
+                            agg.clone()
+                        } else {
+                            agg.without_top()
+                        },
                     ));
                 }
             }
@@ -205,6 +209,7 @@ mod tests {
                 from_ms: 0,
                 to_ms: 60_000,
                 last_windows: None,
+                top: true,
             })
             .len(),
             1

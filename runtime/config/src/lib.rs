@@ -641,6 +641,14 @@ impl Config {
                 "cluster.cookie",
                 "must be set (a shared secret) when cluster.listen is: peers authenticate with it",
             )?;
+            // The generator numbers its partitions from 0 on every node: members' answers would
+            // merge different events as one partition.
+            check(
+                self.source.kind == SourceKind::Kafka,
+                "cluster.listen",
+                "needs source.kind = \"kafka\": a cluster's members split one topic's partitions \
+                 (the generator is per node, and numbers its partitions from 0 on each)",
+            )?;
         }
         if let Some(a) = &self.cluster.advertise {
             check(is_host_port(a), "cluster.advertise", "must be host:port")?;
@@ -775,6 +783,14 @@ mod tests {
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cluster.cookie"), "{err}");
             jail.set_env("WTM__CLUSTER__COOKIE", "s3cret-cookie");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("cluster.listen") && err.contains("kafka"),
+                "{err}"
+            );
+            jail.set_env("WTM__SOURCE__KIND", "kafka");
+            jail.set_env("WTM__SOURCE__BROKERS", "127.0.0.1:9092");
+            jail.set_env("WTM__SOURCE__TOPIC", "logs");
             jail.set_env("WTM__CLUSTER__SEEDS", "127.0.0.1:7401, 127.0.0.1:7402");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.cluster.seeds, ["127.0.0.1:7401", "127.0.0.1:7402"]);

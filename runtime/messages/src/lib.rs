@@ -132,6 +132,9 @@ pub struct WindowQuery {
     /// Only the span of this many windows up to each host's newest window before `to_ms` (a
     /// default series range: the archiver keeps six hours, a series shows one).
     pub last_windows: Option<i64>,
+    /// Copy the top-K sketches (paths, referrers, user agents) too; a series shows none of
+    /// them, and they are most of a window's size.
+    pub top: bool,
 }
 
 #[derive(RactorMessage)]
@@ -533,6 +536,8 @@ pub enum ClusterQuery {
     HostWindows {
         host: String,
         range: local::SeriesRange,
+        /// With the top-K sketches (the top route), not only what a series shows.
+        top: bool,
     },
     Anomalies {
         host: Option<String>,

@@ -207,6 +207,7 @@ pub async fn host_parts(
     host: &str,
     shards: usize,
     range: SeriesRange,
+    top: bool,
 ) -> Result<Vec<WindowPart>, String> {
     // Copy out only what the range can use: the archiver keeps hours of windows with their
     // sketches, a series shows one hour.
@@ -215,6 +216,7 @@ pub async fn host_parts(
         from_ms: range.from_ms.unwrap_or(i64::MIN),
         to_ms: range.to_ms,
         last_windows: range.from_ms.is_none().then_some(range.default_windows),
+        top,
     };
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     let closed = ask(&archiver, ActorKind::Archiver, |r| {
