@@ -40,7 +40,8 @@ enum Command {
     /// Run the same pipeline over log files (backfill): each file is a partition; writes the lake.
     Batch(BatchArgs),
     /// Health check for containers: GET a URL of a node (e.g. http://127.0.0.1:8080/readyz);
-    /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this).
+    /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this). Sends the bearer
+    /// token in WTM__API__TOKEN when it is set.
     Probe {
         /// http://HOST:PORT/PATH
         url: String,
@@ -184,8 +185,9 @@ fn real_main() -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
         Command::Probe { url, timeout } => {
-            wtm_api::probe::probe(&url, std::time::Duration::from_secs(timeout))
-                .map_err(anyhow::Error::msg)
+            let token = std::env::var("WTM__API__TOKEN").ok();
+            let timeout = std::time::Duration::from_secs(timeout);
+            wtm_api::probe::probe(&url, timeout, token.as_deref()).map_err(anyhow::Error::msg)
         }
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
@@ -401,6 +403,7 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
     let sources = Arc::new(FileSources {
         paths: files.clone(),
         bytes_read: Arc::clone(&bytes_read),
+        max_record_bytes: cfg.limits.max_record_bytes,
     });
     let total = sources.total_bytes();
     let lake = open_lake(&cfg).await?;
@@ -577,6 +580,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         shards: cfg.window.shards,
         window_ms: cfg.window_spec().size_ms,
         default_windows: 60,
+        access: api_access(&cfg)?,
     });
     tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %lake_name, "wtm node running; API docs at http://{addr}/docs");
     let server = poem::Server::new(poem::listener::TcpListener::bind(addr.to_string()));
@@ -635,4 +639,26 @@ async fn terminate() {
         }
     }
     std::future::pending::<()>().await
+}
+
+/// The API's tokens (as digests) and request bounds, from `[api]`.
+fn api_access(cfg: &Config) -> Result<wtm_api::Access> {
+    let digests: Vec<[u8; 32]> = cfg
+        .api
+        .tokens()?
+        .into_iter()
+        .map(|t| match t {
+            wtm_config::ApiToken::Plain(s) => wtm_api::Access::digest(s.expose()),
+            wtm_config::ApiToken::Sha256(d) => d,
+        })
+        .collect();
+    if digests.is_empty() && !cfg.node.listen.starts_with("127.") {
+        tracing::warn!(listen = %cfg.node.listen, "the API listens beyond loopback without a token: anyone who reaches it sees every site's traffic (set api.token or api.tokens_file)");
+    }
+    Ok(wtm_api::Access::new(
+        digests,
+        cfg.api.protect_metrics,
+        std::time::Duration::from_secs(cfg.api.request_timeout_s),
+        cfg.api.max_concurrent_requests,
+    ))
 }

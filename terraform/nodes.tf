@@ -62,7 +62,7 @@ resource "aws_ecs_task_definition" "node" {
     user                   = "10001"
     portMappings           = [{ containerPort = 8080, protocol = "tcp" }, { containerPort = var.cluster_port, protocol = "tcp" }]
     environment            = concat(local.node_environment, local.cluster_environment)
-    secrets                = concat(local.node_secrets, local.cluster_secrets)
+    secrets                = concat(local.node_secrets, local.cluster_secrets, local.api_secrets)
     mountPoints            = [{ sourceVolume = "data", containerPath = "/data", readOnly = false }]
     stopTimeout            = 60
     healthCheck = {

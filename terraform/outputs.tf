@@ -47,3 +47,8 @@ output "grafana_workspace_url" {
   description = "URL of the managed Grafana workspace, if created."
   value       = var.enable_managed_grafana ? aws_grafana_workspace.this[0].endpoint : null
 }
+
+output "api_token_secret_arn" {
+  description = "Secrets Manager secret holding the bearer token the nodes' API requires (Authorization: Bearer <token>)"
+  value       = aws_secretsmanager_secret.api_token.arn
+}

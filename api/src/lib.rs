@@ -5,11 +5,15 @@
 //! Handlers talk to actors only through `wtm_messages` (looked up by registered name) and
 //! merge what they get back: closed windows from the archiver, open ones from the window shards.
 //! `model` holds the JSON shapes, `params` the parameter types (their schema states exactly what
-//! is accepted); [`probe`] is the client side of a health check (`wtm probe`).
+//! is accepted); [`probe`] is the client side of a health check (`wtm probe`); [`Access`] the
+//! bearer tokens and request bounds every route but `/healthz` passes through.
 
+mod access;
 mod model;
 mod params;
 pub mod probe;
+
+pub use access::Access;
 
 use model::*;
 use params::Rfc3339;
@@ -46,6 +50,8 @@ pub struct ApiContext {
     pub window_ms: i64,
     /// Windows the default range of a series covers.
     pub default_windows: i64,
+    /// Tokens and request bounds.
+    pub access: Access,
 }
 
 #[derive(Object, Debug, Clone)]
@@ -622,6 +628,7 @@ fn route_of(path: &str) -> &'static str {
 
 /// The whole HTTP app.
 pub fn routes(ctx: ApiContext) -> impl Endpoint {
+    let access = ctx.access.clone();
     let service = OpenApiService::new(Api { ctx }, "wtm", env!("CARGO_PKG_VERSION"))
         .description("Real-time web-traffic insight: sites, windows, top-K, anomalies.");
     let ui = service.swagger_ui();
@@ -632,23 +639,26 @@ pub fn routes(ctx: ApiContext) -> impl Endpoint {
         .at("/metrics", metrics)
         .nest("/", service)
         .with(Cors::new())
-        .around(|ep, req| async move {
-            let route = route_of(req.uri().path());
-            let mut resp = ep.get_response(req).await;
-            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                // RFC 9110: a 405 names the methods the resource supports; every route is GET.
-                resp.headers_mut().insert(
-                    poem::http::header::ALLOW,
-                    poem::http::HeaderValue::from_static("GET"),
+        .around(move |ep, req| {
+            let access = access.clone();
+            async move {
+                let route = route_of(req.uri().path());
+                let mut resp = access.serve(ep.as_ref(), route, req).await;
+                if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                    // RFC 9110: a 405 names the methods the resource supports; every route is GET.
+                    resp.headers_mut().insert(
+                        poem::http::header::ALLOW,
+                        poem::http::HeaderValue::from_static("GET"),
+                    );
+                }
+                Metrics::global().api_requests.add(
+                    1,
+                    &[
+                        KeyValue::new("route", route),
+                        KeyValue::new("status", resp.status().as_u16().to_string()),
+                    ],
                 );
+                Ok(resp)
             }
-            Metrics::global().api_requests.add(
-                1,
-                &[
-                    KeyValue::new("route", route),
-                    KeyValue::new("status", resp.status().as_u16().to_string()),
-                ],
-            );
-            Ok(resp)
         })
 }

@@ -6,7 +6,7 @@ use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 /// A plain HTTP/1.1 GET over a TCP stream: enough for a health check, no client library.
-pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+pub fn probe(url: &str, timeout: Duration, token: Option<&str>) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url:?}: only http:// URLs can be probed"))?;
@@ -21,9 +21,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
     conn.set_read_timeout(Some(timeout)).map_err(io)?;
     conn.set_write_timeout(Some(timeout)).map_err(io)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         conn,
-        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut head = [0u8; 64];

@@ -64,6 +64,8 @@ class Node:
         if kafka_settings:
             cfg["source.kafka"] = kafka_settings
         cfg.update(sections)
+        # With `[api] token`, every request this helper makes carries it.
+        self.token = cfg.get("api", {}).get("token")
         self.config_sections = cfg
         self.config = self.workdir / "wtm.toml"
         self.config.write_text(to_toml(cfg))
@@ -96,9 +98,13 @@ class Node:
     def log(self):
         return (self.workdir / f"node-{self.runs}.log").read_text(errors="replace")[-4000:]
 
-    def get(self, path):
+    def get(self, path, token=None):
+        """GET `path` with `token` (default: the node's own, if it has one; "" for none)."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30) as r:
                 body = r.read()
                 return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
         except urllib.error.HTTPError as e:

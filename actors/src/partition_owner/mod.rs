@@ -21,6 +21,8 @@ use wtm_config::Config;
 use wtm_core::checkpoint::{decode, encode, OpenWindows, PartitionCheckpoint};
 use wtm_core::error::ErrorKind;
 use wtm_core::event::Event;
+use wtm_core::limits::{Field, KEPT_OF_TOO_LONG};
+use wtm_core::parse::InvalidReason;
 use wtm_core::records::RawRecords;
 use wtm_core::time::now_ms;
 use wtm_core::window::NO_WATERMARK;
@@ -79,6 +81,7 @@ fn settings(args: &OwnerArgs) -> OwnerSettings {
         default_host: args.config.source.host.clone(),
         shards: args.config.window.shards,
         raw_events: args.config.lake.raw_events,
+        limits: args.config.limits.limits(),
     }
 }
 
@@ -291,7 +294,17 @@ impl OwnerRun {
                     &[pl[0].clone(), KeyValue::new("reason", reason.as_str())],
                 );
                 if let Some(raw) = self.batch.get(offset) {
+                    let raw = match reason {
+                        InvalidReason::TooLong => &raw[..raw.len().min(KEPT_OF_TOO_LONG)],
+                        _ => raw,
+                    };
                     io.source.dead_letter(offset, reason.as_str(), raw);
+                }
+            }
+            for (field, n) in Field::ALL.iter().zip(got.cut_fields) {
+                if n > 0 {
+                    m.fields_cut
+                        .add(n, &[KeyValue::new("field", field.as_str())]);
                 }
             }
             for (shard, events) in io.shards.iter().zip(self.routed.iter_mut()) {
@@ -499,6 +512,10 @@ impl Actor for OwnerActor {
         let pl = [partition_label(args.partition)];
         m.events.add(0, &pl);
         m.late.add(0, &pl);
+        for field in Field::ALL {
+            m.fields_cut
+                .add(0, &[KeyValue::new("field", field.as_str())]);
+        }
         // The restore is the first message: nothing else is handled before it.
         tell(&me, ActorKind::PartitionOwner, OwnerMsg::Restore)?;
         let n = args.config.window.shards;

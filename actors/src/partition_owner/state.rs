@@ -9,7 +9,8 @@ use wtm_core::checkpoint::{
 };
 use wtm_core::event::{Event, Format};
 use wtm_core::hash::shard_of;
-use wtm_core::parse::{parse_line, InvalidReason};
+use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG};
+use wtm_core::parse::{parse_line, InvalidReason, ParseError};
 use wtm_core::records::RawRecords;
 use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
 
@@ -22,6 +23,7 @@ pub struct OwnerSettings {
     pub default_host: String,
     pub shards: usize,
     pub raw_events: bool,
+    pub limits: Limits,
 }
 
 /// Counts of one ingested batch, for metrics.
@@ -31,6 +33,8 @@ pub struct Ingested {
     pub late: u64,
     /// Offset and reason of each malformed record.
     pub invalid: Vec<(u64, InvalidReason)>,
+    /// Events with a field cut to `limits.max_field_bytes`, per field (as in `Field::ALL`).
+    pub cut_fields: [u64; 4],
 }
 
 /// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
@@ -305,28 +309,66 @@ impl OwnerState {
         self.next_offset < self.replay_until
     }
 
+    /// One record as an event, within the limits: too long (cut by the source, or longer than
+    /// the limit), unparsable and implausibly named sites are errors.
+    fn parse(&self, batch: &RawRecords, offset: u64, bytes: &[u8]) -> Result<Event, ParseError> {
+        let max = self.settings.limits.max_record_bytes;
+        let whole = batch
+            .cut_len(offset)
+            .or_else(|| (bytes.len() > max).then_some(bytes.len() as u64));
+        if let Some(len) = whole {
+            return Err(ParseError {
+                reason: InvalidReason::TooLong,
+                detail: format!(
+                    "record of {len} bytes is longer than limits.max_record_bytes ({max}); its first {} bytes are kept",
+                    KEPT_OF_TOO_LONG.min(bytes.len())
+                ),
+            });
+        }
+        let event = parse_line(self.settings.format, bytes, &self.settings.default_host)?;
+        if !plausible_host(&event.host) {
+            let shown: String = event.host.chars().take(64).collect();
+            return Err(ParseError {
+                reason: InvalidReason::BadHost,
+                detail: format!("site {shown:?} is not a plausible host[:port]"),
+            });
+        }
+        Ok(event)
+    }
+
     /// Parse a batch of records, routing on-time events into `routed[shard]`. Records being
     /// replayed only rebuild the buffered outputs: no routing, no counting.
     pub fn ingest(&mut self, batch: &RawRecords, routed: &mut [Vec<Event>]) -> Ingested {
         let mut out = Ingested::default();
         let spec = self.settings.spec;
+        let limits = self.settings.limits;
         for (offset, bytes) in batch.iter() {
             let replay = offset < self.replay_until;
             self.next_offset = offset + 1;
-            match parse_line(self.settings.format, bytes, &self.settings.default_host) {
+            match self.parse(batch, offset, bytes) {
                 Err(err) => {
                     if !replay {
                         *self.totals.invalid.entry(err.reason).or_default() += 1;
                         out.invalid.push((offset, err.reason));
                     }
+                    let kept = match err.reason {
+                        InvalidReason::TooLong => &bytes[..bytes.len().min(KEPT_OF_TOO_LONG)],
+                        _ => bytes,
+                    };
                     self.buffered.invalid.push(InvalidRecord {
                         offset,
                         reason: err.reason,
                         detail: err.detail,
-                        raw: bytes.to_vec(),
+                        raw: kept.to_vec(),
                     });
                 }
-                Ok(event) => {
+                Ok(mut event) => {
+                    let cut = bound_fields(&mut event, limits.max_field_bytes);
+                    if !replay {
+                        for (n, was_cut) in out.cut_fields.iter_mut().zip(cut) {
+                            *n += u64::from(was_cut);
+                        }
+                    }
                     if !replay {
                         out.events += 1;
                         self.totals.events += 1;
@@ -444,6 +486,7 @@ mod tests {
             format: Format::Json,
             default_host: "h".into(),
             shards: 2,
+            limits: Limits::default(),
             raw_events: true,
         }
     }
@@ -591,6 +634,46 @@ mod tests {
     }
 
     #[test]
+    fn records_beyond_the_limits_are_dead_lettered_and_long_fields_cut() {
+        let ok = r#"{"ts":10000,"host":"a.example:8080","method":"GET","path":"/","status":200}"#;
+        let long_path = format!(
+            r#"{{"ts":10000,"host":"a.example","method":"GET","path":"/{}","status":200}}"#,
+            "p".repeat(3000)
+        );
+        let bad_host = r#"{"ts":10000,"host":"<b>a b</b>","method":"GET","path":"/","status":200}"#;
+        let huge = format!(
+            r#"{{"ts":10000,"host":"a","method":"GET","path":"/{}","status":200}}"#,
+            "x".repeat(70_000)
+        );
+        let mut all = batch(&[ok, &long_path, bad_host, &huge, ok]); // offsets 100..105
+                                                                     // A file source cut offset 104 (its first bytes are in the buffer, whole length here).
+        all.cut.push((104, 5_000_000));
+        let mut s = OwnerState::new(settings());
+        let mut routed = vec![Vec::new(), Vec::new()];
+        let got = s.ingest(&all, &mut routed);
+        assert_eq!(got.events, 2);
+        assert_eq!(
+            got.invalid,
+            vec![
+                (102, InvalidReason::BadHost),
+                (103, InvalidReason::TooLong),
+                (104, InvalidReason::TooLong)
+            ]
+        );
+        assert_eq!(got.cut_fields, [1, 0, 0, 0]);
+        let paths: Vec<usize> = routed.iter().flatten().map(|e| e.path.len()).collect();
+        assert!(paths.iter().all(|n| *n <= 2048), "{paths:?}");
+        let invalid = &s.buffered.invalid;
+        assert_eq!(invalid[1].raw.len(), KEPT_OF_TOO_LONG);
+        assert!(
+            invalid[1].detail.contains(&format!("{} bytes", huge.len())),
+            "{}",
+            invalid[1].detail
+        );
+        assert!(invalid[2].detail.contains("5000000 bytes"));
+    }
+
+    #[test]
     fn lake_backoff_doubles_to_thirty_seconds_and_resets() {
         let t0 = Instant::now();
         let mut b = LakeBackoff::default();
@@ -619,7 +702,8 @@ mod tests {
             Ingested {
                 events: 3,
                 late: 1,
-                invalid: vec![(101, InvalidReason::BadJson)]
+                invalid: vec![(101, InvalidReason::BadJson)],
+                cut_fields: [0; 4],
             }
         );
         assert_eq!(routed.iter().map(Vec::len).sum::<usize>(), 2);

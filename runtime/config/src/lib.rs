@@ -105,6 +105,37 @@ pub struct Config {
     pub api: ApiConfig,
     pub supervisor: SupervisorConfig,
     pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on what the monitored traffic controls (see README "Limits and security").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A longer record (a line, a Kafka record's value) is dead-lettered as `too_long`, its first
+    /// 1 KiB kept; a file's line is never read whole.
+    pub max_record_bytes: usize,
+    /// Path, referrer, user agent and client address are cut to this many bytes (then `…`).
+    pub max_field_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = wtm_core::limits::Limits::default();
+        LimitsConfig {
+            max_record_bytes: d.max_record_bytes,
+            max_field_bytes: d.max_field_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn limits(&self) -> wtm_core::limits::Limits {
+        wtm_core::limits::Limits {
+            max_record_bytes: self.max_record_bytes,
+            max_field_bytes: self.max_field_bytes,
+        }
+    }
 }
 
 /// A secret setting: never printed (`wtm config` shows `<redacted>`) and never logged.
@@ -457,14 +488,114 @@ impl Default for DetectorConfig {
 pub struct ApiConfig {
     /// Closed windows per host kept in memory for the API (older ones: query the lake).
     pub retention_windows: usize,
+    /// A bearer token every request but `/healthz` must carry (`WTM__API__TOKEN`); never
+    /// printed or logged. With `tokens_file`, any of them is accepted.
+    pub token: Option<Secret>,
+    /// More tokens, one per line: the token itself, or `sha256:<64 hex digits>` of it; `#`
+    /// starts a comment.
+    pub tokens_file: Option<PathBuf>,
+    /// `/metrics` needs a token too (Prometheus sends one with `authorization` in its scrape
+    /// config); by default it is open, like `/healthz`.
+    pub protect_metrics: bool,
+    /// A request not answered by then gets 503.
+    pub request_timeout_s: u64,
+    /// Requests served at once; beyond, 503 at once (a flood cannot pin the node).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             retention_windows: 360,
+            token: None,
+            tokens_file: None,
+            protect_metrics: false,
+            request_timeout_s: 30,
+            max_concurrent_requests: 256,
         }
     }
+}
+
+/// An accepted API token, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiToken {
+    Plain(Secret),
+    /// SHA-256 of the token.
+    Sha256([u8; 32]),
+}
+
+/// Shorter plain tokens are refused at start-up: a bearer token is a password.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ApiConfig {
+    /// Every accepted token (`token` and `tokens_file`'s); empty: the API is open.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>, ConfigError> {
+        let bad = |key: &'static str, problem: String| ConfigError::Invalid { key, problem };
+        let mut out = Vec::new();
+        if let Some(t) = &self.token {
+            if t.expose().len() < MIN_TOKEN_LEN {
+                return Err(bad(
+                    "api.token",
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+            out.push(ApiToken::Plain(t.clone()));
+        }
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(
+                    "api.tokens_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let before = out.len();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let token = match line.strip_prefix("sha256:") {
+                    Some(hex) => ApiToken::Sha256(parse_sha256(hex).ok_or_else(|| {
+                        bad(
+                            "api.tokens_file",
+                            format!("line {}: sha256: needs 64 hex digits", i + 1),
+                        )
+                    })?),
+                    None if line.len() < MIN_TOKEN_LEN => {
+                        return Err(bad(
+                            "api.tokens_file",
+                            format!(
+                                "line {}: a token must be at least {MIN_TOKEN_LEN} characters",
+                                i + 1
+                            ),
+                        ))
+                    }
+                    None => ApiToken::Plain(Secret::new(line)),
+                };
+                out.push(token);
+            }
+            if out.len() == before {
+                return Err(bad(
+                    "api.tokens_file",
+                    format!("{} holds no token", path.display()),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -524,6 +655,37 @@ impl Config {
             "must be at least 1",
         )?;
         check(self.source.hosts >= 1, "source.hosts", "must be at least 1")?;
+        let tokens = self.api.tokens()?;
+        check(
+            !self.api.protect_metrics || !tokens.is_empty(),
+            "api.protect_metrics",
+            "needs api.token or api.tokens_file",
+        )?;
+        check(
+            self.api.request_timeout_s >= 1,
+            "api.request_timeout_s",
+            "must be at least 1",
+        )?;
+        check(
+            self.api.max_concurrent_requests >= 1,
+            "api.max_concurrent_requests",
+            "must be at least 1",
+        )?;
+        check(
+            wtm_core::limits::plausible_host(&self.source.host),
+            "source.host",
+            "must be a plausible host[:port] (letters, digits, '-', '_', '.')",
+        )?;
+        check(
+            (1024..=64 << 20).contains(&self.limits.max_record_bytes),
+            "limits.max_record_bytes",
+            "must be between 1024 and 67108864",
+        )?;
+        check(
+            (64..=self.limits.max_record_bytes).contains(&self.limits.max_field_bytes),
+            "limits.max_field_bytes",
+            "must be between 64 and limits.max_record_bytes",
+        )?;
         check(
             self.source.rate >= 0.001 && self.source.rate.is_finite(),
             "source.rate",

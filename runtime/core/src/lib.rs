@@ -14,6 +14,7 @@
 //!   offset: the tests' ground truth).
 //! - [`hash`]: the one stable hash (FNV-1a) behind shards, generator streams and sketches.
 //! - [`error`]: [`error::ErrorKind`], whether a failure is worth retrying.
+//! - [`limits`]: bounds on what strangers control (record size, host names, field lengths).
 
 pub mod agg;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod generator;
 pub mod hash;
+pub mod limits;
 pub mod parse;
 pub mod records;
 pub mod sketch;

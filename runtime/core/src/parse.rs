@@ -22,6 +22,10 @@ pub enum InvalidReason {
     BadRequestLine,
     BadFormat,
     BadNumber,
+    /// Longer than `limits.max_record_bytes`: only its first bytes are kept.
+    TooLong,
+    /// A site name that is not a plausible `host[:port]`.
+    BadHost,
 }
 
 impl InvalidReason {
@@ -36,6 +40,8 @@ impl InvalidReason {
             InvalidReason::BadRequestLine => "bad_request_line",
             InvalidReason::BadFormat => "bad_format",
             InvalidReason::BadNumber => "bad_number",
+            InvalidReason::TooLong => "too_long",
+            InvalidReason::BadHost => "bad_host",
         }
     }
 }

@@ -8,12 +8,16 @@ pub struct RawRecords {
     pub buf: Vec<u8>,
     /// Each record's offset in its partition and its bytes' range in `buf`.
     pub records: Vec<(u64, Range<usize>)>,
+    /// Records cut by the source because they were too long: offset and whole length (only
+    /// their first bytes are in `buf`).
+    pub cut: Vec<(u64, u64)>,
 }
 
 impl RawRecords {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.records.clear();
+        self.cut.clear();
     }
 
     /// Append one record.
@@ -21,6 +25,14 @@ impl RawRecords {
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
         self.records.push((offset, start..self.buf.len()));
+    }
+
+    /// The whole length of the record at `offset` if the source cut it.
+    pub fn cut_len(&self, offset: u64) -> Option<u64> {
+        if self.cut.is_empty() {
+            return None;
+        }
+        self.cut.iter().find(|(o, _)| *o == offset).map(|(_, n)| *n)
     }
 
     pub fn len(&self) -> usize {

@@ -13,6 +13,8 @@ pub struct FileSources {
     pub paths: Vec<PathBuf>,
     /// Bytes read so far over all files (compressed bytes for gzip), for progress reports.
     pub bytes_read: Arc<AtomicU64>,
+    /// A longer line is cut (`limits.max_record_bytes`): never read whole into memory.
+    pub max_record_bytes: usize,
 }
 
 impl FileSources {
@@ -91,6 +93,7 @@ impl SourceFactory for FileSources {
         };
         let mut src = FileSource {
             reader,
+            max_record_bytes: self.max_record_bytes,
             offset: 0,
             name: path.display().to_string(),
             done: false,
@@ -110,9 +113,41 @@ impl SourceFactory for FileSources {
 /// One file as a partition; a record is a line, its offset the line number.
 pub struct FileSource {
     reader: Box<dyn BufRead + Send>,
+    max_record_bytes: usize,
     offset: u64,
     name: String,
     done: bool,
+}
+
+/// Read one line (through its newline) into `buf`, keeping at most `max + 1` of its bytes and
+/// skipping the rest: a line with no end in sight streams through in bounded memory. Returns
+/// the line's whole length without its newline (None at the end of the input).
+fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<u64>> {
+    let mut whole: u64 = 0;
+    let mut kept = 0usize;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            // The last line, without a newline (or nothing more).
+            return Ok((kept > 0).then_some(whole));
+        }
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let keep = take.min((max + 1).saturating_sub(kept));
+        buf.extend_from_slice(&chunk[..keep]);
+        kept += keep;
+        whole += (take - usize::from(done)) as u64;
+        r.consume(take);
+        if done {
+            return Ok(Some(whole));
+        }
+    }
 }
 
 impl PartitionSource for FileSource {
@@ -126,10 +161,16 @@ impl PartitionSource for FileSource {
                 break;
             }
             let start = out.buf.len();
-            match self.reader.read_until(b'\n', &mut out.buf) {
-                Ok(0) => self.done = true,
-                Ok(_) => {
+            match read_line(&mut self.reader, &mut out.buf, self.max_record_bytes) {
+                Ok(None) => self.done = true,
+                Ok(Some(whole)) => {
                     let mut end = out.buf.len();
+                    if whole > self.max_record_bytes as u64 {
+                        // Only the first bytes stay, for the dead-letter output.
+                        end = (start + wtm_core::limits::KEPT_OF_TOO_LONG).min(end);
+                        out.buf.truncate(end);
+                        out.cut.push((self.offset, whole));
+                    }
                     while end > start && matches!(out.buf[end - 1], b'\n' | b'\r') {
                         end -= 1;
                     }
@@ -153,5 +194,49 @@ impl PartitionSource for FileSource {
 
     fn lag(&mut self) -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_cut_as_it_streams() {
+        let mut input = b"first\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 300_000));
+        input.extend_from_slice(b"\n\nlast");
+        let mut src = FileSource {
+            reader: Box::new(BufReader::with_capacity(4096, std::io::Cursor::new(input))),
+            max_record_bytes: 1024,
+            offset: 0,
+            name: "t".into(),
+            done: false,
+        };
+        let mut out = RawRecords::default();
+        while src.poll(10, &mut out) == Polled::Ready && !src.done {}
+        let lines: Vec<(u64, usize)> = out.iter().map(|(o, b)| (o, b.len())).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (0, 5),
+                (1, wtm_core::limits::KEPT_OF_TOO_LONG),
+                (2, 0),
+                (3, 4)
+            ]
+        );
+        assert_eq!(out.cut, vec![(1, 300_000)]);
+        assert!(out.buf.len() < 2048, "never held whole: {}", out.buf.len());
+        // Exactly the limit is not too long.
+        let mut src = FileSource {
+            reader: Box::new(std::io::Cursor::new(vec![b'y'; 1024])),
+            max_record_bytes: 1024,
+            offset: 0,
+            name: "t".into(),
+            done: false,
+        };
+        let mut out = RawRecords::default();
+        src.poll(10, &mut out);
+        assert!(out.cut.is_empty() && out.iter().next().unwrap().1.len() == 1024);
     }
 }

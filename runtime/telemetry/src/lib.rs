@@ -64,6 +64,7 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     pub events: Counter<u64>,
     pub invalid: Counter<u64>,
+    pub fields_cut: Counter<u64>,
     pub late: Counter<u64>,
     pub watermark_lag: Gauge<f64>,
     pub source_offset: Gauge<u64>,
@@ -158,6 +159,10 @@ impl Metrics {
             invalid: m
                 .u64_counter("wtm_invalid")
                 .with_description("Malformed records (dead-lettered), by partition and reason")
+                .build(),
+            fields_cut: m
+                .u64_counter("wtm_fields_cut")
+                .with_description("Events whose field (path, referrer, user_agent, client_ip) was cut to limits.max_field_bytes")
                 .build(),
             late: m
                 .u64_counter("wtm_late_events")

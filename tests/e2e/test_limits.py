@@ -1,0 +1,158 @@
+"""Hostile input: records and fields bounded, implausible sites dead-lettered, nothing lost.
+Ground truth is written by the test itself."""
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+from conftest import START, WTM
+from test_pipeline import q
+
+RSS_BOUND_MB = 300
+
+
+def batch_with_peak_rss(data_dir, *files, extra=()):
+    """`wtm batch` in a fresh Python process whose only child it is: (result, peak RSS in MB)."""
+    probe = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(json.dumps([r.returncode, r.stdout, r.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, WTM, "batch", "--quiet", "--json", "--data-dir", str(data_dir), *extra,
+         *map(str, files)],
+        capture_output=True, text=True, timeout=900, check=True,
+    )
+    code, stdout, stderr, rss_kb = json.loads(out.stdout)
+    assert code == 0, stderr
+    return json.loads(stdout), rss_kb / 1024
+
+
+def event(ts, host, path="/", **extra):
+    return json.dumps(dict(ts=ts, host=host, method="GET", path=path, status=200, bytes=10, **extra))
+
+
+def test_huge_lines_random_bytes_and_bad_hosts_are_dead_lettered_in_bounded_memory(tmp_path):
+    rng = random.Random(16)
+    start = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    good = 3000
+    path = tmp_path / "hostile.log"
+    garbage = 0
+    with open(path, "wb") as f:
+        for i in range(good):
+            f.write(event(start + i * 100, f"site-{i % 3}.example").encode() + b"\n")
+            if i == 500:
+                f.write(b"A" * (50 << 20) + b"\n")  # a 50 MB line
+            if i % 300 == 7:
+                # Random bytes without a newline in them: some other reason, never an event.
+                f.write(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))).replace(b"\n", b" ") + b"\n")
+                garbage += 1
+        # Implausible sites; a path, a user agent and a referrer far past the field limit.
+        f.write(event(start, "<script>alert(1)</script>").encode() + b"\n")
+        f.write(event(start, "shop.example:99999999").encode() + b"\n")
+        f.write(event(start + good * 100, "site-0.example", path="/" + "p" * 10_000, user_agent="u" * 5000,
+                      referrer="r" * 3000).encode() + b"\n")
+        # The last line: 300 MB without a newline.
+        chunk = b"B" * (1 << 20)
+        for _ in range(300):
+            f.write(chunk)
+
+    summary, rss_mb = batch_with_peak_rss(tmp_path / "out", path)
+    assert rss_mb < RSS_BOUND_MB, f"peak RSS {rss_mb:.0f} MB"
+    assert summary["events"] == good + 1, summary
+    by_reason = summary["invalid"]
+    assert by_reason.get("too_long") == 2, by_reason
+    assert by_reason.get("bad_host") == 2, by_reason
+    assert summary["invalid_total"] == 2 + 2 + garbage, summary
+    assert summary["lines"] == good + 2 + garbage + 3
+
+    lake = tmp_path / "out" / "lake"
+    rows = q(lake, "select reason, octet_length(raw), detail from '{lake}/invalid/*/*/*.parquet' order by \"offset\"")
+    assert len(rows) == summary["invalid_total"]
+    too_long = [r for r in rows if r[0] == "too_long"]
+    assert [r[1] for r in too_long] == [1024, 1024]
+    assert f"{50 << 20} bytes" in too_long[0][2] and f"{300 << 20} bytes" in too_long[1][2], too_long
+    (requests,) = q(lake, "select sum(requests) from '{lake}/windows/*/*/*.parquet'")[0]
+    assert requests == good + 1 and summary["late"] == 0, "every event read is in a window"
+    keys = [e["key"] for (top,) in q(lake, "select top_paths from '{lake}/windows/*/*/*.parquet'")
+            for e in json.loads(top)]
+    cut = [k for k in keys if k.endswith("…")]
+    assert len(cut) == 1 and len(cut[0].encode()) <= 2048, [len(k) for k in cut]
+    assert all(len(k.encode()) <= 2048 for k in keys)
+
+
+API_SOURCE = dict(seed=2, hosts=4, rate=100.0, realtime=False, start=START, duration_s=600, anomalies=0)
+
+
+def raw_get(port, path, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, r.headers, body
+
+
+def test_api_tokens_guard_every_route_but_healthz_and_bounds_requests(node_factory, tmp_path):
+    token, hashed_one = "first-token-0123456789", "second-token-9876543210"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# API tokens\n{token}\nsha256:{hashlib.sha256(hashed_one.encode()).hexdigest()}  # ci\n")
+    node = node_factory(API_SOURCE, api={"tokens_file": str(tokens)})
+    node.token = token
+    node.start()
+    node.wait_finished()
+    status, spec = node.get("/openapi.json")
+    assert status == 200
+    host = node.get("/v1/hosts")[1]["hosts"][0]["host"]
+    paths = [p.replace("{host}", host) + ("?dimension=path" if p.endswith("/top") else "")
+             for p, ops in spec["paths"].items() if "get" in ops]
+    paths += ["/openapi.json", "/docs"]
+    assert "/v1/hosts" in paths and "/healthz" in paths
+    for path in paths:
+        if path == "/healthz":
+            assert raw_get(node.port, path)[0] == 200
+            continue
+        for bad in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {token}"}):
+            status, headers, body = raw_get(node.port, path, bad)
+            assert status == 401, (path, bad, status)
+            assert headers["WWW-Authenticate"] == "Bearer" and b"bearer token" in body
+            assert token.encode() not in body
+        for good in (token, hashed_one):
+            status, _, body = raw_get(node.port, path, {"Authorization": f"Bearer {good}"})
+            assert status == 200, (path, status, body[:200])
+    # /metrics is open unless api.protect_metrics (Prometheus scrapes it).
+    assert raw_get(node.port, "/metrics")[0] == 200
+    assert token not in node.log() and hashed_one not in node.log()
+
+    # A huge request line or head is refused, and the node goes on answering.
+    status, _, _ = raw_get(node.port, "/v1/hosts?x=" + "a" * (1 << 20), {"Authorization": f"Bearer {token}"})
+    assert status in (414, 431), status
+    # A thousand idle connections do not keep a client from being answered.
+    idle = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(1000)]
+    try:
+        started = time.time()
+        assert node.get("/v1/overview")[0] == 200
+        assert time.time() - started < 2
+    finally:
+        for s in idle:
+            s.close()
+    # `wtm probe` carries the token from the environment.
+    env = dict(os.environ, WTM__API__TOKEN=token)
+    probe = [WTM, "probe", f"http://127.0.0.1:{node.port}/readyz"]
+    assert subprocess.run(probe, env=env, capture_output=True).returncode == 0
+    assert subprocess.run(probe, capture_output=True).returncode != 0
+
+
+def test_bad_token_settings_fail_at_startup_naming_the_key(tmp_path):
+    env = dict(os.environ, WTM__API__TOKEN="short")
+    r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "api.token" in r.stderr, r.stderr
+    env = dict(os.environ, WTM__API__TOKENS_FILE=str(tmp_path / "missing"))
+    r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "api.tokens_file" in r.stderr, r.stderr
+    env = dict(os.environ, WTM__API__TOKEN="a-long-enough-token-123")
+    r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "a-long-enough-token-123" not in r.stdout and "<redacted>" in r.stdout
