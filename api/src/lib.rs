@@ -432,6 +432,10 @@ impl Api {
         let merged = local::merge_overviews(std::iter::once(mine).chain(others));
         let parts = merged.partitions;
         let hosts = merged.hosts.len() as u64;
+        let hosts_overflow = merged
+            .hosts
+            .iter()
+            .any(|h| h == wtm_core::limits::OVERFLOW_HOST);
         let now = now_ms();
         let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = OverviewOut {
@@ -440,6 +444,7 @@ impl Api {
             invalid: BTreeMap::new(),
             late: 0,
             hosts,
+            hosts_overflow,
             windows_closed: 0,
             watermark_lag_seconds: None,
             finished: parts.iter().all(|p| p.finished) && gathered.missing.is_empty(),

@@ -127,7 +127,11 @@ pub struct OverviewOut {
     /// Invalid records by reason.
     pub invalid: BTreeMap<String, u64>,
     pub late: u64,
+    /// Sites with a window held here (the overflow series `(other)` counted as one).
     pub hosts: u64,
+    /// The cardinality guard is active: some window of some partition reached
+    /// `limits.max_hosts` named sites, and further sites' events are counted under `(other)`.
+    pub hosts_overflow: bool,
     pub windows_closed: u64,
     /// Largest (wall clock − watermark) over partitions.
     #[oai(nullable)]

@@ -156,3 +156,58 @@ def test_bad_token_settings_fail_at_startup_naming_the_key(tmp_path):
     env = dict(os.environ, WTM__API__TOKEN="a-long-enough-token-123")
     r = subprocess.run([WTM, "config"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "a-long-enough-token-123" not in r.stdout and "<redacted>" in r.stdout
+
+
+def test_a_spray_of_distinct_sites_folds_into_other_and_every_event_stays_counted(tmp_path, node_factory):
+    start = 1_767_225_600_000
+    n = 200_000
+    path = tmp_path / "spray.log"
+    rng = random.Random(5)
+    with open(path, "w") as f:
+        for i in range(n):
+            host = "%016x.example" % rng.getrandbits(64)
+            f.write(event(start + i * 3, host) + "\n")  # 10 minutes of event time
+    cfg = tmp_path / "wtm.toml"
+    cfg.write_text("[limits]\nmax_hosts = 1000\n")
+    summary, rss_mb = batch_with_peak_rss(tmp_path / "out", path, extra=("--config", str(cfg)))
+    assert rss_mb < RSS_BOUND_MB, f"peak RSS {rss_mb:.0f} MB"
+    assert summary["events"] == n and summary["invalid_total"] == 0 and summary["late"] == 0
+    lake = tmp_path / "out" / "lake"
+    (requests,) = q(lake, "select sum(requests) from '{lake}/windows/*/*/*.parquet'")[0]
+    assert requests == n, "nothing dropped: named sites and (other) add up to every event"
+    per_window = q(lake, """select epoch_ms(window_start), count(*) filter (host <> '(other)'), sum(requests) filter (host = '(other)')
+                            from '{lake}/windows/*/*/*.parquet' group by 1 order by 1""")
+    assert len(per_window) == 10
+    assert all(named == 1000 and other > 0 for _, named, other in per_window), per_window
+    (dupes,) = q(lake, """select count(*) from (select host, window_start, partition, count(*) n
+                          from '{lake}/windows/*/*/*.parquet' group by all having n > 1)""")[0]
+    assert dupes == 0, "one row per (site, window, partition), the overflow series too"
+
+    # A node says so in its overview, and its site list still adds up.
+    node = node_factory(dict(API_SOURCE, hosts=200), limits={"max_hosts": 20}).start()
+    node.wait_finished()
+    o = node.overview()
+    assert o["hosts_overflow"] and o["hosts"] <= 20 * 10 + 1, o["hosts"]
+    hosts = node.get("/v1/hosts?windows=10000")[1]["hosts"]
+    assert sum(h["requests"] for h in hosts) == o["events"] - o["late"]
+    assert "(other)" in {h["host"] for h in hosts}
+
+
+def test_the_guard_folds_the_same_events_after_a_crash(node_factory):
+    """A replay from a checkpoint folds exactly what the first run did: the lake of a node
+    SIGKILLed twice equals that of a node that ran through."""
+    source = dict(API_SOURCE, hosts=200, duration_s=1200)
+    settings = dict(limits={"max_hosts": 20}, checkpoint={"interval_ms": 200}, lake={"flush_interval_ms": 700})
+    calm = node_factory(source, name="calm", **settings).start()
+    calm.wait_finished()
+    events = calm.overview()["events"]
+    crashed = node_factory(source, name="crashed", **settings).start()
+    for share in (0.3, 0.7):
+        while crashed.overview()["events"] < share * events:
+            time.sleep(0.01)
+        crashed.kill()
+        crashed.start()
+    crashed.wait_finished()
+    rows = "select host, epoch_ms(window_start), partition, requests, bytes, status_5xx from '{lake}/windows/*/*/*.parquet' order by all"
+    a, b = q(calm.lake, rows), q(crashed.lake, rows)
+    assert any(r[0] == "(other)" for r in a) and a == b

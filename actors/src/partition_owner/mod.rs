@@ -7,6 +7,7 @@
 //! message, not in `pre_start`, so a slow restore (S3, a lake backlog) never holds up the
 //! supervisor that spawned it: assignments and revocations keep flowing meanwhile.
 
+mod guard;
 mod state;
 
 pub use state::{
@@ -51,6 +52,9 @@ pub struct OwnerArgs {
 }
 
 pub struct OwnerActor;
+
+/// The cardinality guard's first fold is logged once per process (the metric counts each).
+static GUARD_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A restored partition: what the owner reads from and routes to.
 struct Restored {
@@ -124,6 +128,7 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     for blob in open {
         let windows: OpenWindows = decode("open windows", &blob)?;
         for (key, agg) in windows {
+            state.restore_guard(&key.host, key.start_ms);
             per_shard[shard_of(&key.host, shard_refs.len())].push((key, agg));
         }
     }
@@ -300,6 +305,12 @@ impl OwnerRun {
                     };
                     io.source.dead_letter(offset, reason.as_str(), raw);
                 }
+            }
+            if got.folded > 0 {
+                if !GUARD_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(partition = self.args.partition, "limits.max_hosts reached in a window: events of further sites are counted under \"(other)\"");
+                }
+                m.hosts_folded.add(got.folded, &pl);
             }
             for (field, n) in Field::ALL.iter().zip(got.cut_fields) {
                 if n > 0 {
@@ -512,6 +523,7 @@ impl Actor for OwnerActor {
         let pl = [partition_label(args.partition)];
         m.events.add(0, &pl);
         m.late.add(0, &pl);
+        m.hosts_folded.add(0, &pl);
         for field in Field::ALL {
             m.fields_cut
                 .add(0, &[KeyValue::new("field", field.as_str())]);

@@ -1,6 +1,7 @@
 //! A partition owner's synchronous core: parse, decide lateness, route, cut publications, and
 //! decide (as plain data) when to flush, snapshot, write the lake and commit.
 
+use super::guard::HostGuard;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtm_core::agg::ClosedWindow;
@@ -9,7 +10,7 @@ use wtm_core::checkpoint::{
 };
 use wtm_core::event::{Event, Format};
 use wtm_core::hash::shard_of;
-use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG};
+use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG, OVERFLOW_HOST};
 use wtm_core::parse::{parse_line, InvalidReason, ParseError};
 use wtm_core::records::RawRecords;
 use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
@@ -35,6 +36,8 @@ pub struct Ingested {
     pub invalid: Vec<(u64, InvalidReason)>,
     /// Events with a field cut to `limits.max_field_bytes`, per field (as in `Field::ALL`).
     pub cut_fields: [u64; 4],
+    /// Events counted under the overflow site (`limits.max_hosts`).
+    pub folded: u64,
 }
 
 /// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
@@ -187,10 +190,13 @@ pub struct OwnerState {
     /// How many of `unpublished` (from the front) hold their records and may be written; after
     /// a restore the others wait until the replay has derived their records again.
     ready: usize,
+    /// `limits.max_hosts` per window.
+    guard: HostGuard,
 }
 
 impl OwnerState {
     pub fn new(settings: OwnerSettings) -> OwnerState {
+        let settings_max_hosts = settings.limits.max_hosts;
         OwnerState {
             settings,
             owner_epoch: 1,
@@ -204,6 +210,7 @@ impl OwnerState {
             finished: false,
             unpublished: Vec::new(),
             ready: 0,
+            guard: HostGuard::new(settings_max_hosts),
         }
     }
 
@@ -390,6 +397,12 @@ impl OwnerState {
                     } else {
                         self.watermark.observe(event.ts_ms);
                         if !replay {
+                            let mut event = event;
+                            // Replayed records' sites are in the restored guard already.
+                            if !self.guard.admit(&event.host, spec.start_of(event.ts_ms)) {
+                                event.host = OVERFLOW_HOST.to_owned();
+                                out.folded += 1;
+                            }
                             routed[shard_of(&event.host, self.settings.shards)].push(event);
                         }
                     }
@@ -399,7 +412,13 @@ impl OwnerState {
                 self.fill_replayed();
             }
         }
+        self.guard.prune(&spec, self.watermark.current(&spec));
         out
+    }
+
+    /// A site with an open window in the checkpoint this owner was restored from.
+    pub fn restore_guard(&mut self, host: &str, start_ms: i64) {
+        self.guard.restore(host, start_ms);
     }
 
     /// The windows just closed and, when `flush`, the buffered records since the last flush, as
@@ -704,6 +723,7 @@ mod tests {
                 late: 1,
                 invalid: vec![(101, InvalidReason::BadJson)],
                 cut_fields: [0; 4],
+                folded: 0,
             }
         );
         assert_eq!(routed.iter().map(Vec::len).sum::<usize>(), 2);

@@ -117,6 +117,9 @@ pub struct LimitsConfig {
     pub max_record_bytes: usize,
     /// Path, referrer, user agent and client address are cut to this many bytes (then `…`).
     pub max_field_bytes: usize,
+    /// Named sites one window of one partition admits; events of further sites in that window
+    /// are counted under the site `(other)`.
+    pub max_hosts: usize,
 }
 
 impl Default for LimitsConfig {
@@ -125,6 +128,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_record_bytes: d.max_record_bytes,
             max_field_bytes: d.max_field_bytes,
+            max_hosts: d.max_hosts,
         }
     }
 }
@@ -134,6 +138,7 @@ impl LimitsConfig {
         wtm_core::limits::Limits {
             max_record_bytes: self.max_record_bytes,
             max_field_bytes: self.max_field_bytes,
+            max_hosts: self.max_hosts,
         }
     }
 }
@@ -685,6 +690,11 @@ impl Config {
             (64..=self.limits.max_record_bytes).contains(&self.limits.max_field_bytes),
             "limits.max_field_bytes",
             "must be between 64 and limits.max_record_bytes",
+        )?;
+        check(
+            self.limits.max_hosts >= 1,
+            "limits.max_hosts",
+            "must be at least 1",
         )?;
         check(
             self.source.rate >= 0.001 && self.source.rate.is_finite(),

@@ -12,6 +12,8 @@ use crate::event::Event;
 pub struct Limits {
     pub max_record_bytes: usize,
     pub max_field_bytes: usize,
+    /// Named sites one window of one partition admits; the rest fold into [`OVERFLOW_HOST`].
+    pub max_hosts: usize,
 }
 
 impl Default for Limits {
@@ -19,9 +21,14 @@ impl Default for Limits {
         Limits {
             max_record_bytes: 64 * 1024,
             max_field_bytes: 2048,
+            max_hosts: 50_000,
         }
     }
 }
+
+/// The series sites beyond `limits.max_hosts` fold into (not a plausible host name, so no real
+/// site can be called that).
+pub const OVERFLOW_HOST: &str = "(other)";
 
 /// How much of a too-long record the dead-letter output keeps.
 pub const KEPT_OF_TOO_LONG: usize = 1024;
@@ -166,6 +173,7 @@ mod tests {
             "[::1",
             "[]",
             "[zz::1]",
+            OVERFLOW_HOST,
             "ünï.example",
             long.as_str(),
         ] {

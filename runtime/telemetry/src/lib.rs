@@ -65,6 +65,7 @@ pub struct Metrics {
     pub events: Counter<u64>,
     pub invalid: Counter<u64>,
     pub fields_cut: Counter<u64>,
+    pub hosts_folded: Counter<u64>,
     pub late: Counter<u64>,
     pub watermark_lag: Gauge<f64>,
     pub source_offset: Gauge<u64>,
@@ -159,6 +160,10 @@ impl Metrics {
             invalid: m
                 .u64_counter("wtm_invalid")
                 .with_description("Malformed records (dead-lettered), by partition and reason")
+                .build(),
+            hosts_folded: m
+                .u64_counter("wtm_hosts_folded")
+                .with_description("Events counted under the site \"(other)\", by partition: their window of their partition already held limits.max_hosts named sites")
                 .build(),
             fields_cut: m
                 .u64_counter("wtm_fields_cut")
