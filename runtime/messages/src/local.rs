@@ -312,6 +312,16 @@ pub fn merge_anomalies(lists: impl IntoIterator<Item = Vec<Anomaly>>) -> Vec<Ano
     by_key.into_values().collect()
 }
 
+/// What this node's archiver holds of the asking member's hosts (see [`ArchiverMsg::Handover`]).
+pub async fn handover(q: HandoverAsk) -> Result<Handover, String> {
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    ask(&archiver, ActorKind::Archiver, |r| {
+        ArchiverMsg::Handover(q, r)
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,14 +479,4 @@ mod tests {
         let m = merge_parts([part(0, 0, 1, false), part(0, 0, 4, true)], range).unwrap();
         assert_eq!((m[&0].0.requests, m[&0].1), (4, true));
     }
-}
-
-/// What this node's archiver holds of the asking member's hosts (see [`ArchiverMsg::Handover`]).
-pub async fn handover(q: HandoverAsk) -> Result<Handover, String> {
-    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
-    ask(&archiver, ActorKind::Archiver, |r| {
-        ArchiverMsg::Handover(q, r)
-    })
-    .await
-    .map_err(|e| e.to_string())
 }
