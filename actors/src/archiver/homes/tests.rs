@@ -315,7 +315,9 @@ impl Sim {
             }
             self.deliver(step);
             for id in ["a", "b", "c", "d"] {
-                if !self.running(id, step) || (step + id.len() as u64) % HEARTBEAT_STEPS != 0 {
+                if !self.running(id, step)
+                    || !(step + id.len() as u64).is_multiple_of(HEARTBEAT_STEPS)
+                {
                     continue;
                 }
                 let members = self.views[id]
