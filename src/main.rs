@@ -43,11 +43,14 @@ enum Command {
     /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this). Sends the bearer
     /// token in WTM__API__TOKEN when it is set.
     Probe {
-        /// http://HOST:PORT/PATH
+        /// http://HOST:PORT/PATH, or https://… with --ca
         url: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// For https://: the CA certificate(s) (PEM) that signed the API's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Print the effective configuration (defaults, file, WTM__ environment) as TOML.
     Config {
@@ -184,10 +187,11 @@ fn real_main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
-        Command::Probe { url, timeout } => {
+        Command::Probe { url, timeout, ca } => {
             let token = std::env::var("WTM__API__TOKEN").ok();
             let timeout = std::time::Duration::from_secs(timeout);
-            wtm_api::probe::probe(&url, timeout, token.as_deref()).map_err(anyhow::Error::msg)
+            wtm_api::probe::probe(&url, timeout, token.as_deref(), ca.as_deref())
+                .map_err(anyhow::Error::msg)
         }
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
@@ -582,8 +586,18 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         default_windows: 60,
         access: api_access(&cfg)?,
     });
-    tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %lake_name, "wtm node running; API docs at http://{addr}/docs");
-    let server = poem::Server::new(poem::listener::TcpListener::bind(addr.to_string()));
+    use poem::listener::Listener;
+    let plain = poem::listener::TcpListener::bind(addr.to_string());
+    let (listener, scheme) = match &cfg.api.tls {
+        Some(t) => {
+            let configs = wtm_api::tls::reloading(t.cert.clone(), t.key.clone())
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            (plain.rustls(configs).boxed(), "https")
+        }
+        None => (plain.boxed(), "http"),
+    };
+    tracing::info!(%addr, data_dir = %cfg.node.data_dir.display(), lake = %lake_name, "wtm node running; API docs at {scheme}://{addr}/docs");
+    let server = poem::Server::new(listener);
     let shutdown = async {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

@@ -12,6 +12,7 @@ mod access;
 mod model;
 mod params;
 pub mod probe;
+pub mod tls;
 
 pub use access::Access;
 

@@ -6,11 +6,13 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
 
+import pytest
 from conftest import START, WTM
 from test_pipeline import q
 
@@ -211,3 +213,53 @@ def test_the_guard_folds_the_same_events_after_a_crash(node_factory):
     rows = "select host, epoch_ms(window_start), partition, requests, bytes, status_5xx from '{lake}/windows/*/*/*.parquet' order by all"
     a, b = q(calm.lake, rows), q(crashed.lake, rows)
     assert any(r[0] == "(other)" for r in a) and a == b
+
+
+def test_the_api_over_tls_reloads_its_certificate_on_sighup(node_factory, tmp_path):
+    import ssl
+    from test_cluster import make_ca, make_cert
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "api-ca")
+    cert, key = make_cert(pki, "api", ca)
+    live_cert, live_key = pki / "live.pem", pki / "live.key"
+    live_cert.write_bytes(cert.read_bytes())
+    live_key.write_bytes(key.read_bytes())
+    node = node_factory(API_SOURCE, api={"token": "tls-test-token-0123456789"},
+                        **{"api.tls": {"cert": str(live_cert), "key": str(live_key)}})
+    node.proc = subprocess.Popen([WTM, "run", "--config", str(node.config)], stdout=open(tmp_path / "tls.log", "wb"),
+                                 stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(ca[0]))
+
+    def serial():
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                der = s.getpeercert(binary_form=True)
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert s.recv(64).startswith(b"HTTP/1.1 200")
+                return hashlib.sha256(der).hexdigest()
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            first = serial()
+            break
+        except OSError:
+            assert node.proc.poll() is None and time.time() < deadline, (tmp_path / "tls.log").read_text()
+            time.sleep(0.1)
+    # Plain HTTP gets no answer from a TLS listener.
+    with pytest.raises((OSError, http.client.HTTPException)):
+        raw_get(node.port, "/healthz")
+    probe = [WTM, "probe", f"https://127.0.0.1:{node.port}/readyz", "--ca", str(ca[0])]
+    env = dict(os.environ, WTM__API__TOKEN="tls-test-token-0123456789")
+    assert subprocess.run(probe, env=env, capture_output=True).returncode == 0
+    # A renewed certificate is served after SIGHUP, without a restart.
+    renewed, renewed_key = make_cert(pki, "api2", ca)
+    live_cert.write_bytes(renewed.read_bytes())
+    live_key.write_bytes(renewed_key.read_bytes())
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while serial() == first:
+        assert time.time() < deadline, "the renewed certificate is not served"
+        time.sleep(0.2)
+    assert node.proc.poll() is None

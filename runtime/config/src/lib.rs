@@ -506,6 +506,18 @@ pub struct ApiConfig {
     pub request_timeout_s: u64,
     /// Requests served at once; beyond, 503 at once (a flood cannot pin the node).
     pub max_concurrent_requests: usize,
+    /// Serve the API over TLS (unset: plain HTTP).
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The API's certificate: reloaded when either file changes or on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -517,6 +529,7 @@ impl Default for ApiConfig {
             protect_metrics: false,
             request_timeout_s: 30,
             max_concurrent_requests: 256,
+            tls: None,
         }
     }
 }
@@ -666,6 +679,15 @@ impl Config {
             "api.protect_metrics",
             "needs api.token or api.tokens_file",
         )?;
+        if let Some(tls) = &self.api.tls {
+            for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
+                check(
+                    path.is_file(),
+                    key,
+                    &format!("{} is not a readable file", path.display()),
+                )?;
+            }
+        }
         check(
             self.api.request_timeout_s >= 1,
             "api.request_timeout_s",
