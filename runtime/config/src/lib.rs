@@ -656,6 +656,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Defaults, then the TOML `text` (no environment): what a config file alone says. Bad
+    /// input is an error value, never a panic (a fuzz target, `fuzz/src/bin/config.rs`).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn check(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
             if ok {
@@ -967,6 +978,16 @@ mod tests {
         );
         assert!(parse_s3_url("s3:///x").is_err());
         assert!(parse_s3_url("https://lake").is_err());
+    }
+
+    #[test]
+    fn the_printed_defaults_load_back_and_bad_text_is_an_error() {
+        let printed = Config::default().to_toml();
+        let back = Config::from_toml_str(&printed).map_err(|e| e.to_string());
+        assert_eq!(back, Ok(Config::default()), "{printed}");
+        for bad in ["[window", "[window]\nsize_s = -1", "[nope]\nx = 1", "\u{0}"] {
+            assert!(Config::from_toml_str(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

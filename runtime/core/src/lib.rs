@@ -15,11 +15,13 @@
 //! - [`hash`]: the one stable hash (FNV-1a) behind shards, generator streams and sketches.
 //! - [`error`]: [`error::ErrorKind`], whether a failure is worth retrying.
 //! - [`limits`]: bounds on what strangers control (record size, host names, field lengths).
+//! - [`fuzzing`]: the fuzz targets' bodies, also replayed over the committed corpus by the tests.
 
 pub mod agg;
 pub mod checkpoint;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod generator;
 pub mod hash;
 pub mod limits;

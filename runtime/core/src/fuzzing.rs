@@ -1,0 +1,37 @@
+//! The fuzz targets' bodies (`fuzz/`, run by `scripts/fuzz` under AFL++), shared with the test
+//! that replays the committed corpus on every `scripts/test`: whatever the bytes, these return
+//! and never panic.
+
+use crate::agg::WindowAgg;
+use crate::checkpoint::{decode, OpenWindows, PartitionCheckpoint};
+use crate::event::Format;
+use crate::limits::{bound_fields, plausible_host};
+use crate::parse::parse_line;
+
+/// One record: the first byte picks the format, the rest is the line. A parsed event goes on
+/// through the limits and into a window aggregate, as in a node.
+pub fn parse_record(data: &[u8]) {
+    let Some((&pick, line)) = data.split_first() else {
+        return;
+    };
+    let format = [Format::Json, Format::Combined, Format::VhostCombined][pick as usize % 3];
+    if let Ok(mut e) = parse_line(format, line, "fuzz.example") {
+        if plausible_host(&e.host) {
+            bound_fields(&mut e, 64);
+            let mut agg = WindowAgg::default();
+            agg.add(&e);
+            let _ = agg.finalize();
+        }
+    }
+}
+
+/// A partition checkpoint as stored in sled and published as a shared snapshot, with the open
+/// windows it carries.
+pub fn decode_checkpoint(data: &[u8]) {
+    if let Ok(cp) = decode::<PartitionCheckpoint>("fuzz", data) {
+        for blob in &cp.open {
+            let _ = decode::<OpenWindows>("fuzz", blob);
+        }
+        let _ = cp.resume_at();
+    }
+}
