@@ -263,3 +263,32 @@ def test_the_api_over_tls_reloads_its_certificate_on_sighup(node_factory, tmp_pa
         assert time.time() < deadline, "the renewed certificate is not served"
         time.sleep(0.2)
     assert node.proc.poll() is None
+
+
+def test_a_spray_and_huge_records_through_kafka(broker, node_factory):
+    """The same bounds on the Kafka path: a record over limits.max_record_bytes is dead-lettered
+    as too_long, and a spray of new sites folds into (other) with every event still counted."""
+    from confluent_kafka import Producer
+    from test_kafka import FAST, kafka_source, new_topic, wait_for
+
+    topic = new_topic(broker, "spray")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 2_000_000})
+    start, n, rng = 1_767_225_600_000, 30_000, random.Random(9)
+    for i in range(n):
+        producer.produce(topic, event(start + i * 20, "%012x.example" % rng.getrandbits(48)).encode())
+        if i % 10_000 == 5:
+            producer.produce(topic, b"{" + b" " * 200_000 + b"}")  # too long
+        producer.poll(0)
+    producer.flush(30)
+    node = node_factory(kafka_source(broker, topic), limits={"max_hosts": 300}, **FAST).start()
+
+    def read_all():
+        o = node.overview()
+        return o["events"] + o["invalid_total"] == n + 3 and o["windows_closed"] > 0
+    wait_for(read_all, 120, "every record read")
+    o = node.overview()
+    assert o["events"] == n and o["invalid"] == {"too_long": 3} and o["hosts_overflow"], o
+    wait_for(lambda: sum(h["requests"] for h in node.get("/v1/hosts?windows=10000")[1]["hosts"]) == n - o["late"],
+             60, "every event in a series")
+    (kept,) = q(node.lake, "select max(octet_length(raw)) from '{lake}/invalid/*/*/*.parquet'")[0]
+    assert kept == 1024
