@@ -622,7 +622,13 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
             let _ = (&mut sup_done).await;
             Ok(())
         }
-        _ = &mut sup_done => bail!("the node stopped: {}", gave_up_because().unwrap_or("see the log")),
+        _ = &mut sup_done => {
+            // Exit here, not by unwinding: every checkpoint was made durable when it was taken,
+            // and dropping a checkpoint store whose disk failed (full) blocks for ever in sled's
+            // final flush, which would leave a process that neither works nor exits.
+            eprintln!("error: the node stopped: {}", gave_up_because().unwrap_or("see the log"));
+            std::process::exit(1);
+        }
     }
 }
 

@@ -32,11 +32,23 @@ use wtm_messages::{
     OwnerMsg, PartitionStatus, WindowMsg, ARCHIVER_NAME,
 };
 use wtm_sources::{PartitionSource, Polled, SourceFactory};
-use wtm_storage::{CheckpointStore, Lake};
+use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, Version};
 use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 
 /// Window-shard mailbox depth above which owners hold back (backpressure).
 const MAX_SHARD_BACKLOG: i64 = 64;
+
+/// A fenced owner (another owner published the partition's snapshot since this one did) waits
+/// this long before it restores from that snapshot and claims the partition again. Long enough
+/// for a zombie's consumer group to tell it that it lost the partition (librdkafka does within a
+/// heartbeat of waking, or after its session timeout when the broker is unreachable), so a
+/// zombie does not take the partition back from its rightful owner; short enough that a
+/// rightful owner fenced by such a zombie is soon back.
+const FENCED_RETRY: Duration = Duration::from_secs(10);
+
+/// A local checkpoint write (an insert and a flush, normally milliseconds) that takes longer
+/// than this means a broken disk.
+const STORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct OwnerArgs {
     pub partition: u32,
@@ -60,6 +72,78 @@ static GUARD_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 struct Restored {
     source: Box<dyn PartitionSource>,
     shards: Vec<ActorRef<WindowMsg>>,
+    /// With shared snapshots: the version of the partition's snapshot this owner wrote last
+    /// (its claim, then each publication). Every snapshot is replaced only if it is still this
+    /// version, and nothing reaches the lake before such a replace succeeded: the fence.
+    fence: Option<Expect>,
+}
+
+/// A restore that only time fixes: the lake unreachable (an S3 outage while partitions move),
+/// or another owner's snapshot landing during the claim. The owner retries it itself, without
+/// spending the supervisor's restart budget, which is sized for crash loops, not outages.
+#[derive(Debug)]
+struct RestoreLater(String);
+
+impl std::fmt::Display for RestoreLater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RestoreLater {}
+
+/// A lake error met while restoring: retried by the owner when it is transient.
+fn restore_failure(e: LakeError) -> ActorProcessingErr {
+    match e.kind() {
+        ErrorKind::Transient => RestoreLater(e.to_string()).into(),
+        ErrorKind::Permanent => e.into(),
+    }
+}
+
+/// Why a snapshot was not published.
+#[derive(Debug)]
+enum SnapshotRefused {
+    /// Another owner replaced the snapshot: this one lost the partition. Its epoch, if readable.
+    Fenced(Option<u64>),
+    Failed(LakeError),
+}
+
+/// Replace the partition's snapshot if it is still `expect`. A conflict may also be this
+/// owner's own earlier write, one that failed on the way back (a timeout after the store took
+/// it): epochs are unique to one owner, so a snapshot of this owner's epoch is its own, and the
+/// replace is tried again over it. Blocking.
+fn replace_snapshot(
+    lake: &Lake,
+    partition: u32,
+    bytes: Vec<u8>,
+    expect: &Expect,
+    epoch: u64,
+) -> Result<Version, SnapshotRefused> {
+    match lake.replace_snapshot(partition, bytes.clone(), expect) {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_conflict() => {
+            let (current, version) = match lake.read_snapshot_versioned(partition) {
+                Ok(Some(found)) => found,
+                Ok(None) => return Err(SnapshotRefused::Fenced(None)),
+                Err(e) => return Err(SnapshotRefused::Failed(e)),
+            };
+            let theirs = decode::<PartitionCheckpoint>("shared snapshot", &current)
+                .ok()
+                .map(|c| c.owner_epoch);
+            if theirs != Some(epoch) {
+                return Err(SnapshotRefused::Fenced(theirs));
+            }
+            lake.replace_snapshot(partition, bytes, &Expect::Version(version))
+                .map_err(|e| {
+                    if e.is_conflict() {
+                        SnapshotRefused::Fenced(None)
+                    } else {
+                        SnapshotRefused::Failed(e)
+                    }
+                })
+        }
+        Err(e) => Err(SnapshotRefused::Failed(e)),
+    }
 }
 
 pub struct OwnerRun {
@@ -74,6 +158,13 @@ pub struct OwnerRun {
     checkpoint_pending: bool,
     /// Drained for shutdown: no more reads or checkpoints.
     draining: bool,
+    /// Another owner replaced this one's snapshot: no more reads or writes until a restore
+    /// (scheduled [`FENCED_RETRY`] later) claims the partition again.
+    fenced: bool,
+    /// Just fenced: the restore that claims the partition again is yet to be scheduled.
+    reclaim_due: bool,
+    /// Restores failed in a row (each retried after a longer wait, up to 32 s).
+    restore_failures: u32,
     last_input: Instant,
 }
 
@@ -113,9 +204,37 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     let store = args.store.clone();
     let p = args.partition;
     let (durable, snapshots) = (args.durable, args.snapshots.clone());
-    let cp =
-        tokio::task::spawn_blocking(move || load_newest(&store, durable, snapshots.as_ref(), p))
-            .await??;
+    let (cp, fence) = tokio::task::spawn_blocking(move || {
+        let (cp, shared) = load_newest(&store, durable, snapshots.as_ref(), p)?;
+        let fence = match (&snapshots, &cp) {
+            (None, _) => None,
+            // Nothing to continue from: the first snapshot must find none in place.
+            (Some(_), None) => Some(Expect::Absent),
+            // The claim: the restored checkpoint under the next epoch, published over exactly
+            // the snapshot that was read. If another owner published in between, this restore
+            // starts again from theirs; once it lands, an owner still writing under an older
+            // epoch is refused at its next snapshot, before it writes anything more.
+            (Some(lake), Some(cp)) => {
+                let claim = PartitionCheckpoint {
+                    owner_epoch: cp.owner_epoch + 1,
+                    ..cp.clone()
+                };
+                let expect = shared.map_or(Expect::Absent, Expect::Version);
+                match replace_snapshot(lake, p, encode(&claim)?, &expect, claim.owner_epoch) {
+                    Ok(v) => Some(Expect::Version(v)),
+                    Err(SnapshotRefused::Fenced(_)) => {
+                        return Err(RestoreLater(format!(
+                            "partition {p}: another owner published a snapshot during the restore"
+                        ))
+                        .into())
+                    }
+                    Err(SnapshotRefused::Failed(e)) => return Err(restore_failure(e)),
+                }
+            }
+        };
+        Ok::<_, ActorProcessingErr>((cp, fence))
+    })
+    .await??;
     let fresh = cp.is_none();
     let (mut state, open) = match cp {
         Some(cp) => OwnerState::restore(settings(args), cp),
@@ -153,28 +272,32 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
         Restored {
             source,
             shards: shard_refs,
+            fence,
         },
     ))
 }
 
 /// The checkpoint to restore: the local one, or the shared snapshot when another node owned the
-/// partition since. Blocking.
+/// partition since; and the shared snapshot's version, if there is one. Blocking.
 fn load_newest(
     store: &CheckpointStore,
     durable: bool,
     snapshots: Option<&Lake>,
     p: u32,
-) -> Result<Option<PartitionCheckpoint>, ActorProcessingErr> {
+) -> Result<(Option<PartitionCheckpoint>, Option<Version>), ActorProcessingErr> {
     let local = if durable { store.load(p)? } else { None };
-    let shared = match snapshots {
-        Some(lake) => match lake.read_snapshot(p)? {
-            Some(bytes) => Some(decode::<PartitionCheckpoint>(
-                &format!("{}/{}", lake.describe(), Lake::snapshot_key(p)),
-                &bytes,
-            )?),
-            None => None,
+    let (shared, version) = match snapshots {
+        Some(lake) => match lake.read_snapshot_versioned(p).map_err(restore_failure)? {
+            Some((bytes, version)) => (
+                Some(decode::<PartitionCheckpoint>(
+                    &format!("{}/{}", lake.describe(), Lake::snapshot_key(p)),
+                    &bytes,
+                )?),
+                Some(version),
+            ),
+            None => (None, None),
         },
-        None => None,
+        None => (None, None),
     };
     let (l, s) = (
         local.as_ref().map(|c| (c.owner_epoch, c.next_offset)),
@@ -184,7 +307,7 @@ fn load_newest(
     if s.is_some() {
         tracing::info!(partition = p, local = ?l, shared = ?s, "checkpoint candidates (epoch, offset)");
     }
-    Ok(newest)
+    Ok((newest, version))
 }
 
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
@@ -216,7 +339,7 @@ async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessing
 
 impl OwnerRun {
     fn schedule_poll(&mut self, me: &ActorRef<OwnerMsg>, after: Duration) {
-        if self.poll_pending || self.state.finished || self.io.is_none() {
+        if self.poll_pending || self.state.finished || self.fenced || self.io.is_none() {
             return;
         }
         self.poll_pending = true;
@@ -234,7 +357,7 @@ impl OwnerRun {
     /// The next checkpoint tick, one at a time: a slow checkpoint delays the next instead of
     /// letting ticks pile up behind it.
     fn schedule_checkpoint(&mut self, me: &ActorRef<OwnerMsg>) {
-        if self.checkpoint_pending || self.draining || self.state.finished {
+        if self.checkpoint_pending || self.draining || self.fenced || self.state.finished {
             return;
         }
         self.checkpoint_pending = true;
@@ -245,9 +368,12 @@ impl OwnerRun {
     }
 
     async fn restore(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
+        // Nothing reads or writes on the old state while (and if) the restore fails.
+        self.io = None;
         let (state, io) = restore(&self.args).await?;
         self.state = state;
         self.io = Some(io);
+        self.fenced = false;
         self.policy = CheckpointPolicy::new(timing(&self.args), Instant::now());
         // A poll already on its way (a rewind) carries on reading the restored source; a second
         // one would double the poll chain for good.
@@ -259,7 +385,7 @@ impl OwnerRun {
 
     async fn poll(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
         self.poll_pending = false;
-        if self.state.finished || self.state.source_done || self.draining {
+        if self.state.finished || self.state.source_done || self.draining || self.fenced {
             return Ok(());
         }
         let Some(io) = self.io.as_mut() else {
@@ -369,7 +495,7 @@ impl OwnerRun {
     /// buffered records and publishes the snapshot whatever the intervals (an idle advance, a
     /// drain).
     async fn checkpoint(&mut self, force: bool) -> Result<(), ActorProcessingErr> {
-        if self.state.finished || self.draining || self.state.replaying() {
+        if self.state.finished || self.draining || self.fenced || self.state.replaying() {
             return Ok(());
         }
         let Some(io) = self.io.as_mut() else {
@@ -417,20 +543,65 @@ impl OwnerRun {
         if self.args.durable || plan.snapshot {
             let store = self.args.store.clone();
             let durable = self.args.durable;
-            let snapshot = self.args.snapshots.clone().filter(|_| plan.snapshot);
-            let (size, shared) = tokio::task::spawn_blocking(move || {
+            let epoch = self.state.owner_epoch;
+            let snapshot = self
+                .args
+                .snapshots
+                .clone()
+                .zip(io.fence.clone())
+                .filter(|_| plan.snapshot);
+            let (bytes, shared) = tokio::task::spawn_blocking(move || {
                 let bytes = encode(&cp)?;
-                let size = bytes.len();
-                let shared = snapshot.map(|lake| lake.write_snapshot(partition, &bytes));
-                if durable {
-                    store.save_encoded(partition, bytes)?;
-                }
-                Ok::<_, ActorProcessingErr>((size, shared))
+                let shared = snapshot.map(|(lake, expect)| {
+                    replace_snapshot(&lake, partition, bytes.clone(), &expect, epoch)
+                });
+                Ok::<_, ActorProcessingErr>((bytes, shared))
             })
             .await??;
+            let size = bytes.len();
+            // A fenced owner's state is another timeline's past: not worth keeping.
+            if durable && !matches!(shared, Some(Err(SnapshotRefused::Fenced(_)))) {
+                let save =
+                    tokio::task::spawn_blocking(move || store.save_encoded(partition, bytes));
+                match tokio::time::timeout(STORE_TIMEOUT, save).await {
+                    Ok(saved) => saved??,
+                    // A local store that does not answer is broken (a failing disk): the node
+                    // stops and says so rather than hang holding its partitions.
+                    Err(_) => {
+                        return Err(Failure::permanent(format!(
+                            "partition {partition}: the checkpoint store did not finish a write within {} s",
+                            STORE_TIMEOUT.as_secs()
+                        ))
+                        .into())
+                    }
+                }
+            }
             m.checkpoint_bytes.record(size as u64, &[]);
-            if let Some(result) = shared {
-                if let Err(e) = &result {
+            match shared {
+                None => {}
+                Some(Ok(version)) => {
+                    m.snapshots.add(1, &[]);
+                    io.fence = Some(Expect::Version(version));
+                    if self.policy.snapshot_done(Instant::now(), true) {
+                        // The snapshot is durable where the next owner reads it: now the
+                        // offset may be committed.
+                        io.source.commit(resume_at);
+                    }
+                }
+                Some(Err(SnapshotRefused::Fenced(theirs))) => {
+                    m.owner_fenced.add(1, &[partition_label(partition)]);
+                    tracing::warn!(
+                        partition,
+                        epoch,
+                        newer_epoch = ?theirs,
+                        retry_s = FENCED_RETRY.as_secs(),
+                        "another owner took this partition over (its snapshot replaced ours): this owner stops writing, and restores from that snapshot later if it still owns the partition"
+                    );
+                    self.fenced = true;
+                    self.reclaim_due = true;
+                    return Ok(());
+                }
+                Some(Err(SnapshotRefused::Failed(e))) => {
                     m.lake_errors
                         .add(1, &[KeyValue::new("table", "checkpoints")]);
                     if e.kind() == ErrorKind::Permanent {
@@ -438,13 +609,7 @@ impl OwnerRun {
                     }
                     tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
                     write_lake = false;
-                } else {
-                    m.snapshots.add(1, &[]);
-                }
-                if self.policy.snapshot_done(Instant::now(), result.is_ok()) {
-                    // The snapshot is durable where the next owner reads it: now the offset
-                    // may be committed.
-                    io.source.commit(resume_at);
+                    self.policy.snapshot_done(Instant::now(), false);
                 }
             }
         }
@@ -541,6 +706,9 @@ impl Actor for OwnerActor {
             poll_pending: false,
             checkpoint_pending: false,
             draining: false,
+            fenced: false,
+            reclaim_due: false,
+            restore_failures: 0,
             last_input: Instant::now(),
         })
     }
@@ -553,7 +721,18 @@ impl Actor for OwnerActor {
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
         match msg {
-            OwnerMsg::Restore | OwnerMsg::Rewind => run.restore(&me).await?,
+            OwnerMsg::Restore | OwnerMsg::Rewind => match run.restore(&me).await {
+                Ok(()) => run.restore_failures = 0,
+                Err(e) if e.is::<RestoreLater>() => {
+                    run.restore_failures += 1;
+                    let after = Duration::from_secs(1 << run.restore_failures.min(5));
+                    tracing::warn!(partition = run.args.partition, error = %e, retry_s = after.as_secs(), "restore failed; will retry");
+                    mailbox::tell_after(me.clone(), ActorKind::PartitionOwner, after, || {
+                        OwnerMsg::Restore
+                    });
+                }
+                Err(e) => return Err(e),
+            },
             OwnerMsg::Poll => run.poll(&me).await?,
             OwnerMsg::Checkpoint => {
                 run.checkpoint_pending = false;
@@ -570,7 +749,82 @@ impl Actor for OwnerActor {
                 reply.send(run.status()).ok();
             }
         }
+        if std::mem::take(&mut run.reclaim_due) {
+            mailbox::tell_after(me.clone(), ActorKind::PartitionOwner, FENCED_RETRY, || {
+                OwnerMsg::Rewind
+            });
+        }
         mailbox::handled(me.get_id(), ActorKind::PartitionOwner, started);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wtm_core::checkpoint::PartitionTotals;
+    use wtm_core::window::WatermarkState;
+
+    fn snapshot(epoch: u64, offset: u64) -> Vec<u8> {
+        encode(&PartitionCheckpoint {
+            partition: 3,
+            owner_epoch: epoch,
+            next_offset: offset,
+            watermark: WatermarkState::default(),
+            open: vec![],
+            unpublished: vec![],
+            range_start: offset,
+            range_start_watermark: WatermarkState::default(),
+            finished: false,
+            totals: PartitionTotals::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_newer_owner_fences_an_older_one_and_an_owner_retries_over_its_own_lost_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path());
+        let fenced = |r: Result<Version, SnapshotRefused>| match r {
+            Err(SnapshotRefused::Fenced(theirs)) => theirs,
+            Ok(_) => panic!("the swap went through"),
+            Err(SnapshotRefused::Failed(e)) => panic!("{e}"),
+        };
+        // Owner A (epoch 4) claims a partition nobody published yet.
+        let a1 = replace_snapshot(&lake, 3, snapshot(4, 100), &Expect::Absent, 4).unwrap();
+        // A's next publish lands, but A never hears back and still holds the old version: the
+        // snapshot in place is of A's own epoch, so it goes through over it.
+        let a2 =
+            replace_snapshot(&lake, 3, snapshot(4, 150), &Expect::Version(a1.clone()), 4).unwrap();
+        let a3 = replace_snapshot(&lake, 3, snapshot(4, 180), &Expect::Version(a1), 4).unwrap();
+        assert_ne!(a2, a3);
+        // B claims over what it read (epoch 5); A, a zombie now, is refused from then on.
+        let read = lake.read_snapshot_versioned(3).unwrap().unwrap().1;
+        let b1 = replace_snapshot(&lake, 3, snapshot(5, 180), &Expect::Version(read), 5).unwrap();
+        assert_eq!(
+            fenced(replace_snapshot(
+                &lake,
+                3,
+                snapshot(4, 260),
+                &Expect::Version(a3),
+                4
+            )),
+            Some(5)
+        );
+        // A claim made on a stale read loses too (another owner published in between).
+        assert_eq!(
+            fenced(replace_snapshot(
+                &lake,
+                3,
+                snapshot(5, 999),
+                &Expect::Absent,
+                6
+            )),
+            Some(5)
+        );
+        let (bytes, now) = lake.read_snapshot_versioned(3).unwrap().unwrap();
+        assert_eq!(now, b1);
+        let cp: PartitionCheckpoint = decode("snapshot", &bytes).unwrap();
+        assert_eq!((cp.owner_epoch, cp.next_offset), (5, 180));
     }
 }

@@ -2,7 +2,7 @@
 //! atomic insert (state, watermark, next offset and unconfirmed outputs together) and flushed.
 //! The only file that touches sled.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use wtm_core::checkpoint::{decode, encode, PartitionCheckpoint, WireError};
 use wtm_core::error::ErrorKind;
 
@@ -12,6 +12,13 @@ pub enum CheckpointStoreError {
     Sled(#[from] sled::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("checkpoint store: {dir}: {free} bytes free, a checkpoint of {len} bytes needs {needed}: the disk is full")]
+    DiskFull {
+        dir: PathBuf,
+        free: u64,
+        len: usize,
+        needed: u64,
+    },
 }
 
 impl CheckpointStoreError {
@@ -21,6 +28,8 @@ impl CheckpointStoreError {
             CheckpointStoreError::Sled(sled::Error::Io(_)) => ErrorKind::Transient,
             CheckpointStoreError::Sled(_) => ErrorKind::Permanent,
             CheckpointStoreError::Wire(_) => ErrorKind::Permanent,
+            // Space may come back (an operator cleans up); until then each try fails fast.
+            CheckpointStoreError::DiskFull { .. } => ErrorKind::Transient,
         }
     }
 }
@@ -29,7 +38,13 @@ impl CheckpointStoreError {
 #[derive(Clone)]
 pub struct CheckpointStore {
     db: sled::Db,
+    dir: PathBuf,
 }
+
+/// Room a checkpoint write leaves free beyond twice its size: sled appends to its log and may
+/// start a segment. sled 0.34 does not survive running out of space mid-write (its flush then
+/// waits for ever), so a write that might is refused before sled sees it.
+const SPACE_MARGIN: u64 = 8 << 20;
 
 fn partition_key(p: u32) -> String {
     format!("partition/{p:08}")
@@ -43,6 +58,7 @@ impl CheckpointStore {
                 .path(dir)
                 .cache_capacity(64 << 20)
                 .open()?,
+            dir: dir.to_owned(),
         })
     }
 
@@ -57,6 +73,18 @@ impl CheckpointStore {
 
     /// [`CheckpointStore::save`] of a checkpoint already encoded with [`encode`].
     pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointStoreError> {
+        let needed = 2 * bytes.len() as u64 + SPACE_MARGIN;
+        // A file system that cannot say (unusual) is written to as before.
+        if let Ok(free) = fs2::available_space(&self.dir) {
+            if free < needed {
+                return Err(CheckpointStoreError::DiskFull {
+                    dir: self.dir.clone(),
+                    free,
+                    len: bytes.len(),
+                    needed,
+                });
+            }
+        }
         self.db.insert(partition_key(partition), bytes)?;
         self.db.flush()?;
         Ok(())

@@ -10,7 +10,7 @@
 //! A name is a function of what the file holds, so writing a publication again overwrites.
 //! The objects live in a [`Store`]: a local directory or an S3 bucket.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Expect, Store, StoreError, Version};
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder, Int32Array, Int32Builder,
     Int64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
@@ -40,6 +40,11 @@ pub enum LakeError {
 }
 
 impl LakeError {
+    /// A conditional write lost to another writer (see [`Lake::replace_snapshot`]).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, LakeError::Store(StoreError::Conflict { .. }))
+    }
+
     /// Encoding our own rows cannot succeed on a retry; the store's errors say for themselves.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -320,16 +325,27 @@ impl Lake {
         format!("checkpoints/partition-{partition:05}.ckpt")
     }
 
-    /// Replace a partition's shared snapshot atomically. Blocking.
-    pub fn write_snapshot(&self, partition: u32, bytes: &[u8]) -> Result<(), LakeError> {
-        let key = Self::snapshot_key(partition);
-        self.store.put(&key, bytes.to_vec())?;
-        Ok(self.store.sync([key.as_str()])?)
+    /// Replace a partition's shared snapshot atomically, only if it is still the version this
+    /// owner last wrote or read (`expect`): the fence against an owner that lost its partition
+    /// (see DESIGN, Fencing). Returns the new version; [`StoreError::Conflict`] (inside
+    /// [`LakeError::Store`]) when another owner published since. Blocking.
+    pub fn replace_snapshot(
+        &self,
+        partition: u32,
+        bytes: Vec<u8>,
+        expect: &Expect,
+    ) -> Result<Version, LakeError> {
+        Ok(self
+            .store
+            .put_if(&Self::snapshot_key(partition), bytes, expect)?)
     }
 
-    /// A partition's shared snapshot, if one was ever published. Blocking.
-    pub fn read_snapshot(&self, partition: u32) -> Result<Option<Vec<u8>>, LakeError> {
-        Ok(self.store.get(&Self::snapshot_key(partition))?)
+    /// A partition's shared snapshot with its version, for a conditional replace. Blocking.
+    pub fn read_snapshot_versioned(
+        &self,
+        partition: u32,
+    ) -> Result<Option<(Vec<u8>, Version)>, LakeError> {
+        Ok(self.store.get_versioned(&Self::snapshot_key(partition))?)
     }
 
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.

@@ -4,7 +4,8 @@
 //! `spawn_blocking`.
 //!
 //! - [`store`]: where objects live, a local directory or an S3 bucket (the only module that
-//!   touches aws-sdk-s3). Atomic puts, listing, and errors that say whether to retry.
+//!   touches aws-sdk-s3). Atomic puts, conditional puts (the fence), listing, and errors that
+//!   say whether to retry.
 //! - [`lake`]: the Parquet lake on a store: Hive-style partitions, deterministic file names,
 //!   the shared checkpoint snapshots under `checkpoints/`.
 //! - [`checkpoints`]: the node's sled checkpoint store (the only module that touches sled).
@@ -15,4 +16,4 @@ pub mod store;
 
 pub use checkpoints::{CheckpointStore, CheckpointStoreError};
 pub use lake::{Lake, LakeError};
-pub use store::{Store, StoreError};
+pub use store::{Expect, Store, StoreError, Version};

@@ -38,6 +38,10 @@ pub enum StoreError {
     },
     #[error("lake: {0}")]
     Config(String),
+    /// A conditional write found another version of the object than it expected: someone else
+    /// wrote it since (see [`Store::put_if`]).
+    #[error("lake: {key}: replaced by another writer since it was read")]
+    Conflict { key: String },
 }
 
 impl StoreError {
@@ -53,6 +57,8 @@ impl StoreError {
             },
             StoreError::S3 { kind, .. } => *kind,
             StoreError::Config(_) => ErrorKind::Permanent,
+            // The caller decides (an owner that lost its partition stops writing).
+            StoreError::Conflict { .. } => ErrorKind::Transient,
         }
     }
 }
@@ -96,8 +102,50 @@ fn temp_name(path: &Path) -> String {
     )
 }
 
-fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
+/// Temporary files (a crash may leave them) and lock files start with a dot: never listed.
+fn is_hidden_name(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// How long a conditional write waits for another writer's lock on the same object before it
+/// gives up (a transient failure, retried by the caller): a writer frozen while holding it
+/// (SIGSTOP) must not hold up the others for good.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// The version of an object as a conditional write sees it: S3's ETag, or a digest of the
+/// bytes of a local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// What a conditional write expects to find in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No object at the key.
+    Absent,
+    /// The object as it was at this version.
+    Version(Version),
+}
+
+fn local_version(bytes: &[u8]) -> Version {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Version(format!("sha256:{hex}"))
+}
+
+/// Write `bytes` to `path` through a temporary file, fsync, rename: readers see the old file or
+/// the new one, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("keys name files under a directory");
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // The process id keeps two nodes sharing a lake from writing one temporary file; the name
+    // starts with a dot and ends in `.tmp`, not `.parquet`, so no `*.parquet` glob (DuckDB, the
+    // archiver's reload) ever reads one a crash left behind.
+    let tmp = dir.join(temp_name(path));
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// Settings of an S3 lake.
@@ -187,20 +235,101 @@ impl Store {
     ///
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         match self {
+            Store::Local(root) => write_atomically(&root.join(key), &bytes),
+            Store::S3(s) => s.runtime.block_on(s.put(key, bytes, None)).map(drop),
+        }
+    }
+
+    /// Replace the object at `key` only if it is still as `expect` says (a compare-and-swap),
+    /// and return its new version; [`StoreError::Conflict`] when another writer got there
+    /// first. S3: a conditional PUT (`If-Match` / `If-None-Match: *`; AWS S3 and SeaweedFS
+    /// honour both). Local: under an exclusive lock on a lock file beside the object
+    /// (`flock`; on NFS the kernel maps it to a POSIX lock), the current bytes' digest is
+    /// compared, then the file is replaced as by [`Store::put`] and its directory synced.
+    pub fn put_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        expect: &Expect,
+    ) -> Result<Version, StoreError> {
+        match self {
             Store::Local(root) => {
                 let path = root.join(key);
                 let dir = path.parent().expect("keys name files under a directory");
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-                // The process id keeps two nodes sharing a lake from writing one temporary file;
-                // the name ends in `.tmp`, not `.parquet`, so no `*.parquet` glob (DuckDB, the
-                // archiver's reload) ever reads one a crash left behind.
-                let tmp = dir.join(temp_name(&path));
-                let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                f.write_all(&bytes).map_err(io_err(&tmp))?;
-                f.sync_all().map_err(io_err(&tmp))?;
-                std::fs::rename(&tmp, &path).map_err(io_err(&path))
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("object");
+                let lock_path = dir.join(format!(".{name}.lock"));
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(io_err(&lock_path))?;
+                let deadline = std::time::Instant::now() + LOCK_WAIT;
+                loop {
+                    match lock.try_lock() {
+                        Ok(()) => break,
+                        Err(std::fs::TryLockError::WouldBlock)
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(std::fs::TryLockError::WouldBlock) => {
+                            return Err(io_err(&lock_path)(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "another writer holds the lock",
+                            )))
+                        }
+                        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+                    }
+                }
+                // The lock is released when `lock` is dropped, on every path out.
+                let current = match std::fs::read(&path) {
+                    Ok(b) => Some(local_version(&b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_err(&path)(e)),
+                };
+                let as_expected = match (expect, &current) {
+                    (Expect::Absent, None) => true,
+                    (Expect::Version(v), Some(c)) => v == c,
+                    _ => false,
+                };
+                if !as_expected {
+                    return Err(StoreError::Conflict {
+                        key: key.to_owned(),
+                    });
+                }
+                let version = local_version(&bytes);
+                write_atomically(&path, &bytes)?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))?;
+                Ok(version)
             }
-            Store::S3(s) => s.runtime.block_on(s.put(key, bytes)),
+            Store::S3(s) => s
+                .runtime
+                .block_on(s.put(key, bytes, Some(expect)))?
+                .ok_or_else(|| {
+                    s.err(
+                        key,
+                        "the store returned no ETag for a conditional write",
+                        ErrorKind::Permanent,
+                    )
+                }),
+        }
+    }
+
+    /// The object at `key` with its version (for a later [`Store::put_if`]), if it exists.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        match self {
+            Store::Local(_) => Ok(self.get(key)?.map(|b| {
+                let v = local_version(&b);
+                (b, v)
+            })),
+            Store::S3(s) => s.runtime.block_on(s.get(key)),
         }
     }
 
@@ -234,7 +363,7 @@ impl Store {
                     Err(e) => Err(io_err(&path)(e)),
                 }
             }
-            Store::S3(s) => s.runtime.block_on(s.get(key)),
+            Store::S3(s) => Ok(s.runtime.block_on(s.get(key))?.map(|(b, _)| b)),
         }
     }
 
@@ -261,7 +390,7 @@ impl Store {
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == dirs))
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| !is_temp_name(n))
+                    .filter(|n| !is_hidden_name(n))
                     .collect();
                 v.sort();
                 Ok(v)
@@ -298,18 +427,47 @@ impl S3Store {
         self.err(key, DisplayErrorContext(e), kind)
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    /// A failed conditional write: 412 means another writer got there first.
+    fn put_err<E>(&self, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        if status == Some(412) || e.code() == Some("PreconditionFailed") {
+            StoreError::Conflict {
+                key: key.to_owned(),
+            }
+        } else {
+            self.sdk_err(key, e)
+        }
+    }
+
+    /// Put an object, conditionally when `expect` is given; returns its ETag.
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        expect: Option<&Expect>,
+    ) -> Result<Option<Version>, StoreError> {
         let full = self.key(key);
+        let (if_match, if_none_match) = match expect {
+            None => (None, None),
+            Some(Expect::Absent) => (None, Some("*".to_owned())),
+            Some(Expect::Version(v)) => (Some(v.0.clone()), None),
+        };
         if bytes.len() <= MULTIPART_THRESHOLD {
-            self.client
+            let out = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&full)
+                .set_if_match(if_match)
+                .set_if_none_match(if_none_match)
                 .body(ByteStream::from(bytes))
                 .send()
                 .await
-                .map_err(|e| self.sdk_err(key, e))?;
-            return Ok(());
+                .map_err(|e| self.put_err(key, e))?;
+            return Ok(out.e_tag().map(|t| Version(t.to_owned())));
         }
         let upload = self
             .client
@@ -345,11 +503,14 @@ impl S3Store {
                         .build(),
                 );
             }
-            self.client
+            let out = self
+                .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&full)
                 .upload_id(&id)
+                .set_if_match(if_match)
+                .set_if_none_match(if_none_match)
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
                         .set_parts(Some(parts))
@@ -357,8 +518,8 @@ impl S3Store {
                 )
                 .send()
                 .await
-                .map_err(|e| self.sdk_err(key, e))?;
-            Ok(())
+                .map_err(|e| self.put_err(key, e))?;
+            Ok(out.e_tag().map(|t| Version(t.to_owned())))
         }
         .await;
         if result.is_err() {
@@ -378,7 +539,7 @@ impl S3Store {
         result
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         let out = match self
             .client
             .get_object()
@@ -395,12 +556,13 @@ impl S3Store {
                 return Err(self.sdk_err(key, e));
             }
         };
+        let version = Version(out.e_tag().unwrap_or_default().to_owned());
         let body = out
             .body
             .collect()
             .await
             .map_err(|e| self.err(key, e, ErrorKind::Transient))?;
-        Ok(Some(body.into_bytes().to_vec()))
+        Ok(Some((body.into_bytes().to_vec(), version)))
     }
 
     async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, StoreError> {

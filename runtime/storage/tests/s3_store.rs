@@ -1,11 +1,12 @@
 //! The S3 store against a real S3 API: SeaweedFS started by `scripts/s3` (SigV4 enforced). Small
 //! objects go up in one PUT, large ones in parts; both read back byte for byte, listings see them,
-//! a missing key is `None`, and wrong credentials are an error, not a panic.
+//! a missing key is `None`, and wrong credentials are an error, not a panic. Conditional puts (the
+//! fence of the partition snapshots) behave alike on S3 and on a local directory.
 
 use std::path::PathBuf;
 use std::process::Command;
 use wtm_core::error::ErrorKind;
-use wtm_storage::store::{S3Settings, Store, MULTIPART_THRESHOLD};
+use wtm_storage::store::{Expect, S3Settings, Store, StoreError, MULTIPART_THRESHOLD};
 
 const KEY: &str = "wtm";
 const SECRET: &str = "wtm-secret-key";
@@ -63,7 +64,7 @@ async fn connect(endpoint: &str, url: &str) -> Store {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_get_list_small_and_multipart() {
+async fn put_get_list_small_multipart_and_conditional() {
     // Explicit credentials and no metadata probing: nothing here may leave loopback.
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
@@ -104,6 +105,17 @@ async fn put_get_list_small_and_multipart() {
     .unwrap();
     result.unwrap();
 
+    // Conditional puts, as on a local directory (in this test: the credentials below are
+    // process-wide, so a second test would race them).
+    let store = connect(&s3.endpoint, "s3://cas-test/lake").await;
+    tokio::task::spawn_blocking(move || {
+        // SeaweedFS creates the bucket on the first upload.
+        store.put("hello.bin", vec![1]).unwrap();
+        compare_and_swap(&store)
+    })
+    .await
+    .unwrap();
+
     // Wrong credentials: a clear error naming the object.
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "wrong");
     let bad = connect(&s3.endpoint, "s3://store-test/some/prefix").await;
@@ -135,4 +147,56 @@ async fn put_get_list_small_and_multipart() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+}
+
+/// A compare-and-swap sequence: create-if-absent, replace-if-version, stale versions refused
+/// (also for an object big enough to go up in parts), and of racing writers expecting the same
+/// version exactly one wins.
+fn compare_and_swap(store: &Store) {
+    let conflict = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Conflict { .. }));
+    let k = "checkpoints/partition-00007.ckpt";
+    let v1 = store.put_if(k, b"one".to_vec(), &Expect::Absent).unwrap();
+    assert!(conflict(store.put_if(k, b"two".to_vec(), &Expect::Absent)));
+    let v2 = store
+        .put_if(k, b"two".to_vec(), &Expect::Version(v1.clone()))
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert!(conflict(store.put_if(
+        k,
+        b"stale".to_vec(),
+        &Expect::Version(v1)
+    )));
+    assert_eq!(
+        store.get_versioned(k).unwrap(),
+        Some((b"two".to_vec(), v2.clone()))
+    );
+    let big: Vec<u8> = (0..MULTIPART_THRESHOLD + (1 << 20))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let v3 = store
+        .put_if(k, big.clone(), &Expect::Version(v2.clone()))
+        .unwrap();
+    assert!(conflict(store.put_if(k, big.clone(), &Expect::Version(v2))));
+    assert_eq!(store.get(k).unwrap().map(|b| b == big), Some(true));
+    let winners: usize = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6u8)
+            .map(|i| {
+                let expect = Expect::Version(v3.clone());
+                s.spawn(move || store.put_if(k, vec![i; 64], &expect).is_ok() as usize)
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).sum()
+    });
+    assert_eq!(winners, 1, "one of the racing writers wins");
+    // Lock files are not objects.
+    assert_eq!(
+        store.list_files("checkpoints").unwrap(),
+        ["partition-00007.ckpt"]
+    );
+}
+
+#[test]
+fn local_compare_and_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    compare_and_swap(&Store::Local(dir.path().to_owned()));
 }

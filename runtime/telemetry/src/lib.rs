@@ -84,6 +84,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram<f64>,
     pub commit_errors: Counter<u64>,
     pub snapshots: Counter<u64>,
+    pub owner_fenced: Counter<u64>,
     pub paused: Counter<u64>,
     pub dead_letters: Counter<u64>,
     pub window_requests: Counter<u64>,
@@ -246,6 +247,12 @@ impl Metrics {
             snapshots: m
                 .u64_counter("wtm_checkpoint_snapshots")
                 .with_description("Checkpoint snapshots published to the lake's checkpoints/")
+                .build(),
+            owner_fenced: m
+                .u64_counter("wtm_owner_fenced")
+                .with_description(
+                    "Times a partition owner found its snapshot replaced by a newer owner and stopped writing (a zombie fenced)",
+                )
                 .build(),
             paused: m
                 .u64_counter("wtm_kafka_partition_pauses")
