@@ -108,6 +108,17 @@ pub fn random(seed: u64, nodes: usize, first_at_s: u64, until_s: u64) -> Vec<Fau
     }
 }
 
+/// The faults of the named kinds only (all when `kinds` is empty), keeping their moments.
+pub fn only(faults: Vec<Fault>, kinds: &[String]) -> Vec<Fault> {
+    if kinds.is_empty() {
+        return faults;
+    }
+    faults
+        .into_iter()
+        .filter(|f| kinds.iter().any(|k| k == f.kind.as_str()))
+        .collect()
+}
+
 fn sequence(
     rng: &mut ChaCha8Rng,
     kinds: Vec<FaultKind>,

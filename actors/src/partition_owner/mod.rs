@@ -599,6 +599,16 @@ impl OwnerRun {
                     );
                     self.fenced = true;
                     self.reclaim_due = true;
+                    // Its open windows are another timeline's now: out of the shards, so the
+                    // API does not count them beside the new owner's.
+                    for shard in &io.shards {
+                        tell(
+                            shard,
+                            ActorKind::Window,
+                            WindowMsg::Reset(partition, Vec::new()),
+                        )
+                        .ok();
+                    }
                     return Ok(());
                 }
                 Some(Err(SnapshotRefused::Failed(e))) => {
