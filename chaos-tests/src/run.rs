@@ -54,6 +54,9 @@ pub struct FaultOutcome {
     pub hold_s: u64,
     /// Seconds from the fault's end until the group's lag was back under the threshold.
     pub recovery_s: Option<f64>,
+    /// The group's largest lag (records produced, not committed) from the fault's start until
+    /// it recovered.
+    pub peak_lag: u64,
     /// Why it was not injected, if it was not.
     pub skipped: Option<String>,
 }
@@ -129,6 +132,8 @@ pub struct Harness {
     lag_threshold: u64,
     /// Faults ended and not yet recovered from: (outcome index, when it ended).
     recovering: Vec<(usize, Instant)>,
+    /// Faults begun and not yet recovered from (outcome indices): their peak lag is tracked.
+    open_faults: Vec<usize>,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -231,6 +236,7 @@ impl Harness {
             max_lag: 0,
             lag_threshold,
             recovering: Vec::new(),
+            open_faults: Vec::new(),
         })
     }
 
@@ -290,8 +296,10 @@ impl Harness {
             at_s: self.elapsed(),
             hold_s: fault.hold_s,
             recovery_s: None,
+            peak_lag: 0,
             skipped: None,
         });
+        self.open_faults.push(outcome);
         let mut active = Active {
             fault: fault.clone(),
             outcome,
@@ -404,9 +412,13 @@ impl Harness {
             .map(|(p, e)| e.saturating_sub(committed.get(p).copied().unwrap_or(0)))
             .sum();
         self.max_lag = self.max_lag.max(lag);
+        for &i in &self.open_faults {
+            self.outcomes[i].peak_lag = self.outcomes[i].peak_lag.max(lag);
+        }
         if lag <= self.lag_threshold {
             for (i, ended) in self.recovering.drain(..) {
                 self.outcomes[i].recovery_s = Some(ended.elapsed().as_secs_f64());
+                self.open_faults.retain(|&j| j != i);
             }
         }
     }
@@ -814,8 +826,8 @@ pub fn table(r: &Report) -> String {
         format!("{} ({})", r.max_lag, r.lag_threshold),
     );
     s.push_str(&format!(
-        "{:<16} {:>6} {:>7} {:>6} {:>10}\n",
-        "fault", "victim", "at s", "hold s", "recovery s"
+        "{:<16} {:>6} {:>7} {:>6} {:>10} {:>9}\n",
+        "fault", "victim", "at s", "hold s", "recovery s", "peak lag"
     ));
     for f in &r.faults {
         let rec = match (&f.skipped, f.recovery_s) {
@@ -825,12 +837,13 @@ pub fn table(r: &Report) -> String {
         };
         let victim = f.victim.map_or("-".into(), |v| v.to_string());
         s.push_str(&format!(
-            "{:<16} {:>6} {:>7.0} {:>6} {:>10}\n",
+            "{:<16} {:>6} {:>7.0} {:>6} {:>10} {:>9}\n",
             f.kind.as_str(),
             victim,
             f.at_s,
             f.hold_s,
-            rec
+            rec,
+            f.peak_lag
         ));
     }
     for n in &r.node_stats {
