@@ -274,18 +274,28 @@ pub fn unmount(dir: &Path) {
     let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
-/// Fill the file system holding `dir` (a file of all its free space); remove the file to
-/// give the space back.
+/// Fill the file system holding `dir` (a file of all its free space, less a few KiB: the node
+/// writes meanwhile, so the space is measured again for each try); remove the file to give the
+/// space back.
 pub fn fill(dir: &Path) -> Result<PathBuf> {
-    let st = nix::sys::statvfs::statvfs(dir)?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     let filler = dir.join("filler");
-    let status = Command::new("fallocate")
-        .args(["-l", &free.to_string()])
-        .arg(&filler)
-        .status()?;
-    if !status.success() {
-        bail!("cannot fill {}", dir.display());
+    for attempt in 1..=20u64 {
+        let st = nix::sys::statvfs::statvfs(dir)?;
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let size = free.saturating_sub(attempt * (64 << 10));
+        if size == 0 {
+            break;
+        }
+        let ok = Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(&filler)
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if ok {
+            return Ok(filler);
+        }
+        let _ = std::fs::remove_file(&filler);
     }
-    Ok(filler)
+    bail!("cannot fill {}", dir.display())
 }
