@@ -735,7 +735,7 @@ impl Actor for OwnerActor {
                 Ok(()) => run.restore_failures = 0,
                 Err(e) if e.is::<RestoreLater>() => {
                     run.restore_failures += 1;
-                    let after = Duration::from_secs(1 << run.restore_failures.min(5));
+                    let after = Duration::from_secs(1 << (run.restore_failures - 1).min(5));
                     tracing::warn!(partition = run.args.partition, error = %e, retry_s = after.as_secs(), "restore failed; will retry");
                     mailbox::tell_after(me.clone(), ActorKind::PartitionOwner, after, || {
                         OwnerMsg::Restore
