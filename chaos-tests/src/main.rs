@@ -60,7 +60,12 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The project's scripts/: from the working directory when run from a checkout (the binary
+    // may have been built in another one), else from where it was built.
+    let root = match std::env::current_dir() {
+        Ok(d) if d.join("scripts/kafka").is_file() => d,
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    };
     let wtm = match a.wtm {
         Some(p) => p,
         None => std::env::current_exe()?
