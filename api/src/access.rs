@@ -43,7 +43,8 @@ impl Access {
     fn protects(&self, route: &str) -> bool {
         !self.digests.is_empty()
             && match route {
-                "/healthz" => false,
+                // The dashboard's page and scripts hold no data; it asks the API with a token.
+                "/healthz" | "/" | "/ui" => false,
                 "/metrics" => self.protect_metrics,
                 _ => true,
             }
@@ -139,6 +140,7 @@ mod tests {
         assert!(!a.admits(&req(None)));
         assert!(a.protects("/v1/hosts") && a.protects("/readyz") && a.protects("/docs"));
         assert!(!a.protects("/healthz") && !a.protects("/metrics"));
+        assert!(!a.protects("/") && !a.protects("/ui") && a.protects("/v1/stream"));
         let open = Access::new(Vec::new(), false, Duration::from_secs(1), 1);
         assert!(!open.protects("/v1/hosts"));
     }

@@ -6,25 +6,32 @@
 //! merge what they get back: closed windows from the archiver, open ones from the window shards.
 //! `model` holds the JSON shapes, `params` the parameter types (their schema states exactly what
 //! is accepted); [`probe`] is the client side of a health check (`wtm probe`); [`Access`] the
-//! bearer tokens and request bounds every route but `/healthz` passes through.
+//! bearer tokens and request bounds every route but `/healthz` passes through; `ui` the
+//! dashboard's page and assets (`/`, `/ui/…`), compiled in.
 
 mod access;
 mod model;
 mod params;
 pub mod probe;
 pub mod tls;
+mod ui;
 
 pub use access::Access;
 
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use model::*;
 use params::Rfc3339;
 use poem::middleware::Cors;
 use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use wtm_core::agg::WindowAgg;
 use wtm_core::time::{format_rfc3339, now_ms};
 use wtm_messages::local::{self, Partitions, SeriesRange};
@@ -109,8 +116,36 @@ impl QueryError {
     }
 }
 
+#[derive(Clone)]
 struct Api {
     ctx: ApiContext,
+    /// Open `/v1/stream` connections (each polls the overview every second).
+    streams: Arc<Semaphore>,
+}
+
+/// At most this many `/v1/stream` connections at once per node.
+const MAX_STREAMS: usize = 64;
+const STREAM_CHECK: Duration = Duration::from_secs(1);
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(ApiResponse)]
+enum StreamReply {
+    /// `text/event-stream` of `overview` and `windows` events.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, StreamEvent>>),
+    /// Too many streams are open.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// A tick every `every` (a late tick is skipped, not caught up).
+fn tokio_stream_interval(every: Duration) -> impl Stream<Item = ()> {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    futures_util::stream::unfold(ticks, |mut t| async move {
+        t.tick().await;
+        Some(((), t))
+    })
 }
 
 /// One merged window of one host.
@@ -156,6 +191,7 @@ impl Api {
     async fn host_totals(
         &self,
         n: usize,
+        sparkline: bool,
     ) -> Result<(BTreeMap<String, HostTotals>, Vec<String>), String> {
         let (counts, gathered) = tokio::join!(
             local::host_counts(n, self.ctx.shards, HostsPage::ALL),
@@ -190,7 +226,7 @@ impl Api {
                 }
             }
         }
-        let totals = local::merge_host_counts(counts, n, self.ctx.window_ms);
+        let totals = local::merge_host_counts(counts, n, self.ctx.window_ms, sparkline);
         Ok((totals, missing))
     }
 
@@ -210,6 +246,69 @@ impl Api {
         ask(&c, ActorKind::Cluster, |r| ClusterMsg::Ask(t, r))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// `/v1/overview`, over every live member; with how many closed windows their archivers have
+    /// made readable.
+    async fn overview_out(&self) -> Result<(OverviewOut, u64), String> {
+        let (mine, gathered) = tokio::join!(
+            local::overview(self.scope(), self.ctx.shards),
+            self.gather(ClusterQuery::Overview)
+        );
+        let (mine, gathered) = (mine?, gathered?);
+        let others = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+            ClusterAnswer::Overview(p) => Some(p),
+            _ => None,
+        });
+        let merged = local::merge_overviews(std::iter::once(mine).chain(others));
+        let parts = merged.partitions;
+        let hosts = merged.hosts.len() as u64;
+        let hosts_overflow = merged
+            .hosts
+            .iter()
+            .any(|h| h == wtm_core::limits::OVERFLOW_HOST);
+        let now = now_ms();
+        let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = OverviewOut {
+            events: 0,
+            invalid_total: 0,
+            invalid: BTreeMap::new(),
+            late: 0,
+            hosts,
+            hosts_overflow,
+            windows_closed: 0,
+            watermark_lag_seconds: None,
+            finished: parts.iter().all(|p| p.finished) && gathered.missing.is_empty(),
+            partitions: Vec::new(),
+            partial: !gathered.missing.is_empty(),
+            missing: gathered.missing,
+        };
+        for p in &parts {
+            out.events += p.totals.events;
+            out.late += p.totals.late;
+            out.windows_closed += p.totals.windows_closed;
+            for (r, n) in &p.totals.invalid {
+                *invalid.entry(r.as_str().to_owned()).or_default() += n;
+                out.invalid_total += n;
+            }
+            let lag = p.watermark_ms.map(|w| (now - w) as f64 / 1000.0);
+            if let Some(l) = lag {
+                out.watermark_lag_seconds =
+                    Some(out.watermark_lag_seconds.map_or(l, |m: f64| m.max(l)));
+            }
+            out.partitions.push(PartitionOut {
+                partition: p.partition,
+                next_offset: p.next_offset,
+                watermark: p.watermark_ms.map(format_rfc3339),
+                max_event_time: p.max_event_ms.map(format_rfc3339),
+                events: p.totals.events,
+                late: p.totals.late,
+                lag: p.lag,
+                finished: p.finished,
+            });
+        }
+        out.invalid = invalid;
+        Ok((out, merged.windows_archived))
     }
 
     fn scope(&self) -> Partitions {
@@ -269,6 +368,15 @@ impl Api {
     }
 }
 
+/// `part` of `whole` as a share (0 when there is nothing).
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
     let s = m.agg.finalize();
     WindowOut {
@@ -306,26 +414,39 @@ impl Api {
         /// Closed windows the totals cover, newest first (default 60).
         #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
         windows: Query<Option<u32>>,
+        /// Add each site's requests per window (`requests_per_window`).
+        sparkline: Query<Option<bool>>,
     ) -> Reply<HostsOut> {
         let n = windows.0.unwrap_or(60);
-        match self.host_totals(n as usize).await {
+        match self
+            .host_totals(n as usize, sparkline.0 == Some(true))
+            .await
+        {
             Ok((t, missing)) => Reply::Ok(Json(HostsOut {
                 partial: !missing.is_empty(),
                 missing,
                 hosts: t
                     .into_values()
                     .map(|t| HostOut {
-                        error_rate: if t.requests == 0 {
-                            0.0
-                        } else {
-                            t.status_5xx as f64 / t.requests as f64
-                        },
+                        error_rate: share(t.status_5xx, t.requests),
                         host: t.host,
                         windows: t.windows,
                         requests: t.requests,
                         bytes: t.bytes,
+                        status_5xx: t.status_5xx,
+                        bots: t.bots,
                         first_window_start: format_rfc3339(t.first_start_ms),
                         last_window_start: format_rfc3339(t.last_start_ms),
+                        latest: t.latest.map(|l| LatestOut {
+                            start: format_rfc3339(l.start_ms),
+                            requests: l.requests,
+                            error_rate: share(l.status_5xx, l.requests),
+                            bots: l.bots,
+                            latency_p99_ms: l.latency_p99_ms,
+                            unique_clients: l.unique_clients,
+                            partitions: l.partitions,
+                        }),
+                        requests_per_window: t.requests_per_window,
                     })
                     .collect(),
             })),
@@ -419,65 +540,64 @@ impl Api {
     /// Node-wide counters: events ingested, invalid by reason, late, hosts, windows, watermark lag.
     #[oai(path = "/v1/overview", method = "get")]
     async fn overview(&self) -> Reply<OverviewOut> {
-        let (mine, gathered) = match tokio::join!(
-            local::overview(self.scope(), self.ctx.shards),
-            self.gather(ClusterQuery::Overview)
-        ) {
-            (Ok(p), Ok(g)) => (p, g),
-            (Err(e), _) | (_, Err(e)) => return unavailable(e),
-        };
-        let others = gathered.answers.into_iter().filter_map(|(_, a)| match a {
-            ClusterAnswer::Overview(p) => Some(p),
-            _ => None,
-        });
-        let merged = local::merge_overviews(std::iter::once(mine).chain(others));
-        let parts = merged.partitions;
-        let hosts = merged.hosts.len() as u64;
-        let hosts_overflow = merged
-            .hosts
-            .iter()
-            .any(|h| h == wtm_core::limits::OVERFLOW_HOST);
-        let now = now_ms();
-        let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
-        let mut out = OverviewOut {
-            events: 0,
-            invalid_total: 0,
-            invalid: BTreeMap::new(),
-            late: 0,
-            hosts,
-            hosts_overflow,
-            windows_closed: 0,
-            watermark_lag_seconds: None,
-            finished: parts.iter().all(|p| p.finished) && gathered.missing.is_empty(),
-            partitions: Vec::new(),
-            partial: !gathered.missing.is_empty(),
-            missing: gathered.missing,
-        };
-        for p in &parts {
-            out.events += p.totals.events;
-            out.late += p.totals.late;
-            out.windows_closed += p.totals.windows_closed;
-            for (r, n) in &p.totals.invalid {
-                *invalid.entry(r.as_str().to_owned()).or_default() += n;
-                out.invalid_total += n;
-            }
-            let lag = p.watermark_ms.map(|w| (now - w) as f64 / 1000.0);
-            if let Some(l) = lag {
-                out.watermark_lag_seconds =
-                    Some(out.watermark_lag_seconds.map_or(l, |m: f64| m.max(l)));
-            }
-            out.partitions.push(PartitionOut {
-                partition: p.partition,
-                next_offset: p.next_offset,
-                watermark: p.watermark_ms.map(format_rfc3339),
-                max_event_time: p.max_event_ms.map(format_rfc3339),
-                events: p.totals.events,
-                late: p.totals.late,
-                finished: p.finished,
-            });
+        match self.overview_out().await {
+            Ok((o, _)) => Reply::Ok(Json(o)),
+            Err(e) => unavailable(e),
         }
-        out.invalid = invalid;
-        Reply::Ok(Json(out))
+    }
+
+    /// Server-sent events, checked every second: `overview` (the `/v1/overview` object) at once
+    /// and whenever events, invalid or late records or closed windows change; `windows` at once
+    /// and whenever new closed windows have become readable through the API (refetch series and
+    /// listings then). A comment every 15 s keeps proxies from closing a quiet stream.
+    #[oai(path = "/v1/stream", method = "get")]
+    async fn stream(&self) -> StreamReply {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            return StreamReply::Unavailable(Json(ErrorBody {
+                error: format!("too many open streams (at most {MAX_STREAMS}); retry shortly"),
+            }));
+        };
+        let api = self.clone();
+        let events = tokio_stream_interval(STREAM_CHECK)
+            .then(move |_| {
+                let api = api.clone();
+                async move { api.overview_out().await.ok() }
+            })
+            .filter_map(|o| async move { o })
+            // The permit lives as long as the stream.
+            .scan((None, None, permit), |(last, archived, _), (o, a)| {
+                let key = (
+                    o.events,
+                    o.invalid_total,
+                    o.late,
+                    o.windows_closed,
+                    o.partial,
+                );
+                let mut out = Vec::with_capacity(2);
+                if *last != Some(key) {
+                    *last = Some(key);
+                    out.push(StreamEvent::Overview(o));
+                }
+                if *archived != Some(a) {
+                    *archived = Some(a);
+                    out.push(StreamEvent::Windows(WindowsEvent {
+                        windows_archived: a,
+                    }));
+                }
+                async move { Some(futures_util::stream::iter(out)) }
+            })
+            .flatten();
+        StreamReply::Ok(
+            EventStream::new(events.boxed())
+                .keep_alive(STREAM_KEEP_ALIVE)
+                .to_event(|e| {
+                    let name = match &e {
+                        StreamEvent::Overview(_) => "overview",
+                        StreamEvent::Windows(_) => "windows",
+                    };
+                    poem::web::sse::Event::message(e.to_json_string()).event_type(name)
+                }),
+        )
     }
 
     /// Anomalies raised by the detector, oldest first.
@@ -551,6 +671,7 @@ impl Api {
                         last_heartbeat: m.last_heartbeat_ms.map(format_rfc3339),
                         partitions: m.partitions,
                         home_hosts: m.home_hosts,
+                        actor_restarts: m.actor_restarts,
                     })
                     .collect(),
                 Err(e) => return unavailable(e),
@@ -563,7 +684,13 @@ impl Api {
                 this_node: true,
                 last_heartbeat: None,
                 partitions: parts.iter().map(|p| p.partition).collect(),
-                home_hosts: self.host_totals(1).await.map_or(0, |(t, _)| t.len() as u64),
+                home_hosts: self
+                    .host_totals(1, false)
+                    .await
+                    .map_or(0, |(t, _)| t.len() as u64),
+                actor_restarts: Metrics::global()
+                    .restarts_total
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }],
         };
         Reply::Ok(Json(ClusterOut {
@@ -626,6 +753,9 @@ fn route_of(path: &str) -> &'static str {
         ["", "healthz"] => "/healthz",
         ["", "readyz"] => "/readyz",
         ["", "metrics"] => "/metrics",
+        ["", "v1", "stream"] => "/v1/stream",
+        ["", ""] => "/",
+        ["", "ui", ..] => "/ui",
         ["", "openapi.json"] => "/openapi.json",
         ["", "docs", ..] => "/docs",
         _ => "other",
@@ -635,21 +765,34 @@ fn route_of(path: &str) -> &'static str {
 /// The whole HTTP app.
 pub fn routes(ctx: ApiContext) -> impl Endpoint {
     let access = ctx.access.clone();
-    let service = OpenApiService::new(Api { ctx }, "wtm", env!("CARGO_PKG_VERSION"))
-        .description("Real-time web-traffic insight: sites, windows, top-K, anomalies.");
+    let service = OpenApiService::new(
+        Api {
+            ctx,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        },
+        "wtm",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Real-time web-traffic insight: sites, windows, top-K, anomalies.");
     let ui = service.swagger_ui();
     let spec = service.spec_endpoint();
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .at("/metrics", metrics)
+        .at("/ui/:name", ui::asset)
         .nest("/", service)
         .with(Cors::new())
         .around(move |ep, req| {
             let access = access.clone();
             async move {
                 let route = route_of(req.uri().path());
-                let mut resp = access.serve(ep.as_ref(), route, req).await;
+                // The service nested at "/" takes "/" itself: the dashboard's page is served here.
+                let mut resp = if route == "/" && req.method() == poem::http::Method::GET {
+                    ui::page()
+                } else {
+                    access.serve(ep.as_ref(), route, req).await
+                };
                 if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
                     // RFC 9110: a 405 names the methods the resource supports; every route is GET.
                     resp.headers_mut().insert(

@@ -1,6 +1,6 @@
 //! JSON shapes of the API (documented in the OpenAPI document).
 
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, Union};
 use std::collections::BTreeMap;
 
 #[derive(Object)]
@@ -10,10 +10,38 @@ pub struct HostOut {
     pub windows: u64,
     pub requests: u64,
     pub bytes: u64,
+    /// Requests answered 5xx.
+    pub status_5xx: u64,
     /// Share of requests answered 5xx.
     pub error_rate: f64,
+    /// Requests from user agents classified as bots.
+    pub bots: u64,
     pub first_window_start: String,
     pub last_window_start: String,
+    /// The site's newest closed window (null until one has closed).
+    #[oai(nullable)]
+    pub latest: Option<LatestOut>,
+    /// With `sparkline=true`: requests per window, oldest first, for the newest `windows`
+    /// window starts up to `last_window_start` (0 where the site had no traffic).
+    #[oai(skip_serializing_if_is_none)]
+    pub requests_per_window: Option<Vec<u64>>,
+}
+
+/// A site's newest closed window, from the shares `/v1/hosts` adds up. Counts are exact;
+/// `latency_p99_ms` and `unique_clients` are exact within the sketches' error when one
+/// partition holds the window, and over several the largest share's (p99: an upper bound;
+/// clients: a lower bound) — `/v1/hosts/{host}/windows` merges the sketches exactly.
+#[derive(Object)]
+pub struct LatestOut {
+    /// RFC 3339.
+    pub start: String,
+    pub requests: u64,
+    pub error_rate: f64,
+    pub bots: u64,
+    pub latency_p99_ms: f64,
+    pub unique_clients: u64,
+    /// Partitions holding a share of the window.
+    pub partitions: u32,
 }
 
 #[derive(Object)]
@@ -116,6 +144,9 @@ pub struct PartitionOut {
     pub max_event_time: Option<String>,
     pub events: u64,
     pub late: u64,
+    /// Records at the source not yet read (Kafka), when known.
+    #[oai(nullable)]
+    pub lag: Option<u64>,
     pub finished: bool,
 }
 
@@ -235,4 +266,22 @@ pub struct MemberOut {
     pub partitions: Vec<u32>,
     /// Hosts it is home for: their detector runs there (as of its last heartbeat).
     pub home_hosts: u64,
+    /// Supervised actor restarts since it started (as of its last heartbeat).
+    pub actor_restarts: u64,
+}
+
+/// New closed windows are readable through the API (the event a live view refetches on).
+#[derive(Object)]
+pub struct WindowsEvent {
+    /// Closed windows the members' archivers have made readable since they started: it only
+    /// grows while they run; compare successive values.
+    pub windows_archived: u64,
+}
+
+/// One event of `/v1/stream`; the SSE event name is `overview` or `windows`.
+#[derive(Union)]
+#[oai(discriminator_name = "type")]
+pub enum StreamEvent {
+    Overview(OverviewOut),
+    Windows(WindowsEvent),
 }

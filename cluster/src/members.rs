@@ -186,7 +186,12 @@ impl Membership {
     }
 
     /// Every member, this node first, then peers by id.
-    pub fn members(&self, my_partitions: Vec<u32>, my_home_hosts: u64) -> Vec<MemberStatus> {
+    pub fn members(
+        &self,
+        my_partitions: Vec<u32>,
+        my_home_hosts: u64,
+        my_restarts: u64,
+    ) -> Vec<MemberStatus> {
         let mut out = vec![MemberStatus {
             id: self.me.id.clone(),
             cluster_addr: self.me.cluster_addr.clone(),
@@ -196,6 +201,7 @@ impl Membership {
             last_heartbeat_ms: None,
             partitions: my_partitions,
             home_hosts: my_home_hosts,
+            actor_restarts: my_restarts,
         }];
         out.extend(self.peers.values().map(|p| MemberStatus {
             id: p.beat.id.clone(),
@@ -210,6 +216,7 @@ impl Membership {
                 Vec::new()
             },
             home_hosts: if p.alive { p.beat.home_hosts } else { 0 },
+            actor_restarts: p.beat.actor_restarts,
         }));
         out
     }
@@ -317,6 +324,7 @@ mod tests {
             partitions: vec![1, 2],
             peers: peers.iter().map(|s| s.to_string()).collect(),
             home_hosts: 0,
+            actor_restarts: 0,
         }
     }
 
@@ -338,7 +346,7 @@ mod tests {
         assert!(m.judge(s(6)).is_empty(), "exactly the bound: still alive");
         assert_eq!(m.judge(s(7)), vec!["b".to_string()]);
         assert!(m.judge(s(8)).is_empty(), "reported once");
-        let members = m.members(vec![0], 0);
+        let members = m.members(vec![0], 0, 0);
         assert_eq!(members.len(), 2);
         assert!(members[0].this_node && !members[1].alive && members[1].partitions.is_empty());
         assert_eq!(

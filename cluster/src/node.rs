@@ -51,6 +51,12 @@ pub struct MembershipRun {
     home_hosts: u64,
 }
 
+fn restarts_so_far() -> u64 {
+    Metrics::global()
+        .restarts_total
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl MembershipRun {
     fn tick(&mut self, me: &ActorRef<ClusterMsg>) {
         let now = Instant::now();
@@ -67,6 +73,7 @@ impl MembershipRun {
             partitions: owned_partitions(),
             peers: self.members.live_addrs(),
             home_hosts: self.home_hosts,
+            actor_restarts: restarts_so_far(),
         };
         for cell in ractor::pg::get_members(&PEERS_GROUP.to_owned()) {
             if cell.get_id().is_local() {
@@ -192,7 +199,11 @@ impl Actor for MembershipActor {
             ClusterMsg::Dialed { addr, ok } => run.members.dialed(&addr, ok, Instant::now()),
             ClusterMsg::Members(reply) => {
                 reply
-                    .send(run.members.members(owned_partitions(), run.home_hosts))
+                    .send(run.members.members(
+                        owned_partitions(),
+                        run.home_hosts,
+                        restarts_so_far(),
+                    ))
                     .ok();
             }
             ClusterMsg::HomeHosts(n) => run.home_hosts = n,

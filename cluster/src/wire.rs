@@ -9,8 +9,9 @@ use serde::Serialize;
 use wtm_messages::{ClusterAnswer, ClusterQuery, HomeShares, PeerBeat};
 
 /// First byte of every cluster payload; a peer with another one is refused. 2: host homes hand
-/// over by asking (`ClusterQuery::Handover`) instead of pushing judged logs.
-pub const WIRE_VERSION: u8 = 2;
+/// over by asking (`ClusterQuery::Handover`) instead of pushing judged logs; 3: `/v1/hosts`
+/// shares carry bots, p99 and distinct clients.
+pub const WIRE_VERSION: u8 = 3;
 
 /// A heartbeat as it travels.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +147,7 @@ mod tests {
             partitions: vec![3],
             peers: vec!["127.0.0.1:9".into()],
             home_hosts: 7,
+            actor_restarts: 2,
         };
         let bytes = WireBeat::Beat(b.clone()).into_bytes();
         assert_eq!(WireBeat::from_bytes(bytes.clone()), WireBeat::Beat(b));

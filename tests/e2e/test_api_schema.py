@@ -30,7 +30,9 @@ def api_schema(served):
     return schemathesis.openapi.from_url(f"http://127.0.0.1:{served.port}/openapi.json")
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# /v1/stream (server-sent events) is described the way poem-openapi describes an event stream (an
+# array of events), which schemathesis cannot check event by event; test_dashboard.py reads it.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path="/v1/stream")
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:?\d{2})$"

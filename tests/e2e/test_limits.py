@@ -93,7 +93,8 @@ def raw_get(port, path, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", path, headers=headers or {})
     r = conn.getresponse()
-    body = r.read()
+    # A server-sent event stream never ends: its first line says it answered.
+    body = r.readline() if r.headers.get_content_type() == "text/event-stream" else r.read()
     conn.close()
     return r.status, r.headers, body
 
@@ -127,6 +128,11 @@ def test_api_tokens_guard_every_route_but_healthz_and_bounds_requests(node_facto
             assert status == 200, (path, status, body[:200])
     # /metrics is open unless api.protect_metrics (Prometheus scrapes it).
     assert raw_get(node.port, "/metrics")[0] == 200
+    # The dashboard's page and scripts hold no data: served without a token (the page asks for
+    # one, and /v1/stream, in the loop above, wants it).
+    assert "/v1/stream" in paths
+    for path in ("/", "/ui/app.js"):
+        assert raw_get(node.port, path)[0] == 200
     assert token not in node.log() and hashed_one not in node.log()
 
     # A huge request line or head is refused, and the node goes on answering.

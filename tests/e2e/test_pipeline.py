@@ -113,6 +113,24 @@ def check_exact(node, truth):
     hosts = sorted({h for h, _ in truth.windows})
     status, listing = node.get("/v1/hosts?windows=10000")
     assert status == 200 and sorted(h["host"] for h in listing["hosts"]) == hosts
+    # The listing's sums and each site's newest closed window equal the lake's (truth minus late),
+    # its p99 and distinct clients the truth's within the sketches' bounds; the sparkline is the
+    # requests of the newest windows, zero where a site had none.
+    status, sparks = node.get("/v1/hosts?windows=5&sparkline=true")
+    assert status == 200
+    sparks = {h["host"]: h["requests_per_window"] for h in sparks["hosts"]}
+    for h in listing["hosts"]:
+        mine = {w: v for (host, w), v in windows.items() if host == h["host"]}
+        assert (h["requests"], h["status_5xx"]) == (sum(v["requests"] for v in mine.values()),
+                                                    sum(v["status"][4] for v in mine.values())), h["host"]
+        newest, latest = max(mine), h["latest"]
+        assert (START_MS(latest["start"]), latest["requests"], latest["partitions"]) == (newest, mine[newest]["requests"], 1)
+        if (h["host"], newest) not in late:
+            exact = exact_quantile(truth.latencies[(h["host"], newest)], 0.99)
+            assert abs(latest["latency_p99_ms"] - exact) <= exact * 0.01 + 1e-9, h
+            distinct = len(truth.clients[(h["host"], newest)])
+            assert abs(latest["unique_clients"] - distinct) <= distinct * 0.02 + 1, h
+        assert sparks[h["host"]] == [mine.get(newest - i * WINDOW_MS, {"requests": 0})["requests"] for i in range(4, -1, -1)]
     for host in hosts:
         status, series = node.get(f"/v1/hosts/{urllib.parse.quote(host)}/windows?{RANGE}")
         assert status == 200, series

@@ -205,6 +205,8 @@ impl ArchiverRun {
             self.recent.insert(w.clone());
         }
         let m = Metrics::global();
+        m.windows_archived
+            .fetch_add(p.closed.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (class, n) in STATUS_CLASSES.iter().zip(by_class) {
             if n > 0 {
                 m.window_requests

@@ -26,7 +26,7 @@ struct HostRecent {
 impl HostRecent {
     fn insert(&mut self, w: ClosedWindow) {
         let key = (w.key.start_ms, w.key.partition);
-        let c = ShareCounts::of(&w.key, &w.agg, true);
+        let c = ShareCounts::closed(&w.key, &w.agg);
         match self
             .counts
             .binary_search_by_key(&key, |c| (c.start_ms, c.partition))

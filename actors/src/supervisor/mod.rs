@@ -235,9 +235,11 @@ impl SupervisorRun {
                     reason = %why,
                     "child failed; restarting"
                 );
-                Metrics::global()
-                    .restarts
+                let m = Metrics::global();
+                m.restarts
                     .add(1, &[KeyValue::new("actor", kind_of(child).as_str())]);
+                m.restarts_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 mailbox::tell_after(me.clone(), ActorKind::Supervisor, after, move || {
                     SupervisorMsg::Restart(child)
                 });

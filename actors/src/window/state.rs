@@ -138,7 +138,7 @@ impl WindowState {
                         start_ms: *start,
                         partition: *partition,
                     };
-                    t.shares.push(ShareCounts::of(&key, agg, false));
+                    t.shares.push(ShareCounts::open(&key, agg));
                 }
             }
         }

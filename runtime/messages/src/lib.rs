@@ -157,8 +157,29 @@ pub struct HostTotals {
     pub requests: u64,
     pub bytes: u64,
     pub status_5xx: u64,
+    pub bots: u64,
     pub first_start_ms: i64,
     pub last_start_ms: i64,
+    /// The host's newest closed window, from its closed shares.
+    pub latest: Option<LatestCounts>,
+    /// Requests per window start, oldest first, for the newest `n` starts up to
+    /// `last_start_ms` (a sparkline; zero where the host had no window), when asked for.
+    pub requests_per_window: Option<Vec<u64>>,
+}
+
+/// A host's newest closed window as its shares tell it: counts add up exactly; `latency_p99_ms`
+/// and `unique_clients` are exact (within the sketches' error) when one partition holds the
+/// window, and over several the largest share's (p99: an upper bound; clients: a lower bound).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatestCounts {
+    pub start_ms: i64,
+    pub requests: u64,
+    pub status_5xx: u64,
+    pub bots: u64,
+    pub latency_p99_ms: f64,
+    pub unique_clients: u64,
+    /// Partitions holding a share of the window.
+    pub partitions: u32,
 }
 
 /// One page of the sites, by hash: those with `fnv1a(host) % of == index` (`of` = 1: all). Pages
@@ -192,26 +213,46 @@ pub struct HostCounts {
     pub shares: Vec<ShareCounts>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShareCounts {
     pub start_ms: i64,
     pub partition: u32,
     pub requests: u64,
     pub bytes: u64,
     pub status_5xx: u64,
+    pub bots: u64,
+    /// Of a closed share only (0 while open: estimating them on every `/v1/hosts` would cost a
+    /// sketch walk per open window); f32/u32 keep a retained share at 56 bytes.
+    pub latency_p99_ms: f32,
+    pub unique_clients: u32,
     /// Closed (final) or still open.
     pub is_final: bool,
 }
 
 impl ShareCounts {
-    pub fn of(key: &WindowKey, agg: &WindowAgg, is_final: bool) -> ShareCounts {
+    /// Counts of a window still open.
+    pub fn open(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
         ShareCounts {
             start_ms: key.start_ms,
             partition: key.partition,
             requests: agg.requests,
             bytes: agg.bytes,
             status_5xx: agg.status_class[4],
-            is_final,
+            bots: agg.bots,
+            latency_p99_ms: 0.0,
+            unique_clients: 0,
+            is_final: false,
+        }
+    }
+
+    /// Counts of a closed window, with its p99 and distinct clients (computed once, when the
+    /// window is archived).
+    pub fn closed(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
+        ShareCounts {
+            latency_p99_ms: agg.latency.quantile(0.99).unwrap_or(0.0) as f32,
+            unique_clients: u32::try_from(agg.clients.clone().estimate()).unwrap_or(u32::MAX),
+            is_final: true,
+            ..ShareCounts::open(key, agg)
         }
     }
 }
@@ -466,6 +507,9 @@ pub struct PeerBeat {
     /// Hosts whose detector runs on it (it is their home).
     #[serde(default)]
     pub home_hosts: u64,
+    /// Supervised actor restarts since it started.
+    #[serde(default)]
+    pub actor_restarts: u64,
 }
 
 /// One member of the cluster as this node sees it.
@@ -482,6 +526,8 @@ pub struct MemberStatus {
     pub partitions: Vec<u32>,
     /// Hosts whose detector runs on it.
     pub home_hosts: u64,
+    /// Supervised actor restarts since it started (as of its last heartbeat).
+    pub actor_restarts: u64,
 }
 
 /// A cluster session changed (plain data from the transport's events).

@@ -4,7 +4,8 @@
 use crate::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
     ArchiverMsg, CountsQuery, DetectorMsg, Handover, HandoverAsk, HostCounts, HostTotals,
-    HostsPage, PartitionStatus, ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME, DETECTOR_NAME,
+    HostsPage, LatestCounts, PartitionStatus, ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME,
+    DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,11 +69,12 @@ pub fn pages_for(counts: &[HostCounts], page_shares: usize) -> u32 {
 /// Totals per host from every member's counts: each (window, partition) share once (a closed
 /// one wins over an open one; two members may hold the same closed share after a partition
 /// moved), the newest `n` closed windows by the cluster's newest, plus open windows. `windows`
-/// counts distinct window starts.
+/// counts distinct window starts; `sparkline` adds the requests per window.
 pub fn merge_host_counts(
     parts: impl IntoIterator<Item = HostCounts>,
     n: usize,
     window_ms: i64,
+    sparkline: bool,
 ) -> BTreeMap<String, HostTotals> {
     // Sorting each host's few shares beats a map per host: this runs on every `/v1/hosts`.
     let mut shares: std::collections::HashMap<String, Vec<ShareCounts>> = Default::default();
@@ -95,31 +97,73 @@ pub fn merge_host_counts(
         // Per (window, partition), a closed share first: it wins over an open one.
         v.sort_unstable_by_key(|s| (s.start_ms, s.partition, !s.is_final));
         v.dedup_by_key(|s| (s.start_ms, s.partition));
+        let in_range = || v.iter().filter(|s| !s.is_final || s.start_ms >= from);
+        let Some(first) = in_range().next() else {
+            continue;
+        };
         let mut t = HostTotals {
-            host: String::new(),
+            first_start_ms: first.start_ms,
             ..Default::default()
         };
-        let mut last_start = None;
-        for s in v.iter().filter(|s| !s.is_final || s.start_ms >= from) {
-            if last_start != Some(s.start_ms) {
-                if last_start.is_none() {
-                    t.first_start_ms = s.start_ms;
-                }
+        let last = in_range()
+            .next_back()
+            .map_or(first.start_ms, |s| s.start_ms);
+        // The sparkline: the newest `n` window starts up to `last`, oldest first.
+        let spark_len = if sparkline && window_ms > 0 {
+            (((last - first.start_ms) / window_ms) as usize + 1).min(n)
+        } else {
+            0
+        };
+        let mut per_window = vec![0u64; spark_len];
+        for s in in_range() {
+            if t.windows == 0 || t.last_start_ms != s.start_ms {
                 t.windows += 1;
-                last_start = Some(s.start_ms);
+                t.last_start_ms = s.start_ms;
             }
             t.requests += s.requests;
             t.bytes += s.bytes;
             t.status_5xx += s.status_5xx;
+            t.bots += s.bots;
+            if spark_len > 0 {
+                let back = ((last - s.start_ms) / window_ms) as usize;
+                if let Some(slot) = spark_len
+                    .checked_sub(back + 1)
+                    .and_then(|i| per_window.get_mut(i))
+                {
+                    *slot += s.requests;
+                }
+            }
         }
-        let Some(last) = last_start else {
-            continue;
-        };
-        t.last_start_ms = last;
+        t.latest = latest_closed(&v);
+        t.requests_per_window = sparkline.then_some(per_window);
         t.host = host.clone();
         out.insert(host, t);
     }
     out
+}
+
+/// The newest closed window of one host's sorted, deduplicated shares.
+fn latest_closed(sorted: &[ShareCounts]) -> Option<LatestCounts> {
+    let start = sorted.iter().rev().find(|s| s.is_final)?.start_ms;
+    let mut l = LatestCounts {
+        start_ms: start,
+        ..Default::default()
+    };
+    for s in sorted
+        .iter()
+        .rev()
+        .skip_while(|s| s.start_ms != start)
+        .take_while(|s| s.start_ms == start)
+        .filter(|s| s.is_final)
+    {
+        l.requests += s.requests;
+        l.status_5xx += s.status_5xx;
+        l.bots += s.bots;
+        l.latency_p99_ms = l.latency_p99_ms.max(f64::from(s.latency_p99_ms));
+        l.unique_clients = l.unique_clients.max(u64::from(s.unique_clients));
+        l.partitions += 1;
+    }
+    Some(l)
 }
 
 /// One node's share of `/v1/overview`.
@@ -128,10 +172,19 @@ pub struct OverviewPart {
     pub partitions: Vec<PartitionStatus>,
     /// Every site this node holds a window of.
     pub hosts: Vec<String>,
+    /// Closed windows this member's archiver has made readable since it started (each member
+    /// counts its own; the sum only grows while members run).
+    #[serde(default)]
+    pub windows_archived: u64,
 }
 
 pub async fn overview(which: Partitions, shards: usize) -> Result<OverviewPart, String> {
+    // Read before the queries: a window archived meanwhile moves the count on the next ask.
+    let windows_archived = wtm_telemetry::Metrics::global()
+        .windows_archived
+        .load(std::sync::atomic::Ordering::Relaxed);
     Ok(OverviewPart {
+        windows_archived,
         partitions: partitions(which).await?,
         hosts: {
             let mut hosts: Vec<String> = host_counts(usize::MAX / 2, shards, HostsPage::ALL)
@@ -151,7 +204,9 @@ pub async fn overview(which: Partitions, shards: usize) -> Result<OverviewPart, 
 pub fn merge_overviews(parts: impl IntoIterator<Item = OverviewPart>) -> OverviewPart {
     let mut partitions: BTreeMap<u32, PartitionStatus> = BTreeMap::new();
     let mut hosts = std::collections::BTreeSet::new();
+    let mut windows_archived = 0;
     for part in parts {
+        windows_archived += part.windows_archived;
         for p in part.partitions {
             match partitions.get(&p.partition) {
                 Some(have) if have.owner_epoch >= p.owner_epoch => {}
@@ -165,6 +220,7 @@ pub fn merge_overviews(parts: impl IntoIterator<Item = OverviewPart>) -> Overvie
     OverviewPart {
         partitions: partitions.into_values().collect(),
         hosts: hosts.into_iter().collect(),
+        windows_archived,
     }
 }
 
@@ -349,11 +405,13 @@ mod tests {
         let a = OverviewPart {
             partitions: vec![status(0, 1, 10), status(1, 2, 20)],
             hosts: vec!["x".into(), "y".into()],
+            windows_archived: 7,
         };
         // b took partition 1 over (epoch 3) and still lists it; a has not let go yet.
         let b = OverviewPart {
             partitions: vec![status(1, 3, 25), status(2, 1, 5)],
             hosts: vec!["y".into(), "z".into()],
+            windows_archived: 4,
         };
         let m = merge_overviews([a, b]);
         let got: Vec<(u32, u64)> = m
@@ -363,6 +421,8 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(0, 10), (1, 25), (2, 5)]);
         assert_eq!(m.hosts, ["x", "y", "z"]);
+        // Each member counts the windows its own archiver made readable.
+        assert_eq!(m.windows_archived, 11);
     }
 
     #[test]
@@ -373,6 +433,9 @@ mod tests {
             requests,
             bytes: requests * 10,
             status_5xx: 1,
+            bots: requests / 2,
+            latency_p99_ms: if is_final { requests as f32 * 1.5 } else { 0.0 },
+            unique_clients: if is_final { requests as u32 + 100 } else { 0 },
             is_final,
         };
         let host = |shares: Vec<ShareCounts>| HostCounts {
@@ -391,8 +454,35 @@ mod tests {
             c(120, 1, 8, true),
             c(180, 1, 16, false),
         ]);
-        let all = merge_host_counts([a.clone(), b.clone()], 2, 60);
+        let all = merge_host_counts([a.clone(), b.clone()], 2, 60, true);
         let t = &all["h"];
+        assert_eq!(t.bots, 1 + 2 + 4 + 8);
+        // Sparkline: the newest 2 starts up to 180 (120 and 180), oldest first.
+        assert_eq!(t.requests_per_window, Some(vec![4 + 8, 16]));
+        // The newest closed window (120) over its two closed shares: counts add up, p99 is the
+        // larger share's, clients the larger share's.
+        assert_eq!(
+            t.latest,
+            Some(LatestCounts {
+                start_ms: 120,
+                requests: 12,
+                status_5xx: 2,
+                bots: 2 + 4,
+                latency_p99_ms: 12.0,
+                unique_clients: 108,
+                partitions: 2,
+            })
+        );
+        assert_eq!(
+            merge_host_counts([a.clone()], 2, 60, false)["h"].requests_per_window,
+            None
+        );
+        // A gap is a zero; a wider range covers every start.
+        let gap = host(vec![c(0, 0, 1, true), c(120, 0, 5, true)]);
+        assert_eq!(
+            merge_host_counts([gap], 9, 60, true)["h"].requests_per_window,
+            Some(vec![1, 0, 5])
+        );
         // Newest 2 closed windows (60, 120) plus the open 180; 120's partition-0 share once.
         assert_eq!(
             (
@@ -408,10 +498,13 @@ mod tests {
         let open = host(vec![c(0, 0, 1, false)]);
         let closed = host(vec![c(0, 0, 3, true)]);
         assert_eq!(
-            merge_host_counts([open.clone(), closed.clone()], 9, 60)["h"].requests,
+            merge_host_counts([open.clone(), closed.clone()], 9, 60, false)["h"].requests,
             3
         );
-        assert_eq!(merge_host_counts([closed, open], 9, 60)["h"].requests, 3);
+        assert_eq!(
+            merge_host_counts([closed, open], 9, 60, false)["h"].requests,
+            3
+        );
     }
 
     #[test]

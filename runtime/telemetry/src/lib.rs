@@ -72,6 +72,11 @@ pub struct Metrics {
     pub consumer_lag: Gauge<u64>,
     pub handle_seconds: Histogram<f64>,
     pub restarts: Counter<u64>,
+    /// Supervised restarts of any actor since the process started (for `/v1/cluster`).
+    pub restarts_total: std::sync::atomic::AtomicU64,
+    /// Closed windows the archiver has put into the API's history since the process started
+    /// (moves when `/v1/stream` should tell clients that new windows are readable).
+    pub windows_archived: std::sync::atomic::AtomicU64,
     pub checkpoint_seconds: Histogram<f64>,
     pub checkpoint_bytes: Histogram<u64>,
     pub lake_files: Counter<u64>,
@@ -197,6 +202,8 @@ impl Metrics {
                 .u64_counter("wtm_actor_restarts")
                 .with_description("Supervised restarts, by actor kind")
                 .build(),
+            restarts_total: std::sync::atomic::AtomicU64::new(0),
+            windows_archived: std::sync::atomic::AtomicU64::new(0),
             checkpoint_seconds: m
                 .f64_histogram("wtm_checkpoint_duration_seconds")
                 .with_description("Cut, commit and publish of one partition checkpoint")
