@@ -667,6 +667,13 @@ async function main() {
   }
   route();
   stream();
+  // The stream sends an overview only when something changed: a quiet second is 0 events/s.
+  setInterval(() => {
+    if (state.lastSampleT && performance.now() - state.lastSampleT > 2500 && state.eventsPerSec !== 0) {
+      state.eventsPerSec = 0;
+      if (state.view && state.view.onOverview) state.view.onOverview();
+    }
+  }, 1000);
 }
 
 main();

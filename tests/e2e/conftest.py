@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import shutil
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WTM = os.environ.get("WTM_BIN") or str(
@@ -253,3 +254,47 @@ def broker(tmp_path_factory):
     b = Broker(tmp_path_factory.mktemp("kafka")).start()
     yield b
     b.stop()
+
+
+def chromium_path():
+    path = os.environ.get("WTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is needed (scripts/test installs it)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium, driven by Playwright (its own browser download cannot work here)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Page:
+    """A browser page that records console errors, uncaught exceptions and failed requests."""
+
+    def __init__(self, browser, base, scheme="light"):
+        self.base = base
+        self.page = browser.new_page(viewport={"width": 1280, "height": 800}, color_scheme=scheme)
+        self.problems = []
+        self.page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} {r.failure}"))
+        self.page.on("response", lambda r: self.problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+
+    def open(self, hash_="#/"):
+        self.page.goto(self.base + "/" + hash_)
+
+    def loaded_since(self, after_ms):
+        """Wait until the current view has (re)loaded its data after `after_ms` (epoch ms)."""
+        self.page.wait_for_function(
+            "t => { const v = document.querySelector('#main > div'); return v && Number(v.dataset.loadedAt || 0) > t; }",
+            arg=after_ms, timeout=30000)
+
+    def close(self):
+        problems = list(self.problems)  # closing aborts the stream: not a problem of the page
+        self.page.close()
+        assert problems == [], problems

@@ -94,7 +94,7 @@ def test_members_find_each_other_refuse_a_wrong_cookie_and_detect_failures(broke
         wait_for(n, lambda m: set(m) == everyone and all(x["alive"] for x in m.values()), 60)
 
 
-def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factory, tmp_path):
+def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factory, tmp_path, browser):
     """Three Kafka nodes in one group and one cluster: each owns some partitions, and every
     node's /v1/overview adds up the whole topic exactly; every node answers each site's series,
     top-K and the anomalies for the whole cluster. While a member is frozen, an answer is
@@ -186,6 +186,19 @@ def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factor
         got = {h["host"]: [h["windows"], h["requests"], h["bytes"]] for h in body["hosts"]}
         want = expected_hosts
         assert got == want, [(h, got.get(h), want.get(h)) for h in sorted(set(got) | set(want)) if got.get(h) != want.get(h)][:5]
+    # The dashboard of any member shows the whole cluster (it reads the same API).
+    from conftest import Page
+
+    page = Page(browser, f"http://127.0.0.1:{b.port}")
+    page.open()
+    page.loaded_since(0)
+    assert int(page.page.get_attribute("#card-events [data-value]", "data-value")) == truth.events
+    assert int(page.page.get_attribute("#card-sites [data-value]", "data-value")) == len(expected_hosts)
+    assert int(page.page.get_attribute("#sites-info", "data-total")) == len(expected_hosts)
+    page.open("#/cluster")
+    page.page.wait_for_selector("#members tbody tr:nth-child(3)")
+    assert page.page.locator("#members .pill.up").count() == 3
+    page.close()
     _, text = a.get("/metrics")
     calls = sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
                 if l.startswith("wtm_cluster_call_seconds_count") and 'query="hosts"' in l)

@@ -8,34 +8,17 @@ import http.client
 import json
 import os
 import pathlib
-import shutil
 import time
 import urllib.parse
 
 import pytest
-from playwright.sync_api import sync_playwright
-
-from conftest import START, Node, parse_ts
+from conftest import START, Node, Page, parse_ts
 
 # Finished (unpaced) run: the numbers stand still, so page and API can be compared exactly.
 # 120 sites: the table needs three pages of 50.
 FINISHED = dict(seed=11, hosts=120, rate=120.0, realtime=False, start=START, duration_s=3600, anomalies=3,
                 malformed_share=0.002)
 PAGE_ROWS = 50
-
-
-def chromium_path():
-    path = os.environ.get("WTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Debian's chromium is needed (scripts/test installs it)"
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -51,37 +34,6 @@ def finished(tmp_path_factory):
     node.wait_finished()
     yield node
     node.stop()
-
-
-class Page:
-    """A browser page that records console errors, uncaught exceptions and failed requests."""
-
-    def __init__(self, browser, base, scheme="light"):
-        self.base = base
-        self.page = browser.new_page(viewport={"width": 1280, "height": 800}, color_scheme=scheme)
-        self.problems = []
-        self.page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} {r.failure}"))
-        self.page.on("response", lambda r: self.problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-
-    def open(self, hash_="#/"):
-        self.page.goto(self.base + "/" + hash_)
-
-    def loaded_since(self, after_ms):
-        """Wait until the current view has (re)loaded its data after `after_ms` (epoch ms)."""
-        self.page.wait_for_function(
-            "t => { const v = document.querySelector('#main > div'); return v && Number(v.dataset.loadedAt || 0) > t; }",
-            arg=after_ms, timeout=30000)
-
-    def values(self, selector):
-        return self.page.eval_on_selector_all(
-            selector, "els => els.map(e => Array.from(e.querySelectorAll('[data-value]')).map(v => v.dataset.value))")
-
-    def close(self):
-        problems = list(self.problems)  # closing aborts the stream: not a problem of the page
-        self.page.close()
-        assert problems == [], problems
 
 
 def now_ms():
