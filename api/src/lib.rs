@@ -139,10 +139,10 @@ enum StreamReply {
 }
 
 /// A tick every `every` (a late tick is skipped, not caught up).
-fn tokio_stream_interval(every: Duration) -> impl Stream<Item = ()> {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    futures_util::stream::unfold(ticks, |mut t| async move {
+fn ticks(every: Duration) -> impl Stream<Item = ()> {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    futures_util::stream::unfold(interval, |mut t| async move {
         t.tick().await;
         Some(((), t))
     })
@@ -558,7 +558,7 @@ impl Api {
             }));
         };
         let api = self.clone();
-        let events = tokio_stream_interval(STREAM_CHECK)
+        let events = ticks(STREAM_CHECK)
             .then(move |_| {
                 let api = api.clone();
                 async move { api.overview_out().await.ok() }

@@ -11,10 +11,19 @@ use crate::parse::parse_line;
 /// One record: the first byte picks the format, the rest is the line. A parsed event goes on
 /// through the limits and into a window aggregate, as in a node.
 pub fn parse_record(data: &[u8]) {
+    parse_record_as(None, data)
+}
+
+/// The formats in the order of the first byte's choice.
+pub const FORMATS: [Format; 3] = [Format::Json, Format::Combined, Format::VhostCombined];
+
+/// As [`parse_record`], with the format fixed to `FORMATS[format]` when given (the first byte is
+/// then ignored): `scripts/fuzz --per-format` counts executions per parser this way.
+pub fn parse_record_as(format: Option<usize>, data: &[u8]) {
     let Some((&pick, line)) = data.split_first() else {
         return;
     };
-    let format = [Format::Json, Format::Combined, Format::VhostCombined][pick as usize % 3];
+    let format = FORMATS[format.unwrap_or(pick as usize) % FORMATS.len()];
     if let Ok(mut e) = parse_line(format, line, "fuzz.example") {
         if plausible_host(&e.host) {
             bound_fields(&mut e, 64);
