@@ -165,6 +165,25 @@ fn parse_duration_s(s: &str) -> Result<u64, String> {
 /// mimalloc's `purge_delay` option (mimalloc.h, `mi_option_e`): how long freed memory stays
 /// mapped before it goes back to the OS.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc's `arena_eager_commit` option: its default (2: on where the OS overcommits, as
+/// Linux does) commits whole arenas up front.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Runs before `main` (an ELF constructor): mimalloc creates its first arena at the first
+/// allocation, which the Rust runtime makes before `main`, and reads `arena_eager_commit` then.
+/// Committing arenas as they are used took the embedded default's RSS after 40 s from 260 MB to
+/// 83 MB (the system allocator: 61 MB). `MIMALLOC_ARENA_EAGER_COMMIT` in the environment wins.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static MIMALLOC_LAZY_ARENAS: extern "C" fn() = {
+    extern "C" fn lazy_arenas() {
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+        }
+    }
+    lazy_arenas
+};
 
 fn main() -> std::process::ExitCode {
     // Errors are for operators: one line with its causes, not a Debug dump with a backtrace.
