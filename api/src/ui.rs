@@ -14,37 +14,36 @@ struct Asset {
     body: &'static [u8],
 }
 
+/// `asset!(path under api/ui/, name under /ui/, content type)`.
+macro_rules! asset {
+    ($path:literal, $name:literal, $mime:literal) => {
+        Asset {
+            name: $name,
+            mime: $mime,
+            body: include_bytes!(concat!("../ui/", $path)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        mime: "text/html; charset=utf-8",
-        body: include_bytes!("../ui/index.html"),
-    },
-    Asset {
-        name: "app.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../ui/app.js"),
-    },
-    Asset {
-        name: "app.css",
-        mime: "text/css; charset=utf-8",
-        body: include_bytes!("../ui/app.css"),
-    },
-    Asset {
-        name: "uPlot.iife.min.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../ui/vendor/uPlot.iife.min.js"),
-    },
-    Asset {
-        name: "uPlot.min.css",
-        mime: "text/css; charset=utf-8",
-        body: include_bytes!("../ui/vendor/uPlot.min.css"),
-    },
-    Asset {
-        name: "uPlot-LICENSE",
-        mime: "text/plain; charset=utf-8",
-        body: include_bytes!("../ui/vendor/uPlot-LICENSE"),
-    },
+    asset!("index.html", "index.html", "text/html; charset=utf-8"),
+    asset!("app.js", "app.js", "text/javascript; charset=utf-8"),
+    asset!("app.css", "app.css", "text/css; charset=utf-8"),
+    asset!(
+        "vendor/uPlot.iife.min.js",
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8"
+    ),
+    asset!(
+        "vendor/uPlot.min.css",
+        "uPlot.min.css",
+        "text/css; charset=utf-8"
+    ),
+    asset!(
+        "vendor/uPlot-LICENSE",
+        "uPlot-LICENSE",
+        "text/plain; charset=utf-8"
+    ),
 ];
 
 /// Scripts and styles from this node only; the page's data comes from its own API.
