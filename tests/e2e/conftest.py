@@ -141,6 +141,14 @@ class Node:
                 self.kill()
 
 
+def finished_node(tmp_path_factory, name, source):
+    """A node on `source` run to its end (for a module fixture: `yield from`); stopped after."""
+    node = Node(tmp_path_factory.mktemp(name), source).start()
+    node.wait_finished()
+    yield node
+    node.stop()
+
+
 @pytest.fixture
 def node_factory(tmp_path):
     nodes = []

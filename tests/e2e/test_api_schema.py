@@ -17,12 +17,9 @@ SOURCE = dict(seed=5, hosts=6, rate=50.0, realtime=False, start=START, duration_
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from conftest import Node
+    from conftest import finished_node
 
-    node = Node(tmp_path_factory.mktemp("schema"), SOURCE).start()
-    node.wait_finished()
-    yield node
-    node.stop()
+    yield from finished_node(tmp_path_factory, "schema", SOURCE)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import START, Node, Page, parse_ts
+from conftest import START, Node, Page, finished_node, parse_ts
 
 # Finished (unpaced) run: the numbers stand still, so page and API can be compared exactly.
 # 120 sites: the table needs three pages of 50.
@@ -30,10 +30,7 @@ def out_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    node = Node(tmp_path_factory.mktemp("dash"), FINISHED).start()
-    node.wait_finished()
-    yield node
-    node.stop()
+    yield from finished_node(tmp_path_factory, "dash", FINISHED)
 
 
 def now_ms():
