@@ -356,8 +356,9 @@ fn batch(a: BatchArgs) -> Result<()> {
     cfg.source.partitions = u32::try_from(a.files.len()).context("too many files")?;
     cfg.lake.raw_events = a.raw_events;
     cfg.detector.enabled = false;
-    // No API in a batch run: keep no window history in memory (it would grow with hosts).
+    // No API in a batch run: keep no window history (it would grow with hosts).
     cfg.api.retention_windows = 1;
+    cfg.api.listing_windows = 1;
     cfg.validate()?;
     init_tracing("warn");
     let summary = tokio::runtime::Builder::new_multi_thread()
@@ -439,6 +440,7 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
         durable: false,
         partitions: (0..cfg.source.partitions).collect(),
         snapshots: None,
+        history: None,
     };
     let (sup, mut sup_done) = Actor::spawn(None, SupervisorActor, args)
         .await
@@ -577,6 +579,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         durable: true,
         partitions,
         snapshots,
+        history: Some(cfg.node.data_dir.join("history.redb")),
     };
     let (sup, sup_done) = Actor::spawn(Some(SUPERVISOR_NAME.into()), SupervisorActor, args)
         .await

@@ -7,7 +7,7 @@
 //!   (its policy, `plan(now)`, is pure and lives in its state).
 //! - [`window`]: a shard of open event-time windows (hosts sharded by name).
 //! - [`archiver`]: writes committed publications to the lake (in parallel across partitions,
-//!   in order within one); recent windows for the API.
+//!   in order within one); the window history the API reads (on disk) and its counts.
 //! - [`detector`]: anomaly detection on closed windows (robust baseline, then augurs models).
 //! - [`supervisor`]: starts the children and restarts them with backoff and a budget; gives up
 //!   at once on a permanent failure; follows the Kafka group's events.

@@ -89,6 +89,7 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
         durable: true,
         partitions: (0..cfg.source.partitions).collect(),
         snapshots: None,
+        history: Some(dir.path().join("history.redb")),
     };
     let (sup, done) = Actor::spawn(None, SupervisorActor, args).await.unwrap();
     let parts = cfg.source.partitions;

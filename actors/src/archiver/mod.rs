@@ -1,10 +1,12 @@
-//! The archiver: writes committed publications to the Parquet lake, keeps recent closed windows
-//! for the API, and hands closed windows to the detector.
+//! The archiver: writes committed publications to the Parquet lake and then to the API's
+//! history store on disk, keeps each host's newest counts in memory for `/v1/hosts`, and hands
+//! closed windows to the detector.
 //!
 //! Uploads run in tasks of their own, so partitions write in parallel and API reads are never
 //! queued behind a slow store; each owner sends its next publication only after the previous
 //! one's reply, so a partition's writes stay in order. A finished upload comes back as
-//! `Written` (queued before the reply goes out), which updates the recent windows in order.
+//! `Written` (queued before the reply goes out), which updates the counts in order. History
+//! reads run on the blocking pool too, never in the archiver's handler.
 //!
 //! In a cluster, each host's detector runs on its *home* (rendezvous over the live members, from
 //! the `View` membership sends every heartbeat): a written share of a host homed elsewhere goes to
@@ -19,13 +21,14 @@ mod state;
 mod whole;
 
 pub use homes::{Action, HostHomes};
-pub use state::RecentWindows;
+pub use state::{with_older, RecentWindows};
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtm_core::agg::WindowAgg;
+use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg};
 use wtm_core::checkpoint::Publication;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{
@@ -33,12 +36,18 @@ use wtm_messages::{
     ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
     Targeted, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
 };
-use wtm_storage::Lake;
+use wtm_storage::{History, Lake, SeriesRead};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
 
 pub struct ArchiverArgs {
     pub lake: Lake,
+    /// Closed windows per host the API serves (`api.retention_windows`), from the history store.
     pub retention_windows: usize,
+    /// Closed windows per host whose counts stay in memory for `/v1/hosts`
+    /// (`api.listing_windows`).
+    pub listing_windows: usize,
+    /// The history store's file (None: keep no history, as a batch run, which serves no API).
+    pub history: Option<PathBuf>,
     pub spec: WindowSpec,
     /// Hand closed windows to the detector (`detector.enabled`), whole.
     pub detect: bool,
@@ -54,6 +63,7 @@ pub struct ArchiverActor;
 pub struct ArchiverRun {
     lake: Lake,
     recent: RecentWindows,
+    history: Option<Arc<History>>,
     /// Where hosts are judged, and their windows waiting to go out whole (None: detection off).
     homes: Option<HostHomes>,
     /// How far back a new home reads a host's history from the lake.
@@ -70,32 +80,44 @@ impl Actor for ArchiverActor {
         _me: ActorRef<ArchiverMsg>,
         args: ArchiverArgs,
     ) -> Result<ArchiverRun, ActorProcessingErr> {
-        // Reload recent history so the API answers the same after a restart.
-        let lake = args.lake.clone();
-        let keep_ms = args.retention_windows as i64 * args.spec.size_ms;
-        let mut recent = RecentWindows::new(args.retention_windows, args.spec.size_ms);
-        // An unreachable lake (S3 down) must not keep the node from starting: the API then
-        // starts without history.
-        let reloaded = tokio::task::spawn_blocking(move || match lake.newest_window_hour()? {
-            Some(h) => lake.read_windows(h + 3_600_000 - keep_ms),
-            None => Ok(Vec::new()),
-        })
-        .await?;
-        match reloaded {
-            Ok(windows) => {
-                tracing::info!(
-                    windows = windows.len(),
-                    "recent windows reloaded from the lake"
-                );
-                for w in windows {
-                    recent.insert(w);
+        // Recreate the history store and refill it from the lake, so the API answers the same
+        // after a restart.
+        let size = args.spec.size_ms;
+        let keep_ms = args.retention_windows as i64 * size;
+        let mut recent = RecentWindows::new(args.listing_windows, size);
+        let history = match args.history.clone() {
+            Some(path) => {
+                let retention = args.retention_windows;
+                let h =
+                    tokio::task::spawn_blocking(move || History::create(&path, size, retention))
+                        .await??;
+                Some(Arc::new(h))
+            }
+            None => None,
+        };
+        if let Some(h) = &history {
+            let (lake, h) = (args.lake.clone(), Arc::clone(h));
+            let listing_ms = args.listing_windows as i64 * size;
+            // An unreachable lake (S3 down) must not keep the node from starting: the API then
+            // starts without history.
+            match tokio::task::spawn_blocking(move || refill(&lake, &h, keep_ms, listing_ms))
+                .await?
+            {
+                Ok((windows, counts)) => {
+                    tracing::info!(windows, "window history refilled from the lake");
+                    for (host, c) in counts {
+                        recent.insert_counts(&host, c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refill the window history from the lake")
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reload recent windows from the lake"),
         }
         Ok(ArchiverRun {
             lake: args.lake,
             recent,
+            history,
             homes: args.detect.then(|| {
                 let whole = WholeWindows::new(args.spec, args.merge_wait);
                 HostHomes::new(whole, args.merge_wait, args.clustered)
@@ -112,8 +134,10 @@ impl Actor for ArchiverActor {
     ) -> Result<(), ActorProcessingErr> {
         let started = Instant::now();
         match msg {
-            ArchiverMsg::Publish(p, reply) => upload(run.lake.clone(), me.clone(), p, reply),
-            ArchiverMsg::Written(p) => run.written(&p, &me)?,
+            ArchiverMsg::Publish(p, reply) => {
+                upload(run.lake.clone(), run.history.clone(), me.clone(), p, reply)
+            }
+            ArchiverMsg::Written(p, counts) => run.written(&p, counts, &me)?,
             ArchiverMsg::Progress {
                 partition,
                 watermark_ms,
@@ -140,11 +164,33 @@ impl Actor for ArchiverActor {
             ArchiverMsg::HandedOver(h) => run.with_homes(&me, |homes, now| {
                 homes.handed_over(&h.from, &h.members, h.answer, now)
             })?,
-            ArchiverMsg::Windows(q, reply) => {
-                reply.send(run.recent.query(&q)).ok();
-            }
+            ArchiverMsg::Windows(q, reply) => match (run.history.clone(), q.host) {
+                (Some(h), Some(host)) => off_the_mailbox(reply, move || {
+                    h.series(SeriesRead {
+                        host: &host,
+                        from_ms: q.from_ms,
+                        to_ms: q.to_ms,
+                        last_windows: q.last_windows,
+                        top: q.top,
+                    })
+                }),
+                (None, _) => drop(reply.send(Ok(Vec::new()))),
+                (_, None) => drop(reply.send(Err("a window query names its host".into()))),
+            },
             ArchiverMsg::Counts(q, reply) => {
-                reply.send(run.recent.counts(q.windows, q.page)).ok();
+                let listed = run.recent.counts(q.windows, q.page);
+                let (from, to) = (run.recent.first_of(q.windows), run.recent.first_listed());
+                match &run.history {
+                    // More windows than memory lists: the older ones' counts from the store.
+                    Some(h) if run.recent.newest_start().is_some() && from < to => {
+                        let h = Arc::clone(h);
+                        off_the_mailbox(reply, move || {
+                            h.counts(from, to)
+                                .map(|older| with_older(listed, older, q.page))
+                        })
+                    }
+                    _ => drop(reply.send(Ok(listed))),
+                }
             }
             ArchiverMsg::HostsSeen(reply) => {
                 reply.send(run.recent.hosts_seen()).ok();
@@ -155,9 +201,27 @@ impl Actor for ArchiverActor {
     }
 }
 
+/// Read the history store on the blocking pool, off the archiver's mailbox (reads never wait
+/// behind writes or each other), and reply from there.
+fn off_the_mailbox<T: Send + 'static>(
+    reply: RpcReplyPort<Result<T, String>>,
+    read: impl FnOnce() -> Result<T, wtm_storage::HistoryError> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let answer = match tokio::task::spawn_blocking(read).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("history read failed: {e}")),
+        };
+        reply.send(answer).ok();
+    });
+}
+
 /// Write a publication on the blocking pool, off the archiver's mailbox; reply when durable.
+/// Its closed windows then go to the history store (best effort: the lake holds them, and a
+/// restart refills the store from it).
 fn upload(
     lake: Lake,
+    history: Option<Arc<History>>,
     me: ActorRef<ArchiverMsg>,
     p: Arc<Publication>,
     reply: RpcReplyPort<Result<(), Failure>>,
@@ -165,12 +229,22 @@ fn upload(
     tokio::spawn(async move {
         let m = Metrics::global();
         let publication = Arc::clone(&p);
-        let result = match tokio::task::spawn_blocking(move || lake.write(&publication)).await {
-            Ok(Ok(stats)) => {
+        let write = move || {
+            let stats = lake.write(&publication)?;
+            let counts = counts_of(&publication.closed);
+            if let Some(h) = history {
+                if let Err(e) = h.put(&publication.closed, &counts) {
+                    tracing::warn!(error = %e, "cannot keep closed windows in the history store: the API misses them until a restart refills it from the lake");
+                }
+            }
+            Ok::<_, wtm_storage::LakeError>((stats, counts))
+        };
+        let result = match tokio::task::spawn_blocking(write).await {
+            Ok(Ok((stats, counts))) => {
                 m.lake_files.add(stats.files, &[]);
                 m.lake_bytes.add(stats.bytes, &[]);
                 // Queued before the reply, so the owner's next publication lands after it.
-                if tell(&me, ActorKind::Archiver, ArchiverMsg::Written(p)).is_err() {
+                if tell(&me, ActorKind::Archiver, ArchiverMsg::Written(p, counts)).is_err() {
                     tracing::warn!("archiver restarting: recent windows reload from the lake");
                 }
                 Ok(())
@@ -195,14 +269,15 @@ impl ArchiverRun {
     fn written(
         &mut self,
         p: &Publication,
+        counts: Vec<ShareCounts>,
         me: &ActorRef<ArchiverMsg>,
     ) -> Result<(), ActorProcessingErr> {
         let mut by_class = [0u64; 5];
-        for w in &p.closed {
+        for (w, c) in p.closed.iter().zip(counts) {
             for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {
                 *sum += n;
             }
-            self.recent.insert(w.clone());
+            self.recent.insert_counts(&w.key.host, c);
         }
         let m = Metrics::global();
         m.windows_archived
@@ -342,6 +417,63 @@ fn ask_handover(to: String, q: HandoverAsk, me: ActorRef<ArchiverMsg>) {
     });
 }
 
+/// The plain counts of closed windows (their p99 and distinct clients estimated once, here).
+fn counts_of(closed: &[ClosedWindow]) -> Vec<ShareCounts> {
+    closed
+        .iter()
+        .map(|w| ShareCounts::closed(&w.key, &w.agg))
+        .collect()
+}
+
+/// Refill the history store with the lake's windows of the retained span, a chunk at a time
+/// (never the whole span in memory). Returns how many windows, and the counts of those recent
+/// enough for the in-memory listing (within `listing_ms` of the newest start).
+fn refill(
+    lake: &Lake,
+    history: &History,
+    keep_ms: i64,
+    listing_ms: i64,
+) -> Result<(usize, Vec<(String, ShareCounts)>), String> {
+    const CHUNK: usize = 1024;
+    let Some(hour) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
+        return Ok((0, Vec::new()));
+    };
+    let end = hour + 3_600_000;
+    let (mut n, mut newest, mut kept) = (0, i64::MIN, 0);
+    let (mut listed, mut chunk) = (Vec::new(), Vec::with_capacity(CHUNK));
+    let mut put = |chunk: &mut Vec<ClosedWindow>| -> Result<(), String> {
+        let counts = counts_of(chunk);
+        history.put(chunk, &counts).map_err(|e| e.to_string())?;
+        n += chunk.len();
+        for (w, c) in chunk.drain(..).zip(counts) {
+            newest = newest.max(w.key.start_ms);
+            listed.push((w.key.host, c));
+        }
+        // Files come in no particular order of time: keep what the newest so far lists
+        // (pruned when the list has doubled, so the pruning costs O(1) per window).
+        if listed.len() > 2 * kept + CHUNK {
+            listed.retain(|(_, c): &(String, ShareCounts)| c.start_ms > newest - listing_ms);
+            kept = listed.len();
+        }
+        Ok(())
+    };
+    let mut failed = None;
+    lake.for_each_window(end - keep_ms, &mut |w| {
+        chunk.push(w);
+        if chunk.len() == CHUNK && failed.is_none() {
+            failed = put(&mut chunk).err();
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    put(&mut chunk)?;
+    // Oldest first, so the listing moves its newest start forward a few times, not per share.
+    listed.sort_by_key(|(_, c)| c.start_ms);
+    Ok((n, listed))
+}
+
 fn point_of(start_ms: i64, agg: &WindowAgg) -> WindowPoint {
     let s = agg.finalize();
     WindowPoint {
@@ -372,14 +504,20 @@ fn rebuild_history(lake: Lake, history_ms: i64, gained: impl Fn(&str) -> bool + 
             let Some(h) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
                 return Ok(Vec::new());
             };
-            let windows = lake
-                .read_windows(h + 3_600_000 - history_ms)
-                .map_err(|e| e.to_string())?;
             let mut whole: std::collections::BTreeMap<(String, i64), WindowAgg> =
                 Default::default();
-            for w in windows.into_iter().filter(|w| gained(&w.key.host)) {
-                let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
-                e.merge(&w.agg).map_err(|e| e.to_string())?;
+            let mut bad = None;
+            lake.for_each_window(h + 3_600_000 - history_ms, &mut |w| {
+                if gained(&w.key.host) {
+                    let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
+                    if let Err(e) = e.merge(&w.agg) {
+                        bad = Some(e.to_string());
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if let Some(e) = bad {
+                return Err(e);
             }
             let mut by_host: std::collections::BTreeMap<String, Vec<WindowPoint>> =
                 Default::default();

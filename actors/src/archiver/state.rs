@@ -1,59 +1,27 @@
-//! Recent closed windows kept for the API, keyed so a re-published window replaces itself.
+//! What the archiver keeps in memory for the API: each host's plain counts for its newest
+//! `listing_windows` closed windows (what `/v1/hosts` adds up by default), nothing older and no
+//! sketches. The retained history itself is on disk (`wtm_storage::History`), so memory grows
+//! with the sites, never with `api.retention_windows`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use wtm_core::agg::ClosedWindow;
-use wtm_messages::{HostCounts, HostsPage, ShareCounts, WindowQuery};
+use std::collections::{HashMap, HashSet};
+use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_messages::{HostCounts, HostsPage};
 
 pub struct RecentWindows {
-    retention_ms: i64,
+    listing_ms: i64,
     window_ms: i64,
-    hosts: HashMap<String, HostRecent>,
+    /// Per host, sorted by (start, partition), one per share; a re-published share replaces
+    /// itself.
+    hosts: HashMap<String, Vec<ShareCounts>>,
     newest_start_ms: i64,
     /// Every host ever archived by this process (one name each: bounded by the sites).
     seen: HashSet<String>,
 }
 
-/// One host's retained windows, and their plain counts in a sorted vector beside them:
-/// `/v1/hosts` reads only the counts, a contiguous copy, instead of walking every window's
-/// aggregate (a cache miss each).
-#[derive(Default)]
-struct HostRecent {
-    windows: BTreeMap<(i64, u32), ClosedWindow>,
-    /// Sorted by (start, partition), one per window above.
-    counts: Vec<ShareCounts>,
-}
-
-impl HostRecent {
-    fn insert(&mut self, w: ClosedWindow) {
-        let key = (w.key.start_ms, w.key.partition);
-        let c = ShareCounts::closed(&w.key, &w.agg);
-        match self
-            .counts
-            .binary_search_by_key(&key, |c| (c.start_ms, c.partition))
-        {
-            Ok(i) => self.counts[i] = c,
-            Err(i) => self.counts.insert(i, c),
-        }
-        self.windows.insert(key, w);
-    }
-
-    fn drop_before(&mut self, keep_from: i64) {
-        while self
-            .windows
-            .first_key_value()
-            .is_some_and(|((s, _), _)| *s < keep_from)
-        {
-            self.windows.pop_first();
-        }
-        let cut = self.counts.partition_point(|c| c.start_ms < keep_from);
-        self.counts.drain(..cut);
-    }
-}
-
 impl RecentWindows {
-    pub fn new(retention_windows: usize, window_ms: i64) -> RecentWindows {
+    pub fn new(listing_windows: usize, window_ms: i64) -> RecentWindows {
         RecentWindows {
-            retention_ms: retention_windows as i64 * window_ms,
+            listing_ms: (listing_windows as i64).saturating_mul(window_ms),
             window_ms,
             hosts: HashMap::new(),
             newest_start_ms: i64::MIN,
@@ -61,22 +29,54 @@ impl RecentWindows {
         }
     }
 
-    /// Insert (or replace) a closed window; drops what fell out of retention.
-    pub fn insert(&mut self, w: ClosedWindow) {
-        let start = w.key.start_ms;
-        if !self.seen.contains(&w.key.host) {
-            self.seen.insert(w.key.host.clone());
+    /// Insert (or replace) a closed share's counts; drops what fell out of the listing span.
+    pub fn insert(&mut self, w: &ClosedWindow) {
+        self.insert_counts(&w.key.host, ShareCounts::closed(&w.key, &w.agg));
+    }
+
+    pub fn insert_counts(&mut self, host: &str, c: ShareCounts) {
+        let start = c.start_ms;
+        self.seen_host(host);
+        if start < self.first_listed() {
+            // Older than what memory lists (a late re-publication): the store has it.
+            return;
         }
-        let recent = self.hosts.entry(w.key.host.clone()).or_default();
-        recent.insert(w);
+        let counts = match self.hosts.get_mut(host) {
+            Some(v) => v,
+            None => self.hosts.entry(host.to_owned()).or_default(),
+        };
+        let key = (c.start_ms, c.partition);
+        match counts.binary_search_by_key(&key, |c| (c.start_ms, c.partition)) {
+            Ok(i) => counts[i] = c,
+            Err(i) => counts.insert(i, c),
+        }
         if start > self.newest_start_ms {
             self.newest_start_ms = start;
-            let keep_from = start - self.retention_ms;
-            for recent in self.hosts.values_mut() {
-                recent.drop_before(keep_from);
-            }
-            self.hosts.retain(|_, r| !r.windows.is_empty());
+            let keep_from = self.first_listed();
+            self.hosts.retain(|_, v| {
+                let cut = v.partition_point(|c| c.start_ms < keep_from);
+                v.drain(..cut);
+                !v.is_empty()
+            });
         }
+    }
+
+    fn seen_host(&mut self, host: &str) {
+        if !self.seen.contains(host) {
+            self.seen.insert(host.to_owned());
+        }
+    }
+
+    /// The oldest window start memory lists.
+    pub fn first_listed(&self) -> i64 {
+        self.newest_start_ms
+            .saturating_sub(self.listing_ms)
+            .saturating_add(self.window_ms)
+    }
+
+    /// The newest window start archived (None before the first).
+    pub fn newest_start(&self) -> Option<i64> {
+        (self.newest_start_ms != i64::MIN).then_some(self.newest_start_ms)
     }
 
     /// Hosts archived since this process started, retained or not.
@@ -84,65 +84,53 @@ impl RecentWindows {
         self.seen.len()
     }
 
-    pub fn query(&self, q: &WindowQuery) -> Vec<ClosedWindow> {
-        let from = q
-            .from_ms
-            .saturating_sub(q.from_ms.rem_euclid(self.window_ms));
-        if from >= q.to_ms {
-            return Vec::new();
-        }
-        let window_ms = self.window_ms;
-        let pick = |w: &BTreeMap<(i64, u32), ClosedWindow>| -> Vec<ClosedWindow> {
-            let from = match q.last_windows {
-                Some(n) => match w.range(..(q.to_ms, 0)).next_back() {
-                    Some(((newest, _), _)) => {
-                        from.max(newest.saturating_sub((n - 1).max(0).saturating_mul(window_ms)))
-                    }
-                    None => return Vec::new(),
-                },
-                None => from,
-            };
-            w.range((from, 0)..(q.to_ms, 0))
-                .map(|(_, v)| match q.top {
-                    true => v.clone(),
-                    false => ClosedWindow {
-                        key: v.key.clone(),
-                        end_ms: v.end_ms,
-                        agg: v.agg.without_top(),
-                    },
-                })
-                .collect()
-        };
-        match &q.host {
-            Some(h) => self
-                .hosts
-                .get(h)
-                .map(|r| pick(&r.windows))
-                .unwrap_or_default(),
-            None => self.hosts.values().flat_map(|r| pick(&r.windows)).collect(),
-        }
-    }
-
-    /// Per-host counts of the newest `n` windows (relative to the newest window seen).
-    pub fn counts(&self, n: usize, page: HostsPage) -> Vec<HostCounts> {
+    /// The first window start of the newest `n` windows (relative to the newest window seen).
+    pub fn first_of(&self, n: usize) -> i64 {
         let span = (n as i64)
             .saturating_sub(1)
             .max(0)
             .saturating_mul(self.window_ms);
-        let from = self.newest_start_ms.saturating_sub(span);
+        self.newest_start_ms.saturating_sub(span)
+    }
+
+    /// Per-host counts of the newest `n` windows, as far back as memory lists them (all `n`
+    /// when `n` ≤ `listing_windows`; [`with_older`] adds what the store holds before).
+    pub fn counts(&self, n: usize, page: HostsPage) -> Vec<HostCounts> {
+        let from = self.first_of(n);
         let mut out: Vec<HostCounts> = self
             .hosts
             .iter()
             .filter(|(host, _)| page.holds(host))
-            .map(|(host, r)| HostCounts {
+            .map(|(host, v)| HostCounts {
                 host: host.clone(),
-                shares: r.counts[r.counts.partition_point(|c| c.start_ms < from)..].to_vec(),
+                shares: v[v.partition_point(|c| c.start_ms < from)..].to_vec(),
             })
             .filter(|t| !t.shares.is_empty())
             .collect();
         out.sort_by(|a, b| a.host.cmp(&b.host));
         out
     }
+}
+
+/// `listed` (from [`RecentWindows::counts`]) with the store's counts of older windows added,
+/// those of the sites on `page`; sorted by host.
+pub fn with_older(
+    listed: Vec<HostCounts>,
+    older: Vec<(String, ShareCounts)>,
+    page: HostsPage,
+) -> Vec<HostCounts> {
+    let mut by_host: std::collections::BTreeMap<String, Vec<ShareCounts>> =
+        listed.into_iter().map(|h| (h.host, h.shares)).collect();
+    for (host, c) in older.into_iter().filter(|(h, _)| page.holds(h)) {
+        by_host.entry(host).or_default().push(c);
+    }
+    by_host
+        .into_iter()
+        .map(|(host, mut shares)| {
+            shares.sort_by_key(|c| (c.start_ms, c.partition));
+            HostCounts { host, shares }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -166,52 +154,39 @@ mod tests {
         }
     }
 
+    fn totals(t: &[HostCounts]) -> Vec<(&str, u64)> {
+        t.iter()
+            .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))
+            .collect()
+    }
+
     #[test]
-    fn replaces_retains_and_totals() {
+    fn replaces_lists_the_newest_and_adds_older_from_the_store() {
         let mut r = RecentWindows::new(3, 60_000);
-        r.insert(cw("a", 0, 1));
-        r.insert(cw("a", 0, 5)); // re-published: replaces
-        r.insert(cw("b", 60_000, 2));
-        r.insert(cw("a", 240_000, 7)); // pushes window 0 out of a 3-window retention
-        let all = r.query(&WindowQuery {
-            host: Some("a".into()),
-            from_ms: 0,
-            to_ms: i64::MAX,
-            last_windows: None,
-            top: true,
-        });
+        r.insert(&cw("a", 0, 1));
+        r.insert(&cw("a", 0, 5)); // re-published: replaces
+        r.insert(&cw("b", 60_000, 2));
         assert_eq!(
-            all.iter().map(|w| w.agg.requests).collect::<Vec<_>>(),
-            vec![7]
+            totals(&r.counts(10, HostsPage::ALL)),
+            vec![("a", 5), ("b", 2)]
         );
-        // The newest 2 windows' span of "b" before 200 s: only its window at 60 s.
-        let last = r.query(&WindowQuery {
-            host: Some("b".into()),
-            from_ms: i64::MIN,
-            to_ms: 200_000,
-            last_windows: Some(2),
-            top: true,
-        });
-        assert_eq!(last.len(), 1);
-        r.insert(cw("a", 180_000, 3));
-        let last: Vec<i64> = r
-            .query(&WindowQuery {
-                host: Some("a".into()),
-                from_ms: i64::MIN,
-                to_ms: i64::MAX,
-                last_windows: Some(2),
-                top: false,
-            })
-            .iter()
-            .map(|w| w.key.start_ms)
-            .collect();
-        assert_eq!(last, vec![180_000, 240_000]);
-        let t = r.counts(10, HostsPage::ALL);
+        r.insert(&cw("a", 240_000, 7)); // the listing keeps 120 s..240 s: a@0 and b@60 s go
+        assert_eq!(r.first_listed(), 120_000);
+        assert_eq!(totals(&r.counts(10, HostsPage::ALL)), vec![("a", 7)]);
+        r.insert(&cw("a", 60_000, 9)); // late, older than the listing: the store has it
+        assert_eq!(totals(&r.counts(10, HostsPage::ALL)), vec![("a", 7)]);
+        let stored = |h: &str, s: i64, n: u64| {
+            let w = cw(h, s, n);
+            (h.to_owned(), ShareCounts::closed(&w.key, &w.agg))
+        };
+        let older = vec![stored("a", 0, 5), stored("b", 60_000, 2)];
+        let all = with_older(r.counts(10, HostsPage::ALL), older, HostsPage::ALL);
+        assert_eq!(totals(&all), vec![("a", 12), ("b", 2)]);
         assert_eq!(
-            t.iter()
-                .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))
-                .collect::<Vec<(&str, u64)>>(),
-            vec![("a", 10), ("b", 2)]
+            all[0].shares.iter().map(|c| c.start_ms).collect::<Vec<_>>(),
+            vec![0, 240_000]
         );
+        assert_eq!(r.first_of(4), 60_000);
+        assert_eq!(r.hosts_seen(), 2);
     }
 }

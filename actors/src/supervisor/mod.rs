@@ -42,6 +42,8 @@ pub struct SupervisorArgs {
     pub partitions: Vec<u32>,
     /// Shared snapshots for cross-node handoff (see `OwnerArgs::snapshots`).
     pub snapshots: Option<Lake>,
+    /// The API's window history file (see `ArchiverArgs::history`).
+    pub history: Option<std::path::PathBuf>,
 }
 
 pub struct SupervisorActor;
@@ -102,6 +104,8 @@ impl SupervisorRun {
                 let args = ArchiverArgs {
                     lake: self.args.lake.clone(),
                     retention_windows: cfg.api.retention_windows,
+                    listing_windows: cfg.api.listing_windows,
+                    history: self.args.history.clone(),
                     spec: cfg.window_spec(),
                     detect: cfg.detector.enabled,
                     merge_wait: std::time::Duration::from_secs(cfg.detector.merge_wait_s),

@@ -491,8 +491,12 @@ impl Default for DetectorConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Closed windows per host kept in memory for the API (older ones: query the lake).
+    /// Closed windows per host the API serves, kept on local disk (`<data_dir>/history.redb`;
+    /// older ones: query the lake).
     pub retention_windows: usize,
+    /// Closed windows per host whose plain counts stay in memory for `/v1/hosts` (its default
+    /// span); a listing over more windows reads the older ones from disk.
+    pub listing_windows: usize,
     /// A bearer token every request but `/healthz` must carry (`WTM__API__TOKEN`); never
     /// printed or logged. With `tokens_file`, any of them is accepted.
     pub token: Option<Secret>,
@@ -524,6 +528,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             retention_windows: 360,
+            listing_windows: 60,
             token: None,
             tokens_file: None,
             protect_metrics: false,
@@ -787,6 +792,11 @@ impl Config {
         check(
             self.api.retention_windows >= 1,
             "api.retention_windows",
+            "must be at least 1",
+        )?;
+        check(
+            self.api.listing_windows >= 1,
+            "api.listing_windows",
             "must be at least 1",
         )?;
         if self.source.kind == SourceKind::Kafka {

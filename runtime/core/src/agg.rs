@@ -183,6 +183,52 @@ pub struct ClosedWindow {
     pub agg: WindowAgg,
 }
 
+/// One (window, partition) share's plain counts: what `/v1/hosts` adds up, small enough to keep
+/// per retained window and to gather from every member (no sketches).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShareCounts {
+    pub start_ms: i64,
+    pub partition: u32,
+    pub requests: u64,
+    pub bytes: u64,
+    pub status_5xx: u64,
+    pub bots: u64,
+    /// Of a closed share only (0 while open: estimating them on every `/v1/hosts` would cost a
+    /// sketch walk per open window); f32/u32 keep a retained share at 56 bytes.
+    pub latency_p99_ms: f32,
+    pub unique_clients: u32,
+    /// Closed (final) or still open.
+    pub is_final: bool,
+}
+
+impl ShareCounts {
+    /// Counts of a window still open.
+    pub fn open(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
+        ShareCounts {
+            start_ms: key.start_ms,
+            partition: key.partition,
+            requests: agg.requests,
+            bytes: agg.bytes,
+            status_5xx: agg.status_class[4],
+            bots: agg.bots,
+            latency_p99_ms: 0.0,
+            unique_clients: 0,
+            is_final: false,
+        }
+    }
+
+    /// Counts of a closed window, with its p99 and distinct clients (computed once, when the
+    /// window is archived).
+    pub fn closed(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
+        ShareCounts {
+            latency_p99_ms: agg.latency.quantile(0.99).unwrap_or(0.0) as f32,
+            unique_clients: u32::try_from(agg.clients.clone().estimate()).unwrap_or(u32::MAX),
+            is_final: true,
+            ..ShareCounts::open(key, agg)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

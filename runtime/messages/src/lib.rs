@@ -14,6 +14,7 @@ pub mod local;
 pub mod mailbox;
 
 pub use mailbox::{ask, tell, SendError, CALL_TIMEOUT};
+pub use wtm_core::agg::ShareCounts;
 pub use wtm_core::hash::shard_of;
 
 use ractor::RpcReplyPort;
@@ -213,50 +214,6 @@ pub struct HostCounts {
     pub shares: Vec<ShareCounts>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct ShareCounts {
-    pub start_ms: i64,
-    pub partition: u32,
-    pub requests: u64,
-    pub bytes: u64,
-    pub status_5xx: u64,
-    pub bots: u64,
-    /// Of a closed share only (0 while open: estimating them on every `/v1/hosts` would cost a
-    /// sketch walk per open window); f32/u32 keep a retained share at 56 bytes.
-    pub latency_p99_ms: f32,
-    pub unique_clients: u32,
-    /// Closed (final) or still open.
-    pub is_final: bool,
-}
-
-impl ShareCounts {
-    /// Counts of a window still open.
-    pub fn open(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
-        ShareCounts {
-            start_ms: key.start_ms,
-            partition: key.partition,
-            requests: agg.requests,
-            bytes: agg.bytes,
-            status_5xx: agg.status_class[4],
-            bots: agg.bots,
-            latency_p99_ms: 0.0,
-            unique_clients: 0,
-            is_final: false,
-        }
-    }
-
-    /// Counts of a closed window, with its p99 and distinct clients (computed once, when the
-    /// window is archived).
-    pub fn closed(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
-        ShareCounts {
-            latency_p99_ms: agg.latency.quantile(0.99).unwrap_or(0.0) as f32,
-            unique_clients: u32::try_from(agg.clients.clone().estimate()).unwrap_or(u32::MAX),
-            is_final: true,
-            ..ShareCounts::open(key, agg)
-        }
-    }
-}
-
 // ---- partition owners -------------------------------------------------------------------------
 
 /// One partition as its owner sees it.
@@ -311,14 +268,14 @@ pub enum ArchiverMsg {
     Publish(Arc<Publication>, RpcReplyPort<Result<(), Failure>>),
     /// A publication's files are durable (sent by the archiver's own upload task): update the
     /// recent windows and hand them to the detector, in the order the writes finished.
-    Written(Arc<Publication>),
+    Written(Arc<Publication>, Vec<ShareCounts>),
     /// Every window `partition` closes at `watermark_ms` is written (sent by the owner after a
     /// checkpoint that left nothing unwritten): the detector's whole windows wait for this.
     Progress { partition: u32, watermark_ms: i64 },
     /// Closed windows from the recent-history store, for the API.
-    Windows(WindowQuery, RpcReplyPort<Vec<ClosedWindow>>),
+    Windows(WindowQuery, RpcReplyPort<Result<Vec<ClosedWindow>, String>>),
     /// Per-host counts of the most recent closed windows, of the sites on one page.
-    Counts(CountsQuery, RpcReplyPort<Vec<HostCounts>>),
+    Counts(CountsQuery, RpcReplyPort<Result<Vec<HostCounts>, String>>),
     /// How many distinct hosts have been archived since start.
     HostsSeen(RpcReplyPort<usize>),
     /// The cluster as membership sees it now (sent every heartbeat; absent on a single node):

@@ -42,7 +42,7 @@ pub async fn host_counts(
         ArchiverMsg::Counts(q, r)
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())??;
     for i in 0..shards {
         let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
         all.extend(
@@ -265,7 +265,7 @@ pub async fn host_parts(
     range: SeriesRange,
     top: bool,
 ) -> Result<Vec<WindowPart>, String> {
-    // Copy out only what the range can use: the archiver keeps hours of windows with their
+    // Read only what the range can use: the archiver keeps hours of windows with their
     // sketches, a series shows one hour.
     let q = WindowQuery {
         host: Some(host.to_owned()),
@@ -279,7 +279,7 @@ pub async fn host_parts(
         ArchiverMsg::Windows(q.clone(), r)
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())??;
     let shard = lookup::<WindowMsg>(&shard_name(shard_of(host, shards)))
         .ok_or("window shard is restarting")?;
     let open = ask(&shard, ActorKind::Window, |r| {

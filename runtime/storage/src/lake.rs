@@ -448,9 +448,20 @@ impl Lake {
     }
 
     /// Closed windows whose start is at or after `since_ms`, rebuilt from their sketches (the API
-    /// reloads recent history this way after a restart). Blocking.
+    /// refills its history this way after a restart). Blocking.
     pub fn read_windows(&self, since_ms: i64) -> Result<Vec<ClosedWindow>, LakeError> {
         let mut out = Vec::new();
+        self.for_each_window(since_ms, &mut |w| out.push(w))?;
+        Ok(out)
+    }
+
+    /// [`Self::read_windows`], one window at a time (a file's windows in memory at once, never
+    /// the whole span). Blocking.
+    pub fn for_each_window(
+        &self,
+        since_ms: i64,
+        out: &mut dyn FnMut(ClosedWindow),
+    ) -> Result<(), LakeError> {
         let (since_dt, since_hour) = dt_hour(since_ms);
         for dt in self.store.list_dirs("windows")? {
             let Some(d) = dt.strip_prefix("dt=") else {
@@ -473,7 +484,7 @@ impl Lake {
                         if let Some(bytes) = self.store.get(&key)? {
                             // History for the API is best effort: a bad file is reported and
                             // skipped, never a reason not to start.
-                            if let Err(e) = read_window_file(&key, bytes, since_ms, &mut out) {
+                            if let Err(e) = read_window_file(&key, bytes, since_ms, out) {
                                 tracing::warn!(error = %e, "skipping an unreadable window file");
                             }
                         }
@@ -481,7 +492,7 @@ impl Lake {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -489,7 +500,7 @@ fn read_window_file(
     key: &str,
     bytes: Vec<u8>,
     since_ms: i64,
-    out: &mut Vec<ClosedWindow>,
+    out: &mut dyn FnMut(ClosedWindow),
 ) -> Result<(), LakeError> {
     let fmt = |reason: String| LakeError::Format {
         path: PathBuf::from(key),
@@ -530,7 +541,7 @@ fn read_window_file(
                 continue;
             }
             let agg: WindowAgg = decode(key, sketch.value(i)).map_err(|e| fmt(e.to_string()))?;
-            out.push(ClosedWindow {
+            out(ClosedWindow {
                 key: WindowKey {
                     host: host.value(i).to_owned(),
                     start_ms: start.value(i),

@@ -9,11 +9,15 @@
 //! - [`lake`]: the Parquet lake on a store: Hive-style partitions, deterministic file names,
 //!   the shared checkpoint snapshots under `checkpoints/`.
 //! - [`checkpoints`]: the node's sled checkpoint store (the only module that touches sled).
+//! - [`history`]: the API's retained closed windows on local disk (the only module that
+//!   touches redb).
 
 pub mod checkpoints;
+pub mod history;
 pub mod lake;
 pub mod store;
 
 pub use checkpoints::{CheckpointStore, CheckpointStoreError};
+pub use history::{History, HistoryError, SeriesRead};
 pub use lake::{Lake, LakeError};
 pub use store::{Expect, Store, StoreError, Version};

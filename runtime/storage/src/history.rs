@@ -1,0 +1,396 @@
+//! The API's window history on local disk: every closed (host, window, partition) share of the
+//! retained span, so that a node's memory grows with the sites and the windows in flight, never
+//! with how much history it keeps (`api.retention_windows`).
+//!
+//! One redb file (the only module that touches redb). Three tables, all keyed so a
+//! re-published share replaces itself:
+//! - `series`: (host, start, partition) → the share without its top-K sketches (what a window
+//!   series merges; a fraction of the size);
+//! - `tops`: (host, start, partition) → the three top-K sketches (read only by `/top`);
+//! - `counts`: (start, host, partition) → its plain counts ([`ShareCounts`]): `/v1/hosts` over
+//!   more windows than the archiver keeps in memory, and the time order retention cuts in.
+//!
+//! The file is a cache of the lake: it is recreated at start-up and refilled from the lake, so
+//! commits need not be durable (one durable commit per retention cut lets redb reuse the pages
+//! it freed).
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg, WindowKey};
+use wtm_core::checkpoint::{decode, encode, WireError};
+use wtm_core::sketch::TopK;
+
+const SERIES: TableDefinition<(&str, i64, u32), &[u8]> = TableDefinition::new("series");
+const TOPS: TableDefinition<(&str, i64, u32), &[u8]> = TableDefinition::new("tops");
+const COUNTS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new("counts");
+
+/// redb's page cache; its default (1 GiB) would undo the point of keeping history on disk.
+const CACHE_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("window history store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("window history store: {0}")]
+    Wire(#[from] WireError),
+    #[error("window history store {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for HistoryError {
+            fn from(e: $t) -> Self {
+                HistoryError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The retained closed shares of every host. Blocking: call it from `spawn_blocking`. Shared by
+/// the archiver's upload tasks (writes, one at a time inside redb) and its readers (which never
+/// wait for a writer).
+pub struct History {
+    db: Database,
+    window_ms: i64,
+    retention_ms: i64,
+    /// The newest window start stored; retention counts back from it.
+    newest_ms: AtomicI64,
+    /// Shares older than this are gone.
+    cut_ms: AtomicI64,
+}
+
+/// Which of one host's windows to read.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesRead<'a> {
+    pub host: &'a str,
+    /// `[from, to)`; `from` is rounded down to a window start.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Only the newest `n` window starts before `to` (and not before `from`).
+    pub last_windows: Option<i64>,
+    /// With the top-K sketches (paths, referrers, user agents).
+    pub top: bool,
+}
+
+impl History {
+    /// A new, empty store at `path` (an existing file is replaced: it may be stale or torn).
+    pub fn create(
+        path: &Path,
+        window_ms: i64,
+        retention_windows: usize,
+    ) -> Result<History, HistoryError> {
+        let io = |source| HistoryError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(SERIES)?;
+        txn.open_table(TOPS)?;
+        txn.open_table(COUNTS)?;
+        txn.commit()?;
+        Ok(History {
+            db,
+            window_ms: window_ms.max(1),
+            retention_ms: (retention_windows as i64).saturating_mul(window_ms),
+            newest_ms: AtomicI64::new(i64::MIN),
+            cut_ms: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    /// Store (or replace) closed shares with their counts (one each, in the same order); drops
+    /// what fell out of retention.
+    pub fn put(&self, closed: &[ClosedWindow], counts: &[ShareCounts]) -> Result<(), HistoryError> {
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let newest = closed
+            .iter()
+            .map(|w| w.key.start_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        let newest = self
+            .newest_ms
+            .fetch_max(newest, Ordering::Relaxed)
+            .max(newest);
+        // The newest `retention_windows` starts stay.
+        let cut = newest
+            .saturating_sub(self.retention_ms)
+            .saturating_add(self.window_ms);
+        let cutting = self.cut_ms.fetch_max(cut, Ordering::Relaxed) < cut;
+        let mut txn = self.db.begin_write()?;
+        // A cut commits durably: redb reuses freed pages only after a durable commit.
+        txn.set_durability(if cutting {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut series = txn.open_table(SERIES)?;
+            let mut tops = txn.open_table(TOPS)?;
+            let mut by_time = txn.open_table(COUNTS)?;
+            for (w, c) in closed
+                .iter()
+                .zip(counts)
+                .filter(|(w, _)| w.key.start_ms >= cut)
+            {
+                let k = &w.key;
+                series.insert(
+                    (k.host.as_str(), k.start_ms, k.partition),
+                    encode(&w.agg.without_top())?.as_slice(),
+                )?;
+                let t = (&w.agg.paths, &w.agg.referrers, &w.agg.user_agents);
+                tops.insert(
+                    (k.host.as_str(), k.start_ms, k.partition),
+                    encode(&t)?.as_slice(),
+                )?;
+                by_time.insert(
+                    (k.start_ms, k.host.as_str(), k.partition),
+                    encode(c)?.as_slice(),
+                )?;
+            }
+            if cutting {
+                let mut gone: Vec<(String, i64, u32)> = Vec::new();
+                for row in by_time.extract_from_if(..(cut, "", 0u32), |_, _| true)? {
+                    let (k, _) = row?;
+                    let (start, host, partition) = k.value();
+                    gone.push((host.to_owned(), start, partition));
+                }
+                for (host, start, partition) in &gone {
+                    series.remove((host.as_str(), *start, *partition))?;
+                    tops.remove((host.as_str(), *start, *partition))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// One host's shares in a range, oldest first (by start, then partition).
+    pub fn series(&self, q: SeriesRead<'_>) -> Result<Vec<ClosedWindow>, HistoryError> {
+        let from = q
+            .from_ms
+            .saturating_sub(q.from_ms.rem_euclid(self.window_ms));
+        if from >= q.to_ms {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let series = txn.open_table(SERIES)?;
+        let from = match q.last_windows {
+            Some(n) => {
+                let newest = series
+                    .range((q.host, i64::MIN, 0u32)..(q.host, q.to_ms, 0u32))?
+                    .next_back()
+                    .transpose()?;
+                match newest {
+                    Some((k, _)) => {
+                        let span = (n - 1).max(0).saturating_mul(self.window_ms);
+                        from.max(k.value().1.saturating_sub(span))
+                    }
+                    None => return Ok(Vec::new()),
+                }
+            }
+            None => from,
+        };
+        let tops = if q.top {
+            Some(txn.open_table(TOPS)?)
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        for row in series.range((q.host, from, 0u32)..(q.host, q.to_ms, 0u32))? {
+            let (k, v) = row?;
+            let (host, start_ms, partition) = k.value();
+            let name = "history series";
+            let mut agg: WindowAgg = decode(name, v.value())?;
+            if let Some(tops) = &tops {
+                if let Some(t) = tops.get((host, start_ms, partition))? {
+                    let (paths, referrers, user_agents): (TopK, TopK, TopK) =
+                        decode("history tops", t.value())?;
+                    agg.paths = paths;
+                    agg.referrers = referrers;
+                    agg.user_agents = user_agents;
+                }
+            }
+            out.push(ClosedWindow {
+                key: WindowKey {
+                    host: host.to_owned(),
+                    start_ms,
+                    partition,
+                },
+                end_ms: start_ms + self.window_ms,
+                agg,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every host's share counts of the windows starting in `[from, to)`.
+    pub fn counts(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, ShareCounts)>, HistoryError> {
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let counts = txn.open_table(COUNTS)?;
+        let mut out = Vec::new();
+        for row in counts.range((from_ms, "", 0u32)..(to_ms, "", 0u32))? {
+            let (k, v) = row?;
+            let c: ShareCounts = decode("history counts", v.value())?;
+            out.push((k.value().1.to_owned(), c));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(host: &str, start_ms: i64, partition: u32, paths: &[&str]) -> ClosedWindow {
+        let mut agg = WindowAgg::default();
+        for (i, p) in paths.iter().enumerate() {
+            agg.requests += 1;
+            agg.latency.add(10.0 * (i + 1) as f64);
+            agg.clients.insert(&format!("10.0.0.{i}"));
+            agg.paths.insert(p);
+        }
+        ClosedWindow {
+            key: WindowKey {
+                host: host.into(),
+                start_ms,
+                partition,
+            },
+            end_ms: start_ms + 60_000,
+            agg,
+        }
+    }
+
+    fn put(h: &History, ws: &[ClosedWindow]) {
+        let counts: Vec<ShareCounts> = ws
+            .iter()
+            .map(|w| ShareCounts::closed(&w.key, &w.agg))
+            .collect();
+        h.put(ws, &counts).unwrap();
+    }
+
+    fn read(h: &History, host: &str, last: Option<i64>, top: bool) -> Vec<(i64, u32, u64, usize)> {
+        h.series(SeriesRead {
+            host,
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            last_windows: last,
+            top,
+        })
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w.key.start_ms,
+                w.key.partition,
+                w.agg.requests,
+                w.agg.paths.top(100).len(),
+            )
+        })
+        .collect()
+    }
+
+    #[test]
+    fn stores_replaces_reads_ranges_and_cuts_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        let h = History::create(&path, 60_000, 3).unwrap();
+        put(
+            &h,
+            &[
+                share("a", 0, 0, &["/x"]),
+                share("a", 0, 1, &["/y", "/z"]),
+                share("ab", 0, 0, &["/"]),
+            ],
+        );
+        put(&h, &[share("a", 0, 1, &["/y", "/z", "/w"])]); // re-published: replaces
+        put(
+            &h,
+            &[
+                share("a", 60_000, 0, &["/x"]),
+                share("a", 120_000, 0, &["/x", "/x"]),
+            ],
+        );
+        // A series carries no top-K unless asked; "ab" never leaks into "a" (key prefix).
+        assert_eq!(
+            read(&h, "a", None, false),
+            vec![
+                (0, 0, 1, 0),
+                (0, 1, 3, 0),
+                (60_000, 0, 1, 0),
+                (120_000, 0, 2, 0)
+            ]
+        );
+        assert_eq!(
+            read(&h, "a", Some(2), true),
+            vec![(60_000, 0, 1, 1), (120_000, 0, 2, 1)]
+        );
+        assert_eq!(read(&h, "ab", None, true), vec![(0, 0, 1, 1)]);
+        let w = &h
+            .series(SeriesRead {
+                host: "a",
+                from_ms: 0,
+                to_ms: 60_000,
+                last_windows: None,
+                top: false,
+            })
+            .unwrap()[1];
+        assert_eq!(
+            (
+                w.end_ms,
+                w.agg.latency.count(),
+                w.agg.clients.clone().estimate()
+            ),
+            (60_000, 3, 3)
+        );
+        let c = h.counts(0, 120_000).unwrap();
+        assert_eq!(
+            c.iter()
+                .map(|(h, c)| (h.as_str(), c.start_ms, c.requests))
+                .collect::<Vec<_>>(),
+            vec![("a", 0, 1), ("a", 0, 3), ("ab", 0, 1), ("a", 60_000, 1)]
+        );
+        // A share 3 windows newer than 0 cuts window 0 from every table, for every host.
+        put(&h, &[share("b", 180_000, 0, &["/"])]);
+        assert_eq!(read(&h, "a", None, true).first().map(|r| r.0), Some(60_000));
+        assert!(read(&h, "ab", None, true).is_empty());
+        assert_eq!(h.counts(i64::MIN, i64::MAX).unwrap().len(), 3);
+        // A share older than retention is not kept.
+        put(&h, &[share("c", 0, 0, &["/"])]);
+        assert!(read(&h, "c", None, false).is_empty());
+        // A new store starts empty, whatever the file held.
+        drop(h);
+        let h = History::create(&path, 60_000, 3).unwrap();
+        assert!(read(&h, "a", None, false).is_empty());
+    }
+}
