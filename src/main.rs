@@ -1,5 +1,7 @@
 //! `wtm`: the command line. Parsing, config and wiring only; the work lives in the crates.
 
+mod detect;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ractor::Actor;
@@ -39,6 +41,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Run the same pipeline over log files (backfill): each file is a partition; writes the lake.
     Batch(BatchArgs),
+    /// Run the detector over one series from a CSV file (timestamp,value): every row's anomaly
+    /// score, and the episodes.
+    Detect(detect::DetectArgs),
     /// Health check for containers: GET a URL of a node (e.g. http://127.0.0.1:8080/readyz);
     /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this). Sends the bearer
     /// token in WTM__API__TOKEN when it is set.
@@ -206,6 +211,7 @@ fn real_main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
+        Command::Detect(args) => detect::detect(args),
         Command::Probe { url, timeout, ca } => {
             let token = std::env::var("WTM__API__TOKEN").ok();
             let timeout = std::time::Duration::from_secs(timeout);

@@ -49,7 +49,7 @@ fn detect(spec: GeneratorSpec) -> (Vec<Anomaly>, Vec<AnomalyLabel>) {
             error_rate: s.error_rate,
             latency_p99_ms: s.latency_p99,
         };
-        if let (_, Some(job)) = d.observe(host, point) {
+        if let Some(job) = d.observe(host, point).fit {
             d.install(fit(&job));
         }
     }

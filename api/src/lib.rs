@@ -36,8 +36,8 @@ use wtm_core::agg::WindowAgg;
 use wtm_core::time::{format_rfc3339, now_ms};
 use wtm_messages::local::{self, Partitions, SeriesRange};
 use wtm_messages::{
-    ask, lookup, AnomalyQuery, ClusterAnswer, ClusterMsg, ClusterQuery, Gathered, HostTotals,
-    HostsPage, PartitionStatus, Targeted, CLUSTER_NAME,
+    ask, lookup, AnomalyQuery, ClusterAnswer, ClusterMsg, ClusterQuery, Episode, Gathered,
+    HostTotals, HostsPage, PartitionStatus, Targeted, CLUSTER_NAME,
 };
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
@@ -152,6 +152,8 @@ fn ticks(every: Duration) -> impl Stream<Item = ()> {
 struct Merged {
     agg: WindowAgg,
     all_final: bool,
+    /// The detector's scores, once the window's home judged it.
+    scores: Option<[Option<f32>; 3]>,
 }
 
 impl Api {
@@ -173,15 +175,31 @@ impl Api {
             })
         );
         let (mine, gathered) = (mine?, gathered?);
-        let theirs = gathered.answers.into_iter().flat_map(|(_, a)| match a {
-            ClusterAnswer::HostWindows(parts) => parts,
-            _ => Vec::new(),
+        let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+            ClusterAnswer::HostWindows(parts) => Some(parts),
+            _ => None,
         });
-        let merged =
-            local::merge_parts(mine.into_iter().chain(theirs), range).map_err(|e| e.to_string())?;
+        let (mut parts, mut scores) = (Vec::new(), BTreeMap::new());
+        for h in std::iter::once(mine).chain(theirs) {
+            parts.extend(h.parts);
+            for s in h.scores {
+                scores.entry(s.start_ms).or_insert(s.scores);
+            }
+        }
+        let merged = local::merge_parts(parts, range).map_err(|e| e.to_string())?;
         let windows = merged
             .into_iter()
-            .map(|(start, (agg, all_final))| (start, Merged { agg, all_final }))
+            .map(|(start, (agg, all_final))| {
+                let scores = scores.get(&start).copied();
+                (
+                    start,
+                    Merged {
+                        agg,
+                        all_final,
+                        scores,
+                    },
+                )
+            })
             .collect();
         Ok((windows, gathered.missing))
     }
@@ -402,6 +420,32 @@ fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
         unique_clients: s.unique_clients,
         bots: s.bots,
         is_final: m.all_final,
+        scores: m.scores.map(|[requests, error_rate, latency_p99_ms]| {
+            let f = |s: Option<f32>| s.map(f64::from);
+            MetricScores {
+                requests: f(requests),
+                error_rate: f(error_rate),
+                latency_p99_ms: f(latency_p99_ms),
+            }
+        }),
+    }
+}
+
+fn episode_out(e: Episode) -> EpisodeOut {
+    EpisodeOut {
+        host: e.host,
+        metric: e.metric,
+        kind: e.kind,
+        start: format_rfc3339(e.start_ms),
+        end: e.end_ms.map(format_rfc3339),
+        ongoing: e.end_ms.is_none(),
+        last_window_start: format_rfc3339(e.last_ms),
+        windows: e.windows,
+        peak_score: e.peak_score,
+        peak_window_start: format_rfc3339(e.peak_window_ms),
+        peak_observed: e.peak_observed,
+        peak_expected: e.peak_expected,
+        severity: e.severity,
     }
 }
 
@@ -628,9 +672,11 @@ impl Api {
             ClusterAnswer::Anomalies(l) => Some(l),
             _ => None,
         });
-        let list = local::merge_anomalies(std::iter::once(mine).chain(theirs));
+        let found = local::merge_detections(std::iter::once(mine).chain(theirs));
         Reply::Ok(Json(AnomaliesOut {
-            anomalies: list
+            episodes: found.episodes.into_iter().map(episode_out).collect(),
+            anomalies: found
+                .anomalies
                 .into_iter()
                 .map(|a| AnomalyOut {
                     host: a.host,
@@ -641,6 +687,7 @@ impl Api {
                     lower: a.lower,
                     upper: a.upper,
                     score: a.score,
+                    anomaly_score: a.anomaly_score,
                     kind: a.kind,
                     model: a.model,
                 })

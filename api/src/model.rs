@@ -93,6 +93,19 @@ pub struct WindowOut {
     /// The watermark has closed the window: its numbers will not change.
     #[oai(rename = "final")]
     pub is_final: bool,
+    /// The detector's anomaly scores (0–1) of the closed window, once judged; null before (an
+    /// open window, too little history, detection off).
+    pub scores: Option<MetricScores>,
+}
+
+/// Anomaly scores, 0–1, monotone in how far a metric is from what was expected (0.5 at
+/// `detector.threshold` robust z-scores); null where the metric was not judged (5xx share below
+/// 50 requests, p99 below 200).
+#[derive(Object)]
+pub struct MetricScores {
+    pub requests: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
 }
 
 #[derive(Object)]
@@ -187,14 +200,42 @@ pub struct AnomalyOut {
     pub expected: f64,
     pub lower: f64,
     pub upper: f64,
+    /// Robust z-score against the site's recent windows.
     pub score: f64,
+    /// 0–1 (see `MetricScores`); an anomaly has at least `detector.score_threshold`.
+    pub anomaly_score: f64,
     pub kind: String,
     pub model: String,
 }
 
+/// Consecutive anomalous windows of one (site, metric, kind).
+#[derive(Object)]
+pub struct EpisodeOut {
+    pub host: String,
+    pub metric: String,
+    pub kind: String,
+    /// Start of its first anomalous window.
+    pub start: String,
+    /// End of its last anomalous window; null while ongoing.
+    pub end: Option<String>,
+    pub ongoing: bool,
+    pub last_window_start: String,
+    /// Anomalous windows in it.
+    pub windows: u32,
+    pub peak_score: f64,
+    pub peak_window_start: String,
+    pub peak_observed: f64,
+    pub peak_expected: f64,
+    /// `minor` (peak score below 0.75), `major` (below 0.9) or `critical`.
+    pub severity: String,
+}
+
 #[derive(Object)]
 pub struct AnomaliesOut {
+    /// One per anomalous (site, window, metric), oldest first.
     pub anomalies: Vec<AnomalyOut>,
+    /// Episodes with an anomalous window in the range, oldest first.
+    pub episodes: Vec<EpisodeOut>,
     /// Some live cluster member did not answer in time: its share is missing.
     pub partial: bool,
     /// The members that did not answer (empty when complete).

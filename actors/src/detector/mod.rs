@@ -1,14 +1,17 @@
 //! The detector: judges each closed window of each host; model fits run on the blocking pool and
 //! come back as messages.
 
+pub mod offline;
 mod state;
 
-pub use state::{fit, DetectorState, FitJob, METRICS};
+pub use state::{fit, judge, severity, DetectorState, FitJob, Judgement, Observed, METRICS};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
 use wtm_config::DetectorConfig;
-use wtm_messages::{lookup, mailbox, tell, ClusterMsg, ClusterView, DetectorMsg, CLUSTER_NAME};
+use wtm_messages::{
+    lookup, mailbox, tell, ClusterMsg, ClusterView, Detections, DetectorMsg, CLUSTER_NAME,
+};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct DetectorActor;
@@ -38,9 +41,9 @@ impl Actor for DetectorActor {
     ) -> Result<DetectorRun, ActorProcessingErr> {
         // Every metric's series exists from the start (a dashboard panel is never blank).
         for metric in METRICS {
-            Metrics::global()
-                .anomalies
-                .add(0, &[KeyValue::new("metric", metric)]);
+            let m = Metrics::global();
+            m.anomalies.add(0, &[KeyValue::new("metric", metric)]);
+            m.episodes.add(0, &[KeyValue::new("metric", metric)]);
         }
         Ok(DetectorRun {
             state: DetectorState::new(args.config, args.window_ms),
@@ -61,14 +64,23 @@ impl Actor for DetectorActor {
         match msg {
             DetectorMsg::Observe(host, point) => {
                 Metrics::global().judged_windows.add(1, &[]);
-                let (found, job) = state.observe(&host, point);
-                for a in &found {
-                    tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, "anomaly");
+                let seen = state.observe(&host, point);
+                for a in &seen.anomalies {
+                    tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, score = a.anomaly_score, "anomaly");
                     Metrics::global()
                         .anomalies
                         .add(1, &[KeyValue::new("metric", a.metric.clone())]);
                 }
-                if let Some(job) = job {
+                for e in &seen.opened {
+                    tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, severity = %e.severity, "episode opened");
+                    Metrics::global()
+                        .episodes
+                        .add(1, &[KeyValue::new("metric", e.metric.clone())]);
+                }
+                for e in &seen.ended {
+                    tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
+                }
+                if let Some(job) = seen.fit {
                     tokio::task::spawn_blocking(move || {
                         let forecasts = fit(&job);
                         if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
@@ -90,8 +102,14 @@ impl Actor for DetectorActor {
             DetectorMsg::Fitted(forecasts) => state.install(forecasts),
             DetectorMsg::Anomalies(q, reply) => {
                 reply
-                    .send(state.anomalies(q.host.as_deref(), q.since_ms))
+                    .send(Detections {
+                        anomalies: state.anomalies(q.host.as_deref(), q.since_ms),
+                        episodes: state.episodes(q.host.as_deref(), q.since_ms),
+                    })
                     .ok();
+            }
+            DetectorMsg::Scores(q, reply) => {
+                reply.send(state.scores(&q.host, q.from_ms, q.to_ms)).ok();
             }
         }
         let hosts = state.host_count() as u64;

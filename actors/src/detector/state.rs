@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use wtm_config::DetectorConfig;
-use wtm_messages::{Anomaly, Forecast, WindowPoint};
+use wtm_messages::{Anomaly, Episode, Forecast, WindowPoint, WindowScores};
 
 pub const METRICS: [&str; 3] = ["requests", "error_rate", "latency_p99_ms"];
 const MAX_ANOMALIES: usize = 10_000;
+const MAX_EPISODES: usize = 10_000;
 /// Values handed to a model fit.
 const MAX_FIT_POINTS: usize = 2 * 1440 + 60;
 
@@ -23,15 +24,56 @@ pub struct FitJob {
     pub last_start_ms: i64,
     pub window_ms: i64,
     pub series: [Vec<f64>; 3],
+    /// Only these metrics are fitted (an offline series has one).
+    pub metrics: [bool; 3],
     pub season: Option<usize>,
     pub horizon: usize,
 }
 
+/// A window's values and how each metric scored (NaN: not judged here).
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    point: WindowPoint,
+    scores: [f32; 3],
+}
+
 #[derive(Default)]
 struct HostSeries {
-    points: BTreeMap<i64, WindowPoint>,
+    points: BTreeMap<i64, Judged>,
     since_fit: usize,
     forecasts: [Option<Forecast>; 3],
+    /// Per metric: the ongoing episode, and the judged windows without it since its newest.
+    open: [Option<(Episode, usize)>; 3],
+}
+
+/// What judging one window found.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// One per anomalous metric.
+    pub anomalies: Vec<Anomaly>,
+    /// Every metric's score (None: not judged).
+    pub scores: [Option<f32>; 3],
+    /// Episodes this window opened, and those it ended (now with their end).
+    pub opened: Vec<Episode>,
+    pub ended: Vec<Episode>,
+    /// A model fit to run off the actor.
+    pub fit: Option<FitJob>,
+}
+
+/// How one metric of one window was judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    pub observed: f64,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+    /// Robust z-score against the baseline (signed).
+    pub z: f64,
+    /// 0–1, monotone in how far the value is from what was expected.
+    pub score: f64,
+    /// The anomaly's kind when the window is anomalous.
+    pub kind: Option<&'static str>,
+    pub model: &'static str,
 }
 
 pub struct DetectorState {
@@ -39,6 +81,8 @@ pub struct DetectorState {
     window_ms: i64,
     hosts: HashMap<String, HostSeries>,
     anomalies: VecDeque<Anomaly>,
+    /// Ended episodes, oldest first (ongoing ones are with their host).
+    episodes: VecDeque<Episode>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -79,6 +123,92 @@ fn enough_requests(metric: usize, requests: f64) -> bool {
     }
 }
 
+/// The score of a distance (in robust z units): 0.5 at `threshold`, 0.75 at twice it, → 1.
+fn score_of(distance: f64, threshold: f64) -> f64 {
+    1.0 - (-distance.abs() / threshold).exp2()
+}
+
+/// `minor`, `major` or `critical`, from an episode's peak score.
+pub fn severity(peak_score: f64) -> &'static str {
+    if peak_score >= 0.9 {
+        "critical"
+    } else if peak_score >= 0.75 {
+        "major"
+    } else {
+        "minor"
+    }
+}
+
+/// Judge `x`, metric `metric` of a window with `requests` requests, against the previous values
+/// `history` (newest first) and, when a model has been fitted, its forecast (point, lower,
+/// upper, model) for this window. None when the window has too few requests for the metric.
+///
+/// The robust baseline is the median and MAD of the history, with noise floors (Poisson for
+/// counts, binomial for the 5xx share). Its z-score is the distance; with a model, the distance
+/// is also measured outside the model's 99% interval (in units where the interval's edge is
+/// `threshold`) and the smaller of the two counts: a window must be unusual for both.
+pub fn judge(
+    cfg: &DetectorConfig,
+    metric: usize,
+    x: f64,
+    requests: f64,
+    history: &[f64],
+    forecast: Option<(f64, f64, f64, &'static str)>,
+) -> Option<Judgement> {
+    if !enough_requests(metric, requests) {
+        return None;
+    }
+    let mut hist = history.to_vec();
+    let med = median(&mut hist);
+    let mut dev: Vec<f64> = hist.iter().map(|h| (h - med).abs()).collect();
+    let floor = match metric {
+        0 => med.max(1.0).sqrt().max(0.05 * med),
+        1 => {
+            let share = med.max(0.01);
+            (share * (1.0 - share) / requests).sqrt().max(0.005)
+        }
+        _ => (0.1 * med).max(1.0),
+    };
+    let sigma = (1.4826 * median(&mut dev)).max(floor);
+    let z = (x - med) / sigma;
+    let band = cfg.threshold * sigma;
+    let (expected, lower, upper, model) =
+        forecast.unwrap_or((med, (med - band).max(0.0), med + band, "baseline"));
+    let mut distance = z.abs();
+    if model != "baseline" {
+        // With a model, its interval must also be left: it knows trend and season, which the
+        // baseline does not.
+        let half = if x >= expected {
+            upper - expected
+        } else {
+            expected - lower
+        };
+        let outside = if half > 0.0 {
+            (x - expected).abs() / half * cfg.threshold
+        } else if x == expected {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+        distance = distance.min(outside);
+    }
+    let score = score_of(distance, cfg.threshold);
+    // The guard compares with the robust median, which an anomaly cannot drag along.
+    let kind = (score >= cfg.score_threshold)
+        .then(|| guard(metric, x, med))
+        .flatten();
+    Some(Judgement {
+        observed: x,
+        expected,
+        lower,
+        upper,
+        z,
+        score,
+        kind,
+        model,
+    })
+}
+
 impl DetectorState {
     pub fn new(cfg: DetectorConfig, window_ms: i64) -> DetectorState {
         DetectorState {
@@ -86,11 +216,13 @@ impl DetectorState {
             window_ms,
             hosts: HashMap::new(),
             anomalies: VecDeque::new(),
+            episodes: VecDeque::new(),
         }
     }
 
-    /// Judge a closed window; returns the anomalies it raised and maybe a model fit to run.
-    pub fn observe(&mut self, host: &str, p: WindowPoint) -> (Vec<Anomaly>, Option<FitJob>) {
+    /// Judge a closed window: every metric's score, the anomalies it raises, the episodes it
+    /// opens or ends, and maybe a model fit to run.
+    pub fn observe(&mut self, host: &str, p: WindowPoint) -> Observed {
         let cfg = self.cfg.clone();
         let window_ms = self.window_ms;
         let series = self.hosts.entry(host.to_owned()).or_default();
@@ -99,37 +231,16 @@ impl DetectorState {
             .range(..p.start_ms)
             .rev()
             .take(cfg.baseline_windows)
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v.point)
             .collect();
         let is_newest = series
             .points
             .last_key_value()
             .is_none_or(|(s, _)| *s < p.start_ms);
-        series.points.insert(p.start_ms, p);
-        while series.points.len() > MAX_FIT_POINTS {
-            series.points.pop_first();
-        }
-        let mut found = Vec::new();
+        let mut out = Observed::default();
         if history.len() >= cfg.min_history {
             for (metric, metric_name) in METRICS.iter().enumerate() {
-                let x = value(&p, metric);
-                let mut hist: Vec<f64> = history.iter().map(|h| value(h, metric)).collect();
-                let med = median(&mut hist);
-                let mut dev: Vec<f64> = hist.iter().map(|h| (h - med).abs()).collect();
-                if !enough_requests(metric, p.requests) {
-                    continue;
-                }
-                // Noise floors: Poisson for counts, binomial for the 5xx share.
-                let floor = match metric {
-                    0 => med.max(1.0).sqrt().max(0.05 * med),
-                    1 => {
-                        let share = med.max(0.01);
-                        (share * (1.0 - share) / p.requests).sqrt().max(0.005)
-                    }
-                    _ => (0.1 * med).max(1.0),
-                };
-                let sigma = (1.4826 * median(&mut dev)).max(floor);
-                let score = (x - med) / sigma;
+                let hist: Vec<f64> = history.iter().map(|h| value(h, metric)).collect();
                 let forecast = series.forecasts[metric].as_ref().and_then(|f| {
                     let k = (p.start_ms - f.first_start_ms).checked_div(window_ms)?;
                     let k = usize::try_from(k).ok()?;
@@ -140,30 +251,48 @@ impl DetectorState {
                         f.model,
                     ))
                 });
-                // With a model, its interval must also be left: it knows trend and season, which
-                // the baseline does not.
-                let band = cfg.threshold * sigma;
-                let (expected, lower, upper, model) =
-                    forecast.unwrap_or((med, (med - band).max(0.0), med + band, "baseline"));
-                let outside = score.abs() >= cfg.threshold && (x < lower || x > upper);
-                // The guard compares with the robust median, which an anomaly cannot drag along.
-                if let (true, Some(kind)) = (outside, guard(metric, x, med)) {
-                    found.push(Anomaly {
+                let j = judge(&cfg, metric, value(&p, metric), p.requests, &hist, forecast);
+                out.scores[metric] = j.map(|j| j.score as f32);
+                let kind = j.and_then(|j| j.kind);
+                if let (Some(j), Some(kind)) = (j, kind) {
+                    out.anomalies.push(Anomaly {
                         host: host.to_owned(),
                         metric: (*metric_name).to_owned(),
                         window_start_ms: p.start_ms,
-                        observed: x,
-                        expected,
-                        lower,
-                        upper,
-                        score,
+                        observed: j.observed,
+                        expected: j.expected,
+                        lower: j.lower,
+                        upper: j.upper,
+                        score: j.z,
+                        anomaly_score: j.score,
                         kind: kind.to_owned(),
-                        model: model.to_owned(),
+                        model: j.model.to_owned(),
                     });
+                }
+                if is_newest {
+                    let open = &mut series.open[metric];
+                    let (opened, ended) = next_episode(
+                        open,
+                        host,
+                        metric,
+                        &p,
+                        j,
+                        cfg.episode_quiet_windows,
+                        window_ms,
+                    );
+                    out.opened.extend(opened);
+                    out.ended.extend(ended);
                 }
             }
         }
-        for a in &found {
+        let scores = out.scores.map(|s| s.unwrap_or(f32::NAN));
+        series
+            .points
+            .insert(p.start_ms, Judged { point: p, scores });
+        while series.points.len() > MAX_FIT_POINTS {
+            series.points.pop_first();
+        }
+        for a in &out.anomalies {
             self.anomalies.retain(|b| {
                 !(b.host == a.host
                     && b.metric == a.metric
@@ -174,7 +303,10 @@ impl DetectorState {
         while self.anomalies.len() > MAX_ANOMALIES {
             self.anomalies.pop_front();
         }
-        let mut job = None;
+        self.episodes.extend(out.ended.iter().cloned());
+        while self.episodes.len() > MAX_EPISODES {
+            self.episodes.pop_front();
+        }
         if is_newest {
             series.since_fit += 1;
             if series.points.len() >= cfg.model_history && series.since_fit >= cfg.refit_every {
@@ -185,20 +317,21 @@ impl DetectorState {
                     series
                         .points
                         .values()
-                        .map(|v| value(v, m))
+                        .map(|v| value(&v.point, m))
                         .collect::<Vec<f64>>()
                 };
-                job = Some(FitJob {
+                out.fit = Some(FitJob {
                     host: host.to_owned(),
                     last_start_ms: p.start_ms,
                     window_ms,
                     series: [take(0), take(1), take(2)],
+                    metrics: [true; 3],
                     season: (day >= 2 && n >= 2 * day).then_some(day),
                     horizon: cfg.refit_every + 2,
                 });
             }
         }
-        (found, job)
+        out
     }
 
     /// A host's past windows, taken as history without judging them: the points a new home
@@ -206,7 +339,10 @@ impl DetectorState {
     pub fn seed(&mut self, host: &str, points: Vec<WindowPoint>) {
         let series = self.hosts.entry(host.to_owned()).or_default();
         for p in points {
-            series.points.entry(p.start_ms).or_insert(p);
+            series.points.entry(p.start_ms).or_insert(Judged {
+                point: p,
+                scores: [f32::NAN; 3],
+            });
         }
         while series.points.len() > MAX_FIT_POINTS {
             series.points.pop_first();
@@ -245,6 +381,105 @@ impl DetectorState {
         });
         v
     }
+
+    /// Episodes (ended and ongoing) of `host` or all, that had an anomalous window at or after
+    /// `since_ms`; oldest first.
+    pub fn episodes(&self, host: Option<&str>, since_ms: i64) -> Vec<Episode> {
+        let ongoing = self
+            .hosts
+            .iter()
+            .filter(|(h, _)| host.is_none_or(|want| want == h.as_str()))
+            .flat_map(|(_, s)| s.open.iter().flatten().map(|(e, _)| e));
+        let mut v: Vec<Episode> = self
+            .episodes
+            .iter()
+            .filter(|e| host.is_none_or(|h| e.host == h))
+            .chain(ongoing)
+            .filter(|e| e.last_ms >= since_ms)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.start_ms, &a.host, &a.metric).cmp(&(b.start_ms, &b.host, &b.metric)));
+        v
+    }
+
+    /// The scores of `host`'s windows starting in `[from, to)` judged here.
+    pub fn scores(&self, host: &str, from_ms: i64, to_ms: i64) -> Vec<WindowScores> {
+        let Some(s) = self.hosts.get(host) else {
+            return Vec::new();
+        };
+        if from_ms >= to_ms {
+            return Vec::new();
+        }
+        s.points
+            .range(from_ms..to_ms)
+            .filter(|(_, j)| j.scores.iter().any(|s| !s.is_nan()))
+            .map(|(start, j)| WindowScores {
+                start_ms: *start,
+                scores: j.scores.map(|s| (!s.is_nan()).then_some(s)),
+            })
+            .collect()
+    }
+}
+
+/// The next state of one (host, metric)'s episode after a judged window `p` (the host's newest):
+/// an anomalous window extends the ongoing episode of its kind or opens one (ending one of
+/// another kind); `quiet` judged windows without it end it. Returns (opened, ended).
+fn next_episode(
+    open: &mut Option<(Episode, usize)>,
+    host: &str,
+    metric: usize,
+    p: &WindowPoint,
+    j: Option<Judgement>,
+    quiet: usize,
+    window_ms: i64,
+) -> (Option<Episode>, Option<Episode>) {
+    let end = |mut e: Episode| {
+        e.end_ms = Some(e.last_ms + window_ms);
+        e
+    };
+    match j.and_then(|j| j.kind.map(|k| (j, k))) {
+        Some((j, kind)) => {
+            if let Some((e, calm)) = open.as_mut().filter(|(e, _)| e.kind == kind) {
+                e.last_ms = p.start_ms;
+                e.windows += 1;
+                *calm = 0;
+                if j.score > e.peak_score {
+                    e.peak_score = j.score;
+                    e.peak_window_ms = p.start_ms;
+                    e.peak_observed = j.observed;
+                    e.peak_expected = j.expected;
+                    e.severity = severity(j.score).to_owned();
+                }
+                return (None, None);
+            }
+            let e = Episode {
+                host: host.to_owned(),
+                metric: METRICS[metric].to_owned(),
+                kind: kind.to_owned(),
+                start_ms: p.start_ms,
+                end_ms: None,
+                last_ms: p.start_ms,
+                windows: 1,
+                peak_score: j.score,
+                peak_window_ms: p.start_ms,
+                peak_observed: j.observed,
+                peak_expected: j.expected,
+                severity: severity(j.score).to_owned(),
+            };
+            let ended = open.replace((e.clone(), 0)).map(|(old, _)| end(old));
+            (Some(e), ended)
+        }
+        None => {
+            let Some((_, calm)) = open.as_mut() else {
+                return (None, None);
+            };
+            *calm += 1;
+            if *calm >= quiet {
+                return (None, open.take().map(|(e, _)| end(e)));
+            }
+            (None, None)
+        }
+    }
 }
 
 /// Fit each metric's model and forecast the next windows with 99% intervals. Blocking (CPU).
@@ -254,6 +489,9 @@ pub fn fit(job: &FitJob) -> Vec<Forecast> {
     use augurs::{Fit, Predict};
     let mut out = Vec::new();
     for (metric, y) in job.series.iter().enumerate() {
+        if !job.metrics[metric] {
+            continue;
+        }
         let y: Vec<f64> = y.iter().rev().take(MAX_FIT_POINTS).rev().copied().collect();
         let result = match job.season {
             Some(day) => MSTLModel::new(vec![day], AutoETS::non_seasonal().into_trend_model())
@@ -315,7 +553,7 @@ mod tests {
         d.seed("h", past);
         assert!(d.anomalies(None, i64::MIN).is_empty());
         // The very next window is judged against the seeded baseline.
-        let (a, _) = d.observe("h", point(40, 3000.0, 0.01, 200.0));
+        let a = d.observe("h", point(40, 3000.0, 0.01, 200.0)).anomalies;
         assert_eq!(a.len(), 1, "{a:?}");
         d.retain_hosts(|h| h != "h");
         assert_eq!(d.host_count(), 0);
@@ -338,24 +576,32 @@ mod tests {
         );
         for i in 0..40 {
             let wobble = if i % 2 == 0 { 1.05 } else { 0.95 };
-            let (a, _) = d.observe("h", point(i, 600.0 * wobble, 0.01 * wobble, 200.0 * wobble));
-            assert!(a.is_empty(), "{a:?}");
+            let o = d.observe("h", point(i, 600.0 * wobble, 0.01 * wobble, 200.0 * wobble));
+            assert!(o.anomalies.is_empty(), "{:?}", o.anomalies);
+            if i >= 15 {
+                // Judged from min_history on: every metric scored, all well under 0.5.
+                assert!(
+                    o.scores.iter().all(|s| s.is_some_and(|s| s < 0.5)),
+                    "{:?}",
+                    o.scores
+                );
+            }
         }
         let kinds = |a: Vec<Anomaly>| a.into_iter().map(|a| a.kind).collect::<Vec<_>>();
         assert_eq!(
-            kinds(d.observe("h", point(40, 3000.0, 0.01, 200.0)).0),
+            kinds(d.observe("h", point(40, 3000.0, 0.01, 200.0)).anomalies),
             vec!["traffic_spike"]
         );
         assert_eq!(
-            kinds(d.observe("h", point(41, 60.0, 0.01, 200.0)).0),
+            kinds(d.observe("h", point(41, 60.0, 0.01, 200.0)).anomalies),
             vec!["traffic_drop"]
         );
         assert_eq!(
-            kinds(d.observe("h", point(42, 600.0, 0.4, 200.0)).0),
+            kinds(d.observe("h", point(42, 600.0, 0.4, 200.0)).anomalies),
             vec!["error_burst"]
         );
         assert_eq!(
-            kinds(d.observe("h", point(43, 600.0, 0.01, 1200.0)).0),
+            kinds(d.observe("h", point(43, 600.0, 0.01, 1200.0)).anomalies),
             vec!["latency_degradation"]
         );
         assert_eq!(d.anomalies(Some("h"), 0).len(), 4);
@@ -372,6 +618,7 @@ mod tests {
                 vec![0.01; 80],
                 (0..80).map(|i| 200.0 + (i % 3) as f64).collect(),
             ],
+            metrics: [true; 3],
             season: None,
             horizon: 5,
         };

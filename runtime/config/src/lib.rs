@@ -467,8 +467,15 @@ pub struct DetectorConfig {
     pub model_history: usize,
     /// Refit the model every this many windows per host.
     pub refit_every: usize,
-    /// Robust z-score a value must exceed to be anomalous.
+    /// The scale of the anomaly score: a window whose robust z-score (and, with a model, its
+    /// distance outside the 99% interval, in the same units) reaches this scores 0.5.
     pub threshold: f64,
+    /// The anomaly score (0–1) from which a window is anomalous (when it also moves by a
+    /// practical margin).
+    pub score_threshold: f64,
+    /// Judged windows without an anomaly that end an episode (fewer: a flapping anomaly stays
+    /// one episode).
+    pub episode_quiet_windows: usize,
     /// A host's window is judged whole, once every partition has closed it; a partition that
     /// holds it up longer than this (a stalled consumer) is not waited for.
     pub merge_wait_s: u64,
@@ -483,6 +490,8 @@ impl Default for DetectorConfig {
             model_history: 60,
             refit_every: 10,
             threshold: 4.0,
+            score_threshold: 0.5,
+            episode_quiet_windows: 2,
             merge_wait_s: 120,
         }
     }
@@ -788,6 +797,16 @@ impl Config {
             self.detector.threshold > 0.0,
             "detector.threshold",
             "must be positive",
+        )?;
+        check(
+            self.detector.score_threshold > 0.0 && self.detector.score_threshold < 1.0,
+            "detector.score_threshold",
+            "must be between 0 and 1 (exclusive)",
+        )?;
+        check(
+            self.detector.episode_quiet_windows >= 1,
+            "detector.episode_quiet_windows",
+            "must be at least 1",
         )?;
         check(
             self.api.retention_windows >= 1,

@@ -375,10 +375,53 @@ pub struct Anomaly {
     pub upper: f64,
     /// Robust z-score of the observation against the host's recent history.
     pub score: f64,
+    /// How unusual the window is, 0–1 (see `WindowScores`).
+    pub anomaly_score: f64,
     /// `traffic_spike`, `traffic_drop`, `error_burst` or `latency_degradation`.
     pub kind: String,
     /// What produced `expected`: `baseline` (median/MAD) or `ets` / `mstl` (augurs).
     pub model: String,
+}
+
+/// The anomaly score of each metric of one judged window (index as `METRICS`: requests,
+/// error_rate, latency_p99_ms), 0–1 and monotone in how far the window is from what was
+/// expected; None where the metric was not judged (too little history or too few requests).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WindowScores {
+    pub start_ms: i64,
+    pub scores: [Option<f32>; 3],
+}
+
+/// Consecutive anomalous windows of one (host, metric, kind): what an operator is told about
+/// once, not once per window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    pub host: String,
+    pub metric: String,
+    pub kind: String,
+    /// Start of its first anomalous window.
+    pub start_ms: i64,
+    /// End of its last anomalous window once it has ended (`episode_quiet_windows` judged windows
+    /// without it); None while ongoing.
+    pub end_ms: Option<i64>,
+    /// Start of its newest anomalous window.
+    pub last_ms: i64,
+    /// Anomalous windows in it.
+    pub windows: u32,
+    pub peak_score: f64,
+    pub peak_window_ms: i64,
+    /// Observed and expected at the peak.
+    pub peak_observed: f64,
+    pub peak_expected: f64,
+    /// `minor`, `major` or `critical`, from the peak score.
+    pub severity: String,
+}
+
+/// A detector's findings: raised anomalies (one per host, window and metric) and episodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detections {
+    pub anomalies: Vec<Anomaly>,
+    pub episodes: Vec<Episode>,
 }
 
 /// A fitted forecast for one (host, metric): intervals for the windows after `from_ms`.
@@ -408,7 +451,16 @@ pub enum DetectorMsg {
     Homes(ClusterView),
     /// A model fit finished off the actor (spawn_blocking).
     Fitted(Vec<Forecast>),
-    Anomalies(AnomalyQuery, RpcReplyPort<Vec<Anomaly>>),
+    Anomalies(AnomalyQuery, RpcReplyPort<Detections>),
+    /// The scores of `host`'s windows starting in `[from, to)` that were judged here.
+    Scores(ScoresQuery, RpcReplyPort<Vec<WindowScores>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoresQuery {
+    pub host: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
 }
 
 // ---- supervisor -------------------------------------------------------------------------------
@@ -583,8 +635,8 @@ pub enum ClusterAnswer {
         counts: Vec<HostCounts>,
         page: HostsPage,
     },
-    HostWindows(Vec<local::WindowPart>),
-    Anomalies(Vec<Anomaly>),
+    HostWindows(local::HostParts),
+    Anomalies(Detections),
     Handover(Handover),
     /// The peer could not answer (an actor of its restarting).
     Failed(String),

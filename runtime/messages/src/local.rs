@@ -3,9 +3,9 @@
 
 use crate::{
     ask, lookup, owned_partitions, partition_statuses, shard_name, shard_of, Anomaly, AnomalyQuery,
-    ArchiverMsg, CountsQuery, DetectorMsg, Handover, HandoverAsk, HostCounts, HostTotals,
-    HostsPage, LatestCounts, PartitionStatus, ShareCounts, WindowMsg, WindowQuery, ARCHIVER_NAME,
-    DETECTOR_NAME,
+    ArchiverMsg, CountsQuery, Detections, DetectorMsg, Episode, Handover, HandoverAsk, HostCounts,
+    HostTotals, HostsPage, LatestCounts, PartitionStatus, ScoresQuery, ShareCounts, WindowMsg,
+    WindowQuery, WindowScores, ARCHIVER_NAME, DETECTOR_NAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -256,15 +256,23 @@ impl SeriesRange {
     }
 }
 
+/// A node's shares of a host's windows, and the scores its detector gave them (the host's home
+/// has them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostParts {
+    pub parts: Vec<WindowPart>,
+    pub scores: Vec<WindowScores>,
+}
+
 /// This node's shares of `host`'s windows in `range` (its own newest start decides a default
 /// range: never later than the cluster's newest, so the union of all nodes' answers covers the
-/// cluster's range).
+/// cluster's range), with their scores where this node judged them.
 pub async fn host_parts(
     host: &str,
     shards: usize,
     range: SeriesRange,
     top: bool,
-) -> Result<Vec<WindowPart>, String> {
+) -> Result<HostParts, String> {
     // Read only what the range can use: the archiver keeps hours of windows with their
     // sketches, a series shows one hour.
     let q = WindowQuery {
@@ -307,7 +315,21 @@ pub async fn host_parts(
         .max();
     let first = range.first_start(newest);
     parts.retain(|p| (first..range.to_ms).contains(&p.key.start_ms));
-    Ok(parts)
+    // Scores are an extra: a detector that is off or restarting leaves them out.
+    let scores = match lookup::<DetectorMsg>(DETECTOR_NAME) {
+        Some(d) if !parts.is_empty() => {
+            let q = ScoresQuery {
+                host: host.to_owned(),
+                from_ms: first,
+                to_ms: range.to_ms,
+            };
+            ask(&d, ActorKind::Detector, |r| DetectorMsg::Scores(q, r))
+                .await
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    Ok(HostParts { parts, scores })
 }
 
 /// Merge every node's shares: one per (window, partition) — a closed share is the same on any
@@ -347,8 +369,8 @@ pub fn merge_parts(
     Ok(out)
 }
 
-/// This node's detector's anomalies.
-pub async fn anomalies(q: AnomalyQuery) -> Result<Vec<Anomaly>, String> {
+/// This node's detector's anomalies and episodes.
+pub async fn anomalies(q: AnomalyQuery) -> Result<Detections, String> {
     let detector = lookup::<DetectorMsg>(DETECTOR_NAME).ok_or("detector is restarting")?;
     ask(&detector, ActorKind::Detector, |r| {
         DetectorMsg::Anomalies(q, r)
@@ -357,15 +379,36 @@ pub async fn anomalies(q: AnomalyQuery) -> Result<Vec<Anomaly>, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Every node's anomalies, each (host, metric, window) once, oldest first.
-pub fn merge_anomalies(lists: impl IntoIterator<Item = Vec<Anomaly>>) -> Vec<Anomaly> {
-    let mut by_key: BTreeMap<(i64, String, String), Anomaly> = BTreeMap::new();
-    for a in lists.into_iter().flatten() {
-        by_key
-            .entry((a.window_start_ms, a.host.clone(), a.metric.clone()))
-            .or_insert(a);
+/// Every node's anomalies, each (host, metric, window) once, and episodes, each (host, metric,
+/// kind, start) once — the furthest along where two nodes list one (a home that moved keeps
+/// what it had); oldest first.
+pub fn merge_detections(lists: impl IntoIterator<Item = Detections>) -> Detections {
+    let mut anomalies: BTreeMap<(i64, String, String), Anomaly> = BTreeMap::new();
+    let mut episodes: BTreeMap<(i64, String, String, String), Episode> = BTreeMap::new();
+    for d in lists {
+        for a in d.anomalies {
+            anomalies
+                .entry((a.window_start_ms, a.host.clone(), a.metric.clone()))
+                .or_insert(a);
+        }
+        for e in d.episodes {
+            let key = (e.start_ms, e.host.clone(), e.metric.clone(), e.kind.clone());
+            let further = |have: &Episode| {
+                (e.last_ms, e.windows, e.end_ms.is_some())
+                    > (have.last_ms, have.windows, have.end_ms.is_some())
+            };
+            match episodes.get(&key) {
+                Some(have) if !further(have) => {}
+                _ => {
+                    episodes.insert(key, e);
+                }
+            }
+        }
     }
-    by_key.into_values().collect()
+    Detections {
+        anomalies: anomalies.into_values().collect(),
+        episodes: episodes.into_values().collect(),
+    }
 }
 
 /// What this node's archiver holds of the asking member's hosts (see [`ArchiverMsg::Handover`]).

@@ -84,6 +84,7 @@ pub struct Metrics {
     pub lake_errors: Counter<u64>,
     pub windows_closed: Counter<u64>,
     pub anomalies: Counter<u64>,
+    pub episodes: Counter<u64>,
     pub api_requests: Counter<u64>,
     pub rebalances: Counter<u64>,
     pub commit_seconds: Histogram<f64>,
@@ -233,6 +234,10 @@ impl Metrics {
             anomalies: m
                 .u64_counter("wtm_anomalies")
                 .with_description("Anomalies raised, by metric")
+                .build(),
+            episodes: m
+                .u64_counter("wtm_episodes")
+                .with_description("Anomaly episodes opened, by metric")
                 .build(),
             api_requests: m
                 .u64_counter("wtm_api_requests")
