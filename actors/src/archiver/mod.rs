@@ -370,7 +370,12 @@ fn perform(actions: Vec<Action>, me_id: Option<&str>, me: &ActorRef<ArchiverMsg>
                     m.incomplete_windows.add(1, &[]);
                 }
                 let sent = detector.as_ref().is_some_and(|d| {
-                    let point = point_of(w.start_ms, &w.agg);
+                    let point = WindowPoint {
+                        start_ms: w.start_ms,
+                        requests: w.agg.requests as f64,
+                        error_rate: w.agg.error_rate(),
+                        latency_p99_ms: w.agg.latency.quantile(0.99).unwrap_or(0.0),
+                    };
                     tell(
                         d,
                         ActorKind::Detector,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
-use wtm_core::sketch::SketchError;
+use wtm_core::sketch::{Quantiles, SketchError};
 use wtm_core::window::WindowSpec;
 
 /// A host's window merged over the partitions that held a share of it.
@@ -15,17 +15,66 @@ use wtm_core::window::WindowSpec;
 pub struct WholeWindow {
     pub host: String,
     pub start_ms: i64,
-    pub agg: WindowAgg,
+    pub agg: JudgeInput,
     /// Every owned partition had closed the window; false when it went out on `max_wait`.
     pub complete: bool,
 }
 
+/// What judging needs of a window: its requests by status class and its latency sketch. The
+/// rest of a share (distinct clients, top-K: most of its size) is in the lake and the history
+/// store already, and a window can wait here a while (for the slowest partition), thousands of
+/// sites at a time.
+#[derive(Debug, Clone, Default)]
+pub struct JudgeInput {
+    pub requests: u64,
+    pub status_class: [u64; 5],
+    pub latency: Quantiles,
+}
+
+impl JudgeInput {
+    fn of(agg: &WindowAgg) -> JudgeInput {
+        JudgeInput {
+            requests: agg.requests,
+            status_class: agg.status_class,
+            latency: agg.latency.clone(),
+        }
+    }
+
+    fn merge(&mut self, o: &JudgeInput) -> Result<(), SketchError> {
+        self.requests += o.requests;
+        for (a, b) in self.status_class.iter_mut().zip(o.status_class) {
+            *a += b;
+        }
+        self.latency.merge(&o.latency)
+    }
+
+    /// As a share to hand over: only what judging reads is set.
+    fn to_agg(&self) -> WindowAgg {
+        WindowAgg {
+            requests: self.requests,
+            status_class: self.status_class,
+            latency: self.latency.clone(),
+            ..WindowAgg::default()
+        }
+    }
+
+    /// Share of requests answered 5xx.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.status_class[4] as f64 / self.requests as f64
+        }
+    }
+}
+
 /// A window's shares so far, kept apart per partition until it goes out: a share seen twice
 /// (a re-publication, or forwarded by a node whose view lagged) counts once, and the shares of a
-/// host whose home moved can be handed over as they are.
+/// host whose home moved can be handed over as they are. Usually one partition holds a host:
+/// a vector, not a map.
 struct Pending {
     since: Instant,
-    shares: BTreeMap<u32, WindowAgg>,
+    shares: Vec<(u32, JudgeInput)>,
 }
 
 pub struct WholeWindows {
@@ -118,11 +167,11 @@ impl WholeWindows {
         }
         let p = self.pending.entry(key).or_insert_with(|| Pending {
             since: now,
-            shares: BTreeMap::new(),
+            shares: Vec::new(),
         });
-        p.shares
-            .entry(w.key.partition)
-            .or_insert_with(|| w.agg.clone());
+        if !p.shares.iter().any(|(q, _)| *q == w.key.partition) {
+            p.shares.push((w.key.partition, JudgeInput::of(&w.agg)));
+        }
         true
     }
 
@@ -146,14 +195,14 @@ impl WholeWindows {
             let Some(p) = self.pending.remove(&(start, host.clone())) else {
                 continue;
             };
-            out.extend(p.shares.into_iter().map(|(partition, agg)| ClosedWindow {
+            out.extend(p.shares.into_iter().map(|(partition, j)| ClosedWindow {
                 key: WindowKey {
                     host: host.clone(),
                     start_ms: start,
                     partition,
                 },
                 end_ms: start + self.spec.size_ms,
-                agg,
+                agg: j.to_agg(),
             }));
         }
         (out, left)
@@ -234,8 +283,8 @@ impl WholeWindows {
             let Some(p) = self.pending.remove(&k) else {
                 continue;
             };
-            let mut agg = WindowAgg::default();
-            for share in p.shares.values() {
+            let mut agg = JudgeInput::default();
+            for (_, share) in &p.shares {
                 agg.merge(share)?;
             }
             self.judged

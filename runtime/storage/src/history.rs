@@ -2,28 +2,61 @@
 //! retained span, so that a node's memory grows with the sites and the windows in flight, never
 //! with how much history it keeps (`api.retention_windows`).
 //!
-//! One redb file (the only module that touches redb). Three tables, all keyed so a
-//! re-published share replaces itself:
-//! - `series`: (host, start, partition) → the share without its top-K sketches (what a window
-//!   series merges; a fraction of the size);
-//! - `tops`: (host, start, partition) → the three top-K sketches (read only by `/top`);
-//! - `counts`: (start, host, partition) → its plain counts ([`ShareCounts`]): `/v1/hosts` over
-//!   more windows than the archiver keeps in memory, and the time order retention cuts in.
+//! One redb file (the only module that touches redb). Three tables, all keyed by (start, host,
+//! partition), so a re-published share replaces itself and the shares of a new window are
+//! written at the tree's right edge (a host-first key spread every window's writes over the whole
+//! file: each commit rewrote thousands of leaf pages):
+//! - `series`: the share without its top-K sketches (what a window series merges; a fraction of
+//!   the size);
+//! - `tops`: its three top-K sketches (read only by `/top`);
+//! - `counts`: its plain counts ([`ShareCounts`]), for `/v1/hosts` over more windows than the
+//!   archiver keeps in memory.
+//!
+//! A host's series is read window start by window start (one short range each).
 //!
 //! The file is a cache of the lake: it is recreated at start-up and refilled from the lake, so
 //! commits need not be durable (one durable commit per retention cut lets redb reuse the pages
 //! it freed).
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{decode, encode, WireError};
-use wtm_core::sketch::TopK;
+use wtm_core::sketch::{Distinct, Quantiles, TopK};
 
-const SERIES: TableDefinition<(&str, i64, u32), &[u8]> = TableDefinition::new("series");
-const TOPS: TableDefinition<(&str, i64, u32), &[u8]> = TableDefinition::new("tops");
-const COUNTS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new("counts");
+type Key<'a> = (i64, &'a str, u32);
+const SERIES: TableDefinition<Key, &[u8]> = TableDefinition::new("series");
+const TOPS: TableDefinition<Key, &[u8]> = TableDefinition::new("tops");
+const COUNTS: TableDefinition<Key, &[u8]> = TableDefinition::new("counts");
+
+/// A share's aggregate without its top-K, borrowed for encoding (no copy per share)...
+#[derive(Serialize)]
+struct SeriesRef<'a> {
+    requests: u64,
+    bytes: u64,
+    status_class: [u64; 5],
+    status_codes: &'a BTreeMap<u16, u64>,
+    methods: &'a BTreeMap<String, u64>,
+    bots: u64,
+    latency: &'a Quantiles,
+    clients: &'a Distinct,
+}
+
+/// ...and owned again when read (the same fields in the same order).
+#[derive(Deserialize)]
+struct SeriesOwned {
+    requests: u64,
+    bytes: u64,
+    status_class: [u64; 5],
+    status_codes: BTreeMap<u16, u64>,
+    methods: BTreeMap<String, u64>,
+    bots: u64,
+    latency: Quantiles,
+    clients: Distinct,
+}
 
 /// redb's page cache; its default (1 GiB) would undo the point of keeping history on disk.
 const CACHE_BYTES: usize = 32 << 20;
@@ -70,6 +103,8 @@ pub struct History {
     newest_ms: AtomicI64,
     /// Shares older than this are gone.
     cut_ms: AtomicI64,
+    /// The oldest window start ever stored (reads need not look before it, nor before the cut).
+    oldest_ms: AtomicI64,
 }
 
 /// Which of one host's windows to read.
@@ -117,6 +152,7 @@ impl History {
             retention_ms: (retention_windows as i64).saturating_mul(window_ms),
             newest_ms: AtomicI64::new(i64::MIN),
             cut_ms: AtomicI64::new(i64::MIN),
+            oldest_ms: AtomicI64::new(i64::MAX),
         })
     }
 
@@ -140,6 +176,14 @@ impl History {
             .saturating_sub(self.retention_ms)
             .saturating_add(self.window_ms);
         let cutting = self.cut_ms.fetch_max(cut, Ordering::Relaxed) < cut;
+        if let Some(oldest) = closed
+            .iter()
+            .map(|w| w.key.start_ms)
+            .filter(|s| *s >= cut)
+            .min()
+        {
+            self.oldest_ms.fetch_min(oldest, Ordering::Relaxed);
+        }
         let mut txn = self.db.begin_write()?;
         // A cut commits durably: redb reuses freed pages only after a durable commit.
         txn.set_durability(if cutting {
@@ -156,32 +200,28 @@ impl History {
                 .zip(counts)
                 .filter(|(w, _)| w.key.start_ms >= cut)
             {
-                let k = &w.key;
-                series.insert(
-                    (k.host.as_str(), k.start_ms, k.partition),
-                    encode(&w.agg.without_top())?.as_slice(),
-                )?;
-                let t = (&w.agg.paths, &w.agg.referrers, &w.agg.user_agents);
-                tops.insert(
-                    (k.host.as_str(), k.start_ms, k.partition),
-                    encode(&t)?.as_slice(),
-                )?;
-                by_time.insert(
-                    (k.start_ms, k.host.as_str(), k.partition),
-                    encode(c)?.as_slice(),
-                )?;
+                let (k, a) = (&w.key, &w.agg);
+                let key = (k.start_ms, k.host.as_str(), k.partition);
+                let view = SeriesRef {
+                    requests: a.requests,
+                    bytes: a.bytes,
+                    status_class: a.status_class,
+                    status_codes: &a.status_codes,
+                    methods: &a.methods,
+                    bots: a.bots,
+                    latency: &a.latency,
+                    clients: &a.clients,
+                };
+                series.insert(key, encode(&view)?.as_slice())?;
+                let t = (&a.paths, &a.referrers, &a.user_agents);
+                tops.insert(key, encode(&t)?.as_slice())?;
+                by_time.insert(key, encode(c)?.as_slice())?;
             }
             if cutting {
-                let mut gone: Vec<(String, i64, u32)> = Vec::new();
-                for row in by_time.extract_from_if(..(cut, "", 0u32), |_, _| true)? {
-                    let (k, _) = row?;
-                    let (start, host, partition) = k.value();
-                    gone.push((host.to_owned(), start, partition));
-                }
-                for (host, start, partition) in &gone {
-                    series.remove((host.as_str(), *start, *partition))?;
-                    tops.remove((host.as_str(), *start, *partition))?;
-                }
+                let old = ..(cut, "", 0u32);
+                series.retain_in(old, |_, _| false)?;
+                tops.retain_in(old, |_, _| false)?;
+                by_time.retain_in(old, |_, _| false)?;
             }
         }
         txn.commit()?;
@@ -190,27 +230,34 @@ impl History {
 
     /// One host's shares in a range, oldest first (by start, then partition).
     pub fn series(&self, q: SeriesRead<'_>) -> Result<Vec<ClosedWindow>, HistoryError> {
-        let from = q
-            .from_ms
-            .saturating_sub(q.from_ms.rem_euclid(self.window_ms));
-        if from >= q.to_ms {
+        let w = self.window_ms;
+        let floor = |t: i64| t.saturating_sub(t.rem_euclid(w));
+        // Nothing before the oldest start or the retention cut, or after the newest, is stored.
+        let oldest =
+            (self.oldest_ms.load(Ordering::Relaxed)).max(self.cut_ms.load(Ordering::Relaxed));
+        let newest = self.newest_ms.load(Ordering::Relaxed);
+        let from = floor(q.from_ms).max(oldest);
+        let last = floor(q.to_ms.saturating_sub(1)).min(newest);
+        if from > last {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
         let series = txn.open_table(SERIES)?;
+        let at = |start: i64| series.range((start, q.host, 0u32)..=(start, q.host, u32::MAX));
         let from = match q.last_windows {
             Some(n) => {
-                let newest = series
-                    .range((q.host, i64::MIN, 0u32)..(q.host, q.to_ms, 0u32))?
-                    .next_back()
-                    .transpose()?;
-                match newest {
-                    Some((k, _)) => {
-                        let span = (n - 1).max(0).saturating_mul(self.window_ms);
-                        from.max(k.value().1.saturating_sub(span))
+                // The host's newest start before `to`, then n windows back from it.
+                let mut s = last;
+                loop {
+                    if s < from {
+                        return Ok(Vec::new());
                     }
-                    None => return Ok(Vec::new()),
+                    if at(s)?.next().is_some() {
+                        break;
+                    }
+                    s -= w;
                 }
+                from.max(s.saturating_sub((n - 1).max(0).saturating_mul(w)))
             }
             None => from,
         };
@@ -220,29 +267,43 @@ impl History {
             None
         };
         let mut out = Vec::new();
-        for row in series.range((q.host, from, 0u32)..(q.host, q.to_ms, 0u32))? {
-            let (k, v) = row?;
-            let (host, start_ms, partition) = k.value();
-            let name = "history series";
-            let mut agg: WindowAgg = decode(name, v.value())?;
-            if let Some(tops) = &tops {
-                if let Some(t) = tops.get((host, start_ms, partition))? {
-                    let (paths, referrers, user_agents): (TopK, TopK, TopK) =
-                        decode("history tops", t.value())?;
-                    agg.paths = paths;
-                    agg.referrers = referrers;
-                    agg.user_agents = user_agents;
+        let mut start = from;
+        while start <= last {
+            for row in at(start)? {
+                let (k, v) = row?;
+                let (start_ms, host, partition) = k.value();
+                let s: SeriesOwned = decode("history series", v.value())?;
+                let mut agg = WindowAgg {
+                    requests: s.requests,
+                    bytes: s.bytes,
+                    status_class: s.status_class,
+                    status_codes: s.status_codes,
+                    methods: s.methods,
+                    bots: s.bots,
+                    latency: s.latency,
+                    clients: s.clients,
+                    ..WindowAgg::default()
+                };
+                if let Some(tops) = &tops {
+                    if let Some(t) = tops.get((start_ms, host, partition))? {
+                        let (paths, referrers, user_agents): (TopK, TopK, TopK) =
+                            decode("history tops", t.value())?;
+                        agg.paths = paths;
+                        agg.referrers = referrers;
+                        agg.user_agents = user_agents;
+                    }
                 }
+                out.push(ClosedWindow {
+                    key: WindowKey {
+                        host: host.to_owned(),
+                        start_ms,
+                        partition,
+                    },
+                    end_ms: start_ms + w,
+                    agg,
+                });
             }
-            out.push(ClosedWindow {
-                key: WindowKey {
-                    host: host.to_owned(),
-                    start_ms,
-                    partition,
-                },
-                end_ms: start_ms + self.window_ms,
-                agg,
-            });
+            start += w;
         }
         Ok(out)
     }
