@@ -612,6 +612,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         shards: cfg.window.shards,
         window_ms: cfg.window_spec().size_ms,
         default_windows: 60,
+        baseline_windows: cfg.detector.baseline_windows,
         access: api_access(&cfg)?,
     });
     use poem::listener::Listener;

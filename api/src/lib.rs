@@ -58,6 +58,8 @@ pub struct ApiContext {
     pub window_ms: i64,
     /// Windows the default range of a series covers.
     pub default_windows: i64,
+    /// The detector's baseline (`detector.baseline_windows`): what an episode is explained against.
+    pub baseline_windows: usize,
     /// Tokens and request bounds.
     pub access: Access,
 }
@@ -121,7 +123,17 @@ struct Api {
     ctx: ApiContext,
     /// Open `/v1/stream` connections (each polls the overview every second).
     streams: Arc<Semaphore>,
+    /// Explanations already worked out, by episode (its peak window and baseline are closed:
+    /// they never change). Cleared when full.
+    explained: Arc<std::sync::Mutex<std::collections::HashMap<EpisodeKey, Arc<ExplanationOut>>>>,
 }
+
+/// (host, metric, kind, start, peak window start).
+type EpisodeKey = (String, String, String, i64, i64);
+
+/// Episodes explained per `/v1/anomalies` reply (the newest); older ones have none.
+const MAX_EXPLAINED: usize = 20;
+const MAX_CACHED_EXPLANATIONS: usize = 10_000;
 
 /// At most this many `/v1/stream` connections at once per node.
 const MAX_STREAMS: usize = 64;
@@ -350,6 +362,65 @@ impl Api {
         }
     }
 
+    /// What drove episode `e`: its peak window against the `baseline_windows` before it, merged
+    /// over the cluster with their top-K. None when the windows cannot be read now (not kept:
+    /// asked again next time), or have left the history.
+    async fn explain(&self, e: &Episode) -> Option<Arc<ExplanationOut>> {
+        let key = (
+            e.host.clone(),
+            e.metric.clone(),
+            e.kind.clone(),
+            e.start_ms,
+            e.peak_window_ms,
+        );
+        if let Some(x) = self.explained.lock().ok()?.get(&key) {
+            return Some(Arc::clone(x));
+        }
+        let (w, n) = (self.ctx.window_ms, self.ctx.baseline_windows);
+        let range = SeriesRange {
+            from_ms: Some(e.start_ms.saturating_sub(n as i64 * w)),
+            to_ms: e.peak_window_ms + w,
+            default_windows: self.ctx.default_windows,
+            window_ms: w,
+        };
+        let (windows, missing) = self.windows_of(&e.host, range, true).await.ok()?;
+        let observed = &windows.get(&e.peak_window_ms)?.agg;
+        let mut baseline = WindowAgg::default();
+        let mut count = 0;
+        for m in windows.range(..e.start_ms).map(|(_, m)| m) {
+            baseline.merge(&m.agg).ok()?;
+            count += 1;
+        }
+        if count == 0 {
+            return None;
+        }
+        let traffic = e.metric == "requests";
+        let drivers = wtm_core::explain::drivers(observed, &baseline, count, 3, traffic);
+        let x = Arc::new(ExplanationOut {
+            summary: wtm_core::explain::summary(&drivers, observed, &baseline, count, traffic),
+            baseline_windows: count as u32,
+            drivers: drivers
+                .into_iter()
+                .map(|d| DriverOut {
+                    dimension: d.dimension.to_owned(),
+                    key: d.key,
+                    baseline_share: d.baseline_share,
+                    observed_share: d.observed_share,
+                    contribution: d.contribution,
+                })
+                .collect(),
+        });
+        // A partial answer is not kept: the next reply may have every member.
+        if missing.is_empty() {
+            let mut cache = self.explained.lock().ok()?;
+            if cache.len() >= MAX_CACHED_EXPLANATIONS {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&x));
+        }
+        Some(x)
+    }
+
     /// The windows of `host` in the requested range; without `from`, the newest
     /// `default_windows` up to `to`. Unknown host → NotFound. Also the members that did not
     /// answer (the series is partial without them).
@@ -431,8 +502,9 @@ fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
     }
 }
 
-fn episode_out(e: Episode) -> EpisodeOut {
+fn episode_out(e: Episode, explanation: Option<Arc<ExplanationOut>>) -> EpisodeOut {
     EpisodeOut {
+        explanation: explanation.map(|x| (*x).clone()),
         host: e.host,
         metric: e.metric,
         kind: e.kind,
@@ -673,8 +745,22 @@ impl Api {
             _ => None,
         });
         let found = local::merge_detections(std::iter::once(mine).chain(theirs));
+        // The newest episodes are explained (each once: the answer is kept).
+        let mut explanations = Vec::with_capacity(found.episodes.len());
+        let first_explained = found.episodes.len().saturating_sub(MAX_EXPLAINED);
+        for (i, e) in found.episodes.iter().enumerate() {
+            explanations.push(match i >= first_explained {
+                true => self.explain(e).await,
+                false => None,
+            });
+        }
         Reply::Ok(Json(AnomaliesOut {
-            episodes: found.episodes.into_iter().map(episode_out).collect(),
+            episodes: found
+                .episodes
+                .into_iter()
+                .zip(explanations)
+                .map(|(e, x)| episode_out(e, x))
+                .collect(),
             anomalies: found
                 .anomalies
                 .into_iter()
@@ -816,6 +902,7 @@ pub fn routes(ctx: ApiContext) -> impl Endpoint {
         Api {
             ctx,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            explained: Default::default(),
         },
         "wtm",
         env!("CARGO_PKG_VERSION"),

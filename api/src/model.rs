@@ -228,6 +228,35 @@ pub struct EpisodeOut {
     pub peak_expected: f64,
     /// `minor` (peak score below 0.75), `major` (below 0.9) or `critical`.
     pub severity: String,
+    /// What drove it (the newest 20 episodes of a reply; null for older ones, or while their
+    /// windows cannot be read).
+    pub explanation: Option<ExplanationOut>,
+}
+
+/// The peak window against the baseline windows before the episode: the keys whose share of
+/// requests moved most.
+#[derive(Object, Clone)]
+pub struct ExplanationOut {
+    /// One line, e.g. "78% of the extra requests: path /wp-login.php (2% → 80% of requests); …".
+    pub summary: String,
+    /// Closed windows the baseline merged.
+    pub baseline_windows: u32,
+    /// Largest contribution first; at most 3 per dimension, each at least 5%.
+    pub drivers: Vec<DriverOut>,
+}
+
+#[derive(Object, Clone)]
+pub struct DriverOut {
+    /// `path`, `user_agent`, `referrer` or `status`.
+    pub dimension: String,
+    pub key: String,
+    /// Its share of the requests in the baseline and in the peak window.
+    pub baseline_share: f64,
+    pub observed_share: f64,
+    /// Its part of the extra (or missing) requests (a traffic episode whose requests moved by
+    /// 5% or more), else its change of share. A driver's part exceeds its usual share by at
+    /// least 5 points: a spike of the same traffic, only more, has no driver.
+    pub contribution: f64,
 }
 
 #[derive(Object)]

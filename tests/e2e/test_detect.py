@@ -6,8 +6,10 @@
   the line.
 - A node on the generator with injected anomalies: every raised anomaly belongs to exactly one
   episode (same site, metric and kind, inside its span, the episode's window count equal to its
-  anomalies), the series route carries the same score the anomaly has, and no episode is false
-  (each overlaps an injected anomaly of its site).
+  anomalies), the series route carries the same score the anomaly has, no episode is false
+  (each overlaps an injected anomaly of its site), a 5xx burst is explained by a 5xx status code,
+  and an explanation's first driver equals what the top and series routes give for the same
+  windows.
 """
 
 import json
@@ -166,6 +168,45 @@ def test_node_episodes_group_the_anomalies_and_scores_reach_the_series(node, tmp
     status, body = node.get(f"/v1/hosts/{urllib.parse.quote(host)}/windows")
     judged = [w for w in body["windows"] if w["scores"] is not None]
     assert judged and all(s is None or 0 <= s <= 1 for w in judged for s in w["scores"].values())
+    # Episodes say what drove them: the newest 20 are explained, and each first driver's numbers
+    # equal what the top and series routes give for the same windows. (The generator's spikes
+    # and drops are the same traffic, only more or less: no key stands out; its 5xx bursts are
+    # one status code.)
+    explained = [e for e in episodes if e["explanation"]]
+    assert explained and len(explained) <= 20
+    checked = 0
+    for e in explained:
+        x = e["explanation"]
+        assert x["summary"] and 1 <= x["baseline_windows"] <= 30
+        contributions = [d["contribution"] for d in x["drivers"]]
+        assert contributions == sorted(contributions, reverse=True) and all(c >= 0.05 for c in contributions)
+        assert all(0 <= d[k] <= 1 for d in x["drivers"] for k in ("baseline_share", "observed_share"))
+        if e["kind"] == "error_burst":
+            assert x["drivers"] and x["drivers"][0]["dimension"] == "status" and x["drivers"][0]["key"].startswith("5"), x
+        if not x["drivers"]:
+            continue
+        first = x["drivers"][0]
+        host = urllib.parse.quote(e["host"])
+        start, peak, n = parse_ts(e["start"]), parse_ts(e["peak_window_start"]), x["baseline_windows"]
+
+        def span(frm, to):
+            q = urllib.parse.urlencode({"from": iso(frm // 1000), "to": iso(to // 1000)})
+            top = node.get(f"/v1/hosts/{host}/top?dimension={first['dimension']}&k=100&{q}")[1]["entries"]
+            series = node.get(f"/v1/hosts/{host}/windows?{q}")[1]["windows"]
+            return {t["key"]: t["count"] for t in top}, sum(w["requests"] for w in series), len(series)
+        base, base_total, windows = span(start - n * window, start)
+        obs, obs_total, _ = span(peak, peak + window)
+        assert windows == n
+        o, b = obs.get(first["key"], 0), base.get(first["key"], 0)
+        extra = obs_total - base_total / n
+        if e["metric"] == "requests" and abs(extra) >= max(1, 0.05 * base_total / n):
+            want = (o - b / n) / extra
+        else:
+            want = o / obs_total - b / base_total
+        assert abs(first["contribution"] - want) <= 1e-9, (e, want)
+        checked += 1
+    assert checked >= 1
+    print(f"{len(explained)} episodes explained, {checked} first drivers checked against /top")
     recall = sum(any(e["host"] == l["host"] and parse_ts(l["start"]) <= parse_ts(e["start"]) <= parse_ts(l["end"]) + 5 * window
                      for e in episodes) for l in labels)
     print(f"injected {len(labels)}, found {recall}; {len(episodes)} episodes from {len(anomalies)} anomalous windows")

@@ -9,6 +9,7 @@
 //! - [`time`]: civil-time conversions for RFC 3339 and access-log timestamps.
 //! - [`window`]: the pure window, watermark and lateness arithmetic.
 //! - [`sketch`], [`agg`]: mergeable sketches and the per (host, window, partition) aggregate.
+//! - [`explain`]: what drove an anomalous window (keys whose share moved against its baseline).
 //! - [`checkpoint`]: what a checkpoint and a publication hold, and their versioned wire format.
 //! - [`generator`]: the deterministic traffic generator (a pure function of seed, partition and
 //!   offset: the tests' ground truth).
@@ -21,6 +22,7 @@ pub mod agg;
 pub mod checkpoint;
 pub mod error;
 pub mod event;
+pub mod explain;
 pub mod fuzzing;
 pub mod generator;
 pub mod hash;
