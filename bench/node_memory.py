@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 
-from node_throughput import cpu_seconds, free_port, get, machine, peak_rss_mb
+from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node
 
 OUT = pathlib.Path(__file__).with_name("RESULTS-memory.md")
 CASE = dict(WTM__SOURCE__REALTIME="false", WTM__SOURCE__START="2026-01-01T00:00:00Z",
@@ -47,16 +47,8 @@ def latency_ms(port, paths):
 
 def run(label, wtm):
     with tempfile.TemporaryDirectory() as d:
-        port = free_port()
-        env = dict(CASE, PATH="/usr/bin:/bin", WTM__NODE__LISTEN=f"127.0.0.1:{port}", WTM__NODE__DATA_DIR=d)
-        p = subprocess.Popen([wtm, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p, port = start_node(wtm, dict(CASE, PATH="/usr/bin:/bin"), d)
         try:
-            while True:
-                try:
-                    get(port, "/readyz")
-                    break
-                except OSError:
-                    time.sleep(0.05)
             t0, c0 = time.time(), cpu_seconds(p.pid)
             slow = 0  # overview polls that took over 30 s (a node too busy to answer)
             while True:

@@ -47,19 +47,26 @@ def peak_rss_mb(pid):
     return 0.0
 
 
+def start_node(wtm, env, data_dir):
+    """`wtm run` on a free loopback port with `env` and its own data directory, once ready."""
+    port = free_port()
+    env = dict(env, WTM__NODE__LISTEN=f"127.0.0.1:{port}", WTM__NODE__DATA_DIR=data_dir)
+    env.setdefault("RUST_LOG", "warn")
+    p = subprocess.Popen([wtm, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            get(port, "/readyz")
+            return p, port
+        except OSError:
+            if p.poll() is not None:
+                raise RuntimeError(f"the node exited ({p.returncode}) before it was ready")
+            time.sleep(0.02)
+
+
 def run_case(name, env_overrides, until_finished=True, seconds=60):
     with tempfile.TemporaryDirectory() as d:
-        port = free_port()
-        env = dict(os.environ, **env_overrides, WTM__NODE__LISTEN=f"127.0.0.1:{port}", WTM__NODE__DATA_DIR=d)
-        env.setdefault("RUST_LOG", "warn")
-        p = subprocess.Popen([WTM, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p, port = start_node(WTM, dict(os.environ, **env_overrides), d)
         try:
-            while True:
-                try:
-                    get(port, "/readyz")
-                    break
-                except OSError:
-                    time.sleep(0.02)
             t0, c0 = time.time(), cpu_seconds(p.pid)
             if until_finished:
                 while not get(port, "/v1/overview")["finished"]:
