@@ -1,14 +1,16 @@
 //! The detector: judges each closed window of each host; model fits run on the blocking pool and
 //! come back as messages.
 
+mod alerts;
 pub mod offline;
 mod state;
 
 pub use state::{fit, judge, severity, DetectorState, FitJob, Judgement, Observed, METRICS};
 
+use alerts::Alerts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
-use wtm_config::DetectorConfig;
+use wtm_config::{AlertsConfig, DetectorConfig};
 use wtm_messages::{
     lookup, mailbox, tell, ClusterMsg, ClusterView, Detections, DetectorMsg, CLUSTER_NAME,
 };
@@ -22,11 +24,14 @@ pub struct DetectorRun {
     reported_hosts: u64,
     /// Whose host is whose, as of the archiver's last change of homes (None: a single node).
     view: Option<ClusterView>,
+    /// Where episodes are announced (None: no receiver configured).
+    alerts: Option<Alerts>,
 }
 
 pub struct DetectorArgs {
     pub config: DetectorConfig,
     pub window_ms: i64,
+    pub alerts: AlertsConfig,
 }
 
 impl Actor for DetectorActor {
@@ -49,6 +54,7 @@ impl Actor for DetectorActor {
             state: DetectorState::new(args.config, args.window_ms),
             reported_hosts: u64::MAX,
             view: None,
+            alerts: Alerts::start(&args.alerts),
         })
     }
 
@@ -76,9 +82,15 @@ impl Actor for DetectorActor {
                     Metrics::global()
                         .episodes
                         .add(1, &[KeyValue::new("metric", e.metric.clone())]);
+                    if let Some(a) = &run.alerts {
+                        a.opened(e);
+                    }
                 }
                 for e in &seen.ended {
                     tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
+                    if let Some(a) = &run.alerts {
+                        a.ended(e);
+                    }
                 }
                 if let Some(job) = seen.fit {
                     tokio::task::spawn_blocking(move || {

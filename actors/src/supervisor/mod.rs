@@ -120,6 +120,7 @@ impl SupervisorRun {
                 let args = DetectorArgs {
                     config: cfg.detector.clone(),
                     window_ms: cfg.window_spec().size_ms,
+                    alerts: cfg.alerts.clone(),
                 };
                 Actor::spawn_linked(Some(DETECTOR_NAME.into()), DetectorActor, args, sup)
                     .await?

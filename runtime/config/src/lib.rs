@@ -106,6 +106,37 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// Where anomaly episodes are announced: each fires once when it opens and resolves when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Alertmanager base URLs (`http://host:9093`): alerts go to `/api/v2/alerts`, re-sent
+    /// every `resend_s` while the episode lasts, then once with its end.
+    pub alertmanager: Vec<String>,
+    /// URLs that get a JSON POST when an episode opens and when it ends.
+    pub webhooks: Vec<String>,
+    /// Announcements waiting for a receiver that is down; beyond, new ones are dropped (counted).
+    pub queue: usize,
+    /// How often a firing alert is re-sent to Alertmanager (it resolves alerts not re-sent
+    /// within its `resolve_timeout`, 5 minutes by default).
+    pub resend_s: u64,
+    /// Longest wait between two tries of a delivery that failed (the wait doubles from 1 s).
+    pub retry_max_s: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            alertmanager: Vec::new(),
+            webhooks: Vec::new(),
+            queue: 10_000,
+            resend_s: 60,
+            retry_max_s: 30,
+        }
+    }
 }
 
 /// Bounds on what the monitored traffic controls (see README "Limits and security").
@@ -905,6 +936,29 @@ impl Config {
                 )?;
             }
         }
+        for (key, urls) in [
+            ("alerts.alertmanager", &self.alerts.alertmanager),
+            ("alerts.webhooks", &self.alerts.webhooks),
+        ] {
+            for url in urls {
+                check(
+                    url.strip_prefix("http://").is_some_and(|rest| !rest.is_empty()),
+                    key,
+                    &format!("{url:?} must be an http:// URL (https receivers are not supported yet: relay through a local proxy)"),
+                )?;
+            }
+        }
+        check(self.alerts.queue >= 1, "alerts.queue", "must be at least 1")?;
+        check(
+            self.alerts.resend_s >= 1,
+            "alerts.resend_s",
+            "must be at least 1",
+        )?;
+        check(
+            self.alerts.retry_max_s >= 1,
+            "alerts.retry_max_s",
+            "must be at least 1",
+        )?;
         for seed in &self.cluster.seeds {
             check(
                 is_host_port(seed),
@@ -1060,6 +1114,46 @@ mod tests {
             jail.set_env("WTM__CLUSTER__TLS__CA", "node.pem");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cluster.tls.key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
+    fn alert_and_detector_settings_are_checked_naming_the_key() {
+        // In a jail: other tests set WTM__ variables, which a plain load would read.
+        figment::Jail::expect_with(|jail| {
+            for (toml, key) in [
+                (
+                    "[alerts]\nwebhooks = [\"https://hooks.example/x\"]\n",
+                    "alerts.webhooks",
+                ),
+                (
+                    "[alerts]\nalertmanager = [\"am:9093\"]\n",
+                    "alerts.alertmanager",
+                ),
+                ("[alerts]\nqueue = 0\n", "alerts.queue"),
+                (
+                    "[detector]\nscore_threshold = 1.0\n",
+                    "detector.score_threshold",
+                ),
+                (
+                    "[detector]\nepisode_quiet_windows = 0\n",
+                    "detector.episode_quiet_windows",
+                ),
+            ] {
+                jail.create_file("c.toml", toml)?;
+                let err = Config::load(Some(Path::new("c.toml")))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{toml}: {err}");
+            }
+            jail.create_file(
+                "c.toml",
+                "[alerts]\nalertmanager = [\"http://127.0.0.1:9093\"]\n",
+            )?;
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.alerts.alertmanager, ["http://127.0.0.1:9093"]);
             Ok(())
         });
     }

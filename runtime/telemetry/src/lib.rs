@@ -85,6 +85,9 @@ pub struct Metrics {
     pub windows_closed: Counter<u64>,
     pub anomalies: Counter<u64>,
     pub episodes: Counter<u64>,
+    pub alerts_sent: Counter<u64>,
+    pub alerts_failed: Counter<u64>,
+    pub alerts_dropped: Counter<u64>,
     pub api_requests: Counter<u64>,
     pub rebalances: Counter<u64>,
     pub commit_seconds: Histogram<f64>,
@@ -238,6 +241,18 @@ impl Metrics {
             episodes: m
                 .u64_counter("wtm_episodes")
                 .with_description("Anomaly episodes opened, by metric")
+                .build(),
+            alerts_sent: m
+                .u64_counter("wtm_alerts_sent")
+                .with_description("Alert deliveries taken by a receiver, by target (alertmanager, webhook)")
+                .build(),
+            alerts_failed: m
+                .u64_counter("wtm_alerts_failed")
+                .with_description("Alert delivery attempts that failed (retried), by target")
+                .build(),
+            alerts_dropped: m
+                .u64_counter("wtm_alerts_dropped")
+                .with_description("Episode announcements dropped because the alert queue was full")
                 .build(),
             api_requests: m
                 .u64_counter("wtm_api_requests")

@@ -1,0 +1,123 @@
+"""Alerting: episodes announced to a real Alertmanager (`scripts/alertmanager`, routing to a
+webhook receiver in this test) and to a plain webhook. Every episode fires once and, once it
+has ended, resolves once — never twice — including while the webhook receiver is down at first
+(deliveries are retried until it comes up)."""
+
+import json
+import pathlib
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import START, Node, free_port
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SOURCE = dict(seed=4, hosts=40, rate=400.0, realtime=False, start=START, duration_s=7200, anomalies=8)
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 keeping every JSON body POSTed to it, by path."""
+
+    def __init__(self, port):
+        self.bodies = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("content-length", 0))
+                outer.bodies.setdefault(self.path, []).append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    hook_port, am_port = free_port(), free_port()
+    am_hook = Receiver(hook_port)
+    d = tmp_path / "alertmanager"
+    subprocess.run([ROOT / "scripts/alertmanager", "start", "--port", str(am_port), "--data-dir", d,
+                    "--webhook", f"http://127.0.0.1:{hook_port}/am"], check=True, capture_output=True)
+    yield f"http://127.0.0.1:{am_port}", am_hook
+    subprocess.run([ROOT / "scripts/alertmanager", "stop", "--data-dir", d], check=True)
+    am_hook.stop()
+
+
+def episode_key(host, metric, kind, start):
+    return (host, metric, kind, start)
+
+
+def settled_episodes(node):
+    last = None
+    for _ in range(60):
+        eps = node.get("/v1/anomalies")[1]["episodes"]
+        if eps == last:
+            return eps
+        last = eps
+        time.sleep(1)
+    raise AssertionError("the detector did not settle")
+
+
+def test_each_episode_fires_once_and_resolves_once(tmp_path, alertmanager):
+    am_url, am_hook = alertmanager
+    hook_port = free_port()
+    (tmp_path / "node").mkdir()
+    node = Node(tmp_path / "node", SOURCE, alerts={
+        "alertmanager": [am_url], "webhooks": [f"http://127.0.0.1:{hook_port}/hook"],
+        "resend_s": 2, "retry_max_s": 2,
+    })
+    node.start()
+    try:
+        node.wait_finished()
+        episodes = settled_episodes(node)
+        assert episodes
+        # The webhook receiver was down so far: deliveries wait and are retried.
+        _, text = node.get("/metrics")
+        failed = sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
+                     if l.startswith("wtm_alerts_failed_total") and 'target="webhook"' in l)
+        assert failed >= 1
+        hook = Receiver(hook_port)
+        try:
+            keys = {episode_key(e["host"], e["metric"], e["kind"], e["start"]) for e in episodes}
+            ended = {episode_key(e["host"], e["metric"], e["kind"], e["start"]) for e in episodes if e["end"]}
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                got = hook.bodies.get("/hook", [])
+                if len(got) >= len(keys) + len(ended):
+                    break
+                time.sleep(0.5)
+            time.sleep(3)  # nothing more may come
+            got = hook.bodies.get("/hook", [])
+            fired = [episode_key(b["host"], b["metric"], b["kind"], b["start"]) for b in got if b["status"] == "firing"]
+            resolved = [episode_key(b["host"], b["metric"], b["kind"], b["start"]) for b in got if b["status"] == "resolved"]
+            assert sorted(fired) == sorted(keys), "each episode fires once"
+            assert sorted(resolved) == sorted(ended), "each ended episode resolves once"
+            assert all(b["end"] for b in got if b["status"] == "resolved")
+        finally:
+            hook.stop()
+        # Alertmanager got each episode as one alert (labels identify it) and passed it on.
+        deadline = time.time() + 60
+        seen = set()
+        while time.time() < deadline and seen != keys:
+            for n in am_hook.bodies.get("/am", []):
+                for a in n["alerts"]:
+                    l = a["labels"]
+                    assert l["alertname"] == "WtmAnomaly"
+                    seen.add(episode_key(l["host"], l["metric"], l["kind"], l["episode_start"]))
+            time.sleep(0.5)
+        assert seen == keys, (seen ^ keys)
+        print(f"{len(keys)} episodes ({len(ended)} ended): webhook {len(fired)} firing, {len(resolved)} resolved "
+              f"after {failed:.0f} failed tries; Alertmanager passed on {len(seen)}")
+    finally:
+        node.stop()
