@@ -57,20 +57,13 @@ fn parse_ts(s: &str) -> Option<i64> {
     })
 }
 
+/// An episode of the one series: the node's episode JSON without the host.
 fn episode_json(e: &Episode) -> serde_json::Value {
-    serde_json::json!({
-        "metric": e.metric,
-        "kind": e.kind,
-        "start": format_rfc3339(e.start_ms),
-        "end": e.end_ms.map(format_rfc3339),
-        "ongoing": e.end_ms.is_none(),
-        "windows": e.windows,
-        "peak_score": e.peak_score,
-        "peak_window_start": format_rfc3339(e.peak_window_ms),
-        "peak_observed": e.peak_observed,
-        "peak_expected": e.peak_expected,
-        "severity": e.severity,
-    })
+    let mut v = wtm_actors::detector::episode_json(e);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("host");
+    }
+    v
 }
 
 /// Write judged rows (their timestamps as they came) and the episodes they ended.

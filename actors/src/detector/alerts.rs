@@ -92,15 +92,22 @@ fn alertmanager_alert(e: &Episode, firing: bool) -> serde_json::Value {
     a
 }
 
-/// What a webhook gets: the episode as `/v1/anomalies` lists it, and whether it fired or ended.
+/// What a webhook gets: the episode ([`episode_json`]) and whether it fired or ended.
 fn webhook_body(e: &Episode, firing: bool) -> serde_json::Value {
+    let mut body = episode_json(e);
+    body["status"] = if firing { "firing" } else { "resolved" }.into();
+    body
+}
+
+/// An episode as JSON, with the fields `/v1/anomalies` gives it (less the explanation).
+pub fn episode_json(e: &Episode) -> serde_json::Value {
     serde_json::json!({
-        "status": if firing { "firing" } else { "resolved" },
         "host": e.host,
         "metric": e.metric,
         "kind": e.kind,
         "start": format_rfc3339(e.start_ms),
         "end": e.end_ms.map(format_rfc3339),
+        "ongoing": e.end_ms.is_none(),
         "windows": e.windows,
         "peak_score": e.peak_score,
         "peak_window_start": format_rfc3339(e.peak_window_ms),

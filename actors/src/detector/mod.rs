@@ -2,6 +2,7 @@
 //! come back as messages.
 
 mod alerts;
+pub use alerts::episode_json;
 pub mod offline;
 mod state;
 
