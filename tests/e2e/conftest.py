@@ -165,6 +165,19 @@ def node_factory(tmp_path):
         n.stop()
 
 
+def settled(node, path):
+    """The answer once the detector has judged the last windows (two equal reads 1 s apart)."""
+    last = None
+    for _ in range(60):
+        status, body = node.get(path)
+        assert status == 200, body
+        if body == last:
+            return body
+        last = body
+        time.sleep(1)
+    raise AssertionError("the detector did not settle")
+
+
 def generate(path, **flags):
     args = [WTM, "generate", "--out", str(path)]
     for k, v in flags.items():

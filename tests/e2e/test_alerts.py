@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import START, Node, free_port
+from conftest import START, Node, free_port, settled
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCE = dict(seed=4, hosts=40, rate=400.0, realtime=False, start=START, duration_s=7200, anomalies=8)
@@ -58,17 +58,6 @@ def episode_key(host, metric, kind, start):
     return (host, metric, kind, start)
 
 
-def settled_episodes(node):
-    last = None
-    for _ in range(60):
-        eps = node.get("/v1/anomalies")[1]["episodes"]
-        if eps == last:
-            return eps
-        last = eps
-        time.sleep(1)
-    raise AssertionError("the detector did not settle")
-
-
 def test_each_episode_fires_once_and_resolves_once(tmp_path, alertmanager):
     am_url, am_hook = alertmanager
     hook_port = free_port()
@@ -80,7 +69,7 @@ def test_each_episode_fires_once_and_resolves_once(tmp_path, alertmanager):
     node.start()
     try:
         node.wait_finished()
-        episodes = settled_episodes(node)
+        episodes = settled(node, "/v1/anomalies")["episodes"]
         assert episodes
         # The webhook receiver was down so far: deliveries wait and are retried.
         _, text = node.get("/metrics")

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import START, WTM, finished_node, parse_ts
+from conftest import START, WTM, finished_node, parse_ts, settled
 
 INTERVAL_S = 300
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -111,19 +111,6 @@ NODE = dict(seed=4, hosts=40, rate=400.0, realtime=False, start=START, duration_
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     yield from finished_node(tmp_path_factory, "detect", NODE)
-
-
-def settled(node, path):
-    """The answer once the detector has judged the last windows (two equal reads 1 s apart)."""
-    last = None
-    for _ in range(60):
-        status, body = node.get(path)
-        assert status == 200, body
-        if body == last:
-            return body
-        last = body
-        time.sleep(1)
-    raise AssertionError("the detector did not settle")
 
 
 def test_node_episodes_group_the_anomalies_and_scores_reach_the_series(node, tmp_path):
