@@ -4,7 +4,7 @@
 //! with the sites, never with `api.retention_windows`.
 
 use std::collections::{HashMap, HashSet};
-use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_core::agg::ShareCounts;
 use wtm_messages::{HostCounts, HostsPage};
 
 pub struct RecentWindows {
@@ -30,10 +30,6 @@ impl RecentWindows {
     }
 
     /// Insert (or replace) a closed share's counts; drops what fell out of the listing span.
-    pub fn insert(&mut self, w: &ClosedWindow) {
-        self.insert_counts(&w.key.host, ShareCounts::closed(&w.key, &w.agg));
-    }
-
     pub fn insert_counts(&mut self, host: &str, c: ShareCounts) {
         let start = c.start_ms;
         self.seen_host(host);
@@ -136,7 +132,7 @@ pub fn with_older(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_core::agg::{WindowAgg, WindowKey};
+    use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 
     fn cw(host: &str, start: i64, requests: u64) -> ClosedWindow {
         let agg = WindowAgg {
@@ -154,6 +150,11 @@ mod tests {
         }
     }
 
+    /// What the archiver inserts for a written share.
+    fn insert(r: &mut RecentWindows, w: &ClosedWindow) {
+        r.insert_counts(&w.key.host, ShareCounts::closed(&w.key, &w.agg));
+    }
+
     fn totals(t: &[HostCounts]) -> Vec<(&str, u64)> {
         t.iter()
             .map(|t| (t.host.as_str(), t.shares.iter().map(|s| s.requests).sum()))
@@ -163,17 +164,17 @@ mod tests {
     #[test]
     fn replaces_lists_the_newest_and_adds_older_from_the_store() {
         let mut r = RecentWindows::new(3, 60_000);
-        r.insert(&cw("a", 0, 1));
-        r.insert(&cw("a", 0, 5)); // re-published: replaces
-        r.insert(&cw("b", 60_000, 2));
+        insert(&mut r, &cw("a", 0, 1));
+        insert(&mut r, &cw("a", 0, 5)); // re-published: replaces
+        insert(&mut r, &cw("b", 60_000, 2));
         assert_eq!(
             totals(&r.counts(10, HostsPage::ALL)),
             vec![("a", 5), ("b", 2)]
         );
-        r.insert(&cw("a", 240_000, 7)); // the listing keeps 120 s..240 s: a@0 and b@60 s go
+        insert(&mut r, &cw("a", 240_000, 7)); // the listing keeps 120 s..240 s: a@0 and b@60 s go
         assert_eq!(r.first_listed(), 120_000);
         assert_eq!(totals(&r.counts(10, HostsPage::ALL)), vec![("a", 7)]);
-        r.insert(&cw("a", 60_000, 9)); // late, older than the listing: the store has it
+        insert(&mut r, &cw("a", 60_000, 9)); // late, older than the listing: the store has it
         assert_eq!(totals(&r.counts(10, HostsPage::ALL)), vec![("a", 7)]);
         let stored = |h: &str, s: i64, n: u64| {
             let w = cw(h, s, n);

@@ -6,7 +6,7 @@ pub use alerts::episode_json;
 pub mod offline;
 mod state;
 
-pub use state::{fit, judge, severity, DetectorState, FitJob, Judgement, Observed, METRICS};
+pub use state::{fit, DetectorState, FitJob, Observed, METRICS};
 
 use alerts::Alerts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
