@@ -1,6 +1,7 @@
 //! `wtm`: the command line. Parsing, config and wiring only; the work lives in the crates.
 
 mod detect;
+mod upkeep;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,6 +45,12 @@ enum Command {
     /// Run the detector over one series from a CSV file (timestamp,value): every row's anomaly
     /// score, and the episodes.
     Detect(detect::DetectArgs),
+    /// Rewrite closed hours of the lake's many small files into few, sorted by host and time
+    /// (a Delta commit: readers never see a row twice or miss one).
+    Compact(upkeep::CompactArgs),
+    /// Remove the lake's days older than a number of days, and delete files removed longer
+    /// ago than the grace period (by this or by compaction).
+    Retention(upkeep::RetentionArgs),
     /// Health check for containers: GET a URL of a node (e.g. http://127.0.0.1:8080/readyz);
     /// exit 0 on a 2xx answer, 1 otherwise (images without curl use this). Sends the bearer
     /// token in WTM__API__TOKEN when it is set.
@@ -212,6 +219,8 @@ fn real_main() -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Batch(args) => batch(args),
         Command::Detect(args) => detect::detect(args),
+        Command::Compact(args) => upkeep::compact(args),
+        Command::Retention(args) => upkeep::retention(args),
         Command::Probe { url, timeout, ca } => {
             let token = std::env::var("WTM__API__TOKEN").ok();
             let timeout = std::time::Duration::from_secs(timeout);
@@ -663,6 +672,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
 
 /// The lake the config names: S3 (`lake.url`) or a local directory.
 async fn open_lake(cfg: &Config) -> Result<Lake> {
+    let commit_interval = std::time::Duration::from_millis(cfg.lake.commit_interval_ms);
     match &cfg.lake.url {
         Some(url) => {
             let store = Store::s3(&S3Settings {
@@ -672,9 +682,12 @@ async fn open_lake(cfg: &Config) -> Result<Lake> {
                 path_style: cfg.lake.path_style,
             })
             .await?;
-            Ok(Lake::with_store(store))
+            Ok(Lake::with_commit_interval(store, commit_interval))
         }
-        None => Ok(Lake::new(cfg.lake_path())),
+        None => Ok(Lake::with_commit_interval(
+            Store::Local(cfg.lake_path()),
+            commit_interval,
+        )),
     }
 }
 

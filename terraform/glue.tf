@@ -1,6 +1,8 @@
-# Glue tables over the lake's Hive layout (<table>/dt=YYYY-MM-DD/hour=HH/*.parquet) with partition
-# projection, so Athena finds new partitions without crawlers or MSCK REPAIR. The columns are the
-# archiver's Parquet schemas (runtime/storage/src/lake.rs); tests/e2e/test_deploy.py checks they agree.
+# Glue tables over the lake's Delta tables (<table>/_delta_log/ beside dt=YYYY-MM-DD/hour=HH/*.parquet).
+# Athena reads a Delta table natively (`table_type = DELTA`): the file list and the schema come from
+# the table's log, so a compaction or a retention run is seen atomically and no partitions need
+# registering. The columns below are the archiver's Parquet schemas (runtime/storage/src/lake.rs),
+# kept for other catalog readers; tests/e2e/test_deploy.py checks they agree. See docs/lake.md.
 
 locals {
   event_columns = [
@@ -70,27 +72,20 @@ resource "aws_glue_catalog_table" "lake" {
   table_type    = "EXTERNAL_TABLE"
 
   parameters = {
-    "classification"              = "parquet"
-    "EXTERNAL"                    = "TRUE"
-    "projection.enabled"          = "true"
-    "projection.dt.type"          = "date"
-    "projection.dt.format"        = "yyyy-MM-dd"
-    "projection.dt.range"         = "2024-01-01,NOW"
-    "projection.dt.interval"      = "1"
-    "projection.dt.interval.unit" = "DAYS"
-    "projection.hour.type"        = "integer"
-    "projection.hour.range"       = "0,23"
-    "projection.hour.digits"      = "2"
-    "storage.location.template"   = "s3://${local.bucket_name}/${var.lake_prefix}/${each.key}/dt=$${dt}/hour=$${hour}"
+    "table_type"                 = "DELTA"
+    "spark.sql.sources.provider" = "delta"
+    "classification"             = "delta"
+    "EXTERNAL"                   = "TRUE"
   }
 
+  # Delta partition values are strings, as the log stores them.
   partition_keys {
     name = "dt"
     type = "string"
   }
   partition_keys {
     name = "hour"
-    type = "int"
+    type = "string"
   }
 
   storage_descriptor {

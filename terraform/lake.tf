@@ -4,7 +4,7 @@
 
 resource "aws_s3_bucket" "lake" {
   #checkov:skip=CKV_AWS_144:Cross-region replication is a disaster-recovery choice with its own cost; the lake is re-derivable from Kafka within retention. Add a replica bucket if you need it.
-  #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events; Athena reads the lake through Glue partition projection.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events; Athena reads the lake through its Delta logs.
   bucket = local.bucket_name
   tags   = local.tags
 }

@@ -8,6 +8,7 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use wtm_storage::delta::DeltaLog;
 use wtm_storage::Store;
 
 /// Rows of the lake the oracle needs.
@@ -23,19 +24,12 @@ pub struct LakeRows {
     pub invalid: Vec<(u32, u64)>,
 }
 
+/// The files a table holds now, as its Delta log says: what every reader of the lake sees (a
+/// file written but never committed is not in the result, so the oracle counts it lost).
 fn files(store: &Store, table: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for dt in store.list_dirs(table)? {
-        for hour in store.list_dirs(&format!("{table}/{dt}"))? {
-            let dir = format!("{table}/{dt}/{hour}");
-            for f in store.list_files(&dir)? {
-                if f.ends_with(".parquet") {
-                    out.push(format!("{dir}/{f}"));
-                }
-            }
-        }
-    }
-    Ok(out)
+    let log = DeltaLog::new(store.clone(), table);
+    let snap = log.snapshot()?;
+    Ok(snap.files.keys().map(|p| log.file_key(p)).collect())
 }
 
 fn batches(store: &Store, key: &str) -> Result<Vec<RecordBatch>> {

@@ -178,6 +178,20 @@ def settled(node, path):
     raise AssertionError("the detector did not settle")
 
 
+def duck():
+    """A DuckDB connection that reads Delta tables (`delta_scan`): the extension comes from PyPI
+    (`duckdb-ext-delta`, its signed binary in DuckDB's extension-directory layout), since
+    DuckDB's own download site is not reachable here."""
+    import duckdb
+    import importlib.util
+
+    spec = importlib.util.find_spec("duckdb_ext")
+    ext_dir = pathlib.Path(list(spec.submodule_search_locations)[0]) / "extensions"
+    con = duckdb.connect(config={"extension_directory": str(ext_dir)})
+    con.execute("LOAD delta")
+    return con
+
+
 def generate(path, **flags):
     args = [WTM, "generate", "--out", str(path)]
     for k, v in flags.items():

@@ -468,6 +468,11 @@ pub struct LakeConfig {
     /// While the lake is unreachable a partition keeps reading until this many of its late,
     /// invalid and raw records wait in memory; then it pauses until the lake is back.
     pub max_unwritten_records: usize,
+    /// Each lake table is a Delta table; a node adds its files to a table in at most one
+    /// commit per this interval (the partitions' writes meanwhile go into the same commit), so
+    /// the log grows by a bounded number of commits however many partitions write. A
+    /// publication counts as written once its commit is in.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for LakeConfig {
@@ -482,6 +487,7 @@ impl Default for LakeConfig {
             flush_interval_ms: 10_000,
             flush_records: 100_000,
             max_unwritten_records: 2_000_000,
+            commit_interval_ms: 2_000,
         }
     }
 }
@@ -808,6 +814,11 @@ impl Config {
             self.checkpoint.interval_ms >= 10,
             "checkpoint.interval_ms",
             "must be at least 10",
+        )?;
+        check(
+            self.lake.commit_interval_ms <= 60_000,
+            "lake.commit_interval_ms",
+            "must be at most 60000 (a publication waits for its commit)",
         )?;
         check(
             self.supervisor.backoff_initial_ms >= 1,

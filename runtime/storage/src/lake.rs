@@ -10,6 +10,7 @@
 //! A name is a function of what the file holds, so writing a publication again overwrites.
 //! The objects live in a [`Store`]: a local directory or an S3 bucket.
 
+use crate::delta::{delta_now_ms, partition_values, Add, DeltaError, DeltaLog, TableWriter};
 use crate::store::{Expect, Store, StoreError, Version};
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder, Int32Array, Int32Builder,
@@ -25,6 +26,7 @@ use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{decode, encode, Publication};
 use wtm_core::error::ErrorKind;
@@ -37,6 +39,8 @@ pub enum LakeError {
     Format { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
 }
 
 impl LakeError {
@@ -50,6 +54,7 @@ impl LakeError {
         match self {
             LakeError::Format { .. } => ErrorKind::Permanent,
             LakeError::Store(e) => e.kind(),
+            LakeError::Delta(e) => e.kind(),
         }
     }
 }
@@ -272,25 +277,131 @@ fn events_batch(partition: u32, rows: &[EventRow], late: bool) -> Result<RecordB
     RecordBatch::try_new(events_schema(late), cols).map_err(|e| e.to_string())
 }
 
+/// Encode a batch as Parquet (Snappy; row groups of `row_group_rows` when given). Statistics
+/// per column chunk are on (the writer's default), so engines skip row groups by host and time.
+pub fn encode_parquet(
+    key: &str,
+    batch: &RecordBatch,
+    row_group_rows: Option<usize>,
+) -> Result<Vec<u8>, LakeError> {
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    if let Some(n) = row_group_rows {
+        props = props.set_max_row_group_row_count(Some(n));
+    }
+    let fmt = |e: parquet::errors::ParquetError| LakeError::Format {
+        path: PathBuf::from(key),
+        reason: e.to_string(),
+    };
+    let mut w =
+        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.build())).map_err(fmt)?;
+    w.write(batch).map_err(fmt)?;
+    w.into_inner().map_err(fmt)
+}
+
+/// A file's Delta statistics: its row count, and the range of its host and time columns, which
+/// lets Spark, Athena and DuckDB skip whole files on a host or time predicate.
+pub fn file_stats(batch: &RecordBatch) -> String {
+    let mut min = serde_json::Map::new();
+    let mut max = serde_json::Map::new();
+    if let Some(host) = batch
+        .column_by_name("host")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    {
+        let values = host.iter().flatten();
+        if let (Some(lo), Some(hi)) = (values.clone().min(), values.max()) {
+            min.insert("host".into(), lo.into());
+            max.insert("host".into(), hi.into());
+        }
+    }
+    for col in ["window_start", "ts"] {
+        if let Some(t) = batch
+            .column_by_name(col)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        {
+            let values = t.iter().flatten();
+            if let (Some(lo), Some(hi)) = (values.clone().min(), values.max()) {
+                min.insert(col.into(), wtm_core::time::format_rfc3339(lo).into());
+                max.insert(col.into(), wtm_core::time::format_rfc3339(hi).into());
+            }
+        }
+    }
+    serde_json::json!({"numRecords": batch.num_rows(), "minValues": min, "maxValues": max})
+        .to_string()
+}
+
 /// An event row: its offset, the event, and (for late rows) the watermark it arrived under.
 type EventRow<'a> = (u64, &'a Event, Option<i64>);
 
+/// The lake's four tables, each a Delta table (see [`crate::delta`]).
+pub const TABLES: [&str; 4] = ["windows", "late", "events", "invalid"];
+
+/// The columns of a table's files.
+pub fn table_schema(table: &str) -> Option<SchemaRef> {
+    Some(match table {
+        "windows" => windows_schema(),
+        "late" => events_schema(true),
+        "events" => events_schema(false),
+        "invalid" => invalid_schema(),
+        _ => return None,
+    })
+}
+
+/// How long the upkeep keeps a removed file (and its tombstone, the fence against replays) by
+/// default before the vacuum deletes it.
+pub const DEFAULT_VACUUM_GRACE_MS: i64 = 7 * 24 * 3_600_000;
+
 /// Writes publications into a lake in a local directory or an S3 bucket.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Lake {
     store: Store,
+    tables: Arc<[TableWriter; 4]>,
 }
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lake").field("store", &self.store).finish()
+    }
+}
+
+/// Default spacing of a table's commits from one process (`lake.commit_interval_ms`).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(2000);
 
 impl Lake {
     /// A lake in a local directory.
     pub fn new(root: impl Into<PathBuf>) -> Lake {
-        Lake {
-            store: Store::Local(root.into()),
-        }
+        Lake::with_store(Store::Local(root.into()))
     }
 
     pub fn with_store(store: Store) -> Lake {
-        Lake { store }
+        Lake::with_commit_interval(store, DEFAULT_COMMIT_INTERVAL)
+    }
+
+    /// A lake whose tables take at most one commit per `interval` from this process.
+    pub fn with_commit_interval(store: Store, interval: Duration) -> Lake {
+        let writer = |t: &str| {
+            TableWriter::new(
+                DeltaLog::new(store.clone(), t),
+                table_schema(t).expect("one of TABLES"),
+                interval,
+                DEFAULT_VACUUM_GRACE_MS,
+            )
+        };
+        let tables = Arc::new(TABLES.map(writer));
+        Lake { store, tables }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A table's log (one of [`TABLES`]).
+    pub fn log(&self, table: &str) -> Option<&DeltaLog> {
+        self.writer(table).map(TableWriter::log)
+    }
+
+    fn writer(&self, table: &str) -> Option<&TableWriter> {
+        let i = TABLES.iter().position(|t| *t == table)?;
+        Some(&self.tables[i])
     }
 
     /// The lake's location: a directory or `s3://bucket/prefix`.
@@ -298,26 +409,10 @@ impl Lake {
         self.store.describe()
     }
 
-    fn file(&self, table: &str, ts_ms: i64, name: &str) -> String {
+    /// A file's path inside its table: `dt=…/hour=…/<name>`.
+    fn file(ts_ms: i64, name: &str) -> String {
         let (dt, hour) = dt_hour(ts_ms);
-        format!("{table}/dt={dt}/hour={hour}/{name}")
-    }
-
-    /// Encode a batch as Parquet and put it at `key` (atomically, see [`Store::put`]).
-    fn write_batch(&self, key: &str, batch: &RecordBatch) -> Result<u64, LakeError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let fmt = |e: parquet::errors::ParquetError| LakeError::Format {
-            path: PathBuf::from(key),
-            reason: e.to_string(),
-        };
-        let mut w = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(fmt)?;
-        w.write(batch).map_err(fmt)?;
-        let bytes = w.into_inner().map_err(fmt)?;
-        let len = bytes.len() as u64;
-        self.store.put(key, bytes)?;
-        Ok(len)
+        format!("dt={dt}/hour={hour}/{name}")
     }
 
     /// Key of a partition's shared checkpoint snapshot (`checkpoints/` beside the tables).
@@ -349,16 +444,42 @@ impl Lake {
     }
 
     /// Write every file of a publication. Blocking: call from `spawn_blocking`.
+    ///
+    /// The files go to their tables' paths first, then one commit per table adds them (batched
+    /// with other partitions' in the same interval); the publication counts as written once
+    /// every table's commit is in. A file whose path the upkeep removed is neither written nor
+    /// added again (see [`crate::delta`]).
     pub fn write(&self, p: &Publication) -> Result<WriteStats, LakeError> {
         let mut stats = WriteStats::default();
         let mut written: Vec<String> = Vec::new();
-        let mut put = |key: String, batch: Result<RecordBatch, String>| -> Result<(), LakeError> {
+        let mut adds: BTreeMap<&'static str, Vec<Add>> = BTreeMap::new();
+        let mut put = |table: &'static str,
+                       path: String,
+                       batch: Result<RecordBatch, String>|
+         -> Result<(), LakeError> {
+            let writer = self.writer(table).expect("one of TABLES");
+            let key = writer.log().file_key(&path);
             let batch = batch.map_err(|reason| LakeError::Format {
                 path: PathBuf::from(&key),
                 reason,
             })?;
-            stats.bytes += self.write_batch(&key, &batch)?;
+            if writer.is_removed(&path)? {
+                tracing::info!(%key, "not writing a file the lake's upkeep already compacted or expired");
+                return Ok(());
+            }
+            let bytes = encode_parquet(&key, &batch, None)?;
+            let size = bytes.len() as i64;
+            self.store.put(&key, bytes)?;
+            stats.bytes += size as u64;
             stats.files += 1;
+            adds.entry(table).or_default().push(Add {
+                partition_values: partition_values(&path),
+                path,
+                size,
+                modification_time: delta_now_ms(),
+                data_change: true,
+                stats: Some(file_stats(&batch)),
+            });
             written.push(key);
             Ok(())
         };
@@ -370,7 +491,7 @@ impl Lake {
         for (start, mut rows) in by_window {
             rows.sort_by(|a, b| a.key.cmp(&b.key));
             let name = format!("part-p{:05}-w{}.parquet", p.partition, start);
-            put(self.file("windows", start, &name), windows_batch(&rows))?;
+            put("windows", Self::file(start, &name), windows_batch(&rows))?;
         }
         let name = format!("part-p{:05}-o{:020}.parquet", p.partition, p.from_offset);
         // Late and raw events: grouped by the hour of their event time.
@@ -385,7 +506,8 @@ impl Lake {
         }
         for (hour, rows) in late {
             put(
-                self.file("late", hour, &name),
+                "late",
+                Self::file(hour, &name),
                 events_batch(p.partition, &rows, true),
             )?;
         }
@@ -395,7 +517,8 @@ impl Lake {
         }
         for (hour, rows) in raw {
             put(
-                self.file("events", hour, &name),
+                "events",
+                Self::file(hour, &name),
                 events_batch(p.partition, &rows, false),
             )?;
         }
@@ -420,31 +543,34 @@ impl Lake {
                 Arc::new(raw.finish()),
             ];
             let batch = RecordBatch::try_new(invalid_schema(), cols).map_err(|e| e.to_string());
-            put(self.file("invalid", p.created_ms, &name), batch)?;
+            put("invalid", Self::file(p.created_ms, &name), batch)?;
         }
         self.store.sync(written.iter().map(String::as_str))?;
+        for (table, adds) in adds {
+            self.writer(table).expect("one of TABLES").append(adds)?;
+        }
         Ok(stats)
     }
 
-    /// Start (UTC ms) of the newest `windows/dt=…/hour=…` partition, if any. Blocking.
+    /// The files the `windows` table holds now, with the start (UTC ms) of each one's hour.
+    fn window_files(&self) -> Result<Vec<(i64, String)>, LakeError> {
+        let log = self.log("windows").expect("one of TABLES");
+        let snap = log.snapshot()?;
+        Ok(snap
+            .files
+            .into_values()
+            .filter_map(|a| {
+                let pv = &a.partition_values;
+                let (dt, hour) = (pv.get("dt")?.as_deref()?, pv.get("hour")?.as_deref()?);
+                let start = wtm_core::time::parse_rfc3339(&format!("{dt}T{hour}:00:00Z"))?;
+                Some((start, log.file_key(&a.path)))
+            })
+            .collect())
+    }
+
+    /// Start (UTC ms) of the newest hour the `windows` table holds, if any. Blocking.
     pub fn newest_window_hour(&self) -> Result<Option<i64>, LakeError> {
-        let newest = |prefix: &str, key: &str| -> Result<Option<String>, LakeError> {
-            Ok(self
-                .store
-                .list_dirs(prefix)?
-                .into_iter()
-                .rev()
-                .find_map(|d| d.strip_prefix(key).map(str::to_owned)))
-        };
-        let Some(dt) = newest("windows", "dt=")? else {
-            return Ok(None);
-        };
-        let Some(hour) = newest(&format!("windows/dt={dt}"), "hour=")? else {
-            return Ok(None);
-        };
-        Ok(wtm_core::time::parse_rfc3339(&format!(
-            "{dt}T{hour}:00:00Z"
-        )))
+        Ok(self.window_files()?.into_iter().map(|(h, _)| h).max())
     }
 
     /// Closed windows whose start is at or after `since_ms`, rebuilt from their sketches (the API
@@ -456,39 +582,24 @@ impl Lake {
     }
 
     /// [`Self::read_windows`], one window at a time (a file's windows in memory at once, never
-    /// the whole span). Blocking.
+    /// the whole span), from the files the table holds now. Blocking.
     pub fn for_each_window(
         &self,
         since_ms: i64,
         out: &mut dyn FnMut(ClosedWindow),
     ) -> Result<(), LakeError> {
-        let (since_dt, since_hour) = dt_hour(since_ms);
-        for dt in self.store.list_dirs("windows")? {
-            let Some(d) = dt.strip_prefix("dt=") else {
-                continue;
-            };
-            if d < since_dt.as_str() {
+        let since_hour = since_ms.saturating_sub(since_ms.rem_euclid(3_600_000));
+        let mut files = self.window_files()?;
+        files.sort();
+        for (hour, key) in files {
+            if hour < since_hour {
                 continue;
             }
-            for hour in self.store.list_dirs(&format!("windows/{dt}"))? {
-                let Some(h) = hour.strip_prefix("hour=") else {
-                    continue;
-                };
-                if d == since_dt && h < since_hour.as_str() {
-                    continue;
-                }
-                let dir = format!("windows/{dt}/{hour}");
-                for file in self.store.list_files(&dir)? {
-                    if file.ends_with(".parquet") {
-                        let key = format!("{dir}/{file}");
-                        if let Some(bytes) = self.store.get(&key)? {
-                            // History for the API is best effort: a bad file is reported and
-                            // skipped, never a reason not to start.
-                            if let Err(e) = read_window_file(&key, bytes, since_ms, out) {
-                                tracing::warn!(error = %e, "skipping an unreadable window file");
-                            }
-                        }
-                    }
+            if let Some(bytes) = self.store.get(&key)? {
+                // History for the API is best effort: a bad file is reported and skipped,
+                // never a reason not to start.
+                if let Err(e) = read_window_file(&key, bytes, since_ms, out) {
+                    tracing::warn!(error = %e, "skipping an unreadable window file");
                 }
             }
         }

@@ -8,14 +8,19 @@
 //!   say whether to retry.
 //! - [`lake`]: the Parquet lake on a store: Hive-style partitions, deterministic file names,
 //!   the shared checkpoint snapshots under `checkpoints/`.
+//! - [`delta`]: the Delta Lake transaction log that makes each lake table's set of files
+//!   change atomically (nodes' group commits, checkpoints, the upkeep's fence).
+//! - [`upkeep`]: compaction, retention and vacuum of the lake's tables, as Delta commits.
 //! - [`checkpoints`]: the node's sled checkpoint store (the only module that touches sled).
 //! - [`history`]: the API's retained closed windows on local disk (the only module that
 //!   touches redb).
 
 pub mod checkpoints;
+pub mod delta;
 pub mod history;
 pub mod lake;
 pub mod store;
+pub mod upkeep;
 
 pub use checkpoints::{CheckpointStore, CheckpointStoreError};
 pub use history::{History, HistoryError, SeriesRead};

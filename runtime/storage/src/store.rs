@@ -322,6 +322,112 @@ impl Store {
         }
     }
 
+    /// Create the object at `key` unless one exists: false when it did (another writer won).
+    /// The Delta log's commit primitive. Local: a temporary file, fsync, then a hard link to the
+    /// name, which fails atomically when the name exists (no lock file beside every commit).
+    /// S3: `If-None-Match: *`.
+    pub fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                let dir = path.parent().expect("keys name files under a directory");
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                let tmp = dir.join(temp_name(&path));
+                let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                f.write_all(&bytes).map_err(io_err(&tmp))?;
+                f.sync_all().map_err(io_err(&tmp))?;
+                let linked = std::fs::hard_link(&tmp, &path);
+                std::fs::remove_file(&tmp).ok();
+                match linked {
+                    Ok(()) => {
+                        std::fs::File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(io_err(dir))?;
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Store::S3(s) => match s.runtime.block_on(s.put(key, bytes, Some(&Expect::Absent))) {
+                Ok(_) => Ok(true),
+                Err(StoreError::Conflict { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Delete the object at `key`; deleting one that is not there is not an error.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Store::S3(s) => s.runtime.block_on(async {
+                s.client
+                    .delete_object()
+                    .bucket(&s.bucket)
+                    .key(s.key(key))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| s.sdk_err(key, e))
+            }),
+        }
+    }
+
+    /// Size in bytes of the object at `key`, if it exists.
+    pub fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.head(key)?.map(|(size, _)| size))
+    }
+
+    /// When the object at `key` was last written (ms since the epoch), if it exists.
+    pub fn modified_ms(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.head(key)?.map(|(_, m)| m))
+    }
+
+    fn head(&self, key: &str) -> Result<Option<(u64, i64)>, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                match std::fs::metadata(&path) {
+                    Ok(m) => {
+                        let modified = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_millis() as i64);
+                        Ok(Some((m.len(), modified)))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Store::S3(s) => s.runtime.block_on(async {
+                match s
+                    .client
+                    .head_object()
+                    .bucket(&s.bucket)
+                    .key(s.key(key))
+                    .send()
+                    .await
+                {
+                    Ok(o) => Ok(Some((
+                        o.content_length().unwrap_or(0).max(0) as u64,
+                        o.last_modified().map_or(0, |t| t.to_millis().unwrap_or(0)),
+                    ))),
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                    Err(e) => Err(s.sdk_err(key, e)),
+                }
+            }),
+        }
+    }
+
     /// The object at `key` with its version (for a later [`Store::put_if`]), if it exists.
     pub fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         match self {
