@@ -155,6 +155,24 @@ variable "lake_glacier_after_days" {
   default     = 180
 }
 
+variable "enable_upkeep_schedules" {
+  description = "Run `wtm compact` hourly and `wtm retention` daily as ECS tasks from EventBridge Scheduler (false when Airflow runs airflow/dags/)."
+  type        = bool
+  default     = true
+}
+
+variable "retention_keep" {
+  description = "`wtm retention --keep` values: days for every table, or TABLE=DAYS."
+  type        = list(string)
+  default     = ["90", "events=30"]
+}
+
+variable "vacuum_grace_hours" {
+  description = "Hours a file removed from the lake (compaction, retention) stays for running queries and as a fence against replays."
+  type        = number
+  default     = 168
+}
+
 variable "log_retention_days" {
   description = "CloudWatch log retention for the nodes and MSK."
   type        = number

@@ -301,6 +301,7 @@ impl Api {
         let mut invalid: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = OverviewOut {
             events: 0,
+            published: PublishedOut::default(),
             invalid_total: 0,
             invalid: BTreeMap::new(),
             late: 0,
@@ -317,6 +318,7 @@ impl Api {
             out.events += p.totals.events;
             out.late += p.totals.late;
             out.windows_closed += p.totals.windows_closed;
+            out.published.add(&p.totals.published);
             for (r, n) in &p.totals.invalid {
                 *invalid.entry(r.as_str().to_owned()).or_default() += n;
                 out.invalid_total += n;
@@ -335,6 +337,11 @@ impl Api {
                 late: p.totals.late,
                 lag: p.lag,
                 finished: p.finished,
+                published: {
+                    let mut pb = PublishedOut::default();
+                    pb.add(&p.totals.published);
+                    pb
+                },
             });
         }
         out.invalid = invalid;

@@ -161,12 +161,36 @@ pub struct PartitionOut {
     #[oai(nullable)]
     pub lag: Option<u64>,
     pub finished: bool,
+    /// What of the partition is in the lake.
+    pub published: PublishedOut,
+}
+
+/// Sums of the publications written to the lake: the rows its tables hold for these partitions
+/// (windows' `requests`, and rows of `late`, `invalid` and `events`). A data-quality check reads
+/// this, then the lake, then this again: the lake lies between the two.
+#[derive(Object, Default, Clone, Copy)]
+pub struct PublishedOut {
+    pub window_requests: u64,
+    pub late: u64,
+    pub invalid: u64,
+    pub raw: u64,
+}
+
+impl PublishedOut {
+    pub fn add(&mut self, p: &wtm_core::checkpoint::PublishedTotals) {
+        self.window_requests += p.window_requests;
+        self.late += p.late;
+        self.invalid += p.invalid;
+        self.raw += p.raw;
+    }
 }
 
 #[derive(Object)]
 pub struct OverviewOut {
     /// Records parsed into events (late ones included).
     pub events: u64,
+    /// What of it all is in the lake (see [`PublishedOut`]).
+    pub published: PublishedOut,
     pub invalid_total: u64,
     /// Invalid records by reason.
     pub invalid: BTreeMap<String, u64>,

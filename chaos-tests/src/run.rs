@@ -134,7 +134,14 @@ pub struct Harness {
     recovering: Vec<(usize, Instant)>,
     /// Faults begun and not yet recovered from (outcome indices): their peak lag is tracked.
     open_faults: Vec<usize>,
+    /// Per node, when a full disk of its last ended: a node that ran out of space during the
+    /// fault stops only once its restart budget is spent (seconds of backoff), which may be
+    /// just after the space came back.
+    disk_full_ended: BTreeMap<usize, Instant>,
 }
+
+/// How long after its disk-full fault ended a node's exit still counts as caused by it.
+const DISK_FULL_EXIT_GRACE: Duration = Duration::from_secs(30);
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[chaos {}] {}", format_rfc3339(now_ms()), msg.as_ref());
@@ -237,6 +244,7 @@ impl Harness {
             lag_threshold,
             recovering: Vec::new(),
             open_faults: Vec::new(),
+            disk_full_ended: BTreeMap::new(),
         })
     }
 
@@ -379,6 +387,7 @@ impl Harness {
                     if let Some(f) = a.filler.take() {
                         std::fs::remove_file(f)?;
                     }
+                    self.disk_full_ended.insert(v, Instant::now());
                     // It stopped for want of space (as it should): start it again.
                     let n = &mut self.nodes[v];
                     if std::mem::take(&mut n.held_down) && !n.alive() {
@@ -433,9 +442,14 @@ impl Harness {
                 continue;
             }
             let during: Vec<FaultKind> = active.iter().map(|a| a.fault.kind).collect();
-            let expected = active
+            let disk_full_now = active
                 .iter()
                 .any(|a| a.fault.kind == FaultKind::DiskFull && a.victim == Some(i));
+            let expected = disk_full_now
+                || self
+                    .disk_full_ended
+                    .get(&i)
+                    .is_some_and(|t| t.elapsed() < DISK_FULL_EXIT_GRACE);
             log(format!(
                 "node {i} exited (during {during:?}); restarting it"
             ));
@@ -446,7 +460,7 @@ impl Harness {
                 expected,
             });
             // While its disk is still full it would only fail again: wait for the space.
-            if expected {
+            if disk_full_now {
                 self.nodes[i].held_down = true;
             } else {
                 self.nodes[i].start(&self.cluster)?;

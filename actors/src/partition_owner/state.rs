@@ -253,7 +253,8 @@ impl OwnerState {
 
     /// The oldest publication has been written.
     pub fn published_one(&mut self) {
-        self.unpublished.remove(0);
+        let p = self.unpublished.remove(0);
+        self.totals.published.add(&p);
         self.ready -= 1;
     }
 
@@ -631,6 +632,15 @@ mod tests {
             (1, 2),
             "the dead letter is back"
         );
+        // Written: what the lake holds for the partition grows by the publication, once.
+        let before = r.totals.published;
+        r.published_one();
+        let after = r.totals.published;
+        assert_eq!(
+            (after.invalid - before.invalid, after.raw - before.raw),
+            (1, 2)
+        );
+        assert!(r.ready_publications().is_empty());
         // Nothing to derive again, only to write: reading is over, but not finished until written.
         let mut s = OwnerState::new(settings());
         s.source_done = true;

@@ -184,6 +184,32 @@ pub struct PartitionTotals {
     pub late: u64,
     pub invalid: std::collections::BTreeMap<InvalidReason, u64>,
     pub windows_closed: u64,
+    /// What of it is in the lake: the sums of the publications written so far.
+    #[serde(default)]
+    pub published: PublishedTotals,
+}
+
+/// The sums of a partition's publications written to the lake: what a data-quality check expects
+/// the lake's tables to hold for the partition (never more than the events counted in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTotals {
+    /// Requests of the closed windows written (the `windows` table's `requests`).
+    pub window_requests: u64,
+    /// Rows of the `late` table.
+    pub late: u64,
+    /// Rows of the `invalid` table.
+    pub invalid: u64,
+    /// Rows of the `events` table (the raw archive, when on).
+    pub raw: u64,
+}
+
+impl PublishedTotals {
+    pub fn add(&mut self, p: &Publication) {
+        self.window_requests += p.closed.iter().map(|w| w.agg.requests).sum::<u64>();
+        self.late += p.late.len() as u64;
+        self.invalid += p.invalid.len() as u64;
+        self.raw += p.raw.len() as u64;
+    }
 }
 
 #[cfg(test)]
