@@ -43,7 +43,7 @@ def duck():
 
 QUERIES = {
     "day": "select host, sum(requests), sum(status_5xx) from delta_scan('{w}') group by host",
-    "site": "select date_trunc('hour', window_start), sum(requests) from delta_scan('{w}') "
+    "site": "select epoch_ms(date_trunc('hour', window_start)), sum(requests) from delta_scan('{w}') "
             "where host = '{host}' group by 1 order by 1",
     "paths": "select e.key, sum(e.count) n from (select unnest(from_json(top_paths, "
              "'[{{\"key\":\"VARCHAR\",\"count\":\"BIGINT\"}}]')) e from delta_scan('{w}')) group by 1 "

@@ -45,6 +45,10 @@ pub struct RetentionArgs {
     /// fence replays until then.
     #[arg(long, default_value_t = 168.0)]
     grace_hours: f64,
+    /// Log commits older than the newest checkpoint are deleted this many hours after they
+    /// were written (readers start from the checkpoint).
+    #[arg(long, default_value_t = 24.0)]
+    log_retention_hours: f64,
     /// "Today", RFC 3339 [default: now]
     #[arg(long)]
     now: Option<String>,
@@ -213,6 +217,10 @@ pub fn retention(a: RetentionArgs) -> Result<()> {
     if !(a.grace_hours.is_finite() && a.grace_hours >= 0.0) {
         bail!("--grace-hours must be 0 or more");
     }
+    if !(a.log_retention_hours.is_finite() && a.log_retention_hours >= 0.0) {
+        bail!("--log-retention-hours must be 0 or more");
+    }
+    let log_keep_ms = (a.log_retention_hours * 3_600_000.0) as i64;
     let now = match &a.now {
         Some(s) => {
             parse_rfc3339(s).with_context(|| format!("--now {s:?}: not an RFC 3339 time"))?
@@ -236,7 +244,7 @@ pub fn retention(a: RetentionArgs) -> Result<()> {
                         }
                         None => None,
                     };
-                    Ok((expired, upkeep::vacuum(&lake, t, grace_ms)?))
+                    Ok((expired, upkeep::vacuum(&lake, t, grace_ms, log_keep_ms)?))
                 })
                 .await
             })?

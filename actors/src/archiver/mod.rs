@@ -216,26 +216,30 @@ fn off_the_mailbox<T: Send + 'static>(
     });
 }
 
-/// Write a publication on the blocking pool, off the archiver's mailbox; reply when durable.
-/// Its closed windows then go to the history store (best effort: the lake holds them, and a
-/// restart refills the store from it).
+/// Write a partition's publications on the blocking pool, off the archiver's mailbox; reply when
+/// durable. Their closed windows then go to the history store (best effort: the lake holds them,
+/// and a restart refills the store from it).
 fn upload(
     lake: Lake,
     history: Option<Arc<History>>,
     me: ActorRef<ArchiverMsg>,
-    p: Arc<Publication>,
+    ps: Vec<Arc<Publication>>,
     reply: RpcReplyPort<Result<(), Failure>>,
 ) {
     tokio::spawn(async move {
         let m = Metrics::global();
-        let publication = Arc::clone(&p);
+        let publications = ps.clone();
         let write = move || {
-            let stats = lake.write(&publication)?;
-            let counts = counts_of(&publication.closed);
-            if let Some(h) = history {
-                if let Err(e) = h.put(&publication.closed, &counts) {
-                    tracing::warn!(error = %e, "cannot keep closed windows in the history store: the API misses them until a restart refills it from the lake");
+            let stats = lake.write_all(&publications)?;
+            let mut counts = Vec::with_capacity(publications.len());
+            for p in &publications {
+                let c = counts_of(&p.closed);
+                if let Some(h) = &history {
+                    if let Err(e) = h.put(&p.closed, &c) {
+                        tracing::warn!(error = %e, "cannot keep closed windows in the history store: the API misses them until a restart refills it from the lake");
+                    }
                 }
+                counts.push(c);
             }
             Ok::<_, wtm_storage::LakeError>((stats, counts))
         };
@@ -243,9 +247,12 @@ fn upload(
             Ok(Ok((stats, counts))) => {
                 m.lake_files.add(stats.files, &[]);
                 m.lake_bytes.add(stats.bytes, &[]);
-                // Queued before the reply, so the owner's next publication lands after it.
-                if tell(&me, ActorKind::Archiver, ArchiverMsg::Written(p, counts)).is_err() {
-                    tracing::warn!("archiver restarting: recent windows reload from the lake");
+                // Queued before the reply, so the owner's next publications land after them.
+                for (p, c) in ps.into_iter().zip(counts) {
+                    if tell(&me, ActorKind::Archiver, ArchiverMsg::Written(p, c)).is_err() {
+                        tracing::warn!("archiver restarting: recent windows reload from the lake");
+                        break;
+                    }
                 }
                 Ok(())
             }

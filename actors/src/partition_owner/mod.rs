@@ -310,6 +310,9 @@ fn load_newest(
     Ok((newest, version))
 }
 
+/// At most this many publications go to the archiver in one write.
+const PUBLICATIONS_PER_WRITE: usize = 64;
+
 /// Write committed publications to the lake, oldest first; stop at the first failure (kept for
 /// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure
 /// worth retrying; a permanent one (denied credentials) fails the owner, and the supervisor
@@ -320,13 +323,18 @@ async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessing
     }
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME)
         .ok_or_else(|| Failure::transient("archiver is not running"))?;
-    while let Some(p) = state.ready_publications().first().cloned() {
+    while !state.ready_publications().is_empty() {
+        // Ready ones together (they share the tables' commits), a bounded number at a time so a
+        // backlog after an outage is not one write longer than the call's timeout.
+        let ready = state.ready_publications();
+        let ready = ready[..ready.len().min(PUBLICATIONS_PER_WRITE)].to_vec();
+        let n = ready.len();
         match ask(&archiver, ActorKind::Archiver, |r| {
-            ArchiverMsg::Publish(p, r)
+            ArchiverMsg::Publish(ready, r)
         })
         .await?
         {
-            Ok(()) => state.published_one(),
+            Ok(()) => (0..n).for_each(|_| state.published_one()),
             Err(e) if e.kind == ErrorKind::Permanent => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(partition = state.settings.partition, error = %e, "lake write failed; will retry");

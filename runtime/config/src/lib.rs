@@ -471,7 +471,8 @@ pub struct LakeConfig {
     /// Each lake table is a Delta table; a node adds its files to a table in at most one
     /// commit per this interval (the partitions' writes meanwhile go into the same commit), so
     /// the log grows by a bounded number of commits however many partitions write. A
-    /// publication counts as written once its commit is in.
+    /// publication counts as written once its commit is in, and its owner waits for that:
+    /// longer means fewer log files but a partition that reads less while catching up.
     pub commit_interval_ms: u64,
 }
 
@@ -487,7 +488,7 @@ impl Default for LakeConfig {
             flush_interval_ms: 10_000,
             flush_records: 100_000,
             max_unwritten_records: 2_000_000,
-            commit_interval_ms: 2_000,
+            commit_interval_ms: 250,
         }
     }
 }

@@ -263,9 +263,11 @@ pub struct Revocation {
 
 #[derive(RactorMessage)]
 pub enum ArchiverMsg {
-    /// Write a committed publication to the lake; replies once the files are durable. Writes
-    /// of different partitions run in parallel; an owner sends its next one after the reply.
-    Publish(Arc<Publication>, RpcReplyPort<Result<(), Failure>>),
+    /// Write a partition's committed publications (oldest first) to the lake; replies once
+    /// their files are durable and in the tables (one commit per table for all of them, so a
+    /// partition's write rate is not bound by the commit interval). Writes of different
+    /// partitions run in parallel; an owner sends its next ones after the reply.
+    Publish(Vec<Arc<Publication>>, RpcReplyPort<Result<(), Failure>>),
     /// A publication's files are durable (sent by the archiver's own upload task): update the
     /// recent windows and hand them to the detector, in the order the writes finished.
     Written(Arc<Publication>, Vec<ShareCounts>),

@@ -329,6 +329,14 @@ pub fn file_stats(batch: &RecordBatch) -> String {
         .to_string()
 }
 
+/// What writing publications put where, before their commits.
+#[derive(Default)]
+struct Files {
+    stats: WriteStats,
+    adds: BTreeMap<&'static str, Vec<Add>>,
+    written: Vec<String>,
+}
+
 /// An event row: its offset, the event, and (for late rows) the watermark it arrived under.
 type EventRow<'a> = (u64, &'a Event, Option<i64>);
 
@@ -364,7 +372,7 @@ impl std::fmt::Debug for Lake {
 }
 
 /// Default spacing of a table's commits from one process (`lake.commit_interval_ms`).
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(2000);
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Lake {
     /// A lake in a local directory.
@@ -443,16 +451,33 @@ impl Lake {
         Ok(self.store.get_versioned(&Self::snapshot_key(partition))?)
     }
 
-    /// Write every file of a publication. Blocking: call from `spawn_blocking`.
-    ///
-    /// The files go to their tables' paths first, then one commit per table adds them (batched
-    /// with other partitions' in the same interval); the publication counts as written once
-    /// every table's commit is in. A file whose path the upkeep removed is neither written nor
-    /// added again (see [`crate::delta`]).
+    /// Write every file of a publication and add them to their tables. Blocking: call from
+    /// `spawn_blocking`. See [`Lake::write_all`].
     pub fn write(&self, p: &Publication) -> Result<WriteStats, LakeError> {
-        let mut stats = WriteStats::default();
-        let mut written: Vec<String> = Vec::new();
-        let mut adds: BTreeMap<&'static str, Vec<Add>> = BTreeMap::new();
+        self.write_all(std::slice::from_ref(p))
+    }
+
+    /// Write every file of these publications (in order), then add them to their tables: one
+    /// commit per table for all of them (batched with other partitions' in the same interval).
+    /// They count as written once every table's commit is in. A file whose path the upkeep
+    /// removed is neither written nor added again (see [`crate::delta`]). Blocking.
+    pub fn write_all<P: std::borrow::Borrow<Publication>>(
+        &self,
+        ps: &[P],
+    ) -> Result<WriteStats, LakeError> {
+        let mut out = Files::default();
+        for p in ps {
+            self.put_files(p.borrow(), &mut out)?;
+        }
+        self.store.sync(out.written.iter().map(String::as_str))?;
+        for (table, adds) in out.adds {
+            self.writer(table).expect("one of TABLES").append(adds)?;
+        }
+        Ok(out.stats)
+    }
+
+    /// Put one publication's files, noting what to add to which table.
+    fn put_files(&self, p: &Publication, out: &mut Files) -> Result<(), LakeError> {
         let mut put = |table: &'static str,
                        path: String,
                        batch: Result<RecordBatch, String>|
@@ -470,9 +495,9 @@ impl Lake {
             let bytes = encode_parquet(&key, &batch, None)?;
             let size = bytes.len() as i64;
             self.store.put(&key, bytes)?;
-            stats.bytes += size as u64;
-            stats.files += 1;
-            adds.entry(table).or_default().push(Add {
+            out.stats.bytes += size as u64;
+            out.stats.files += 1;
+            out.adds.entry(table).or_default().push(Add {
                 partition_values: partition_values(&path),
                 path,
                 size,
@@ -480,7 +505,7 @@ impl Lake {
                 data_change: true,
                 stats: Some(file_stats(&batch)),
             });
-            written.push(key);
+            out.written.push(key);
             Ok(())
         };
         // Windows: one file per (partition, window start).
@@ -545,11 +570,7 @@ impl Lake {
             let batch = RecordBatch::try_new(invalid_schema(), cols).map_err(|e| e.to_string());
             put("invalid", Self::file(p.created_ms, &name), batch)?;
         }
-        self.store.sync(written.iter().map(String::as_str))?;
-        for (table, adds) in adds {
-            self.writer(table).expect("one of TABLES").append(adds)?;
-        }
-        Ok(stats)
+        Ok(())
     }
 
     /// The files the `windows` table holds now, with the start (UTC ms) of each one's hour.

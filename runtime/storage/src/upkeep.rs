@@ -328,9 +328,16 @@ pub struct VacuumReport {
     pub log_files: u64,
 }
 
-/// Delete files removed more than `grace_ms` ago (and not added back), then the log files no
-/// reader needs any more. Blocking.
-pub fn vacuum(lake: &Lake, table: &str, grace_ms: i64) -> Result<VacuumReport, LakeError> {
+/// Delete files removed more than `grace_ms` ago (and not added back), then the log files older
+/// than the newest checkpoint and `log_keep_ms` (the checkpoint carries the table's state and
+/// the tombstones still fencing replays; older commits serve only readers that started before
+/// it). Blocking.
+pub fn vacuum(
+    lake: &Lake,
+    table: &str,
+    grace_ms: i64,
+    log_keep_ms: i64,
+) -> Result<VacuumReport, LakeError> {
     let log = lake
         .log(table)
         .ok_or_else(|| fmt_err(table, "not a lake table"))?;
@@ -348,7 +355,7 @@ pub fn vacuum(lake: &Lake, table: &str, grace_ms: i64) -> Result<VacuumReport, L
     }
     // The new checkpoint leaves the expired tombstones out; then older log files can go.
     log.write_checkpoint(&snap, grace_ms)?;
-    let log_files = log.clean_log(grace_ms)?;
+    let log_files = log.clean_log(log_keep_ms)?;
     Ok(VacuumReport { files, log_files })
 }
 
@@ -485,9 +492,14 @@ mod tests {
             .path()
             .join("windows/dt=1970-01-01/hour=00/part-p00000-w0.parquet");
         assert!(old.exists(), "kept until the vacuum's grace has passed");
-        assert_eq!(vacuum(&lake, "windows", 3_600_000).unwrap().files, 0);
+        assert_eq!(
+            vacuum(&lake, "windows", 3_600_000, 3_600_000)
+                .unwrap()
+                .files,
+            0
+        );
         assert!(old.exists());
-        assert_eq!(vacuum(&lake, "windows", -1).unwrap().files, 1);
+        assert_eq!(vacuum(&lake, "windows", -1, -1).unwrap().files, 1);
         assert!(!old.exists());
         assert_eq!(requests_by_host(&lake)["a.example"], 1);
     }
