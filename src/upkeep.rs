@@ -252,12 +252,12 @@ pub fn retention(a: RetentionArgs) -> Result<()> {
         if !a.json {
             match &expired {
                 Some(e) => println!(
-                    "{t}: kept dt >= {}, removed {} file(s) ({} bytes); vacuum deleted {} file(s) and {} log file(s)",
-                    e.kept_from, e.files, e.bytes, vacuumed.files, vacuumed.log_files
+                    "{t}: kept dt >= {}, removed {} file(s) ({} bytes); vacuum deleted {} removed file(s), {} orphan(s) and {} log file(s)",
+                    e.kept_from, e.files, e.bytes, vacuumed.files, vacuumed.orphans, vacuumed.log_files
                 ),
                 None => println!(
-                    "{t}: kept whole; vacuum deleted {} file(s) and {} log file(s)",
-                    vacuumed.files, vacuumed.log_files
+                    "{t}: kept whole; vacuum deleted {} removed file(s), {} orphan(s) and {} log file(s)",
+                    vacuumed.files, vacuumed.orphans, vacuumed.log_files
                 ),
             }
         }
@@ -267,6 +267,7 @@ pub fn retention(a: RetentionArgs) -> Result<()> {
             "files_removed": expired.as_ref().map_or(0, |e| e.files),
             "bytes_removed": expired.as_ref().map_or(0, |e| e.bytes),
             "files_deleted": vacuumed.files,
+            "orphans_deleted": vacuumed.orphans,
             "log_files_deleted": vacuumed.log_files,
         }));
     }

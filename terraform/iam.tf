@@ -46,31 +46,39 @@ resource "aws_iam_role" "task" {
   tags               = local.tags
 }
 
+# What every role that touches the lake gets: listing its prefix and its KMS key; the objects
+# themselves per role (the nodes read and write, the upkeep also deletes).
+locals {
+  lake_list_statement = {
+    Sid       = "ListLake"
+    Effect    = "Allow"
+    Action    = ["s3:ListBucket"]
+    Resource  = [aws_s3_bucket.lake.arn]
+    Condition = { StringLike = { "s3:prefix" = ["${var.lake_prefix}/*"] } }
+  }
+  lake_key_statement = {
+    Sid      = "LakeKey"
+    Effect   = "Allow"
+    Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    Resource = [aws_kms_key.this.arn]
+  }
+  lake_write_actions = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+}
+
 resource "aws_iam_role_policy" "task_lake" {
   name = "lake-read-write"
   role = aws_iam_role.task.id
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
-      {
-        Sid       = "ListLake"
-        Effect    = "Allow"
-        Action    = ["s3:ListBucket"]
-        Resource  = [aws_s3_bucket.lake.arn]
-        Condition = { StringLike = { "s3:prefix" = ["${var.lake_prefix}/*"] } }
-      },
+      local.lake_list_statement,
       {
         Sid      = "ReadWriteLake"
         Effect   = "Allow"
-        Action   = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+        Action   = local.lake_write_actions
         Resource = ["${aws_s3_bucket.lake.arn}/${var.lake_prefix}/*"]
       },
-      {
-        Sid      = "LakeKey"
-        Effect   = "Allow"
-        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
-        Resource = [aws_kms_key.this.arn]
-      },
+      local.lake_key_statement,
     ]
   })
 }

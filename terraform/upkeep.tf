@@ -26,25 +26,14 @@ resource "aws_iam_role_policy" "upkeep_lake" {
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
-      {
-        Sid       = "ListLake"
-        Effect    = "Allow"
-        Action    = ["s3:ListBucket"]
-        Resource  = [aws_s3_bucket.lake.arn]
-        Condition = { StringLike = { "s3:prefix" = ["${var.lake_prefix}/*"] } }
-      },
+      local.lake_list_statement,
       {
         Sid      = "RewriteLake"
         Effect   = "Allow"
-        Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+        Action   = concat(local.lake_write_actions, ["s3:DeleteObject"])
         Resource = ["${aws_s3_bucket.lake.arn}/${var.lake_prefix}/*"]
       },
-      {
-        Sid      = "LakeKey"
-        Effect   = "Allow"
-        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
-        Resource = [aws_kms_key.this.arn]
-      },
+      local.lake_key_statement,
     ]
   })
 }

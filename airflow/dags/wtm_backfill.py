@@ -9,11 +9,8 @@ lake (`wtm_backfill_config`) where no live node writes the same days."""
 import os
 import subprocess
 import tempfile
-from datetime import timedelta
 
-import pendulum
-from airflow.timetables.interval import CronDataIntervalTimetable
-from airflow.sdk import DAG, task
+from airflow.sdk import task
 
 import wtm_upkeep
 
@@ -49,16 +46,7 @@ def fetch_day(source, day, into):
     return [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if not f.startswith(".")]
 
 
-with DAG(
-    dag_id="wtm_backfill",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=10)},
-    tags=["wtm", "lake"],
-    doc_md=__doc__,
-) as dag:
+with wtm_upkeep.dag("wtm_backfill", "0 0 * * *", __doc__, retries=1, retry_minutes=10) as dag:
 
     @task
     def backfill(data_interval_start=None):

@@ -4,24 +4,11 @@ published just before the lake was read and just after; and what was published c
 what came in (events in = windows + late + what is still open; invalid in = invalid out). Fails
 loudly, listing every disagreement."""
 
-from datetime import timedelta
-
-import pendulum
-from airflow.timetables.interval import CronDataIntervalTimetable
-from airflow.sdk import DAG, task
+from airflow.sdk import task
 
 import wtm_upkeep
 
-with DAG(
-    dag_id="wtm_data_quality",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 0},
-    tags=["wtm", "lake", "quality"],
-    doc_md=__doc__,
-) as dag:
+with wtm_upkeep.dag("wtm_data_quality", "0 * * * *", __doc__, retries=0, tags=("quality",)) as dag:
 
     @task
     def check_lake_against_nodes():

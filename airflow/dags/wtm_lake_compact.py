@@ -3,22 +3,11 @@ nodes write and while anyone reads, and a rerun finishes what a failed run left.
 
 from datetime import timedelta
 
-import pendulum
-from airflow.timetables.interval import CronDataIntervalTimetable
-from airflow.sdk import DAG, task
+from airflow.sdk import task
 
 import wtm_upkeep
 
-with DAG(
-    dag_id="wtm_lake_compact",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
-    tags=["wtm", "lake"],
-    doc_md=__doc__,
-) as dag:
+with wtm_upkeep.dag("wtm_lake_compact", "0 * * * *", __doc__, retries=2, retry_minutes=5) as dag:
 
     @task
     def compact(data_interval_end=None):

@@ -5,27 +5,15 @@ reports 2026-01-01."""
 
 import os
 import subprocess
-from datetime import timedelta
 
-import pendulum
-from airflow.timetables.interval import CronDataIntervalTimetable
 from airflow.exceptions import AirflowSkipException
-from airflow.sdk import DAG, task
+from airflow.sdk import task
 
 import wtm_upkeep
 
 REPORT_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spark", "daily_report.py")
 
-with DAG(
-    dag_id="wtm_lake_retention",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},
-    tags=["wtm", "lake"],
-    doc_md=__doc__,
-) as dag:
+with wtm_upkeep.dag("wtm_lake_retention", "0 0 * * *", __doc__, retries=2, retry_minutes=10) as dag:
 
     # After the report, also when the report was skipped (no Spark configured).
     @task(trigger_rule="none_failed")

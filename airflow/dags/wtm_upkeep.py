@@ -30,8 +30,25 @@ import os
 import subprocess
 import tomllib
 import urllib.request
+from datetime import timedelta
 
-from airflow.sdk import Variable
+import pendulum
+from airflow.sdk import DAG, Variable
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+
+def dag(dag_id, cron, doc, retries=1, retry_minutes=10, tags=()):
+    """One of wtm's DAGs: runs cover data intervals of `cron` (UTC), never catch up, one at a time."""
+    return DAG(
+        dag_id=dag_id,
+        schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"retries": retries, "retry_delay": timedelta(minutes=retry_minutes)},
+        tags=["wtm", "lake", *tags],
+        doc_md=doc,
+    )
 
 
 def var(name, default=None):

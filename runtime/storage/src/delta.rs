@@ -75,6 +75,21 @@ pub struct Add {
     pub stats: Option<String>,
 }
 
+impl Add {
+    /// A file just written at `path` (`dt=…/hour=…/name`); `data_change` false for a rewrite of
+    /// rows the table already holds (compaction).
+    pub fn new(path: String, size: i64, data_change: bool, stats: String) -> Add {
+        Add {
+            partition_values: partition_values(&path),
+            path,
+            size,
+            modification_time: now_ms(),
+            data_change,
+            stats: Some(stats),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Remove {
@@ -571,6 +586,7 @@ pub struct TableWriter {
     keep_tombstones_ms: i64,
     state: Mutex<WriterState>,
     changed: Condvar,
+    checkpointing: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl TableWriter {
@@ -587,6 +603,7 @@ impl TableWriter {
             keep_tombstones_ms,
             state: Mutex::new(WriterState::default()),
             changed: Condvar::new(),
+            checkpointing: Mutex::new(None),
         }
     }
 
@@ -797,14 +814,32 @@ impl TableWriter {
         Ok(out)
     }
 
-    /// Best effort: a reader without the checkpoint replays more commits, nothing worse.
+    /// Write a checkpoint of the table as it is now, on a thread of its own: a big table's
+    /// checkpoint takes a while, and the appends waiting for the next commit must not wait for
+    /// it. One at a time. Best effort: a reader without the checkpoint replays more commits.
     fn checkpoint(&self) {
-        let r = self
-            .log
-            .snapshot()
-            .and_then(|s| self.log.write_checkpoint(&s, self.keep_tombstones_ms));
-        if let Err(e) = r {
-            tracing::warn!(table = %self.log.table, error = %e, "cannot write a Delta checkpoint; readers replay more commits until the next");
+        let mut slot = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = slot.take() {
+            previous.join().ok();
+        }
+        let (log, keep) = (self.log.clone(), self.keep_tombstones_ms);
+        *slot = Some(std::thread::spawn(move || {
+            let r = log.snapshot().and_then(|s| log.write_checkpoint(&s, keep));
+            if let Err(e) = r {
+                tracing::warn!(table = %log.table, error = %e, "cannot write a Delta checkpoint; readers replay more commits until the next");
+            }
+        }));
+    }
+
+    /// Wait for a checkpoint being written, if any.
+    pub fn wait_for_checkpoint(&self) {
+        let handle = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            h.join().ok();
         }
     }
 }
@@ -935,15 +970,20 @@ mod tests {
             w.append(vec![add(&format!("dt=2026-01-01/hour=00/f{i}.parquet"))])
                 .unwrap();
         }
+        w.wait_for_checkpoint();
         let log = w.log();
         let last = dir.path().join("t/_delta_log/_last_checkpoint");
         assert!(last.exists(), "a checkpoint at version {CHECKPOINT_EVERY}");
         let snap = log.snapshot().unwrap();
         assert_eq!(snap.version, Some(CHECKPOINT_EVERY + 2));
         assert_eq!(snap.files.len() as u64, CHECKPOINT_EVERY + 3);
-        // The checkpoint alone holds what the commits up to it did.
+        // The checkpoint alone holds what the commits up to its version did (written in the
+        // background, it may be of a version a little after the one that asked for it).
+        let last: LastCheckpoint = serde_json::from_slice(&std::fs::read(last).unwrap()).unwrap();
+        assert!((CHECKPOINT_EVERY..=CHECKPOINT_EVERY + 2).contains(&last.version));
         let bytes = std::fs::read(dir.path().join(format!(
-            "t/_delta_log/{CHECKPOINT_EVERY:020}.checkpoint.parquet"
+            "t/_delta_log/{:020}.checkpoint.parquet",
+            last.version
         )))
         .unwrap();
         let actions = read_checkpoint(&bytes).unwrap();
@@ -951,7 +991,7 @@ mod tests {
             .iter()
             .filter(|a| matches!(a, Action::Add(_)))
             .count();
-        assert_eq!(adds as u64, CHECKPOINT_EVERY + 1);
+        assert_eq!(adds as u64, last.version + 1);
         assert!(actions.iter().any(|a| matches!(a, Action::MetaData(_))));
     }
 

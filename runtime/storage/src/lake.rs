@@ -10,7 +10,7 @@
 //! A name is a function of what the file holds, so writing a publication again overwrites.
 //! The objects live in a [`Store`]: a local directory or an S3 bucket.
 
-use crate::delta::{delta_now_ms, partition_values, Add, DeltaError, DeltaLog, TableWriter};
+use crate::delta::{Add, DeltaError, DeltaLog, TableWriter};
 use crate::store::{Expect, Store, StoreError, Version};
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder, Int32Array, Int32Builder,
@@ -497,14 +497,10 @@ impl Lake {
             self.store.put(&key, bytes)?;
             out.stats.bytes += size as u64;
             out.stats.files += 1;
-            out.adds.entry(table).or_default().push(Add {
-                partition_values: partition_values(&path),
-                path,
-                size,
-                modification_time: delta_now_ms(),
-                data_change: true,
-                stats: Some(file_stats(&batch)),
-            });
+            out.adds
+                .entry(table)
+                .or_default()
+                .push(Add::new(path, size, true, file_stats(&batch)));
             out.written.push(key);
             Ok(())
         };

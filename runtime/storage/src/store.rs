@@ -483,7 +483,21 @@ impl Store {
         self.list(prefix, false)
     }
 
+    /// Names of the objects directly under `prefix` with when each was last written (ms since
+    /// the epoch), sorted by name: what a sweep of unreferenced files needs in one listing.
+    pub fn list_files_modified(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.list_entries(prefix, false)
+    }
+
     fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_entries(prefix, dirs)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    fn list_entries(&self, prefix: &str, dirs: bool) -> Result<Vec<(String, i64)>, StoreError> {
         match self {
             Store::Local(root) => {
                 let dir = root.join(prefix);
@@ -492,11 +506,21 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                     Err(e) => return Err(io_err(&dir)(e)),
                 };
-                let mut v: Vec<String> = entries
+                let modified = |e: &std::fs::DirEntry| {
+                    e.metadata()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64)
+                };
+                let mut v: Vec<(String, i64)> = entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == dirs))
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| !is_hidden_name(n))
+                    .filter_map(|e| {
+                        let m = if dirs { 0 } else { modified(&e) };
+                        Some((e.file_name().into_string().ok()?, m))
+                    })
+                    .filter(|(n, _)| !is_hidden_name(n))
                     .collect();
                 v.sort();
                 Ok(v)
@@ -671,7 +695,7 @@ impl S3Store {
         Ok(Some((body.into_bytes().to_vec(), version)))
     }
 
-    async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, StoreError> {
+    async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<(String, i64)>, StoreError> {
         let base = format!("{}/", self.key(prefix.trim_end_matches('/')));
         let mut out = Vec::new();
         let mut token = None;
@@ -689,14 +713,16 @@ impl S3Store {
             if dirs {
                 out.extend(page.common_prefixes().iter().filter_map(|p| {
                     let name = p.prefix()?.strip_prefix(&base)?.trim_end_matches('/');
-                    Some(name.to_owned())
+                    Some((name.to_owned(), 0))
                 }));
             } else {
-                out.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| Some(o.key()?.strip_prefix(&base)?.to_owned())),
-                );
+                out.extend(page.contents().iter().filter_map(|o| {
+                    let modified = o
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0);
+                    Some((o.key()?.strip_prefix(&base)?.to_owned(), modified))
+                }));
             }
             match page.next_continuation_token() {
                 Some(t) => token = Some(t.to_owned()),

@@ -13,7 +13,7 @@
 //!   newest checkpoint and the grace. Until the vacuum, a removal's tombstone also fences
 //!   replays (see [`crate::delta`]).
 
-use crate::delta::{commit_info, delta_now_ms, partition_values, Action, Add, DeltaLog, Remove};
+use crate::delta::{commit_info, delta_now_ms, Action, Add, DeltaLog, Remove};
 use crate::lake::{encode_parquet, file_stats, table_schema, Lake, LakeError};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use arrow::record_batch::RecordBatch;
@@ -179,14 +179,7 @@ pub fn compact(
             let bytes = encode_parquet(&key, &sorted, Some(opts.row_group_rows))?;
             let size = bytes.len() as i64;
             log.store().put(&key, bytes)?;
-            adds.push(Add {
-                partition_values: partition_values(&path),
-                path,
-                size,
-                modification_time: delta_now_ms(),
-                data_change: false,
-                stats: Some(file_stats(&sorted)),
-            });
+            adds.push(Add::new(path, size, false, file_stats(&sorted)));
         }
         log.store().sync(
             adds.iter()
@@ -324,7 +317,10 @@ pub fn expire(lake: &Lake, table: &str, keep_from_dt: &str) -> Result<ExpireRepo
 /// What the vacuum deleted from one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VacuumReport {
+    /// Files removed from the table longer than the grace ago, deleted.
     pub files: usize,
+    /// Files under the table that no commit added, older than the grace, deleted.
+    pub orphans: usize,
     pub log_files: u64,
 }
 
@@ -353,10 +349,38 @@ pub fn vacuum(
             files += 1;
         }
     }
+    // Files no commit ever added (a writer that died between writing a file and committing it,
+    // and was never replayed; a compaction killed before its commit whose inputs changed since),
+    // once older than the grace: nobody can still be about to commit them.
+    let store = log.store();
+    let t = log.table();
+    let mut orphans = 0;
+    for dt in store.list_dirs(t)? {
+        if !dt.starts_with("dt=") {
+            continue;
+        }
+        for hour in store.list_dirs(&format!("{t}/{dt}"))? {
+            for (name, modified) in store.list_files_modified(&format!("{t}/{dt}/{hour}"))? {
+                let path = format!("{dt}/{hour}/{name}");
+                if name.ends_with(".parquet")
+                    && modified < horizon
+                    && !snap.files.contains_key(&path)
+                    && !snap.tombstones.contains_key(&path)
+                {
+                    store.delete(&log.file_key(&path))?;
+                    orphans += 1;
+                }
+            }
+        }
+    }
     // The new checkpoint leaves the expired tombstones out; then older log files can go.
     log.write_checkpoint(&snap, grace_ms)?;
     let log_files = log.clean_log(log_keep_ms)?;
-    Ok(VacuumReport { files, log_files })
+    Ok(VacuumReport {
+        files,
+        orphans,
+        log_files,
+    })
 }
 
 #[cfg(test)]
@@ -499,8 +523,22 @@ mod tests {
             0
         );
         assert!(old.exists());
-        assert_eq!(vacuum(&lake, "windows", -1, -1).unwrap().files, 1);
-        assert!(!old.exists());
+        // A file no commit added (a writer that died before its commit): kept within the grace,
+        // deleted after it.
+        let orphan = dir
+            .path()
+            .join("windows/dt=1970-01-02/hour=00/part-p00009-w86400000.parquet");
+        std::fs::write(&orphan, b"PAR1").unwrap();
+        assert_eq!(
+            vacuum(&lake, "windows", 3_600_000, 3_600_000)
+                .unwrap()
+                .orphans,
+            0
+        );
+        assert!(orphan.exists());
+        let r = vacuum(&lake, "windows", -1, -1).unwrap();
+        assert_eq!((r.files, r.orphans), (1, 1));
+        assert!(!old.exists() && !orphan.exists());
         assert_eq!(requests_by_host(&lake)["a.example"], 1);
     }
 }
