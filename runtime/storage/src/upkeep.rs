@@ -87,6 +87,11 @@ fn hour_of(a: &Add) -> Option<(String, String, i64)> {
     Some((dt, hour, start))
 }
 
+fn table_log<'a>(lake: &'a Lake, table: &str) -> Result<&'a DeltaLog, LakeError> {
+    lake.log(table)
+        .ok_or_else(|| fmt_err(table, "not a lake table"))
+}
+
 fn read_file(log: &DeltaLog, path: &str) -> Result<Vec<RecordBatch>, LakeError> {
     let key = log.file_key(path);
     let bytes = log
@@ -109,9 +114,7 @@ pub fn compact(
     opts: &CompactOptions,
     each: &mut dyn FnMut(&HourReport),
 ) -> Result<Vec<HourReport>, LakeError> {
-    let log = lake
-        .log(table)
-        .ok_or_else(|| fmt_err(table, "not a lake table"))?;
+    let log = table_log(lake, table)?;
     let schema = table_schema(table).expect("a lake table");
     let snap = log.snapshot()?;
     let Some(mut version) = snap.version else {
@@ -270,9 +273,7 @@ pub struct ExpireReport {
 /// Remove every file of `table` whose `dt` is before `keep_from_dt` (`YYYY-MM-DD`) in one
 /// commit. Blocking.
 pub fn expire(lake: &Lake, table: &str, keep_from_dt: &str) -> Result<ExpireReport, LakeError> {
-    let log = lake
-        .log(table)
-        .ok_or_else(|| fmt_err(table, "not a lake table"))?;
+    let log = table_log(lake, table)?;
     loop {
         let snap = log.snapshot()?;
         let Some(mut version) = snap.version else {
@@ -334,9 +335,7 @@ pub fn vacuum(
     grace_ms: i64,
     log_keep_ms: i64,
 ) -> Result<VacuumReport, LakeError> {
-    let log = lake
-        .log(table)
-        .ok_or_else(|| fmt_err(table, "not a lake table"))?;
+    let log = table_log(lake, table)?;
     let snap = log.snapshot()?;
     if snap.version.is_none() {
         return Ok(VacuumReport::default());
@@ -430,6 +429,16 @@ mod tests {
         }
     }
 
+    /// A local lake that commits at once.
+    fn lake_in_temp_dir() -> (tempfile::TempDir, Lake) {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::with_commit_interval(
+            crate::Store::Local(dir.path().to_owned()),
+            std::time::Duration::ZERO,
+        );
+        (dir, lake)
+    }
+
     fn requests_by_host(lake: &Lake) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         for w in lake.read_windows(0).unwrap() {
@@ -440,11 +449,7 @@ mod tests {
 
     #[test]
     fn compaction_keeps_every_row_once_and_replays_do_not_bring_inputs_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::with_commit_interval(
-            crate::Store::Local(dir.path().to_owned()),
-            std::time::Duration::ZERO,
-        );
+        let (_dir, lake) = lake_in_temp_dir();
         for p in 0..3 {
             for w in 0..4 {
                 lake.write(&publication(p, w * 60_000, &["b.example", "a.example"]))
@@ -501,11 +506,7 @@ mod tests {
 
     #[test]
     fn retention_removes_old_days_and_vacuum_deletes_their_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::with_commit_interval(
-            crate::Store::Local(dir.path().to_owned()),
-            std::time::Duration::ZERO,
-        );
+        let (dir, lake) = lake_in_temp_dir();
         let day = 86_400_000;
         lake.write(&publication(0, 0, &["a.example"])).unwrap();
         lake.write(&publication(0, day, &["a.example"])).unwrap();
