@@ -22,19 +22,19 @@ mod whole;
 
 pub use homes::{Action, HostHomes};
 pub use state::{with_older, RecentWindows};
-pub use whole::{WholeWindow, WholeWindows};
+pub use whole::{JudgeInput, WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg};
+use wtm_core::agg::{ClosedWindow, ShareCounts};
 use wtm_core::checkpoint::Publication;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{
     ask, lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg,
     ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
-    Targeted, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
+    HostHistory, Targeted, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_storage::{History, Lake, SeriesRead};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -68,7 +68,15 @@ pub struct ArchiverRun {
     homes: Option<HostHomes>,
     /// How far back a new home reads a host's history from the lake.
     history_ms: i64,
+    /// History rebuilds in flight: until they are done, windows to judge are held (judged
+    /// without their history, they would be judged blind).
+    rebuilding: usize,
+    /// Judge actions only.
+    held: Vec<Action>,
 }
+
+/// Windows held for a history rebuild at most; beyond, they are judged as they come.
+const MAX_HELD: usize = 1 << 20;
 
 impl Actor for ArchiverActor {
     type Msg = ArchiverMsg;
@@ -77,7 +85,7 @@ impl Actor for ArchiverActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<ArchiverMsg>,
+        me: ActorRef<ArchiverMsg>,
         args: ArchiverArgs,
     ) -> Result<ArchiverRun, ActorProcessingErr> {
         // Recreate the history store and refill it from the lake, so the API answers the same
@@ -114,7 +122,16 @@ impl Actor for ArchiverActor {
                 }
             }
         }
+        let mut rebuilding = 0;
+        if args.detect && !args.clustered {
+            // A restarted node judges on from the history it had (a cluster member does this
+            // for the hosts homed here once membership's first view is in).
+            rebuild_history(args.lake.clone(), keep_ms, |_| true, true, me.clone());
+            rebuilding += 1;
+        }
         Ok(ArchiverRun {
+            rebuilding,
+            held: Vec::new(),
             lake: args.lake,
             recent,
             history,
@@ -164,6 +181,7 @@ impl Actor for ArchiverActor {
             ArchiverMsg::HandedOver(h) => run.with_homes(&me, |homes, now| {
                 homes.handed_over(&h.from, &h.members, h.answer, now)
             })?,
+            ArchiverMsg::HistoryRebuilt(hosts) => run.rebuilt(hosts, &me),
             ArchiverMsg::Windows(q, reply) => match (run.history.clone(), q.host) {
                 (Some(h), Some(host)) => off_the_mailbox(reply, move || {
                     h.series(SeriesRead {
@@ -311,8 +329,39 @@ impl ArchiverRun {
         let now = Instant::now();
         let mut actions = f(homes, now);
         actions.extend(homes.judge(now, &owned_partitions())?);
+        if self.rebuilding > 0 && self.held.len() < MAX_HELD {
+            let (judge, rest): (Vec<Action>, Vec<Action>) = actions
+                .into_iter()
+                .partition(|a| matches!(a, Action::Judge(_)));
+            self.held.extend(judge);
+            actions = rest;
+        }
         perform(actions, homes.view().map(|v| v.me.as_str()), me);
         Ok(())
+    }
+
+    /// A history rebuild is done: seed the detector (before any window held for it), then
+    /// judge the held windows once no rebuild is left.
+    fn rebuilt(&mut self, hosts: Vec<HostHistory>, me: &ActorRef<ArchiverMsg>) {
+        if let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) {
+            for h in hosts {
+                tell(&detector, ActorKind::Detector, DetectorMsg::Seed(h)).ok();
+            }
+        }
+        self.rebuilding = self.rebuilding.saturating_sub(1);
+        if self.rebuilding == 0 && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            tracing::info!(
+                windows = held.len(),
+                "windows held for the history rebuild are judged now"
+            );
+            let me_id = self
+                .homes
+                .as_ref()
+                .and_then(|h| h.view())
+                .map(|v| v.me.clone());
+            perform(held, me_id.as_deref(), me);
+        }
     }
 
     /// Membership's latest view. When members changed: the detector forgets hosts homed
@@ -341,7 +390,14 @@ impl ArchiverRun {
         }
         tracing::info!(members = ?view.members, "cluster members changed: host homes recomputed, handing over");
         let gained = move |h: &str| view.is_home(h) && old.as_ref().is_none_or(|o| !o.is_home(h));
-        rebuild_history(self.lake.clone(), self.history_ms, gained);
+        rebuild_history(
+            self.lake.clone(),
+            self.history_ms,
+            gained,
+            false,
+            me.clone(),
+        );
+        self.rebuilding += 1;
         Ok(())
     }
 }
@@ -377,12 +433,7 @@ fn perform(actions: Vec<Action>, me_id: Option<&str>, me: &ActorRef<ArchiverMsg>
                     m.incomplete_windows.add(1, &[]);
                 }
                 let sent = detector.as_ref().is_some_and(|d| {
-                    let point = WindowPoint {
-                        start_ms: w.start_ms,
-                        requests: w.agg.requests as f64,
-                        error_rate: w.agg.error_rate(),
-                        latency_p99_ms: w.agg.latency.quantile(0.99).unwrap_or(0.0),
-                    };
+                    let point = w.agg.point(w.start_ms);
                     tell(
                         d,
                         ActorKind::Detector,
@@ -486,16 +537,6 @@ fn refill(
     Ok((n, listed))
 }
 
-fn point_of(start_ms: i64, agg: &WindowAgg) -> WindowPoint {
-    let s = agg.finalize();
-    WindowPoint {
-        start_ms,
-        requests: s.requests as f64,
-        error_rate: s.error_rate,
-        latency_p99_ms: s.latency_p99,
-    }
-}
-
 /// Send to another member's archiver through the membership actor (nothing on a single node).
 fn send_to_cluster(to: Option<String>, shares: HomeShares) {
     if let Some(cluster) = lookup::<ClusterMsg>(CLUSTER_NAME) {
@@ -509,20 +550,28 @@ fn send_to_cluster(to: Option<String>, shares: HomeShares) {
 }
 
 /// Read the recent windows back from the lake (off the actor), merge each gained host's
-/// partition shares into whole windows and seed the detector with them as history.
-fn rebuild_history(lake: Lake, history_ms: i64, gained: impl Fn(&str) -> bool + Send + 'static) {
+/// partition shares into whole windows and hand them back (`HistoryRebuilt`) as the
+/// detector's history (and, with `catch_up`, what it has still to judge).
+fn rebuild_history(
+    lake: Lake,
+    history_ms: i64,
+    gained: impl Fn(&str) -> bool + Send + 'static,
+    catch_up: bool,
+    me: ActorRef<ArchiverMsg>,
+) {
     tokio::spawn(async move {
         let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let Some(h) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
                 return Ok(Vec::new());
             };
-            let mut whole: std::collections::BTreeMap<(String, i64), WindowAgg> =
+            // Only what a point needs, so a rebuild of many sites stays small.
+            let mut whole: std::collections::BTreeMap<(String, i64), JudgeInput> =
                 Default::default();
             let mut bad = None;
             lake.for_each_window(h + 3_600_000 - history_ms, &mut |w| {
                 if gained(&w.key.host) {
                     let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
-                    if let Err(e) = e.merge(&w.agg) {
+                    if let Err(e) = e.merge(&JudgeInput::of(&w.agg)) {
                         bad = Some(e.to_string());
                     }
                 }
@@ -531,39 +580,35 @@ fn rebuild_history(lake: Lake, history_ms: i64, gained: impl Fn(&str) -> bool + 
             if let Some(e) = bad {
                 return Err(e);
             }
-            let mut by_host: std::collections::BTreeMap<String, Vec<WindowPoint>> =
-                Default::default();
+            let mut by_host: Vec<HostHistory> = Vec::new();
             for ((host, start), agg) in whole {
-                by_host.entry(host).or_default().push(point_of(start, &agg));
+                match by_host.last_mut() {
+                    Some(h) if h.host == host => h.points.push(agg.point(start)),
+                    _ => by_host.push(HostHistory {
+                        host,
+                        points: vec![agg.point(start)],
+                        catch_up,
+                    }),
+                }
             }
-            Ok(by_host.into_iter().collect::<Vec<_>>())
+            Ok(by_host)
         })
         .await;
         let hosts = match read {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot rebuild detector history from the lake: those hosts start without a baseline");
-                return;
+                Vec::new()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "detector history rebuild failed");
-                return;
+                Vec::new()
             }
-        };
-        let Some(detector) = lookup::<DetectorMsg>(DETECTOR_NAME) else {
-            return;
         };
         tracing::info!(
             hosts = hosts.len(),
             "detector history rebuilt from the lake for hosts homed here now"
         );
-        for (host, points) in hosts {
-            tell(
-                &detector,
-                ActorKind::Detector,
-                DetectorMsg::Seed(host, points),
-            )
-            .ok();
-        }
+        tell(&me, ActorKind::Archiver, ArchiverMsg::HistoryRebuilt(hosts)).ok();
     });
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::sketch::{Quantiles, SketchError};
 use wtm_core::window::WindowSpec;
+use wtm_messages::WindowPoint;
 
 /// A host's window merged over the partitions that held a share of it.
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct JudgeInput {
 }
 
 impl JudgeInput {
-    fn of(agg: &WindowAgg) -> JudgeInput {
+    pub(crate) fn of(agg: &WindowAgg) -> JudgeInput {
         JudgeInput {
             requests: agg.requests,
             status_class: agg.status_class,
@@ -40,7 +41,7 @@ impl JudgeInput {
         }
     }
 
-    fn merge(&mut self, o: &JudgeInput) -> Result<(), SketchError> {
+    pub(crate) fn merge(&mut self, o: &JudgeInput) -> Result<(), SketchError> {
         self.requests += o.requests;
         for (a, b) in self.status_class.iter_mut().zip(o.status_class) {
             *a += b;
@@ -64,6 +65,16 @@ impl JudgeInput {
             0.0
         } else {
             self.status_class[4] as f64 / self.requests as f64
+        }
+    }
+
+    /// The detector's point of the window starting at `start_ms`.
+    pub fn point(&self, start_ms: i64) -> WindowPoint {
+        WindowPoint {
+            start_ms,
+            requests: self.requests as f64,
+            error_rate: self.error_rate(),
+            latency_p99_ms: self.latency.quantile(0.99).unwrap_or(0.0),
         }
     }
 }

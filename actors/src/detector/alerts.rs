@@ -5,76 +5,120 @@
 //! The detector only queues (never waits on a receiver): one thread delivers in order, retrying
 //! a failed delivery with a doubling wait (1 s up to `retry_max_s`) for as long as the receiver
 //! is down. The queue is bounded; an announcement that does not fit is dropped and counted.
+//!
+//! With a journal, announcements wait in its outbox until every receiver has them: the thread
+//! of a restarted detector (or node) delivers what its predecessor had not, once that one has
+//! stopped.
 
+use super::journal::{pending, Announcement};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wtm_config::AlertsConfig;
 use wtm_core::time::format_rfc3339;
 use wtm_messages::Episode;
+use wtm_storage::{RecordBatch, Records};
 use wtm_telemetry::{KeyValue, Metrics};
 
-/// An episode that opened (`firing`) or ended.
-#[derive(Debug, Clone)]
-struct Announcement {
-    episode: Episode,
-    firing: bool,
-}
+/// The delivery thread of this process's detector, stopped and joined by the next one.
+static RUNNING: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>> = Mutex::new(None);
 
 /// The detector's end of the queue.
 pub struct Alerts {
     tx: SyncSender<Announcement>,
+    outbox: Option<Records>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Alerts {
+    fn drop(&mut self) {
+        // The thread leaves what it has not delivered in the outbox for its successor.
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Alerts {
-    /// Start the delivery thread (None when no receiver is configured).
-    pub fn start(cfg: &AlertsConfig) -> Option<Alerts> {
+    /// Start the delivery thread (None when no receiver is configured). `outbox`: the journal's
+    /// records, whose waiting announcements go out first; `open`: the ongoing episodes (their
+    /// alerts are re-sent to Alertmanager until they end).
+    pub fn start(
+        cfg: &AlertsConfig,
+        outbox: Option<Records>,
+        open: Vec<Episode>,
+    ) -> Option<Alerts> {
         if cfg.alertmanager.is_empty() && cfg.webhooks.is_empty() {
             return None;
         }
         let (tx, rx) = sync_channel(cfg.queue);
-        let cfg = cfg.clone();
-        std::thread::Builder::new()
-            .name("wtm-alerts".into())
-            .spawn(move || deliver(cfg, rx))
-            .ok()?;
-        Some(Alerts { tx })
-    }
-
-    pub fn opened(&self, e: &Episode) {
-        self.queue(e, true);
-    }
-
-    pub fn ended(&self, e: &Episode) {
-        self.queue(e, false);
-    }
-
-    fn queue(&self, e: &Episode, firing: bool) {
-        let a = Announcement {
-            episode: e.clone(),
-            firing,
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = running.take().map(|(old_stop, old)| {
+            old_stop.store(true, Ordering::SeqCst);
+            old
+        });
+        let delivery = Delivery {
+            cfg: cfg.clone(),
+            outbox: outbox.clone(),
+            stop: Arc::clone(&stop),
         };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(a) {
-            Metrics::global().alerts_dropped.add(1, &[]);
-            tracing::warn!(host = %e.host, metric = %e.metric, "alert queue full (alerts.queue): an episode announcement is dropped");
+        let handle = std::thread::Builder::new()
+            .name("wtm-alerts".into())
+            .spawn(move || {
+                // The old thread may be inside a delivery: the outbox is read once it is done.
+                if let Some(old) = previous {
+                    old.join().ok();
+                }
+                delivery.run(rx, open)
+            })
+            .ok()?;
+        *running = Some((Arc::clone(&stop), handle));
+        Some(Alerts { tx, outbox, stop })
+    }
+
+    /// Queue announcements (already in the outbox when there is one).
+    pub fn queue(&self, announcements: Vec<Announcement>) {
+        for a in announcements {
+            let (host, metric, key) = (
+                a.episode.host.clone(),
+                a.episode.metric.clone(),
+                a.outbox_key.clone(),
+            );
+            if let Err(TrySendError::Full(_)) = self.tx.try_send(a) {
+                Metrics::global().alerts_dropped.add(1, &[]);
+                tracing::warn!(%host, %metric, "alert queue full (alerts.queue): an episode announcement is dropped");
+                if let (Some(outbox), Some(k)) = (&self.outbox, key) {
+                    outbox
+                        .apply(RecordBatch {
+                            puts: Vec::new(),
+                            removes: vec![k],
+                        })
+                        .ok();
+                }
+            }
         }
     }
 }
 
-fn key(e: &Episode) -> (String, String, String, i64) {
+type EpisodeKey = (String, String, String, i64);
+
+fn key(e: &Episode) -> EpisodeKey {
     (e.host.clone(), e.metric.clone(), e.kind.clone(), e.start_ms)
 }
 
-/// The Alertmanager alert of an episode (labels identify it: the same episode is the same alert).
-fn alertmanager_alert(e: &Episode, firing: bool) -> serde_json::Value {
+/// The Alertmanager alert of an episode. Labels identify it (the same episode is the same
+/// alert), so they are those it opened with (`opened`): its severity may grow before it ends.
+fn alertmanager_alert(e: &Episode, opened: &Episode, firing: bool) -> serde_json::Value {
     let mut a = serde_json::json!({
         "labels": {
             "alertname": "WtmAnomaly",
-            "host": e.host,
-            "metric": e.metric,
-            "kind": e.kind,
-            "episode_start": format_rfc3339(e.start_ms),
-            "severity": e.severity,
+            "host": opened.host,
+            "metric": opened.metric,
+            "kind": opened.kind,
+            "episode_start": format_rfc3339(opened.start_ms),
+            "severity": opened.severity,
         },
         "annotations": {
             "summary": format!("{} {} on {}", e.kind.replace('_', " "), e.metric, e.host),
@@ -129,80 +173,156 @@ fn post(agent: &ureq::Agent, url: &str, body: &serde_json::Value) -> Result<(), 
     }
 }
 
-/// Post until it is taken, waiting longer after each failure (the receiver may be down).
-fn post_until_taken(
-    agent: &ureq::Agent,
-    url: &str,
-    body: &serde_json::Value,
-    target: &'static str,
-    retry_max: Duration,
-) {
-    let m = Metrics::global();
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match post(agent, url, body) {
-            Ok(()) => {
-                m.alerts_sent.add(1, &[KeyValue::new("target", target)]);
-                return;
+/// The delivery thread.
+struct Delivery {
+    cfg: AlertsConfig,
+    outbox: Option<Records>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Delivery {
+    fn run(self, rx: Receiver<Announcement>, open: Vec<Episode>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let resend = Duration::from_secs(self.cfg.resend_s);
+        let am_urls: Vec<String> = self
+            .cfg
+            .alertmanager
+            .iter()
+            .map(|u| format!("{}/api/v2/alerts", u.trim_end_matches('/')))
+            .collect();
+        // Firing alerts as they opened, re-sent to Alertmanager until they resolve.
+        let mut firing: BTreeMap<EpisodeKey, Episode> =
+            open.into_iter().map(|e| (key(&e), e)).collect();
+        let waiting = match &self.outbox {
+            Some(o) => pending(o).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the alert outbox: waiting announcements are not sent");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        if !waiting.is_empty() {
+            tracing::info!(
+                announcements = waiting.len(),
+                "alert announcements left by the previous run are sent now"
+            );
+        }
+        let mut waiting = waiting.into_iter();
+        let mut last_resend = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            let next = match waiting.next() {
+                Some(a) => Some(a),
+                None => match rx.recv_timeout(resend.saturating_sub(last_resend.elapsed())) {
+                    Ok(a) => Some(a),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            if let Some(a) = next {
+                if !self.announce(&agent, &am_urls, &mut firing, a) {
+                    return;
+                }
             }
-            Err(e) => {
-                m.alerts_failed.add(1, &[KeyValue::new("target", target)]);
-                tracing::warn!(url, error = %e, retry_in_s = wait.as_secs(), "alert delivery failed; retrying");
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(retry_max);
+            if last_resend.elapsed() >= resend {
+                last_resend = Instant::now();
+                if !firing.is_empty() && !am_urls.is_empty() {
+                    let all = serde_json::Value::Array(
+                        firing
+                            .values()
+                            .map(|e| alertmanager_alert(e, e, true))
+                            .collect(),
+                    );
+                    for url in &am_urls {
+                        if !self.post_until_taken(&agent, url, &all, "alertmanager") {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
-}
 
-fn deliver(cfg: AlertsConfig, rx: Receiver<Announcement>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let retry_max = Duration::from_secs(cfg.retry_max_s);
-    let resend = Duration::from_secs(cfg.resend_s);
-    let am_urls: Vec<String> = cfg
-        .alertmanager
-        .iter()
-        .map(|u| format!("{}/api/v2/alerts", u.trim_end_matches('/')))
-        .collect();
-    // Firing alerts, re-sent to Alertmanager until they resolve.
-    let mut firing: BTreeMap<(String, String, String, i64), Episode> = BTreeMap::new();
-    let mut last_resend = Instant::now();
-    loop {
-        let next = match rx.recv_timeout(resend.saturating_sub(last_resend.elapsed())) {
-            Ok(a) => Some(a),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        if let Some(a) = next {
-            let e = &a.episode;
-            match a.firing {
-                true => firing.insert(key(e), e.clone()),
-                false => firing.remove(&key(e)),
-            };
-            let alert = serde_json::Value::Array(vec![alertmanager_alert(e, a.firing)]);
-            for url in &am_urls {
-                post_until_taken(&agent, url, &alert, "alertmanager", retry_max);
-            }
-            let body = webhook_body(e, a.firing);
-            for url in &cfg.webhooks {
-                post_until_taken(&agent, url, &body, "webhook", retry_max);
+    /// Deliver one announcement to every receiver, then take it out of the outbox. False when
+    /// told to stop first (it stays in the outbox).
+    fn announce(
+        &self,
+        agent: &ureq::Agent,
+        am_urls: &[String],
+        firing: &mut BTreeMap<EpisodeKey, Episode>,
+        a: Announcement,
+    ) -> bool {
+        if let Some(o) = &self.outbox {
+            // What the receivers are told must survive a crash: the episode's state first.
+            if let Err(e) = o.flush() {
+                tracing::warn!(error = %e, "cannot flush the detector's journal before an alert");
             }
         }
-        if last_resend.elapsed() >= resend {
-            last_resend = Instant::now();
-            if !firing.is_empty() && !am_urls.is_empty() {
-                let all = serde_json::Value::Array(
-                    firing
-                        .values()
-                        .map(|e| alertmanager_alert(e, true))
-                        .collect(),
-                );
-                for url in &am_urls {
-                    post_until_taken(&agent, url, &all, "alertmanager", retry_max);
+        let e = &a.episode;
+        let opened = match a.firing {
+            true => {
+                firing.insert(key(e), e.clone());
+                e.clone()
+            }
+            false => firing.remove(&key(e)).unwrap_or_else(|| e.clone()),
+        };
+        let alert = serde_json::Value::Array(vec![alertmanager_alert(e, &opened, a.firing)]);
+        for url in am_urls {
+            if !self.post_until_taken(agent, url, &alert, "alertmanager") {
+                return false;
+            }
+        }
+        let body = webhook_body(e, a.firing);
+        for url in &self.cfg.webhooks {
+            if !self.post_until_taken(agent, url, &body, "webhook") {
+                return false;
+            }
+        }
+        if let (Some(o), Some(k)) = (&self.outbox, a.outbox_key) {
+            let done = RecordBatch {
+                puts: Vec::new(),
+                removes: vec![k],
+            };
+            // Durable at once: a crash from here on must not deliver it again.
+            if let Err(e) = o.apply(done).and_then(|()| o.flush()) {
+                tracing::warn!(error = %e, "cannot take a delivered alert out of the outbox");
+            }
+        }
+        true
+    }
+
+    /// Post until it is taken, waiting longer after each failure (the receiver may be down).
+    /// False when told to stop first.
+    fn post_until_taken(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        body: &serde_json::Value,
+        target: &'static str,
+    ) -> bool {
+        let m = Metrics::global();
+        let retry_max = Duration::from_secs(self.cfg.retry_max_s);
+        let mut wait = Duration::from_secs(1);
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            match post(agent, url, body) {
+                Ok(()) => {
+                    m.alerts_sent.add(1, &[KeyValue::new("target", target)]);
+                    return true;
+                }
+                Err(e) => {
+                    m.alerts_failed.add(1, &[KeyValue::new("target", target)]);
+                    tracing::warn!(url, error = %e, retry_in_s = wait.as_secs(), "alert delivery failed; retrying");
+                    // In steps, so a successor waiting for this thread is not held up.
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    wait = (wait * 2).min(retry_max);
                 }
             }
         }

@@ -3,18 +3,21 @@
 
 mod alerts;
 pub use alerts::episode_json;
+mod journal;
 pub mod offline;
 mod state;
 
-pub use state::{fit, DetectorState, FitJob, Observed, METRICS};
+pub use state::{fit, DetectorState, FitJob, HostMark, Observed, METRICS};
 
 use alerts::Alerts;
+use journal::Journal;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Instant;
 use wtm_config::{AlertsConfig, DetectorConfig};
 use wtm_messages::{
     lookup, mailbox, tell, ClusterMsg, ClusterView, Detections, DetectorMsg, CLUSTER_NAME,
 };
+use wtm_storage::Records;
 use wtm_telemetry::{ActorKind, KeyValue, Metrics};
 
 pub struct DetectorActor;
@@ -27,12 +30,16 @@ pub struct DetectorRun {
     view: Option<ClusterView>,
     /// Where episodes are announced (None: no receiver configured).
     alerts: Option<Alerts>,
+    /// The detector's checkpoint (None: kept nowhere, as a batch run).
+    journal: Option<Journal>,
 }
 
 pub struct DetectorArgs {
     pub config: DetectorConfig,
     pub window_ms: i64,
     pub alerts: AlertsConfig,
+    /// Where the detector keeps its checkpoint ([`journal`]).
+    pub records: Option<Records>,
 }
 
 impl Actor for DetectorActor {
@@ -51,11 +58,32 @@ impl Actor for DetectorActor {
             m.anomalies.add(0, &[KeyValue::new("metric", metric)]);
             m.episodes.add(0, &[KeyValue::new("metric", metric)]);
         }
+        let mut state = DetectorState::new(args.config, args.window_ms);
+        let journal = match args.records {
+            Some(records) => {
+                let (journal, restored) =
+                    tokio::task::spawn_blocking(move || Journal::open(records)).await??;
+                tracing::info!(
+                    hosts = restored.marks.len(),
+                    anomalies = restored.anomalies.len(),
+                    episodes = restored.episodes.len(),
+                    "detector state restored from its checkpoint"
+                );
+                let out = state.restore(restored.marks, restored.anomalies, restored.episodes);
+                debug_assert!(out.evicted_anomalies.is_empty() && out.evicted_episodes.is_empty());
+                Some(journal)
+            }
+            None => None,
+        };
+        let outbox = journal.as_ref().map(|j| j.records().clone());
+        let open = state.episodes(None, i64::MIN);
+        let open = open.into_iter().filter(|e| e.end_ms.is_none()).collect();
         Ok(DetectorRun {
-            state: DetectorState::new(args.config, args.window_ms),
+            state,
             reported_hosts: u64::MAX,
             view: None,
-            alerts: Alerts::start(&args.alerts),
+            alerts: Alerts::start(&args.alerts, outbox, open),
+            journal,
         })
     }
 
@@ -65,67 +93,47 @@ impl Actor for DetectorActor {
         msg: DetectorMsg,
         run: &mut DetectorRun,
     ) -> Result<(), ActorProcessingErr> {
-        let state = &mut run.state;
         let started = Instant::now();
         let id = me.get_id();
         match msg {
             DetectorMsg::Observe(host, point) => {
-                Metrics::global().judged_windows.add(1, &[]);
-                let seen = state.observe(&host, point);
-                for a in &seen.anomalies {
-                    tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, score = a.anomaly_score, "anomaly");
-                    Metrics::global()
-                        .anomalies
-                        .add(1, &[KeyValue::new("metric", a.metric.clone())]);
-                }
-                for e in &seen.opened {
-                    tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, severity = %e.severity, "episode opened");
-                    Metrics::global()
-                        .episodes
-                        .add(1, &[KeyValue::new("metric", e.metric.clone())]);
-                    if let Some(a) = &run.alerts {
-                        a.opened(e);
-                    }
-                }
-                for e in &seen.ended {
-                    tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
-                    if let Some(a) = &run.alerts {
-                        a.ended(e);
-                    }
-                }
-                if let Some(job) = seen.fit {
-                    tokio::task::spawn_blocking(move || {
-                        let forecasts = fit(&job);
-                        if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
-                            tracing::debug!("detector restarted during a fit; it refits");
-                        }
-                    });
-                }
+                let seen = run.state.observe(&host, point);
+                run.judged(&host, seen, &me);
             }
-            DetectorMsg::Seed(host, points) => {
+            DetectorMsg::Seed(h) => {
                 // A rebuild started under an older view may finish after homes moved again.
-                if run.view.as_ref().is_none_or(|v| v.is_home(&host)) {
-                    state.seed(&host, points);
+                if run.view.as_ref().is_none_or(|v| v.is_home(&h.host)) {
+                    let caught_up = run.state.seed(&h.host, h.points, h.catch_up);
+                    for seen in caught_up {
+                        run.judged(&h.host, seen, &me);
+                    }
                 }
             }
             DetectorMsg::Homes(view) => {
-                state.retain_hosts(|h| view.is_home(h));
+                let dropped = run.state.retain_hosts(|h| view.is_home(h));
+                if let Some(j) = &run.journal {
+                    if let Err(e) = j.forget(&dropped) {
+                        tracing::warn!(error = %e, "cannot forget the checkpoint of hosts judged elsewhere now");
+                    }
+                }
                 run.view = Some(view);
             }
-            DetectorMsg::Fitted(forecasts) => state.install(forecasts),
+            DetectorMsg::Fitted(forecasts) => run.state.install(forecasts),
             DetectorMsg::Anomalies(q, reply) => {
                 reply
                     .send(Detections {
-                        anomalies: state.anomalies(q.host.as_deref(), q.since_ms),
-                        episodes: state.episodes(q.host.as_deref(), q.since_ms),
+                        anomalies: run.state.anomalies(q.host.as_deref(), q.since_ms),
+                        episodes: run.state.episodes(q.host.as_deref(), q.since_ms),
                     })
                     .ok();
             }
             DetectorMsg::Scores(q, reply) => {
-                reply.send(state.scores(&q.host, q.from_ms, q.to_ms)).ok();
+                reply
+                    .send(run.state.scores(&q.host, q.from_ms, q.to_ms))
+                    .ok();
             }
         }
-        let hosts = state.host_count() as u64;
+        let hosts = run.state.host_count() as u64;
         if hosts != run.reported_hosts {
             run.reported_hosts = hosts;
             Metrics::global().cluster_home_hosts.record(hosts, &[]);
@@ -135,5 +143,49 @@ impl Actor for DetectorActor {
         }
         mailbox::handled(id, ActorKind::Detector, started);
         Ok(())
+    }
+}
+
+impl DetectorRun {
+    /// Act on what judging one window of `host` found: count and log it, keep it in the
+    /// journal, announce its episodes, run its model fit off the actor.
+    fn judged(&mut self, host: &str, seen: Observed, me: &ActorRef<DetectorMsg>) {
+        Metrics::global().judged_windows.add(1, &[]);
+        for a in &seen.anomalies {
+            tracing::info!(host = %a.host, metric = %a.metric, kind = %a.kind, observed = a.observed, expected = a.expected, score = a.anomaly_score, "anomaly");
+            Metrics::global()
+                .anomalies
+                .add(1, &[KeyValue::new("metric", a.metric.clone())]);
+        }
+        for e in &seen.opened {
+            tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, severity = %e.severity, "episode opened");
+            Metrics::global()
+                .episodes
+                .add(1, &[KeyValue::new("metric", e.metric.clone())]);
+        }
+        for e in &seen.ended {
+            tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
+        }
+        let announce = self.alerts.is_some();
+        let announcements = match self.journal.as_mut() {
+            Some(j) => j.record(host, &seen, announce).unwrap_or_else(|e| {
+                // Announced anyway: an alert told twice after a crash beats one lost.
+                tracing::warn!(error = %e, "cannot keep the detector's state: a restart may announce this window's episodes again");
+                journal::announcements(&seen, announce)
+            }),
+            None => journal::announcements(&seen, announce),
+        };
+        if let Some(a) = &self.alerts {
+            a.queue(announcements);
+        }
+        if let Some(job) = seen.fit {
+            let me = me.clone();
+            tokio::task::spawn_blocking(move || {
+                let forecasts = fit(&job);
+                if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
+                    tracing::debug!("detector restarted during a fit; it refits");
+                }
+            });
+        }
     }
 }

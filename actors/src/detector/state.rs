@@ -7,6 +7,7 @@
 //! interval. Either way it must move by a practical margin (ratio guards), and 5xx rate and p99
 //! are only judged on windows with enough requests: that keeps false alarms rare on small hosts.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use wtm_config::DetectorConfig;
 use wtm_messages::{Anomaly, Episode, Forecast, WindowPoint, WindowScores};
@@ -44,6 +45,18 @@ struct HostSeries {
     forecasts: [Option<Forecast>; 3],
     /// Per metric: the ongoing episode, and the judged windows without it since its newest.
     open: [Option<(Episode, usize)>; 3],
+    /// Start of the newest window judged here (kept across restarts: a replayed window at or
+    /// before it raises nothing again).
+    judged_through: Option<i64>,
+}
+
+/// What the detector keeps of a host across restarts (its checkpoint): how far it judged, and
+/// its ongoing episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostMark {
+    pub judged_through: i64,
+    /// Per metric: the ongoing episode and its quiet windows since.
+    pub open: [Option<(Episode, u32)>; 3],
 }
 
 /// What judging one window found.
@@ -58,6 +71,11 @@ pub struct Observed {
     pub ended: Vec<Episode>,
     /// A model fit to run off the actor.
     pub fit: Option<FitJob>,
+    /// The host's new checkpoint mark (None: unchanged, a window older than the newest).
+    pub mark: Option<HostMark>,
+    /// Anomalies and ended episodes that no longer fit the bounded lists.
+    pub evicted_anomalies: Vec<Anomaly>,
+    pub evicted_episodes: Vec<Episode>,
 }
 
 /// How one metric of one window was judged.
@@ -237,6 +255,8 @@ impl DetectorState {
             .points
             .last_key_value()
             .is_none_or(|(s, _)| *s < p.start_ms);
+        // Judged before a restart (a replay): scored again, but nothing raised twice.
+        let judged_before = series.judged_through.is_some_and(|t| p.start_ms <= t);
         let mut out = Observed::default();
         if history.len() >= cfg.min_history {
             for (metric, metric_name) in METRICS.iter().enumerate() {
@@ -253,7 +273,7 @@ impl DetectorState {
                 });
                 let j = judge(&cfg, metric, value(&p, metric), p.requests, &hist, forecast);
                 out.scores[metric] = j.map(|j| j.score as f32);
-                let kind = j.and_then(|j| j.kind);
+                let kind = j.and_then(|j| j.kind).filter(|_| !judged_before);
                 if let (Some(j), Some(kind)) = (j, kind) {
                     out.anomalies.push(Anomaly {
                         host: host.to_owned(),
@@ -269,7 +289,7 @@ impl DetectorState {
                         model: j.model.to_owned(),
                     });
                 }
-                if is_newest {
+                if is_newest && !judged_before {
                     let open = &mut series.open[metric];
                     let (opened, ended) = next_episode(
                         open,
@@ -292,20 +312,9 @@ impl DetectorState {
         while series.points.len() > MAX_FIT_POINTS {
             series.points.pop_first();
         }
-        for a in &out.anomalies {
-            self.anomalies.retain(|b| {
-                !(b.host == a.host
-                    && b.metric == a.metric
-                    && b.window_start_ms == a.window_start_ms)
-            });
-            self.anomalies.push_back(a.clone());
-        }
-        while self.anomalies.len() > MAX_ANOMALIES {
-            self.anomalies.pop_front();
-        }
-        self.episodes.extend(out.ended.iter().cloned());
-        while self.episodes.len() > MAX_EPISODES {
-            self.episodes.pop_front();
+        if is_newest && !judged_before {
+            series.judged_through = Some(p.start_ms);
+            out.mark = Some(mark_of(series, p.start_ms));
         }
         if is_newest {
             series.since_fit += 1;
@@ -331,14 +340,61 @@ impl DetectorState {
                 });
             }
         }
+        let (anomalies, episodes) = (out.anomalies.clone(), out.ended.clone());
+        self.keep(anomalies, episodes, &mut out);
         out
     }
 
-    /// A host's past windows, taken as history without judging them: the points a new home
-    /// rebuilt from the lake. A window already judged here keeps its point.
-    pub fn seed(&mut self, host: &str, points: Vec<WindowPoint>) {
+    /// List raised anomalies and ended episodes, the oldest leaving the bounded lists.
+    fn keep(&mut self, anomalies: Vec<Anomaly>, episodes: Vec<Episode>, out: &mut Observed) {
+        for a in anomalies {
+            self.anomalies.retain(|b| {
+                !(b.host == a.host
+                    && b.metric == a.metric
+                    && b.window_start_ms == a.window_start_ms)
+            });
+            self.anomalies.push_back(a);
+        }
+        while self.anomalies.len() > MAX_ANOMALIES {
+            out.evicted_anomalies.extend(self.anomalies.pop_front());
+        }
+        self.episodes.extend(episodes);
+        while self.episodes.len() > MAX_EPISODES {
+            out.evicted_episodes.extend(self.episodes.pop_front());
+        }
+    }
+
+    /// Take back what a checkpoint kept: each host's mark, the raised anomalies and the ended
+    /// episodes (oldest first).
+    pub fn restore(
+        &mut self,
+        marks: Vec<(String, HostMark)>,
+        anomalies: Vec<Anomaly>,
+        episodes: Vec<Episode>,
+    ) -> Observed {
+        for (host, m) in marks {
+            let series = self.hosts.entry(host).or_default();
+            series.judged_through = Some(m.judged_through);
+            series.open = m.open.map(|o| o.map(|(e, calm)| (e, calm as usize)));
+        }
+        let mut out = Observed::default();
+        self.keep(anomalies, episodes, &mut out);
+        out
+    }
+
+    /// A host's past windows (oldest first), taken as history without judging them: the points
+    /// a new home rebuilt from the lake. A window already judged here keeps its point. With
+    /// `catch_up`, the windows after the host's checkpoint mark are judged instead, in order
+    /// (a restarted node: they were written before it stopped, but not judged).
+    pub fn seed(&mut self, host: &str, points: Vec<WindowPoint>, catch_up: bool) -> Vec<Observed> {
         let series = self.hosts.entry(host.to_owned()).or_default();
+        let mark = series.judged_through.filter(|_| catch_up);
+        let mut unjudged = Vec::new();
         for p in points {
+            if mark.is_some_and(|m| p.start_ms > m) {
+                unjudged.push(p);
+                continue;
+            }
             series.points.entry(p.start_ms).or_insert(Judged {
                 point: p,
                 scores: [f32::NAN; 3],
@@ -347,12 +403,20 @@ impl DetectorState {
         while series.points.len() > MAX_FIT_POINTS {
             series.points.pop_first();
         }
+        unjudged
+            .into_iter()
+            .map(|p| self.observe(host, p))
+            .collect()
     }
 
     /// Drop the series of hosts `keep` rejects (homes moved elsewhere): memory follows the
-    /// hosts this node judges. Raised anomalies stay listed.
-    pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool) {
-        self.hosts.retain(|h, _| keep(h));
+    /// hosts this node judges. Raised anomalies stay listed. Returns the hosts dropped.
+    pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let dropped: Vec<String> = self.hosts.keys().filter(|h| !keep(h)).cloned().collect();
+        for h in &dropped {
+            self.hosts.remove(h);
+        }
+        dropped
     }
 
     /// Hosts with a series here.
@@ -418,6 +482,16 @@ impl DetectorState {
                 scores: j.scores.map(|s| (!s.is_nan()).then_some(s)),
             })
             .collect()
+    }
+}
+
+fn mark_of(series: &HostSeries, judged_through: i64) -> HostMark {
+    HostMark {
+        judged_through,
+        open: series
+            .open
+            .clone()
+            .map(|o| o.map(|(e, calm)| (e, calm as u32))),
     }
 }
 
@@ -550,7 +624,10 @@ mod tests {
         // History that holds a spike: seeding raises nothing, and the spike is not re-raised.
         let mut past: Vec<WindowPoint> = (0..40).map(|i| point(i, 600.0, 0.01, 200.0)).collect();
         past[20].requests = 5000.0;
-        d.seed("h", past);
+        assert!(
+            d.seed("h", past, true).is_empty(),
+            "no mark: nothing to catch up on"
+        );
         assert!(d.anomalies(None, i64::MIN).is_empty());
         // The very next window is judged against the seeded baseline.
         let a = d.observe("h", point(40, 3000.0, 0.01, 200.0)).anomalies;

@@ -121,6 +121,10 @@ impl SupervisorRun {
                     config: cfg.detector.clone(),
                     window_ms: cfg.window_spec().size_ms,
                     alerts: cfg.alerts.clone(),
+                    records: Some(
+                        (self.args.store.records("detector"))
+                            .map_err(|e| SpawnErr::StartupFailed(e.into()))?,
+                    ),
                 };
                 Actor::spawn_linked(Some(DETECTOR_NAME.into()), DetectorActor, args, sup)
                     .await?
@@ -278,9 +282,10 @@ impl Actor for SupervisorActor {
             by_actor: HashMap::new(),
             owned: BTreeSet::new(),
         };
-        // Order matters: owners restore into shards and publish through the archiver.
-        run.spawn(&me, ChildId::Archiver).await?;
+        // Order matters: owners restore into shards and publish through the archiver, which
+        // seeds the detector with history as it starts.
         run.spawn(&me, ChildId::Detector).await?;
+        run.spawn(&me, ChildId::Archiver).await?;
         for i in 0..run.args.config.window.shards {
             run.spawn(&me, ChildId::Shard(i)).await?;
         }

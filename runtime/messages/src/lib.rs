@@ -291,6 +291,9 @@ pub enum ArchiverMsg {
     /// What a member answered this node's handover ask (sent by the archiver's own ask task;
     /// None when the member did not answer in time).
     HandedOver(HandedOver),
+    /// The recent windows of hosts newly judged here, read back from the lake (sent by the
+    /// archiver's own rebuild task; empty when the lake could not be read).
+    HistoryRebuilt(Vec<HostHistory>),
 }
 
 /// A handover ask, from the member `from` that agreed on `members`.
@@ -447,8 +450,8 @@ pub struct AnomalyQuery {
 #[derive(RactorMessage)]
 pub enum DetectorMsg {
     Observe(String, WindowPoint),
-    /// A host's past windows, as history only (never judged): this node just became its home.
-    Seed(String, Vec<WindowPoint>),
+    /// A host's past windows read back from the lake.
+    Seed(HostHistory),
     /// Forget the hosts this node is no longer home for (their raised anomalies stay).
     Homes(ClusterView),
     /// A model fit finished off the actor (spawn_blocking).
@@ -456,6 +459,18 @@ pub enum DetectorMsg {
     Anomalies(AnomalyQuery, RpcReplyPort<Detections>),
     /// The scores of `host`'s windows starting in `[from, to)` that were judged here.
     Scores(ScoresQuery, RpcReplyPort<Vec<WindowScores>>),
+}
+
+/// A host's recent windows read back from the lake, for its detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostHistory {
+    pub host: String,
+    /// Oldest first.
+    pub points: Vec<WindowPoint>,
+    /// Judge the windows after the host's checkpoint mark (a restarted node catching up on
+    /// windows written but not yet judged when it stopped); false: history only (a new home,
+    /// whose windows the old home judged).
+    pub catch_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The checkpoint store: one sled tree, one key per partition, each checkpoint written as one
 //! atomic insert (state, watermark, next offset and unconfirmed outputs together) and flushed.
-//! The only file that touches sled.
+//! Actors with small state of their own (the detector's episodes) keep it in [`Records`]: a named
+//! tree of the same database. The only file that touches sled.
 
 use std::path::{Path, PathBuf};
 use wtm_core::checkpoint::{decode, encode, PartitionCheckpoint, WireError};
@@ -46,6 +47,21 @@ pub struct CheckpointStore {
 /// waits for ever), so a write that might is refused before sled sees it.
 const SPACE_MARGIN: u64 = 8 << 20;
 
+/// Refuse a write of `len` bytes that might fill the disk (see [`SPACE_MARGIN`]).
+fn ensure_space(dir: &Path, len: usize) -> Result<(), CheckpointStoreError> {
+    let needed = 2 * len as u64 + SPACE_MARGIN;
+    // A file system that cannot say (unusual) is written to as before.
+    match fs2::available_space(dir) {
+        Ok(free) if free < needed => Err(CheckpointStoreError::DiskFull {
+            dir: dir.to_owned(),
+            free,
+            len,
+            needed,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn partition_key(p: u32) -> String {
     format!("partition/{p:08}")
 }
@@ -73,18 +89,7 @@ impl CheckpointStore {
 
     /// [`CheckpointStore::save`] of a checkpoint already encoded with [`encode`].
     pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointStoreError> {
-        let needed = 2 * bytes.len() as u64 + SPACE_MARGIN;
-        // A file system that cannot say (unusual) is written to as before.
-        if let Ok(free) = fs2::available_space(&self.dir) {
-            if free < needed {
-                return Err(CheckpointStoreError::DiskFull {
-                    dir: self.dir.clone(),
-                    free,
-                    len: bytes.len(),
-                    needed,
-                });
-            }
-        }
+        ensure_space(&self.dir, bytes.len())?;
         self.db.insert(partition_key(partition), bytes)?;
         self.db.flush()?;
         Ok(())
@@ -115,6 +120,72 @@ impl CheckpointStore {
         self.db.insert(key, encode(&v)?)?;
         self.db.flush()?;
         Ok(v)
+    }
+
+    /// The records named `name` (created empty the first time).
+    pub fn records(&self, name: &str) -> Result<Records, CheckpointStoreError> {
+        Ok(Records {
+            tree: self.db.open_tree(name)?,
+            dir: self.dir.clone(),
+        })
+    }
+}
+
+/// A named set of keyed records in the checkpoint store. Changes apply atomically and become
+/// durable at the next [`Records::flush`] (or sled's own flush, every 500 ms).
+#[derive(Clone)]
+pub struct Records {
+    tree: sled::Tree,
+    dir: PathBuf,
+}
+
+/// A record: its key and value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// Changes to [`Records`], applied together.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    pub puts: Vec<Record>,
+    pub removes: Vec<Vec<u8>>,
+}
+
+impl RecordBatch {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.removes.is_empty()
+    }
+}
+
+impl Records {
+    /// Apply every change at once (none if the disk is nearly full). Fast: no flush.
+    pub fn apply(&self, batch: RecordBatch) -> Result<(), CheckpointStoreError> {
+        let len = batch.puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        ensure_space(&self.dir, len)?;
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.puts {
+            b.insert(k, v);
+        }
+        for k in batch.removes {
+            b.remove(k);
+        }
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Make every change applied so far durable (the trees share one log). Blocking (an fsync).
+    pub fn flush(&self) -> Result<(), CheckpointStoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Record>, CheckpointStoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 }
 
@@ -149,5 +220,43 @@ mod tests {
         store.save_encoded(4, vec![WIRE_VERSION + 1, 0]).unwrap();
         let err = store.load(4).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    }
+
+    #[test]
+    fn records_apply_atomically_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CheckpointStore::open(dir.path()).unwrap();
+            let r = store.records("detector").unwrap();
+            let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+            r.apply(RecordBatch {
+                puts: vec![kv("a/1", "x"), kv("a/2", "y"), kv("b/1", "z")],
+                removes: vec![],
+            })
+            .unwrap();
+            r.apply(RecordBatch {
+                puts: vec![kv("a/3", "w")],
+                removes: vec![b"a/1".to_vec()],
+            })
+            .unwrap();
+            r.flush().unwrap();
+            // Records are not partitions' checkpoints.
+            assert!(store.load(0).unwrap().is_none());
+        }
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let r = store.records("detector").unwrap();
+        let keys: Vec<String> = r
+            .scan(b"a/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8(k).unwrap(),
+                    String::from_utf8(v).unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(keys, ["a/2=y", "a/3=w"]);
     }
 }
