@@ -534,6 +534,11 @@ fn run(a: RunArgs) -> Result<()> {
         cfg.node.data_dir = d;
     }
     cfg.validate()?;
+    if !cfg.alerts.alertmanager.is_empty() || !cfg.alerts.webhooks.is_empty() {
+        // The receivers' CA file parses, or the node does not start.
+        wtm_actors::detector::alert_agent(&cfg.alerts)
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    }
     init_tracing("info");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import conftest
 import pytest
 from conftest import START, Node, free_port, settled
 
@@ -20,7 +21,8 @@ SOURCE = dict(seed=4, hosts=40, rate=400.0, realtime=False, start=START, duratio
 class Receiver:
     """An HTTP server on 127.0.0.1 keeping every JSON body POSTed to it, by path."""
 
-    def __init__(self, port):
+    def __init__(self, port, tls=None):
+        """`tls`: (certificate, key) files to serve https:// with."""
         self.bodies = {}
         outer = self
 
@@ -35,6 +37,11 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*map(str, tls))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
@@ -157,3 +164,39 @@ def test_a_node_killed_mid_run_announces_each_episode_once(tmp_path):
     finally:
         node.stop()
         hook.stop()
+
+
+def test_https_receivers_are_verified_against_the_configured_ca(tmp_path):
+    """An https:// webhook whose certificate `alerts.ca` signed gets every episode; a CA file
+    with no certificate in it stops the node at start, naming `alerts.ca`."""
+    from test_cluster import make_ca, make_cert
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "alerts-ca")
+    hook_port = free_port()
+    hook = Receiver(hook_port, tls=make_cert(pki, "hook", ca))
+    (tmp_path / "node").mkdir()
+    node = Node(tmp_path / "node", SOURCE, alerts={
+        "webhooks": [f"https://127.0.0.1:{hook_port}/hook"], "ca": str(ca[0]), "retry_max_s": 1,
+    })
+    try:
+        node.start()
+        node.wait_finished()
+        episodes = settled(node, "/v1/anomalies")["episodes"]
+        keys = {episode_key(e["host"], e["metric"], e["kind"], e["start"]) for e in episodes}
+        deadline = time.time() + 60
+        while time.time() < deadline and len(hook.bodies.get("/hook", [])) < 2 * len(keys):
+            time.sleep(0.5)
+        got = hook.bodies.get("/hook", [])
+        fired = sorted(episode_key(b["host"], b["metric"], b["kind"], b["start"]) for b in got if b["status"] == "firing")
+        assert keys and fired == sorted(keys)
+    finally:
+        node.stop()
+        hook.stop()
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("no certificate here\n")
+    cfg = (tmp_path / "node" / "wtm.toml").read_text().replace(str(ca[0]), str(bad))
+    (tmp_path / "bad.toml").write_text(cfg)
+    out = subprocess.run([conftest.WTM, "run", "--config", str(tmp_path / "bad.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "alerts.ca" in out.stderr, out.stderr

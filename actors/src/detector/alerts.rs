@@ -40,6 +40,47 @@ impl Drop for Alerts {
     }
 }
 
+/// The HTTP client of the deliveries: https:// receivers are verified against `alerts.ca` or,
+/// without it, the system's trust store. An error names what is wrong (checked at start).
+pub fn agent(cfg: &AlertsConfig) -> Result<ureq::Agent, String> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let roots: Vec<Certificate<'static>> = match &cfg.ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("alerts.ca: cannot read {}: {e}", path.display()))?;
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(format!(
+                    "alerts.ca: {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+            certs
+        }
+        None => rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect(),
+    };
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into())
+}
+
 impl Alerts {
     /// Start the delivery thread (None when no receiver is configured). `outbox`: the journal's
     /// records, whose waiting announcements go out first; `open`: the ongoing episodes (their
@@ -52,6 +93,13 @@ impl Alerts {
         if cfg.alertmanager.is_empty() && cfg.webhooks.is_empty() {
             return None;
         }
+        let agent = match agent(cfg) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "alerts are not delivered");
+                return None;
+            }
+        };
         let (tx, rx) = sync_channel(cfg.queue);
         let stop = Arc::new(AtomicBool::new(false));
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,7 +119,7 @@ impl Alerts {
                 if let Some(old) = previous {
                     old.join().ok();
                 }
-                delivery.run(rx, open)
+                delivery.run(&agent, rx, open)
             })
             .ok()?;
         *running = Some((Arc::clone(&stop), handle));
@@ -181,12 +229,7 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn run(self, rx: Receiver<Announcement>, open: Vec<Episode>) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+    fn run(self, agent: &ureq::Agent, rx: Receiver<Announcement>, open: Vec<Episode>) {
         let resend = Duration::from_secs(self.cfg.resend_s);
         let am_urls: Vec<String> = self
             .cfg
@@ -222,7 +265,7 @@ impl Delivery {
                 },
             };
             if let Some(a) = next {
-                if !self.announce(&agent, &am_urls, &mut firing, a) {
+                if !self.announce(agent, &am_urls, &mut firing, a) {
                     return;
                 }
             }
@@ -236,7 +279,7 @@ impl Delivery {
                             .collect(),
                     );
                     for url in &am_urls {
-                        if !self.post_until_taken(&agent, url, &all, "alertmanager") {
+                        if !self.post_until_taken(agent, url, &all, "alertmanager") {
                             return;
                         }
                     }

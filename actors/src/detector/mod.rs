@@ -2,7 +2,7 @@
 //! come back as messages.
 
 mod alerts;
-pub use alerts::episode_json;
+pub use alerts::{agent as alert_agent, episode_json};
 mod journal;
 pub mod offline;
 mod state;
@@ -110,7 +110,12 @@ impl Actor for DetectorActor {
                 }
             }
             DetectorMsg::Homes(view) => {
-                let dropped = run.state.retain_hosts(|h| view.is_home(h));
+                let mut moved = Observed::default();
+                let dropped = run.state.retain_hosts(|h| view.is_home(h), &mut moved);
+                if !moved.ended.is_empty() {
+                    // No mark in it: the host only names a mark, so any of them will do.
+                    run.announce(&dropped[0], &moved);
+                }
                 if let Some(j) = &run.journal {
                     if let Err(e) = j.forget(&dropped) {
                         tracing::warn!(error = %e, "cannot forget the checkpoint of hosts judged elsewhere now");
@@ -166,18 +171,7 @@ impl DetectorRun {
         for e in &seen.ended {
             tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
         }
-        let announce = self.alerts.is_some();
-        let announcements = match self.journal.as_mut() {
-            Some(j) => j.record(host, &seen, announce).unwrap_or_else(|e| {
-                // Announced anyway: an alert told twice after a crash beats one lost.
-                tracing::warn!(error = %e, "cannot keep the detector's state: a restart may announce this window's episodes again");
-                journal::announcements(&seen, announce)
-            }),
-            None => journal::announcements(&seen, announce),
-        };
-        if let Some(a) = &self.alerts {
-            a.queue(announcements);
-        }
+        self.announce(host, &seen);
         if let Some(job) = seen.fit {
             let me = me.clone();
             tokio::task::spawn_blocking(move || {
@@ -186,6 +180,22 @@ impl DetectorRun {
                     tracing::debug!("detector restarted during a fit; it refits");
                 }
             });
+        }
+    }
+
+    /// Keep what judging `host`'s window changed in the journal, then queue its announcements.
+    fn announce(&mut self, host: &str, seen: &Observed) {
+        let announce = self.alerts.is_some();
+        let announcements = match self.journal.as_mut() {
+            Some(j) => j.record(host, seen, announce).unwrap_or_else(|e| {
+                // Announced anyway: an alert told twice after a crash beats one lost.
+                tracing::warn!(error = %e, "cannot keep the detector's state: a restart may announce this window's episodes again");
+                journal::announcements(seen, announce)
+            }),
+            None => journal::announcements(seen, announce),
+        };
+        if let Some(a) = &self.alerts {
+            a.queue(announcements);
         }
     }
 }

@@ -410,12 +410,23 @@ impl DetectorState {
     }
 
     /// Drop the series of hosts `keep` rejects (homes moved elsewhere): memory follows the
-    /// hosts this node judges. Raised anomalies stay listed. Returns the hosts dropped.
-    pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    /// hosts this node judges. Raised anomalies stay listed. Their ongoing episodes end here
+    /// with their newest anomalous window (in `ended`: the new home judges on, and opens its
+    /// own if the anomaly goes on; an alert left firing would never resolve). Returns the hosts
+    /// dropped.
+    pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool, out: &mut Observed) -> Vec<String> {
         let dropped: Vec<String> = self.hosts.keys().filter(|h| !keep(h)).cloned().collect();
+        let mut ended = Vec::new();
         for h in &dropped {
-            self.hosts.remove(h);
+            if let Some(series) = self.hosts.remove(h) {
+                for (mut e, _) in series.open.into_iter().flatten() {
+                    e.end_ms = Some(e.last_ms + self.window_ms);
+                    ended.push(e);
+                }
+            }
         }
+        out.ended.extend(ended.iter().cloned());
+        self.keep(Vec::new(), ended, out);
         dropped
     }
 
@@ -632,8 +643,11 @@ mod tests {
         // The very next window is judged against the seeded baseline.
         let a = d.observe("h", point(40, 3000.0, 0.01, 200.0)).anomalies;
         assert_eq!(a.len(), 1, "{a:?}");
-        d.retain_hosts(|h| h != "h");
+        let mut out = Observed::default();
+        d.retain_hosts(|h| h != "h", &mut out);
         assert_eq!(d.host_count(), 0);
+        assert_eq!(out.ended.len(), 1, "its ongoing episode ends: {out:?}");
+        assert_eq!(out.ended[0].end_ms, Some(41 * 60_000));
         assert_eq!(
             d.anomalies(None, i64::MIN).len(),
             1,

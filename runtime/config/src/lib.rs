@@ -125,6 +125,9 @@ pub struct AlertsConfig {
     pub resend_s: u64,
     /// Longest wait between two tries of a delivery that failed (the wait doubles from 1 s).
     pub retry_max_s: u64,
+    /// PEM file of the CA certificate(s) that https:// receivers' certificates are verified
+    /// against (unset: the system's trust store).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for AlertsConfig {
@@ -135,6 +138,7 @@ impl Default for AlertsConfig {
             queue: 10_000,
             resend_s: 60,
             retry_max_s: 30,
+            ca: None,
         }
     }
 }
@@ -953,12 +957,22 @@ impl Config {
             ("alerts.webhooks", &self.alerts.webhooks),
         ] {
             for url in urls {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
                 check(
-                    url.strip_prefix("http://").is_some_and(|rest| !rest.is_empty()),
+                    rest.is_some_and(|rest| !rest.is_empty()),
                     key,
-                    &format!("{url:?} must be an http:// URL (https receivers are not supported yet: relay through a local proxy)"),
+                    &format!("{url:?} must be an http:// or https:// URL"),
                 )?;
             }
+        }
+        if let Some(ca) = &self.alerts.ca {
+            check(
+                ca.is_file(),
+                "alerts.ca",
+                &format!("{} is not a readable file", ca.display()),
+            )?;
         }
         check(self.alerts.queue >= 1, "alerts.queue", "must be at least 1")?;
         check(
@@ -1137,9 +1151,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             for (toml, key) in [
                 (
-                    "[alerts]\nwebhooks = [\"https://hooks.example/x\"]\n",
+                    "[alerts]\nwebhooks = [\"ftp://hooks.example/x\"]\n",
                     "alerts.webhooks",
                 ),
+                ("[alerts]\nca = \"/nonexistent/ca.pem\"\n", "alerts.ca"),
                 (
                     "[alerts]\nalertmanager = [\"am:9093\"]\n",
                     "alerts.alertmanager",
