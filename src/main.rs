@@ -456,6 +456,7 @@ async fn batch_node(cfg: Arc<Config>, files: Vec<PathBuf>, quiet: bool) -> Resul
         partitions: (0..cfg.source.partitions).collect(),
         snapshots: None,
         history: None,
+        explain: None,
     };
     let (sup, mut sup_done) = Actor::spawn(None, SupervisorActor, args)
         .await
@@ -591,6 +592,20 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
                 )
             }
         };
+    let kafka_source = cfg.source.kind == SourceKind::Kafka;
+    let api = wtm_api::ApiContext {
+        partitions: (!kafka_source).then_some(cfg.source.partitions),
+        node: node_id.clone(),
+        api_addr: addr.to_string(),
+        source: if kafka_source { "kafka" } else { "generator" }.into(),
+        topic: kafka_source.then(|| cfg.source.topic.clone()),
+        group: kafka_source.then(|| cfg.source.group.clone()),
+        shards: cfg.window.shards,
+        window_ms: cfg.window_spec().size_ms,
+        default_windows: 60,
+        baseline_windows: cfg.detector.baseline_windows,
+        access: api_access(&cfg)?,
+    };
     let args = SupervisorArgs {
         config: Arc::clone(&cfg),
         sources,
@@ -600,6 +615,8 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         partitions,
         snapshots,
         history: Some(cfg.node.data_dir.join("history.redb")),
+        // Alert texts say what drove an episode, as the API does.
+        explain: Some(wtm_api::explainer(api.clone())),
     };
     let (sup, sup_done) = Actor::spawn(Some(SUPERVISOR_NAME.into()), SupervisorActor, args)
         .await
@@ -615,20 +632,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     };
     // Peers find this node's API through its heartbeats.
     let _cluster = wtm_cluster::start(&cfg, &node_id, &addr.to_string()).await?;
-    let kafka_source = cfg.source.kind == SourceKind::Kafka;
-    let app = wtm_api::routes(wtm_api::ApiContext {
-        partitions: (!kafka_source).then_some(cfg.source.partitions),
-        node: node_id.clone(),
-        api_addr: addr.to_string(),
-        source: if kafka_source { "kafka" } else { "generator" }.into(),
-        topic: kafka_source.then(|| cfg.source.topic.clone()),
-        group: kafka_source.then(|| cfg.source.group.clone()),
-        shards: cfg.window.shards,
-        window_ms: cfg.window_spec().size_ms,
-        default_windows: 60,
-        baseline_windows: cfg.detector.baseline_windows,
-        access: api_access(&cfg)?,
-    });
+    let app = wtm_api::routes(api);
     use poem::listener::Listener;
     let plain = poem::listener::TcpListener::bind(addr.to_string());
     let (listener, scheme) = match &cfg.api.tls {

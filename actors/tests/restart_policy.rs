@@ -44,6 +44,7 @@ async fn run_until_given_up(kind: ErrorKind, cfg: &Arc<Config>) -> Vec<Duration>
         partitions: vec![0],
         snapshots: None,
         history: None,
+        explain: None,
     };
     let (_sup, done) = Actor::spawn(None, SupervisorActor, args).await.unwrap();
     // The supervisor stops itself when it gives up; bound the wait in (paused) time.

@@ -90,6 +90,7 @@ async fn killed_actors_restart_and_nothing_is_lost_or_doubled() {
         partitions: (0..cfg.source.partitions).collect(),
         snapshots: None,
         history: Some(dir.path().join("history.redb")),
+        explain: None,
     };
     let (sup, done) = Actor::spawn(None, SupervisorActor, args).await.unwrap();
     let parts = cfg.source.partitions;

@@ -903,6 +903,37 @@ fn route_of(path: &str) -> &'static str {
 }
 
 /// The whole HTTP app.
+/// The API's explanation of episodes, for the alerts' texts (the same as `/v1/anomalies` gives:
+/// the peak window against the baseline, merged over the cluster).
+pub fn explainer(ctx: ApiContext) -> wtm_messages::ExplainEpisode {
+    let api = Api {
+        ctx,
+        streams: Arc::new(Semaphore::new(0)),
+        explained: Default::default(),
+    };
+    Arc::new(move |e| {
+        let api = api.clone();
+        Box::pin(async move {
+            let x = api.explain(&e).await?;
+            Some(wtm_messages::EpisodeExplanation {
+                summary: x.summary.clone(),
+                baseline_windows: x.baseline_windows,
+                drivers: x
+                    .drivers
+                    .iter()
+                    .map(|d| wtm_messages::EpisodeDriver {
+                        dimension: d.dimension.clone(),
+                        key: d.key.clone(),
+                        baseline_share: d.baseline_share,
+                        observed_share: d.observed_share,
+                        contribution: d.contribution,
+                    })
+                    .collect(),
+            })
+        })
+    })
+}
+
 pub fn routes(ctx: ApiContext) -> impl Endpoint {
     let access = ctx.access.clone();
     let service = OpenApiService::new(

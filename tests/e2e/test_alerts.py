@@ -100,6 +100,16 @@ def test_each_episode_fires_once_and_resolves_once(tmp_path, alertmanager):
             assert sorted(fired) == sorted(keys), "each episode fires once"
             assert sorted(resolved) == sorted(ended), "each ended episode resolves once"
             assert all(b["end"] for b in got if b["status"] == "resolved")
+            # Each alert says what drove its episode; once ended, exactly what the API says.
+            assert all(b["explanation"] and b["explanation"]["summary"] for b in got), got
+            api_says = {episode_key(e["host"], e["metric"], e["kind"], e["start"]): e["explanation"]
+                        for e in episodes}
+            for b in got:
+                if b["status"] == "resolved":
+                    k = episode_key(b["host"], b["metric"], b["kind"], b["start"])
+                    assert b["explanation"]["summary"] == api_says[k]["summary"], (b, api_says[k])
+                    assert [d["key"] for d in b["explanation"]["drivers"]] == \
+                        [d["key"] for d in api_says[k]["drivers"]]
         finally:
             hook.stop()
         # Alertmanager got each episode as one alert (labels identify it) and passed it on.
@@ -110,11 +120,13 @@ def test_each_episode_fires_once_and_resolves_once(tmp_path, alertmanager):
                 for a in n["alerts"]:
                     l = a["labels"]
                     assert l["alertname"] == "WtmAnomaly"
+                    assert "What changed: " in a["annotations"]["description"], a
                     seen.add(episode_key(l["host"], l["metric"], l["kind"], l["episode_start"]))
             time.sleep(0.5)
         assert seen == keys, (seen ^ keys)
         print(f"{len(keys)} episodes ({len(ended)} ended): webhook {len(fired)} firing, {len(resolved)} resolved "
-              f"after {failed:.0f} failed tries; Alertmanager passed on {len(seen)}")
+              f"after {failed:.0f} failed tries; Alertmanager passed on {len(seen)}; e.g. "
+              + "; ".join(sorted({f'{b["kind"]}: {b["explanation"]["summary"]}' for b in got})[:3]))
     finally:
         node.stop()
 

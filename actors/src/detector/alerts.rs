@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wtm_config::AlertsConfig;
 use wtm_core::time::format_rfc3339;
-use wtm_messages::Episode;
+use wtm_messages::{Episode, EpisodeExplanation, ExplainEpisode};
 use wtm_storage::{RecordBatch, Records};
 use wtm_telemetry::{KeyValue, Metrics};
 
@@ -84,11 +84,13 @@ pub fn agent(cfg: &AlertsConfig) -> Result<ureq::Agent, String> {
 impl Alerts {
     /// Start the delivery thread (None when no receiver is configured). `outbox`: the journal's
     /// records, whose waiting announcements go out first; `open`: the ongoing episodes (their
-    /// alerts are re-sent to Alertmanager until they end).
+    /// alerts are re-sent to Alertmanager until they end); `explain`: what an alert's text says
+    /// drove its episode (worked out on this runtime, called from a tokio context).
     pub fn start(
         cfg: &AlertsConfig,
         outbox: Option<Records>,
         open: Vec<Episode>,
+        explain: Option<ExplainEpisode>,
     ) -> Option<Alerts> {
         if cfg.alertmanager.is_empty() && cfg.webhooks.is_empty() {
             return None;
@@ -111,6 +113,7 @@ impl Alerts {
             cfg: cfg.clone(),
             outbox: outbox.clone(),
             stop: Arc::clone(&stop),
+            explain: explain.zip(tokio::runtime::Handle::try_current().ok()),
         };
         let handle = std::thread::Builder::new()
             .name("wtm-alerts".into())
@@ -152,13 +155,36 @@ impl Alerts {
 
 type EpisodeKey = (String, String, String, i64);
 
+/// A firing alert as it opened, re-sent to Alertmanager until it resolves.
+struct Firing {
+    episode: Episode,
+    why: Option<EpisodeExplanation>,
+}
+
 fn key(e: &Episode) -> EpisodeKey {
     (e.host.clone(), e.metric.clone(), e.kind.clone(), e.start_ms)
 }
 
 /// The Alertmanager alert of an episode. Labels identify it (the same episode is the same
 /// alert), so they are those it opened with (`opened`): its severity may grow before it ends.
-fn alertmanager_alert(e: &Episode, opened: &Episode, firing: bool) -> serde_json::Value {
+fn alertmanager_alert(
+    e: &Episode,
+    opened: &Episode,
+    firing: bool,
+    why: Option<&EpisodeExplanation>,
+) -> serde_json::Value {
+    let mut description = format!(
+        "{} anomalous window(s) from {}; peak score {:.2} at {}: observed {:.4}, expected {:.4}",
+        e.windows,
+        format_rfc3339(e.start_ms),
+        e.peak_score,
+        format_rfc3339(e.peak_window_ms),
+        e.peak_observed,
+        e.peak_expected
+    );
+    if let Some(x) = why {
+        description.push_str(&format!(". What changed: {}", x.summary));
+    }
     let mut a = serde_json::json!({
         "labels": {
             "alertname": "WtmAnomaly",
@@ -170,24 +196,25 @@ fn alertmanager_alert(e: &Episode, opened: &Episode, firing: bool) -> serde_json
         },
         "annotations": {
             "summary": format!("{} {} on {}", e.kind.replace('_', " "), e.metric, e.host),
-            "description": format!(
-                "{} anomalous window(s) from {}; peak score {:.2} at {}: observed {:.4}, expected {:.4}",
-                e.windows, format_rfc3339(e.start_ms), e.peak_score,
-                format_rfc3339(e.peak_window_ms), e.peak_observed, e.peak_expected
-            ),
+            "description": description,
         },
         "startsAt": format_rfc3339(e.start_ms),
     });
+    if let Some(x) = why {
+        a["annotations"]["explanation"] = x.summary.clone().into();
+    }
     if let (false, Some(end)) = (firing, e.end_ms) {
         a["endsAt"] = format_rfc3339(end).into();
     }
     a
 }
 
-/// What a webhook gets: the episode ([`episode_json`]) and whether it fired or ended.
-fn webhook_body(e: &Episode, firing: bool) -> serde_json::Value {
+/// What a webhook gets: the episode ([`episode_json`]), whether it fired or ended, and what
+/// drove it (`explanation`, as in `/v1/anomalies`; null when it cannot be worked out now).
+fn webhook_body(e: &Episode, firing: bool, why: Option<&EpisodeExplanation>) -> serde_json::Value {
     let mut body = episode_json(e);
     body["status"] = if firing { "firing" } else { "resolved" }.into();
+    body["explanation"] = serde_json::to_value(why).unwrap_or_default();
     body
 }
 
@@ -226,7 +253,11 @@ struct Delivery {
     cfg: AlertsConfig,
     outbox: Option<Records>,
     stop: Arc<AtomicBool>,
+    explain: Option<(ExplainEpisode, tokio::runtime::Handle)>,
 }
+
+/// How long an alert waits for its explanation before it goes without.
+const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Delivery {
     fn run(self, agent: &ureq::Agent, rx: Receiver<Announcement>, open: Vec<Episode>) {
@@ -238,8 +269,13 @@ impl Delivery {
             .map(|u| format!("{}/api/v2/alerts", u.trim_end_matches('/')))
             .collect();
         // Firing alerts as they opened, re-sent to Alertmanager until they resolve.
-        let mut firing: BTreeMap<EpisodeKey, Episode> =
-            open.into_iter().map(|e| (key(&e), e)).collect();
+        let mut firing: BTreeMap<EpisodeKey, Firing> = open
+            .into_iter()
+            .map(|e| {
+                let why = self.why(&e);
+                (key(&e), Firing { episode: e, why })
+            })
+            .collect();
         let waiting = match &self.outbox {
             Some(o) => pending(o).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read the alert outbox: waiting announcements are not sent");
@@ -275,7 +311,9 @@ impl Delivery {
                     let all = serde_json::Value::Array(
                         firing
                             .values()
-                            .map(|e| alertmanager_alert(e, e, true))
+                            .map(|f| {
+                                alertmanager_alert(&f.episode, &f.episode, true, f.why.as_ref())
+                            })
                             .collect(),
                     );
                     for url in &am_urls {
@@ -294,7 +332,7 @@ impl Delivery {
         &self,
         agent: &ureq::Agent,
         am_urls: &[String],
-        firing: &mut BTreeMap<EpisodeKey, Episode>,
+        firing: &mut BTreeMap<EpisodeKey, Firing>,
         a: Announcement,
     ) -> bool {
         if let Some(o) = &self.outbox {
@@ -304,20 +342,28 @@ impl Delivery {
             }
         }
         let e = &a.episode;
+        let why = self.why(e);
         let opened = match a.firing {
             true => {
-                firing.insert(key(e), e.clone());
+                let f = Firing {
+                    episode: e.clone(),
+                    why: why.clone(),
+                };
+                firing.insert(key(e), f);
                 e.clone()
             }
-            false => firing.remove(&key(e)).unwrap_or_else(|| e.clone()),
+            false => firing
+                .remove(&key(e))
+                .map_or_else(|| e.clone(), |f| f.episode),
         };
-        let alert = serde_json::Value::Array(vec![alertmanager_alert(e, &opened, a.firing)]);
+        let alert =
+            serde_json::Value::Array(vec![alertmanager_alert(e, &opened, a.firing, why.as_ref())]);
         for url in am_urls {
             if !self.post_until_taken(agent, url, &alert, "alertmanager") {
                 return false;
             }
         }
-        let body = webhook_body(e, a.firing);
+        let body = webhook_body(e, a.firing, why.as_ref());
         for url in &self.cfg.webhooks {
             if !self.post_until_taken(agent, url, &body, "webhook") {
                 return false;
@@ -334,6 +380,16 @@ impl Delivery {
             }
         }
         true
+    }
+
+    /// What drove episode `e`, as the API explains it (None: no explainer, or not now).
+    fn why(&self, e: &Episode) -> Option<EpisodeExplanation> {
+        let (explain, runtime) = self.explain.as_ref()?;
+        let work = explain(e.clone());
+        runtime
+            .block_on(async { tokio::time::timeout(EXPLAIN_TIMEOUT, work).await })
+            .ok()
+            .flatten()
     }
 
     /// Post until it is taken, waiting longer after each failure (the receiver may be down).

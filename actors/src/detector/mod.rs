@@ -38,6 +38,8 @@ pub struct DetectorArgs {
     pub config: DetectorConfig,
     pub window_ms: i64,
     pub alerts: AlertsConfig,
+    /// Explains episodes for the alerts' texts.
+    pub explain: Option<wtm_messages::ExplainEpisode>,
     /// Where the detector keeps its checkpoint ([`journal`]).
     pub records: Option<Records>,
 }
@@ -82,7 +84,7 @@ impl Actor for DetectorActor {
             state,
             reported_hosts: u64::MAX,
             view: None,
-            alerts: Alerts::start(&args.alerts, outbox, open),
+            alerts: Alerts::start(&args.alerts, outbox, open, args.explain),
             journal,
         })
     }

@@ -44,6 +44,8 @@ pub struct SupervisorArgs {
     pub snapshots: Option<Lake>,
     /// The API's window history file (see `ArchiverArgs::history`).
     pub history: Option<std::path::PathBuf>,
+    /// Explains episodes for the alerts' texts (None: alerts go without).
+    pub explain: Option<wtm_messages::ExplainEpisode>,
 }
 
 pub struct SupervisorActor;
@@ -121,6 +123,7 @@ impl SupervisorRun {
                     config: cfg.detector.clone(),
                     window_ms: cfg.window_spec().size_ms,
                     alerts: cfg.alerts.clone(),
+                    explain: self.args.explain.clone(),
                     records: Some(
                         (self.args.store.records("detector"))
                             .map_err(|e| SpawnErr::StartupFailed(e.into()))?,

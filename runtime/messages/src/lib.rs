@@ -422,6 +422,37 @@ pub struct Episode {
     pub severity: String,
 }
 
+/// What drove an episode: its peak window against the baseline windows before it (the API's
+/// explanation, which alert texts carry too).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpisodeExplanation {
+    /// One line, e.g. "78% of the extra requests: path /wp-login.php (2% → 80% of requests)".
+    pub summary: String,
+    pub baseline_windows: u32,
+    pub drivers: Vec<EpisodeDriver>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpisodeDriver {
+    /// `path`, `user_agent`, `referrer` or `status`.
+    pub dimension: String,
+    pub key: String,
+    pub baseline_share: f64,
+    pub observed_share: f64,
+    pub contribution: f64,
+}
+
+/// Works an episode's explanation out (None: its windows cannot be read now). Given by the API
+/// to the alerts, which sit below it.
+pub type ExplainEpisode = Arc<
+    dyn Fn(
+            Episode,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<EpisodeExplanation>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// A detector's findings: raised anomalies (one per host, window and metric) and episodes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Detections {
