@@ -559,6 +559,7 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
     let addr = listener.local_addr()?;
     drop(listener);
     let node_id = cfg.node_id();
+    let advertised = wtm_cluster::advertised(&cfg).await?;
     // A generator node owns its partitions from the start; a Kafka node owns what its consumer
     // group assigns, and hands partitions over through the lake's shared snapshots.
     let (sources, partitions, snapshots, kafka): (Arc<dyn SourceFactory>, _, _, _) =
@@ -583,7 +584,12 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
             }
             SourceKind::Kafka => {
                 let (events, group) = tokio::sync::mpsc::unbounded_channel();
-                let k = KafkaSources::connect(&cfg.source, &format!("wtm-{node_id}"), events)?;
+                // With discovery, the group's members carry their cluster addresses.
+                let client_id = match (&advertised, cfg.cluster.discover_from_kafka) {
+                    (Some(a), true) => wtm_cluster::discoverable_client_id(&node_id, a),
+                    _ => format!("wtm-{node_id}"),
+                };
+                let k = KafkaSources::connect(&cfg.source, &client_id, events)?;
                 (
                     Arc::clone(&k) as _,
                     Vec::new(),
@@ -630,8 +636,15 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         }
         None => None,
     };
+    let discover = match (&kafka, cfg.cluster.discover_from_kafka) {
+        (Some(k), true) => Some(kafka_discovery(Arc::clone(k))),
+        _ => None,
+    };
     // Peers find this node's API through its heartbeats.
-    let _cluster = wtm_cluster::start(&cfg, &node_id, &addr.to_string()).await?;
+    let _cluster = match &advertised {
+        Some(a) => Some(wtm_cluster::start(&cfg, &node_id, &addr.to_string(), a, discover).await?),
+        None => None,
+    };
     let app = wtm_api::routes(api);
     use poem::listener::Listener;
     let plain = poem::listener::TcpListener::bind(addr.to_string());
@@ -713,6 +726,23 @@ async fn terminate() {
 }
 
 /// The API's tokens (as digests) and request bounds, from `[api]`.
+/// Peers' cluster addresses, from the `client.id`s of the consumer group's members.
+fn kafka_discovery(k: Arc<KafkaSources>) -> wtm_cluster::Discover {
+    Arc::new(
+        move || match k.group_client_ids(std::time::Duration::from_secs(5)) {
+            Ok(ids) => ids
+                .iter()
+                .filter_map(|id| wtm_cluster::address_in_client_id(id))
+                .map(str::to_owned)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for peers in the Kafka group");
+                Vec::new()
+            }
+        },
+    )
+}
+
 fn api_access(cfg: &Config) -> Result<wtm_api::Access> {
     let digests: Vec<[u8; 32]> = cfg
         .api

@@ -13,6 +13,8 @@
 //!
 //! [`start`] brings it up from `[cluster]`: the node server on `cluster.listen` (authenticated by
 //! `cluster.cookie`), then membership. Without `cluster.listen` a node runs alone, as before.
+//! Peers are found from `cluster.seeds`, from each other's heartbeats, and (with
+//! `cluster.discover_from_kafka`) from the `client.id`s of the Kafka consumer group's members.
 
 pub mod members;
 pub mod node;
@@ -21,6 +23,7 @@ pub mod wire;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
+use std::sync::Arc;
 use std::time::Duration;
 use wtm_config::Config;
 use wtm_messages::{ClusterMsg, CLUSTER_NAME};
@@ -64,19 +67,25 @@ async fn local_ip_towards(seeds: &[String]) -> Option<std::net::IpAddr> {
     None
 }
 
-/// A running cluster member.
-pub struct ClusterNode {
-    pub server: ActorRef<NodeServerMessage>,
-    pub membership: ActorRef<ClusterMsg>,
+/// Finds peers' cluster addresses outside the cluster (blocking: it runs off the actor).
+pub type Discover = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// The Kafka `client.id` of a node that can be found through its consumer group: it carries the
+/// node's cluster address.
+pub fn discoverable_client_id(node_id: &str, advertised: &str) -> String {
+    format!("wtm-{node_id}@{advertised}")
 }
 
-/// Join the cluster `[cluster]` describes (None without `cluster.listen`). `node_id` names this
-/// node to its peers; `api_addr` is where its HTTP API listens.
-pub async fn start(
-    cfg: &Config,
-    node_id: &str,
-    api_addr: &str,
-) -> Result<Option<ClusterNode>, ClusterError> {
+/// The cluster address a group member's `client.id` carries ([`discoverable_client_id`]).
+pub fn address_in_client_id(client_id: &str) -> Option<&str> {
+    let (head, addr) = client_id.rsplit_once('@')?;
+    (head.starts_with("wtm-") && !addr.is_empty()).then_some(addr)
+}
+
+/// The address peers dial to reach this node: `cluster.advertise`, else `cluster.listen`, or,
+/// for a wildcard listen address, this host's address towards the seeds (None without
+/// `cluster.listen`).
+pub async fn advertised(cfg: &Config) -> Result<Option<String>, ClusterError> {
     let c = &cfg.cluster;
     let Some(listen) = &c.listen else {
         return Ok(None);
@@ -84,12 +93,7 @@ pub async fn start(
     let listen: std::net::SocketAddr = listen
         .parse()
         .map_err(|e| ClusterError::Start(format!("cluster.listen {listen:?}: {e}")))?;
-    let cookie = c
-        .cookie
-        .as_ref()
-        .map(|s| s.expose().to_owned())
-        .ok_or_else(|| ClusterError::Start("cluster.cookie is required".into()))?;
-    let advertised = match &c.advertise {
+    Ok(Some(match &c.advertise {
         Some(a) => a.clone(),
         None if listen.ip().is_unspecified() => {
             let ip = local_ip_towards(&c.seeds).await.ok_or_else(|| {
@@ -101,7 +105,36 @@ pub async fn start(
             std::net::SocketAddr::new(ip, listen.port()).to_string()
         }
         None => listen.to_string(),
-    };
+    }))
+}
+
+/// A running cluster member.
+pub struct ClusterNode {
+    pub server: ActorRef<NodeServerMessage>,
+    pub membership: ActorRef<ClusterMsg>,
+}
+
+/// Join the cluster `[cluster]` describes, as `advertised` ([`advertised`]; only with
+/// `cluster.listen`). `node_id` names this node to its peers; `api_addr` is where its HTTP API
+/// listens; `discover` finds peers outside the cluster (the Kafka group), besides the seeds.
+pub async fn start(
+    cfg: &Config,
+    node_id: &str,
+    api_addr: &str,
+    advertised: &str,
+    discover: Option<Discover>,
+) -> Result<ClusterNode, ClusterError> {
+    let c = &cfg.cluster;
+    let listen = c.listen.as_deref().unwrap_or_default();
+    let listen: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| ClusterError::Start(format!("cluster.listen {listen:?}: {e}")))?;
+    let cookie = c
+        .cookie
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .ok_or_else(|| ClusterError::Start("cluster.cookie is required".into()))?;
+    let advertised = advertised.to_owned();
     let host = advertised
         .rsplit_once(':')
         .map_or(advertised.clone(), |(h, _)| h.to_owned());
@@ -136,6 +169,7 @@ pub async fn start(
         failure_after: Duration::from_millis(c.failure_after_ms),
         server: server.clone(),
         tls,
+        discover,
     };
     let (membership, _) = Actor::spawn(Some(CLUSTER_NAME.into()), node::MembershipActor, args)
         .await
@@ -162,5 +196,19 @@ pub async fn start(
         })
         .map_err(|e| ClusterError::Start(format!("node server events: {e}")))?;
     tracing::info!(%listen, tls = c.tls.is_some(), "cluster member listening");
-    Ok(Some(ClusterNode { server, membership }))
+    Ok(ClusterNode { server, membership })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_carries_the_cluster_address() {
+        let id = discoverable_client_id("node-a@rack1", "10.0.0.7:7400");
+        assert_eq!(address_in_client_id(&id), Some("10.0.0.7:7400"));
+        assert_eq!(address_in_client_id("wtm-node-a"), None);
+        assert_eq!(address_in_client_id("other-app@10.0.0.9:1"), None);
+        assert_eq!(address_in_client_id("wtm-x@"), None);
+    }
 }

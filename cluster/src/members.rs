@@ -66,6 +66,13 @@ impl Membership {
         m
     }
 
+    /// Addresses found outside the cluster (the Kafka group): dialled like seeds.
+    pub fn discovered(&mut self, addrs: &[String]) {
+        for a in addrs {
+            self.learn(a);
+        }
+    }
+
     fn learn(&mut self, addr: &str) {
         if addr != self.me.cluster_addr {
             self.dial.entry(addr.to_owned()).or_default();

@@ -36,7 +36,12 @@ pub struct MembershipArgs {
     pub server: ActorRef<NodeServerMessage>,
     /// Dial peers over mutual TLS (`[cluster.tls]`).
     pub tls: Option<crate::tls::Tls>,
+    /// Finds peers' addresses outside the cluster (`cluster.discover_from_kafka`).
+    pub discover: Option<crate::Discover>,
 }
+
+/// How often peers are looked for outside the cluster.
+const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 
 pub struct MembershipActor;
 
@@ -49,6 +54,10 @@ pub struct MembershipRun {
     sessions: HashMap<u64, (String, bool)>,
     /// Hosts this node's detector judges (told by the detector).
     home_hosts: u64,
+    discover: Option<crate::Discover>,
+    /// A discovery is running (blocking, off the actor); when the last one started.
+    discovering: bool,
+    last_discovery: Option<Instant>,
 }
 
 fn restarts_so_far() -> u64 {
@@ -95,6 +104,21 @@ impl MembershipRun {
                 };
                 tell(&me, ActorKind::Cluster, ClusterMsg::Dialed { addr, ok }).ok();
             });
+        }
+        if let Some(discover) = self.discover.clone() {
+            if !self.discovering
+                && self
+                    .last_discovery
+                    .is_none_or(|t| now >= t + DISCOVER_EVERY)
+            {
+                self.discovering = true;
+                self.last_discovery = Some(now);
+                let me = me.clone();
+                tokio::task::spawn_blocking(move || {
+                    let found = discover();
+                    tell(&me, ActorKind::Cluster, ClusterMsg::Discovered(found)).ok();
+                });
+            }
         }
         // The archiver routes shares by this view (and judges against its partitions).
         let mine = owned_partitions();
@@ -167,6 +191,9 @@ impl Actor for MembershipActor {
             tls: args.tls,
             sessions: HashMap::new(),
             home_hosts: 0,
+            discover: args.discover,
+            discovering: false,
+            last_discovery: None,
         })
     }
 
@@ -207,6 +234,10 @@ impl Actor for MembershipActor {
                     .ok();
             }
             ClusterMsg::HomeHosts(n) => run.home_hosts = n,
+            ClusterMsg::Discovered(addrs) => {
+                run.discovering = false;
+                run.members.discovered(&addrs);
+            }
             ClusterMsg::Ask(t, reply) => {
                 tokio::spawn(async move {
                     reply.send(ask_one(&t.to, t.query).await).ok();

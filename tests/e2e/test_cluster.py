@@ -94,6 +94,34 @@ def test_members_find_each_other_refuse_a_wrong_cookie_and_detect_failures(broke
         wait_for(n, lambda m: set(m) == everyone and all(x["alive"] for x in m.values()), 60)
 
 
+def test_members_find_each_other_through_their_kafka_group(broker, node_factory):
+    """With `cluster.discover_from_kafka` and no seeds, the members of one consumer group find
+    each other from the `client.id`s the group lists; a node of another group is not found."""
+    from test_kafka import kafka_source, new_topic
+    topic = new_topic(broker, "discover")
+    ports = [free_port() for _ in range(4)]
+
+    def node(name, port, group):
+        n = node_factory(kafka_source(broker, topic, group=group), name=name, cluster={
+            "listen": f"127.0.0.1:{port}", "cookie": "shared-secret", "discover_from_kafka": True,
+            "heartbeat_ms": HEARTBEAT_MS, "failure_after_ms": FAILURE_AFTER_MS})
+        n.config.write_text(n.config.read_text().replace("[node]\n", f"[node]\nid = \"{name}\"\n", 1))
+        return n
+
+    group = f"g-{topic}"
+    a, b, c = (node(n, p, group) for n, p in zip("abc", ports))
+    loner = node("loner", ports[3], f"{group}-other")
+    for n in (a, b, c, loner):
+        n.start()
+    everyone = {"a", "b", "c"}
+    started = time.time()
+    for n in (a, b, c):
+        wait_for(n, lambda m: set(m) == everyone and all(x["alive"] for x in m.values()), 60)
+    print(f"three nodes found each other through their group in {time.time() - started:.1f} s")
+    assert set(members(loner)[0]) == {"loner"}
+    assert "loner" not in members(a)[0]
+
+
 def test_any_node_answers_the_overview_for_the_whole_cluster(broker, node_factory, tmp_path, browser):
     """Three Kafka nodes in one group and one cluster: each owns some partitions, and every
     node's /v1/overview adds up the whole topic exactly; every node answers each site's series,

@@ -248,6 +248,10 @@ pub struct ClusterConfig {
     /// Window shares per page of a member's `/v1/hosts` answer (a page must fit the transport's
     /// 64 MiB frame: a share is about 40 bytes on the wire).
     pub page_shares: usize,
+    /// Also find peers in the Kafka consumer group: each node's consumer `client.id` carries its
+    /// cluster address, and every node dials the addresses its group's members carry (an
+    /// autoscaled service needs no seed list). Needs a Kafka source.
+    pub discover_from_kafka: bool,
 }
 
 /// Mutual TLS between nodes: each presents `cert` (signed by `ca`) and accepts only peers whose
@@ -277,6 +281,7 @@ impl Default for ClusterConfig {
             failure_after_ms: 5000,
             tls: None,
             page_shares: 100_000,
+            discover_from_kafka: false,
         }
     }
 }
@@ -984,6 +989,12 @@ impl Config {
             self.alerts.retry_max_s >= 1,
             "alerts.retry_max_s",
             "must be at least 1",
+        )?;
+        check(
+            !self.cluster.discover_from_kafka
+                || (self.cluster.listen.is_some() && self.source.kind == SourceKind::Kafka),
+            "cluster.discover_from_kafka",
+            "needs cluster.listen and a Kafka source (source.kind = \"kafka\")",
         )?;
         for seed in &self.cluster.seeds {
             check(

@@ -624,6 +624,9 @@ pub enum ClusterMsg {
         to: Option<String>,
         shares: HomeShares,
     },
+    /// Cluster addresses found outside the cluster (the Kafka group's members): dialled like
+    /// seeds.
+    Discovered(Vec<String>),
 }
 
 /// A question one node asks the others.

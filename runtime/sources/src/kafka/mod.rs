@@ -281,6 +281,7 @@ type GroupConsumer = BaseConsumer<GroupContext>;
 /// A Kafka topic as the partitions of a node, through one consumer-group member.
 pub struct KafkaSources {
     consumer: Arc<GroupConsumer>,
+    group: String,
     shared: Arc<Shared>,
     start_from: StartPosition,
     dead_letters: Option<Arc<KafkaSink>>,
@@ -332,11 +333,26 @@ impl KafkaSources {
         };
         Ok(Arc::new(KafkaSources {
             consumer: Arc::new(consumer),
+            group: cfg.group.clone(),
             shared,
             start_from: cfg.start_from,
             dead_letters,
             threads: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The `client.id` of every member of this node's consumer group now (this node's too): a
+    /// request to the group's coordinator. Blocking.
+    pub fn group_client_ids(&self, timeout: Duration) -> Result<Vec<String>, KafkaSetupError> {
+        let list = self
+            .consumer
+            .fetch_group_list(Some(&self.group), timeout)
+            .map_err(|e| KafkaSetupError(format!("cannot list group {:?}: {e}", self.group)))?;
+        Ok(list
+            .groups()
+            .iter()
+            .flat_map(|g| g.members().iter().map(|m| m.client_id().to_owned()))
+            .collect())
     }
 
     /// Start consuming on a thread of its own (the supervisor must be running: assignments
