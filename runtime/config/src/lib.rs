@@ -1167,6 +1167,10 @@ mod tests {
                 ),
                 ("[alerts]\nca = \"/nonexistent/ca.pem\"\n", "alerts.ca"),
                 (
+                    "[cluster]\ndiscover_from_kafka = true\n",
+                    "cluster.discover_from_kafka",
+                ),
+                (
                     "[alerts]\nalertmanager = [\"am:9093\"]\n",
                     "alerts.alertmanager",
                 ),
