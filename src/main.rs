@@ -12,7 +12,7 @@ use std::sync::Arc;
 use wtm_actors::supervisor::{follow_group, gave_up_because, SupervisorActor, SupervisorArgs};
 use wtm_config::{Config, SourceKind};
 use wtm_core::event::Format;
-use wtm_core::generator::{Generator, GeneratorSpec};
+use wtm_core::generator::{AnomalyKind, Generator, GeneratorSpec, Magnitude};
 use wtm_core::time::{now_ms, parse_rfc3339};
 use wtm_messages::{ask, SupervisorMsg, SUPERVISOR_NAME};
 use wtm_sources::kafka::{KafkaSink, KafkaSources};
@@ -150,9 +150,18 @@ struct GenerateArgs {
     /// Write the injected anomalies here, one JSON object per line.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Number of injected anomalies (spike, drop, 5xx burst, latency degradation, in turn).
+    /// Number of injected anomalies (of --kinds in turn; each labelled).
     #[arg(long, default_value_t = 0)]
     anomalies: usize,
+    /// The kinds injected in turn, comma-separated: traffic_spike, traffic_drop, error_burst,
+    /// latency_degradation, bot_surge, path_hotspot, slow_endpoint, not_found_storm,
+    /// latency_creep [default: the first four].
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    kinds: Vec<AnomalyKind>,
+    /// Magnitudes (weak, medium, strong), comma-separated: each after a round of every kind
+    /// [default: strong].
+    #[arg(long, value_delimiter = ',', value_parser = parse_magnitude)]
+    magnitudes: Vec<Magnitude>,
     /// Share of lines written malformed (truncated), to exercise dead-lettering.
     #[arg(long, default_value_t = 0.0)]
     malformed_share: f64,
@@ -259,6 +268,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
         start_ms,
         partitions: a.partitions,
         anomalies: a.anomalies,
+        kinds: a.kinds.clone(),
+        magnitudes: a.magnitudes.clone(),
         malformed_share: a.malformed_share,
         duration_ms: a.duration.map(|d| d as i64 * 1000),
         count: a.count,
@@ -726,6 +737,17 @@ async fn terminate() {
 }
 
 /// The API's tokens (as digests) and request bounds, from `[api]`.
+fn parse_kind(s: &str) -> Result<AnomalyKind, String> {
+    AnomalyKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = AnomalyKind::ALL.iter().map(|k| k.name()).collect();
+        format!("{s:?} is not a kind: one of {}", names.join(", "))
+    })
+}
+
+fn parse_magnitude(s: &str) -> Result<Magnitude, String> {
+    Magnitude::parse(s).ok_or_else(|| format!("{s:?} is not a magnitude: weak, medium or strong"))
+}
+
 /// Peers' cluster addresses, from the `client.id`s of the consumer group's members.
 fn kafka_discovery(k: Arc<KafkaSources>) -> wtm_cluster::Discover {
     Arc::new(

@@ -24,6 +24,8 @@ fn spec(anomalies: usize) -> GeneratorSpec {
         start_ms: 1_767_225_600_000,
         partitions: 4,
         anomalies,
+        kinds: Vec::new(),
+        magnitudes: Vec::new(),
         malformed_share: 0.0,
         duration_ms: Some(3 * 3_600_000),
         count: None,

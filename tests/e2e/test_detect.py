@@ -197,3 +197,45 @@ def test_node_episodes_group_the_anomalies_and_scores_reach_the_series(node, tmp
     recall = sum(any(e["host"] == l["host"] and parse_ts(l["start"]) <= parse_ts(e["start"]) <= parse_ts(l["end"]) + 5 * window
                      for e in episodes) for l in labels)
     print(f"injected {len(labels)}, found {recall}; {len(episodes)} episodes from {len(anomalies)} anomalous windows")
+
+
+NEW_KINDS = ["bot_surge", "path_hotspot", "not_found_storm", "slow_endpoint", "latency_creep"]
+# What each new kind must be found as, and the key its explanation must name (None: the same
+# requests, so no key's share moves).
+EXPECTED = {
+    "bot_surge": ("requests", ("user_agent", "python-requests/2.31.0")),
+    "path_hotspot": ("requests", ("path", "/products/flash-sale")),
+    "not_found_storm": ("requests", ("status", "404")),
+    "slow_endpoint": ("latency_p99_ms", None),
+    "latency_creep": ("latency_p99_ms", None),
+}
+
+
+def test_the_generators_new_kinds_are_found_and_explained(tmp_path_factory, tmp_path):
+    """A node on the generator injecting each new kind once (strong): each is one episode of
+    the right metric on its site, and the traffic kinds are explained by the key injected."""
+    src = dict(NODE, anomalies=len(NEW_KINDS), anomaly_kinds=NEW_KINDS)
+    node = next(finished_node(tmp_path_factory, "kinds", src))
+    try:
+        episodes = settled(node, "/v1/anomalies")["episodes"]
+        labels_file = tmp_path / "labels.jsonl"
+        subprocess.run([WTM, "generate", "--out", tmp_path / "events.json", "--labels", labels_file,
+                        "--seed", "4", "--hosts", "40", "--rate", "400", "--start", START, "--duration", "7200",
+                        "--anomalies", str(len(NEW_KINDS)), "--kinds", ",".join(NEW_KINDS), "--partitions", "4"],
+                       check=True)
+        labels = [json.loads(l) for l in labels_file.read_text().splitlines()]
+        assert [l["kind"] for l in labels] == NEW_KINDS and all(l["magnitude"] == "strong" for l in labels)
+        window = 60_000
+        for l in labels:
+            metric, driver = EXPECTED[l["kind"]]
+            mine = [e for e in episodes if e["host"] == l["host"] and e["metric"] == metric
+                    and parse_ts(l["start"]) <= parse_ts(e["start"]) <= parse_ts(l["end"]) + 2 * window]
+            assert len(mine) == 1, (l, [e for e in episodes if e["host"] == l["host"]])
+            e = mine[0]
+            if driver:
+                keys = [(d["dimension"], d["key"]) for d in e["explanation"]["drivers"]]
+                assert driver in keys, (l["kind"], e["explanation"])
+            print(f"{l['kind']}: {e['kind']} on {metric}, {e['windows']} window(s), peak {e['peak_score']:.2f}; "
+                  f"{e['explanation']['summary'] if e['explanation'] else '-'}")
+    finally:
+        node.stop()

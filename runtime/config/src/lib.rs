@@ -362,6 +362,13 @@ pub struct SourceConfig {
     pub count: Option<u64>,
     /// Injected anomalies (labelled by `wtm generate --labels`).
     pub anomalies: usize,
+    /// Their kinds, in turn (`traffic_spike`, `traffic_drop`, `error_burst`,
+    /// `latency_degradation`, `bot_surge`, `path_hotspot`, `slow_endpoint`, `not_found_storm`,
+    /// `latency_creep`; empty: the first four).
+    pub anomaly_kinds: Vec<wtm_core::generator::AnomalyKind>,
+    /// Their magnitudes (`weak`, `medium`, `strong`), each after a round of every kind (empty:
+    /// strong).
+    pub anomaly_magnitudes: Vec<wtm_core::generator::Magnitude>,
     /// Share of generated records that are malformed (exercises the dead-letter path).
     pub malformed_share: f64,
     /// Records read per batch.
@@ -399,6 +406,8 @@ impl Default for SourceConfig {
             duration_s: None,
             count: None,
             anomalies: 4,
+            anomaly_kinds: Vec::new(),
+            anomaly_magnitudes: Vec::new(),
             malformed_share: 0.0,
             batch_size: 2048,
             brokers: String::new(),
@@ -1064,6 +1073,8 @@ impl Config {
             start_ms,
             partitions: self.source.partitions,
             anomalies: self.source.anomalies,
+            kinds: self.source.anomaly_kinds.clone(),
+            magnitudes: self.source.anomaly_magnitudes.clone(),
             malformed_share: self.source.malformed_share,
             duration_ms: self.source.duration_s.map(|d| d as i64 * 1000),
             count: self.source.count,

@@ -30,6 +30,13 @@ pub struct GeneratorSpec {
     pub partitions: u32,
     /// Number of injected anomalies.
     pub anomalies: usize,
+    /// Their kinds, in turn (empty: the classic four, [`AnomalyKind::CLASSIC`]).
+    #[serde(default)]
+    pub kinds: Vec<AnomalyKind>,
+    /// Their magnitudes: each kind at each of these in turn, after a round of every kind
+    /// (empty: strong only).
+    #[serde(default)]
+    pub magnitudes: Vec<Magnitude>,
     /// Share of records written malformed (truncated), as real log streams carry some.
     #[serde(default)]
     pub malformed_share: f64,
@@ -42,19 +49,107 @@ pub struct GeneratorSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnomalyKind {
+    /// More of the same traffic.
     TrafficSpike,
     TrafficDrop,
+    /// A share of requests answered 5xx.
     ErrorBurst,
+    /// Every request slower.
     LatencyDegradation,
+    /// Extra requests from one network (203.0.113.0/24) with a scraper's user agent.
+    BotSurge,
+    /// Extra requests to one path.
+    PathHotspot,
+    /// One popular path (`/`) slow: the site's p99 moves through it alone.
+    SlowEndpoint,
+    /// Extra requests for paths that do not exist, answered 404 (a scanner).
+    NotFoundStorm,
+    /// Latency rising steadily from normal to its worst over the anomaly.
+    LatencyCreep,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 4] = [
+    /// The kinds injected in turn by default (and before the others existed).
+    pub const CLASSIC: [AnomalyKind; 4] = [
         AnomalyKind::TrafficSpike,
         AnomalyKind::TrafficDrop,
         AnomalyKind::ErrorBurst,
         AnomalyKind::LatencyDegradation,
     ];
+    pub const ALL: [AnomalyKind; 9] = [
+        AnomalyKind::TrafficSpike,
+        AnomalyKind::TrafficDrop,
+        AnomalyKind::ErrorBurst,
+        AnomalyKind::LatencyDegradation,
+        AnomalyKind::BotSurge,
+        AnomalyKind::PathHotspot,
+        AnomalyKind::SlowEndpoint,
+        AnomalyKind::NotFoundStorm,
+        AnomalyKind::LatencyCreep,
+    ];
+
+    /// Its name in labels, configs and flags (`traffic_spike`, `bot_surge`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::TrafficSpike => "traffic_spike",
+            AnomalyKind::TrafficDrop => "traffic_drop",
+            AnomalyKind::ErrorBurst => "error_burst",
+            AnomalyKind::LatencyDegradation => "latency_degradation",
+            AnomalyKind::BotSurge => "bot_surge",
+            AnomalyKind::PathHotspot => "path_hotspot",
+            AnomalyKind::SlowEndpoint => "slow_endpoint",
+            AnomalyKind::NotFoundStorm => "not_found_storm",
+            AnomalyKind::LatencyCreep => "latency_creep",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AnomalyKind> {
+        AnomalyKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Extra requests on top of the site's usual ones, as a share of them (0: none).
+    fn extra_share(self, m: Magnitude) -> f64 {
+        match self {
+            AnomalyKind::BotSurge | AnomalyKind::PathHotspot | AnomalyKind::NotFoundStorm => {
+                m.pick(1.0, 2.0, 4.0)
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// How strong an injected anomaly is. `strong` is what the classic kinds always were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Magnitude {
+    Weak,
+    Medium,
+    #[default]
+    Strong,
+}
+
+impl Magnitude {
+    pub const ALL: [Magnitude; 3] = [Magnitude::Weak, Magnitude::Medium, Magnitude::Strong];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Magnitude::Weak => "weak",
+            Magnitude::Medium => "medium",
+            Magnitude::Strong => "strong",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Magnitude> {
+        Magnitude::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn pick(self, weak: f64, medium: f64, strong: f64) -> f64 {
+        match self {
+            Magnitude::Weak => weak,
+            Magnitude::Medium => medium,
+            Magnitude::Strong => strong,
+        }
+    }
 }
 
 /// One injected anomaly: the label line `wtm generate --labels` writes.
@@ -62,6 +157,8 @@ impl AnomalyKind {
 pub struct AnomalyLabel {
     pub host: String,
     pub kind: AnomalyKind,
+    #[serde(default)]
+    pub magnitude: Magnitude,
     /// RFC 3339.
     pub start: String,
     pub end: String,
@@ -167,6 +264,17 @@ const EXTERNAL_REFERRERS: [&str; 5] = [
     "https://www.reddit.com/",
 ];
 const PATHS_PER_HOST: u64 = 300;
+/// What a scanner asks for (a 404 storm).
+const SCANNED_PATHS: [&str; 8] = [
+    "wp-login.php",
+    "wp-admin/setup-config.php",
+    ".env",
+    ".git/config",
+    "phpmyadmin/index.php",
+    "admin/config.php",
+    "xmlrpc.php",
+    "cgi-bin/luci",
+];
 
 /// Stable partition of a host name (FNV-1a), as a Kafka producer keying by host would do.
 pub fn partition_of(host: &str, partitions: u32) -> u32 {
@@ -245,21 +353,21 @@ impl Generator {
         let mut rate = self.spec.rate * p.share * diurnal;
         for a in &self.anomalies {
             if a.host_index == h && (a.start_ms..a.end_ms).contains(&t_ms) {
-                match a.kind {
-                    AnomalyKind::TrafficSpike => rate *= 5.0,
-                    AnomalyKind::TrafficDrop => rate *= 0.1,
-                    _ => {}
-                }
+                let m = a.magnitude;
+                rate *= match a.kind {
+                    AnomalyKind::TrafficSpike => m.pick(2.0, 3.0, 5.0),
+                    AnomalyKind::TrafficDrop => m.pick(0.5, 0.3, 0.1),
+                    k => 1.0 + k.extra_share(m),
+                };
             }
         }
         rate
     }
 
-    fn anomaly_at(&self, h: usize, t_ms: i64) -> Option<AnomalyKind> {
+    fn anomaly_at(&self, h: usize, t_ms: i64) -> Option<&AnomalyLabel> {
         self.anomalies
             .iter()
             .find(|a| a.host_index == h && (a.start_ms..a.end_ms).contains(&t_ms))
-            .map(|a| a.kind)
     }
 
     /// Hosts of partition `p` with their cumulative rates during second `s`.
@@ -368,7 +476,16 @@ impl Generator {
         let h = plan[idx].0;
         let host = &self.hosts[h];
         let mut ts = self.spec.start_ms + s * SECOND_MS + (j as i64 * SECOND_MS) / n.max(1) as i64;
-        let anomaly = self.anomaly_at(h, ts);
+        let anomaly = self.anomaly_at(h, ts).map(|a| {
+            let progress = (ts - a.start_ms) as f64 / (a.end_ms - a.start_ms) as f64;
+            (a.kind, a.magnitude, progress)
+        });
+        let kind = anomaly.map(|a| a.0);
+        // The anomaly's own extra requests (a surge, a hot spot, a scan), drawn apart.
+        let extra = anomaly.is_some_and(|(k, m, _)| {
+            let share = k.extra_share(m);
+            share > 0.0 && rng.unit() < share / (1.0 + share)
+        });
         // Out-of-order arrivals: most within a few seconds, a few far behind (late).
         let u = rng.unit();
         if u < 0.0005 {
@@ -379,7 +496,7 @@ impl Generator {
         ts = ts.max(0);
         let bot = rng.unit() < 0.07;
         let k = rng.skewed(PATHS_PER_HOST);
-        let path = path_for(k, &mut rng);
+        let mut path = path_for(k, &mut rng);
         let api = k % 7 == 5;
         let method = if api {
             rng.pick(&["GET", "GET", "GET", "POST", "POST", "PUT", "DELETE"])
@@ -395,7 +512,11 @@ impl Generator {
                 "POST"
             }
         };
-        let status = pick_status(&mut rng, anomaly == Some(AnomalyKind::ErrorBurst), bot);
+        let burst = match anomaly {
+            Some((AnomalyKind::ErrorBurst, m, _)) => m.pick(0.08, 0.15, 0.35),
+            _ => 0.0,
+        };
+        let mut status = pick_status(&mut rng, burst, bot);
         let bytes = body_bytes(&mut rng, k, status);
         let base =
             8.0 + (mix(h as u64 * 1000 + k) % 150) as f64 * if k % 7 == 2 { 0.1 } else { 1.0 };
@@ -405,8 +526,18 @@ impl Generator {
         if rng.unit() < 0.003 {
             latency *= 5.0 + 15.0 * rng.unit();
         }
-        if anomaly == Some(AnomalyKind::LatencyDegradation) {
-            latency = latency * 5.0 + 300.0;
+        match anomaly {
+            Some((AnomalyKind::LatencyDegradation, m, _)) => {
+                latency = latency * m.pick(2.0, 3.0, 5.0) + m.pick(100.0, 200.0, 300.0);
+            }
+            Some((AnomalyKind::SlowEndpoint, m, _)) if k == 0 => {
+                latency = latency * m.pick(4.0, 8.0, 15.0) + m.pick(200.0, 400.0, 800.0);
+            }
+            Some((AnomalyKind::LatencyCreep, m, progress)) => {
+                latency *= 1.0 + (m.pick(2.0, 3.0, 5.0) - 1.0) * progress;
+                latency += m.pick(100.0, 200.0, 300.0) * progress;
+            }
+            _ => {}
         }
         if status >= 500 {
             latency += 30.0 * rng.unit();
@@ -439,6 +570,24 @@ impl Generator {
         } else {
             Some(rng.pick(&EXTERNAL_REFERRERS).to_owned())
         };
+        let (mut client_ip, mut user_agent, mut referrer) =
+            (client_ip, user_agent.to_owned(), referrer);
+        if extra {
+            match kind {
+                Some(AnomalyKind::BotSurge) => {
+                    client_ip = format!("203.0.113.{}", 1 + rng.below(254));
+                    user_agent = "python-requests/2.31.0".to_owned();
+                    referrer = None;
+                }
+                Some(AnomalyKind::PathHotspot) => path = "/products/flash-sale".to_owned(),
+                Some(AnomalyKind::NotFoundStorm) => {
+                    path = format!("/{}", rng.pick(&SCANNED_PATHS));
+                    status = 404;
+                    referrer = None;
+                }
+                _ => {}
+            }
+        }
         Event {
             ts_ms: ts,
             host: host.name.clone(),
@@ -448,7 +597,7 @@ impl Generator {
             bytes,
             latency_ms: Some(latency_ms),
             client_ip: Some(client_ip),
-            user_agent: Some(user_agent.to_owned()),
+            user_agent: Some(user_agent),
             referrer,
         }
     }
@@ -473,9 +622,18 @@ fn schedule_anomalies(
             let at = spec.start_ms + warmup + spacing * i as i64;
             let start_ms = at - at.rem_euclid(60_000);
             let host_index = rng.below(candidates) as usize;
+            let kinds: &[AnomalyKind] = match spec.kinds.is_empty() {
+                true => &AnomalyKind::CLASSIC,
+                false => &spec.kinds,
+            };
+            let magnitudes: &[Magnitude] = match spec.magnitudes.is_empty() {
+                true => &[Magnitude::Strong],
+                false => &spec.magnitudes,
+            };
             AnomalyLabel {
                 host: hosts[host_index].name.clone(),
-                kind: AnomalyKind::ALL[i % 4],
+                kind: kinds[i % kinds.len()],
+                magnitude: magnitudes[(i / kinds.len()) % magnitudes.len()],
                 start: format_rfc3339(start_ms),
                 end: format_rfc3339(start_ms + ANOMALY_MS),
                 start_ms,
@@ -499,9 +657,10 @@ fn path_for(k: u64, rng: &mut Rng) -> String {
     }
 }
 
-fn pick_status(rng: &mut Rng, error_burst: bool, bot: bool) -> u16 {
+/// A status; during an error burst, 5xx for a `burst` share of requests.
+fn pick_status(rng: &mut Rng, burst: f64, bot: bool) -> u16 {
     let u = rng.unit();
-    if error_burst && u < 0.35 {
+    if u < burst {
         return [500, 502, 503, 504][rng.below(4) as usize];
     }
     let u = rng.unit();
@@ -715,9 +874,140 @@ mod tests {
             start_ms: 1_767_225_600_000,
             partitions: 4,
             anomalies: 4,
+            kinds: Vec::new(),
+            magnitudes: Vec::new(),
             malformed_share: 0.0,
             duration_ms: Some(120_000),
             count: None,
+        }
+    }
+
+    /// The events of `host` in `[from, to)`, over every partition.
+    fn events_of(g: &Arc<Generator>, host: &str, from: i64, to: i64) -> Vec<Event> {
+        let p = partition_of(host, g.spec.partitions);
+        let mut c = g.cursor(p, 0);
+        std::iter::from_fn(|| c.next_event())
+            .filter(|e| e.host == host && (from..to).contains(&e.ts_ms))
+            .collect()
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    #[test]
+    fn each_new_kind_changes_what_it_says_and_no_more() {
+        let base = GeneratorSpec {
+            hosts: 3,
+            duration_ms: Some(3 * 3_600_000),
+            anomalies: 5,
+            kinds: AnomalyKind::ALL[4..].to_vec(),
+            ..spec()
+        };
+        let with = Arc::new(Generator::new(base.clone()));
+        let without = Arc::new(Generator::new(GeneratorSpec {
+            anomalies: 0,
+            ..base
+        }));
+        assert_eq!(with.anomalies().len(), 5);
+        for a in with.anomalies() {
+            assert_eq!(a.magnitude, Magnitude::Strong);
+            let (got, usual) = (
+                events_of(&with, &a.host, a.start_ms, a.end_ms),
+                events_of(&without, &a.host, a.start_ms, a.end_ms),
+            );
+            let ratio = got.len() as f64 / usual.len() as f64;
+            let count = |v: &[Event], f: &dyn Fn(&Event) -> bool| v.iter().filter(|e| f(e)).count();
+            match a.kind {
+                AnomalyKind::BotSurge => {
+                    assert!((4.0..6.0).contains(&ratio), "{ratio}");
+                    let bots = |e: &Event| {
+                        e.client_ip
+                            .as_deref()
+                            .is_some_and(|ip| ip.starts_with("203.0.113."))
+                            && e.user_agent.as_deref() == Some("python-requests/2.31.0")
+                    };
+                    assert_eq!(count(&usual, &bots), 0);
+                    let share = count(&got, &bots) as f64 / got.len() as f64;
+                    assert!((0.75..0.85).contains(&share), "{share}");
+                }
+                AnomalyKind::PathHotspot => {
+                    assert!((4.0..6.0).contains(&ratio), "{ratio}");
+                    let hot = |e: &Event| e.path == "/products/flash-sale";
+                    let share = count(&got, &hot) as f64 / got.len() as f64;
+                    assert!((0.75..0.85).contains(&share), "{share}");
+                }
+                AnomalyKind::NotFoundStorm => {
+                    assert!((4.0..6.0).contains(&ratio), "{ratio}");
+                    let scans =
+                        |e: &Event| e.status == 404 && SCANNED_PATHS.contains(&&e.path[1..]);
+                    let share = count(&got, &scans) as f64 / got.len() as f64;
+                    assert!((0.75..0.85).contains(&share), "{share}");
+                }
+                AnomalyKind::SlowEndpoint => {
+                    // The same requests; `/` slow, every other path as usual.
+                    assert_eq!(got.len(), usual.len());
+                    let lat = |v: &[Event], root: bool| {
+                        median(
+                            v.iter()
+                                .filter(|e| (e.path == "/") == root)
+                                .filter_map(|e| e.latency_ms)
+                                .collect(),
+                        )
+                    };
+                    assert!(lat(&got, true) > 10.0 * lat(&usual, true));
+                    assert_eq!(lat(&got, false), lat(&usual, false));
+                }
+                AnomalyKind::LatencyCreep => {
+                    assert_eq!(got.len(), usual.len());
+                    let minute = |v: &[Event], m: i64| {
+                        let from = a.start_ms + m * 60_000;
+                        median(
+                            v.iter()
+                                .filter(|e| (from..from + 60_000).contains(&e.ts_ms))
+                                .filter_map(|e| e.latency_ms)
+                                .collect(),
+                        )
+                    };
+                    // Little at first, most at the end.
+                    assert!(minute(&got, 0) < 1.3 * minute(&usual, 0) + 60.0);
+                    assert!(minute(&got, 4) > 3.0 * minute(&usual, 4));
+                }
+                k => panic!("not scheduled: {k:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn magnitudes_go_round_after_every_kind() {
+        let g = Generator::new(GeneratorSpec {
+            anomalies: 6,
+            kinds: vec![AnomalyKind::TrafficSpike, AnomalyKind::BotSurge],
+            magnitudes: Magnitude::ALL.to_vec(),
+            duration_ms: Some(3 * 3_600_000),
+            ..spec()
+        });
+        let got: Vec<(AnomalyKind, Magnitude)> = g
+            .anomalies()
+            .iter()
+            .map(|a| (a.kind, a.magnitude))
+            .collect();
+        use AnomalyKind::*;
+        use Magnitude::*;
+        assert_eq!(
+            got,
+            [
+                (TrafficSpike, Weak),
+                (BotSurge, Weak),
+                (TrafficSpike, Medium),
+                (BotSurge, Medium),
+                (TrafficSpike, Strong),
+                (BotSurge, Strong)
+            ]
+        );
+        for k in AnomalyKind::ALL {
+            assert_eq!(AnomalyKind::parse(k.name()), Some(k));
         }
     }
 
