@@ -22,7 +22,7 @@ mod whole;
 
 pub use homes::{Action, HostHomes};
 pub use state::{with_older, RecentWindows};
-pub use whole::{JudgeInput, WholeWindow, WholeWindows};
+pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use wtm_core::window::WindowSpec;
 use wtm_messages::{
     ask, lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg,
     ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
-    HostHistory, Targeted, CLUSTER_NAME, DETECTOR_NAME,
+    HostHistory, Targeted, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_storage::{History, Lake, SeriesRead};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -56,6 +56,9 @@ pub struct ArchiverArgs {
     pub merge_wait: Duration,
     /// A cluster member (`[cluster] listen`): nothing is judged before membership's first view.
     pub clustered: bool,
+    /// Windows of history a detector is seeded with from the lake (its baseline, or what its
+    /// model's first fit needs, whichever is longer).
+    pub seed_windows: usize,
 }
 
 pub struct ArchiverActor;
@@ -66,8 +69,8 @@ pub struct ArchiverRun {
     history: Option<Arc<History>>,
     /// Where hosts are judged, and their windows waiting to go out whole (None: detection off).
     homes: Option<HostHomes>,
-    /// How far back a new home reads a host's history from the lake.
-    history_ms: i64,
+    /// How far back a new home (or a restarted node) reads its hosts' history from the lake.
+    seed_ms: i64,
     /// History rebuilds in flight: until they are done, windows to judge are held (judged
     /// without their history, they would be judged blind).
     rebuilding: usize,
@@ -92,6 +95,7 @@ impl Actor for ArchiverActor {
         // after a restart.
         let size = args.spec.size_ms;
         let keep_ms = args.retention_windows as i64 * size;
+        let seed_ms = args.seed_windows as i64 * size;
         let mut recent = RecentWindows::new(args.listing_windows, size);
         let history = match args.history.clone() {
             Some(path) => {
@@ -126,7 +130,7 @@ impl Actor for ArchiverActor {
         if args.detect && !args.clustered {
             // A restarted node judges on from the history it had (a cluster member does this
             // for the hosts homed here once membership's first view is in).
-            rebuild_history(args.lake.clone(), keep_ms, |_| true, true, me.clone());
+            rebuild_history(args.lake.clone(), seed_ms, |_| true, true, me.clone());
             rebuilding += 1;
         }
         Ok(ArchiverRun {
@@ -139,7 +143,7 @@ impl Actor for ArchiverActor {
                 let whole = WholeWindows::new(args.spec, args.merge_wait);
                 HostHomes::new(whole, args.merge_wait, args.clustered)
             }),
-            history_ms: keep_ms,
+            seed_ms,
         })
     }
 
@@ -390,13 +394,7 @@ impl ArchiverRun {
         }
         tracing::info!(members = ?view.members, "cluster members changed: host homes recomputed, handing over");
         let gained = move |h: &str| view.is_home(h) && old.as_ref().is_none_or(|o| !o.is_home(h));
-        rebuild_history(
-            self.lake.clone(),
-            self.history_ms,
-            gained,
-            false,
-            me.clone(),
-        );
+        rebuild_history(self.lake.clone(), self.seed_ms, gained, false, me.clone());
         self.rebuilding += 1;
         Ok(())
     }
@@ -549,12 +547,32 @@ fn send_to_cluster(to: Option<String>, shares: HomeShares) {
     }
 }
 
-/// Read the recent windows back from the lake (off the actor), merge each gained host's
-/// partition shares into whole windows and hand them back (`HistoryRebuilt`) as the
+/// A window's point, summed over its shares as they are read back.
+#[derive(Default)]
+struct SeedPoint {
+    requests: u64,
+    server_errors: u64,
+    p99_by_requests: f64,
+}
+
+impl SeedPoint {
+    fn point(&self, start_ms: i64) -> WindowPoint {
+        let n = self.requests.max(1) as f64;
+        WindowPoint {
+            start_ms,
+            requests: self.requests as f64,
+            error_rate: self.server_errors as f64 / n,
+            latency_p99_ms: self.p99_by_requests / n,
+        }
+    }
+}
+
+/// Read the newest `seed_ms` of windows back from the lake (off the actor), sum each gained
+/// host's partition shares into whole windows and hand them back (`HistoryRebuilt`) as the
 /// detector's history (and, with `catch_up`, what it has still to judge).
 fn rebuild_history(
     lake: Lake,
-    history_ms: i64,
+    seed_ms: i64,
     gained: impl Fn(&str) -> bool + Send + 'static,
     catch_up: bool,
     me: ActorRef<ArchiverMsg>,
@@ -564,29 +582,30 @@ fn rebuild_history(
             let Some(h) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
                 return Ok(Vec::new());
             };
-            // Only what a point needs, so a rebuild of many sites stays small.
-            let mut whole: std::collections::BTreeMap<(String, i64), JudgeInput> =
+            // A point per (site, window), never the shares' sketches: a rebuild of many sites
+            // stays small. Shares of one window merge exactly but for the p99, which is their
+            // request-weighted mean (exact for a site on one partition; close for a site spread
+            // over partitions at random, whose shares are samples of one traffic).
+            let mut whole: std::collections::BTreeMap<(String, i64), SeedPoint> =
                 Default::default();
-            let mut bad = None;
-            lake.for_each_window(h + 3_600_000 - history_ms, &mut |w| {
+            lake.for_each_window(h - seed_ms, &mut |w| {
                 if gained(&w.key.host) {
                     let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
-                    if let Err(e) = e.merge(&JudgeInput::of(&w.agg)) {
-                        bad = Some(e.to_string());
-                    }
+                    let n = w.agg.requests;
+                    e.requests += n;
+                    e.server_errors += w.agg.status_class[4];
+                    e.p99_by_requests += w.agg.latency.quantile(0.99).unwrap_or(0.0) * n as f64;
                 }
             })
             .map_err(|e| e.to_string())?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
             let mut by_host: Vec<HostHistory> = Vec::new();
-            for ((host, start), agg) in whole {
+            for ((host, start), p) in whole {
+                let point = p.point(start);
                 match by_host.last_mut() {
-                    Some(h) if h.host == host => h.points.push(agg.point(start)),
+                    Some(h) if h.host == host => h.points.push(point),
                     _ => by_host.push(HostHistory {
                         host,
-                        points: vec![agg.point(start)],
+                        points: vec![point],
                         catch_up,
                     }),
                 }

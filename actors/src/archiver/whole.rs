@@ -33,7 +33,7 @@ pub struct JudgeInput {
 }
 
 impl JudgeInput {
-    pub(crate) fn of(agg: &WindowAgg) -> JudgeInput {
+    fn of(agg: &WindowAgg) -> JudgeInput {
         JudgeInput {
             requests: agg.requests,
             status_class: agg.status_class,
@@ -41,7 +41,7 @@ impl JudgeInput {
         }
     }
 
-    pub(crate) fn merge(&mut self, o: &JudgeInput) -> Result<(), SketchError> {
+    fn merge(&mut self, o: &JudgeInput) -> Result<(), SketchError> {
         self.requests += o.requests;
         for (a, b) in self.status_class.iter_mut().zip(o.status_class) {
             *a += b;

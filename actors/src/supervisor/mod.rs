@@ -112,6 +112,10 @@ impl SupervisorRun {
                     detect: cfg.detector.enabled,
                     merge_wait: std::time::Duration::from_secs(cfg.detector.merge_wait_s),
                     clustered: cfg.cluster.listen.is_some(),
+                    seed_windows: cfg
+                        .detector
+                        .baseline_windows
+                        .max(cfg.detector.model_history),
                 };
                 Actor::spawn_linked(Some(ARCHIVER_NAME.into()), ArchiverActor, args, sup)
                     .await?
