@@ -5,6 +5,7 @@ mod alerts;
 pub use alerts::{agent as alert_agent, episode_json};
 mod journal;
 pub mod offline;
+mod points;
 mod state;
 
 pub use state::{fit, DetectorState, FitJob, HostMark, Observed, METRICS};

@@ -7,8 +7,9 @@
 //! interval. Either way it must move by a practical margin (ratio guards), and 5xx rate and p99
 //! are only judged on windows with enough requests: that keeps false alarms rare on small hosts.
 
+use super::points::Points;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use wtm_config::DetectorConfig;
 use wtm_messages::{Anomaly, Episode, Forecast, WindowPoint, WindowScores};
 
@@ -31,16 +32,10 @@ pub struct FitJob {
     pub horizon: usize,
 }
 
-/// A window's values and how each metric scored (NaN: not judged here).
-#[derive(Debug, Clone, Copy)]
-struct Judged {
-    point: WindowPoint,
-    scores: [f32; 3],
-}
-
 #[derive(Default)]
 struct HostSeries {
-    points: BTreeMap<i64, Judged>,
+    /// Its windows and how each metric scored.
+    points: Points,
     since_fit: usize,
     forecasts: [Option<Forecast>; 3],
     /// Per metric: the ongoing episode, and the judged windows without it since its newest.
@@ -246,15 +241,9 @@ impl DetectorState {
         let series = self.hosts.entry(host.to_owned()).or_default();
         let history: Vec<WindowPoint> = series
             .points
-            .range(..p.start_ms)
-            .rev()
-            .take(cfg.baseline_windows)
-            .map(|(_, v)| v.point)
+            .before(p.start_ms, cfg.baseline_windows)
             .collect();
-        let is_newest = series
-            .points
-            .last_key_value()
-            .is_none_or(|(s, _)| *s < p.start_ms);
+        let is_newest = series.points.newest_start().is_none_or(|s| s < p.start_ms);
         // Judged before a restart (a replay): scored again, but nothing raised twice.
         let judged_before = series.judged_through.is_some_and(|t| p.start_ms <= t);
         let mut out = Observed::default();
@@ -306,12 +295,7 @@ impl DetectorState {
             }
         }
         let scores = out.scores.map(|s| s.unwrap_or(f32::NAN));
-        series
-            .points
-            .insert(p.start_ms, Judged { point: p, scores });
-        while series.points.len() > MAX_FIT_POINTS {
-            series.points.pop_first();
-        }
+        series.points.put(&p, scores, MAX_FIT_POINTS);
         if is_newest && !judged_before {
             series.judged_through = Some(p.start_ms);
             out.mark = Some(mark_of(series, p.start_ms));
@@ -321,14 +305,8 @@ impl DetectorState {
             if series.points.len() >= cfg.model_history && series.since_fit >= cfg.refit_every {
                 series.since_fit = 0;
                 let day = (86_400_000 / window_ms) as usize;
-                let n = series.points.len();
-                let take = |m: usize| {
-                    series
-                        .points
-                        .values()
-                        .map(|v| value(&v.point, m))
-                        .collect::<Vec<f64>>()
-                };
+                let n = series.points.len().min(MAX_FIT_POINTS);
+                let take = |m: usize| series.points.values(m, MAX_FIT_POINTS);
                 out.fit = Some(FitJob {
                     host: host.to_owned(),
                     last_start_ms: p.start_ms,
@@ -395,13 +373,7 @@ impl DetectorState {
                 unjudged.push(p);
                 continue;
             }
-            series.points.entry(p.start_ms).or_insert(Judged {
-                point: p,
-                scores: [f32::NAN; 3],
-            });
-        }
-        while series.points.len() > MAX_FIT_POINTS {
-            series.points.pop_first();
+            series.points.put_if_absent(&p, MAX_FIT_POINTS);
         }
         unjudged
             .into_iter()
@@ -486,11 +458,10 @@ impl DetectorState {
             return Vec::new();
         }
         s.points
-            .range(from_ms..to_ms)
-            .filter(|(_, j)| j.scores.iter().any(|s| !s.is_nan()))
-            .map(|(start, j)| WindowScores {
-                start_ms: *start,
-                scores: j.scores.map(|s| (!s.is_nan()).then_some(s)),
+            .scores(from_ms, to_ms)
+            .map(|(start_ms, scores)| WindowScores {
+                start_ms,
+                scores: scores.map(|s| (!s.is_nan()).then_some(s)),
             })
             .collect()
     }
