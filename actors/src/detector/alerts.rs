@@ -102,6 +102,15 @@ impl Alerts {
                 return None;
             }
         };
+        // The outbox as it is now, before this detector queues anything (which it also keeps
+        // there): read later, an announcement would go out twice.
+        let waiting = match &outbox {
+            Some(o) => pending(o).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the alert outbox: waiting announcements are not sent");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let (tx, rx) = sync_channel(cfg.queue);
         let stop = Arc::new(AtomicBool::new(false));
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,7 +131,7 @@ impl Alerts {
                 if let Some(old) = previous {
                     old.join().ok();
                 }
-                delivery.run(&agent, rx, open)
+                delivery.run(&agent, rx, waiting, open)
             })
             .ok()?;
         *running = Some((Arc::clone(&stop), handle));
@@ -260,7 +269,14 @@ struct Delivery {
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Delivery {
-    fn run(self, agent: &ureq::Agent, rx: Receiver<Announcement>, open: Vec<Episode>) {
+    /// Deliver `waiting` (the outbox as it was at start), then what is queued.
+    fn run(
+        self,
+        agent: &ureq::Agent,
+        rx: Receiver<Announcement>,
+        waiting: Vec<Announcement>,
+        open: Vec<Episode>,
+    ) {
         let resend = Duration::from_secs(self.cfg.resend_s);
         let am_urls: Vec<String> = self
             .cfg
@@ -276,20 +292,18 @@ impl Delivery {
                 (key(&e), Firing { episode: e, why })
             })
             .collect();
-        let waiting = match &self.outbox {
-            Some(o) => pending(o).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read the alert outbox: waiting announcements are not sent");
-                Vec::new()
-            }),
-            None => Vec::new(),
-        };
         if !waiting.is_empty() {
             tracing::info!(
                 announcements = waiting.len(),
                 "alert announcements left by the previous run are sent now"
             );
         }
-        let mut waiting = waiting.into_iter();
+        // One the previous thread delivered while this one waited for it is out of the outbox.
+        let still_waiting = |a: &Announcement| match (&self.outbox, &a.outbox_key) {
+            (Some(o), Some(k)) => o.contains(k).unwrap_or(true),
+            _ => true,
+        };
+        let mut waiting = waiting.into_iter().filter(still_waiting);
         let mut last_resend = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             let next = match waiting.next() {

@@ -177,6 +177,10 @@ impl Records {
         Ok(())
     }
 
+    pub fn contains(&self, key: &[u8]) -> Result<bool, CheckpointStoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Record>, CheckpointStoreError> {
         self.tree
