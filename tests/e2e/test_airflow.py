@@ -154,6 +154,42 @@ def test_backfill_dag_twice_is_once(airflow_home, tmp_path):
     assert results[1] == results[0], "a rerun of the day changed the lake"
 
 
+def test_backfill_dag_reads_a_day_from_an_s3_prefix(airflow_home, tmp_path):
+    """The backfill's source may be an S3 prefix (a real S3 API, SeaweedFS from scripts/s3): the
+    day's objects are fetched and backfilled; the lake equals the ground truth of those files."""
+    from test_s3 import KEY, SECRET, SeaweedFS
+    store = SeaweedFS(tmp_path / "seaweedfs").start()
+    try:
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        a = generate(logs / "a.json", seed=45, hosts=6, rate=30.0, start="2026-01-01T00:00:00Z", duration=3600,
+                     partitions=1)
+        # Another day's object under the same prefix is not the day's.
+        other = generate(logs / "other.json", seed=46, hosts=6, rate=30.0, start="2026-01-02T00:00:00Z",
+                         duration=600, partitions=1)
+        s3 = store.client()
+        s3.create_bucket(Bucket="access-logs")
+        s3.upload_file(str(a), "access-logs", "edge/2026-01-01/a.json")
+        s3.upload_file(str(other), "access-logs", "edge/2026-01-02/other.json")
+        lake = tmp_path / "lake"
+        env = dict(airflow_home, AWS_ENDPOINT_URL=store.endpoint, AWS_ACCESS_KEY_ID=KEY,
+                   AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+        ok, out = dags_test(env, "wtm_backfill", "2026-01-02T00:00:00+00:00", wtm_config=lake_config(tmp_path, lake),
+                            wtm_backfill_source="s3://access-logs/edge")
+        assert ok, out[-4000:]
+    finally:
+        store.stop()
+    truth = Truth(a)
+    want = {k: w["requests"] for k, w in truth.windows.items()}
+    got = per_window(lake)
+    late = {(h, w): n for h, w, n in duck().execute(
+        f"select host, (epoch_ms(ts) // {WINDOW_MS}) * {WINDOW_MS}, count(*) from delta_scan('{lake}/late') group by all"
+    ).fetchall()} if (lake / "late" / "_delta_log").exists() else {}
+    for k, n in late.items():
+        got[k] = got.get(k, 0) + n
+    assert got == want
+
+
 def test_data_quality_dag_passes_on_a_good_lake_and_fails_on_a_damaged_one(airflow_home, node_factory, tmp_path):
     node = node_factory(dict(seed=47, hosts=10, rate=50.0, realtime=False, start="2026-01-01T00:00:00Z",
                              duration_s=5400, anomalies=0, malformed_share=0.002))
