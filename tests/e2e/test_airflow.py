@@ -12,6 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import WINDOW_MS, WTM, Truth, duck, generate, parse_ts
+from test_s3 import s3  # noqa: F401 - the fixture: SeaweedFS from scripts/s3
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AIRFLOW = pathlib.Path.home() / ".cache/wtm-airflow-venv/bin/airflow"
@@ -51,6 +52,18 @@ def per_window(lake):
     con = duck()
     return {(h, w): n for h, w, n in con.execute(
         f"select host, epoch_ms(window_start), sum(requests) from delta_scan('{lake}/windows') group by all").fetchall()}
+
+
+def requests_per_window(lake):
+    """Requests per (site, window) in the lake: its windows, plus its late records by the window
+    their time falls in (what a ground truth counts)."""
+    got = per_window(lake)
+    if (lake / "late" / "_delta_log").exists():
+        for h, w, n in duck().execute(
+                f"select host, (epoch_ms(ts) // {WINDOW_MS}) * {WINDOW_MS}, count(*) from delta_scan('{lake}/late')"
+                " group by all").fetchall():
+            got[(h, w)] = got.get((h, w), 0) + n
+    return got
 
 
 def hour_files(lake, dt, hour):
@@ -143,51 +156,34 @@ def test_backfill_dag_twice_is_once(airflow_home, tmp_path):
         ok, out = dags_test(airflow_home, "wtm_backfill", "2026-01-02T00:00:00+00:00", wtm_config=cfg,
                             wtm_backfill_source=source)
         assert ok, out[-4000:]
-        late = {(h, w): n for h, w, n in duck().execute(
-            f"select host, (epoch_ms(ts) // {WINDOW_MS}) * {WINDOW_MS}, count(*) from delta_scan('{lake}/late') group by all"
-        ).fetchall()} if (lake / "late" / "_delta_log").exists() else {}
-        got = per_window(lake)
-        for k, n in late.items():
-            got[k] = got.get(k, 0) + n
-        results.append((got, sorted(DeltaTable(str(lake / "windows")).file_uris())))
+        results.append((requests_per_window(lake), sorted(DeltaTable(str(lake / "windows")).file_uris())))
     assert results[0][0] == want
     assert results[1] == results[0], "a rerun of the day changed the lake"
 
 
-def test_backfill_dag_reads_a_day_from_an_s3_prefix(airflow_home, tmp_path):
+def test_backfill_dag_reads_a_day_from_an_s3_prefix(airflow_home, tmp_path, s3):
     """The backfill's source may be an S3 prefix (a real S3 API, SeaweedFS from scripts/s3): the
     day's objects are fetched and backfilled; the lake equals the ground truth of those files."""
-    from test_s3 import KEY, SECRET, SeaweedFS
-    store = SeaweedFS(tmp_path / "seaweedfs").start()
-    try:
-        logs = tmp_path / "logs"
-        logs.mkdir()
-        a = generate(logs / "a.json", seed=45, hosts=6, rate=30.0, start="2026-01-01T00:00:00Z", duration=3600,
-                     partitions=1)
-        # Another day's object under the same prefix is not the day's.
-        other = generate(logs / "other.json", seed=46, hosts=6, rate=30.0, start="2026-01-02T00:00:00Z",
-                         duration=600, partitions=1)
-        s3 = store.client()
-        s3.create_bucket(Bucket="access-logs")
-        s3.upload_file(str(a), "access-logs", "edge/2026-01-01/a.json")
-        s3.upload_file(str(other), "access-logs", "edge/2026-01-02/other.json")
-        lake = tmp_path / "lake"
-        env = dict(airflow_home, AWS_ENDPOINT_URL=store.endpoint, AWS_ACCESS_KEY_ID=KEY,
-                   AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        ok, out = dags_test(env, "wtm_backfill", "2026-01-02T00:00:00+00:00", wtm_config=lake_config(tmp_path, lake),
-                            wtm_backfill_source="s3://access-logs/edge")
-        assert ok, out[-4000:]
-    finally:
-        store.stop()
-    truth = Truth(a)
-    want = {k: w["requests"] for k, w in truth.windows.items()}
-    got = per_window(lake)
-    late = {(h, w): n for h, w, n in duck().execute(
-        f"select host, (epoch_ms(ts) // {WINDOW_MS}) * {WINDOW_MS}, count(*) from delta_scan('{lake}/late') group by all"
-    ).fetchall()} if (lake / "late" / "_delta_log").exists() else {}
-    for k, n in late.items():
-        got[k] = got.get(k, 0) + n
-    assert got == want
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    a = generate(logs / "a.json", seed=45, hosts=6, rate=30.0, start="2026-01-01T00:00:00Z", duration=3600,
+                 partitions=1)
+    # Another day's object under the same prefix is not the day's.
+    other = generate(logs / "other.json", seed=46, hosts=6, rate=30.0, start="2026-01-02T00:00:00Z",
+                     duration=600, partitions=1)
+    client = s3.client()
+    client.create_bucket(Bucket="access-logs")
+    client.upload_file(str(a), "access-logs", "edge/2026-01-01/a.json")
+    client.upload_file(str(other), "access-logs", "edge/2026-01-02/other.json")
+    lake = tmp_path / "lake"
+    # The DAG reads S3 the standard AWS way (the fixture set the keys); the endpoint is local.
+    env = dict(airflow_home, **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                            "AWS_REGION", "AWS_EC2_METADATA_DISABLED")},
+               AWS_ENDPOINT_URL=s3.endpoint)
+    ok, out = dags_test(env, "wtm_backfill", "2026-01-02T00:00:00+00:00", wtm_config=lake_config(tmp_path, lake),
+                        wtm_backfill_source="s3://access-logs/edge")
+    assert ok, out[-4000:]
+    assert requests_per_window(lake) == {k: w["requests"] for k, w in Truth(a).windows.items()}
 
 
 def test_data_quality_dag_passes_on_a_good_lake_and_fails_on_a_damaged_one(airflow_home, node_factory, tmp_path):
@@ -217,3 +213,21 @@ def test_data_quality_dag_passes_on_a_good_lake_and_fails_on_a_damaged_one(airfl
     ok, out = dags_test(airflow_home, "wtm_data_quality", "2026-01-01T00:00:00+00:00", wtm_config=cfg, wtm_node_urls=url)
     assert not ok
     assert "cannot be read through its logs" in out, out[-4000:]
+
+
+def test_data_quality_dag_reads_an_s3_lake(airflow_home, node_factory, tmp_path, s3):
+    """The data-quality DAG on a node whose lake is on S3 (SeaweedFS): the tables are read
+    through delta-rs with `wtm_lake_storage_options`, and the lake agrees with the node."""
+    from test_s3 import KEY, SECRET, s3_lake
+    s3.client().create_bucket(Bucket="dq-lake")
+    node = node_factory(dict(seed=48, hosts=8, rate=40.0, realtime=False, start="2026-01-01T00:00:00Z",
+                             duration_s=3600, anomalies=0), lake=s3_lake(s3, "dq-lake"))
+    node.start()
+    node.wait_finished()
+    options = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    ok, out = dags_test(airflow_home, "wtm_data_quality", "2026-01-01T00:00:00+00:00", wtm_config=node.config,
+                        wtm_node_urls=f"http://127.0.0.1:{node.port}",
+                        wtm_lake_storage_options=json.dumps(options))
+    assert ok, out[-4000:]
+    assert "agrees with the nodes" in out
