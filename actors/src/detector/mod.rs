@@ -8,7 +8,7 @@ pub mod offline;
 mod points;
 mod state;
 
-pub use state::{fit, DetectorState, FitJob, HostMark, Observed, METRICS};
+pub use state::{fit, DetectorState, FitJob, Observed, METRICS};
 
 use alerts::Alerts;
 use journal::Journal;
