@@ -51,7 +51,8 @@ fn detect(spec: GeneratorSpec) -> (Vec<Anomaly>, Vec<AnomalyLabel>) {
             error_rate: s.error_rate,
             latency_p99_ms: s.latency_p99,
         };
-        if let Some(job) = d.observe(host, point).fit {
+        if d.observe(host, point).fit_due {
+            let job = d.fit_job(host).expect("a host just judged has a series");
             d.install(fit(&job));
         }
     }

@@ -8,6 +8,7 @@
 //! removes an announcement from the outbox once every receiver has it.
 
 use super::state::{HostMark, Observed};
+use super::weekly::WeeklyProfile;
 use serde::{Deserialize, Serialize};
 use wtm_core::checkpoint::{decode, encode};
 use wtm_messages::{Anomaly, Episode};
@@ -17,6 +18,7 @@ const MARK: u8 = b'h';
 const ANOMALY: u8 = b'a';
 const EPISODE: u8 = b'e';
 const OUTBOX: u8 = b'o';
+const WEEKLY: u8 = b'w';
 
 /// An episode that opened (`firing`) or ended, as queued for the receivers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +34,7 @@ pub struct Announcement {
 #[derive(Debug, Default)]
 pub struct Restored {
     pub marks: Vec<(String, HostMark)>,
+    pub weekly: Vec<(String, WeeklyProfile)>,
     /// Oldest first.
     pub anomalies: Vec<Anomaly>,
     /// Oldest end first.
@@ -64,6 +67,15 @@ fn key(tag: u8, times: &[i64], names: &[&str]) -> Vec<u8> {
 
 fn mark_key(host: &str) -> Vec<u8> {
     key(MARK, &[], &[host])
+}
+
+fn weekly_key(host: &str) -> Vec<u8> {
+    key(WEEKLY, &[], &[host])
+}
+
+/// The host of a per-host record's key: the tag, the host and its 0 byte.
+fn host_of(k: &[u8]) -> String {
+    String::from_utf8_lossy(&k[1..k.len() - 1]).into_owned()
 }
 
 fn anomaly_key(a: &Anomaly) -> Vec<u8> {
@@ -146,11 +158,12 @@ impl Journal {
     pub fn open(records: Records) -> Result<(Journal, Restored), CheckpointStoreError> {
         let marks = load::<HostMark>(&records, MARK)?
             .into_iter()
-            .map(|(k, m)| {
-                // The key is the tag, the host and its 0 byte.
-                let host = String::from_utf8_lossy(&k[1..k.len() - 1]).into_owned();
-                (host, m)
-            })
+            .map(|(k, m)| (host_of(&k), m))
+            .collect();
+        let weekly = load::<WeeklyProfile>(&records, WEEKLY)?
+            .into_iter()
+            .filter(|(_, w)| w.is_valid())
+            .map(|(k, w)| (host_of(&k), w))
             .collect();
         let anomalies = load::<Anomaly>(&records, ANOMALY)?;
         let episodes = load::<Episode>(&records, EPISODE)?;
@@ -161,6 +174,7 @@ impl Journal {
             .unwrap_or(0);
         let restored = Restored {
             marks,
+            weekly,
             anomalies: anomalies.into_iter().map(|(_, a)| a).collect(),
             episodes: episodes.into_iter().map(|(_, e)| e).collect(),
         };
@@ -178,6 +192,9 @@ impl Journal {
         let mut batch = RecordBatch::default();
         if let Some(m) = &seen.mark {
             put(&mut batch, mark_key(host), m);
+        }
+        if let Some(w) = &seen.weekly {
+            put(&mut batch, weekly_key(host), w);
         }
         for a in &seen.anomalies {
             put(&mut batch, anomaly_key(a), a);
@@ -204,9 +221,12 @@ impl Journal {
         Ok(out)
     }
 
-    /// Forget the marks of hosts judged elsewhere now.
+    /// Forget the marks and weekly profiles of hosts judged elsewhere now.
     pub fn forget(&self, hosts: &[String]) -> Result<(), CheckpointStoreError> {
-        let removes = hosts.iter().map(|h| mark_key(h)).collect();
+        let removes = hosts
+            .iter()
+            .flat_map(|h| [mark_key(h), weekly_key(h)])
+            .collect();
         self.records.apply(RecordBatch {
             puts: Vec::new(),
             removes,
@@ -277,7 +297,7 @@ mod tests {
         let (mut d, mut j, restored) = detector(dir.path());
         assert_eq!(restored.marks.len(), 1);
         assert_eq!(restored.anomalies.len(), 2, "windows 40 and 41's spikes");
-        let out = d.restore(restored.marks, restored.anomalies, restored.episodes);
+        let out = d.restore(restored);
         assert!(out.evicted_anomalies.is_empty());
         assert_eq!(
             d.episodes(None, i64::MIN).len(),

@@ -2,13 +2,18 @@
 //! come back as messages.
 
 mod alerts;
+mod fits;
 pub use alerts::{agent as alert_agent, episode_json};
+use fits::FitQueue;
 mod journal;
+mod model;
 pub mod offline;
 mod points;
 mod state;
+mod weekly;
 
-pub use state::{fit, DetectorState, FitJob, Observed, METRICS};
+pub use model::fit;
+pub use state::{DetectorState, FitJob, Observed, METRICS};
 
 use alerts::Alerts;
 use journal::Journal;
@@ -33,6 +38,7 @@ pub struct DetectorRun {
     alerts: Option<Alerts>,
     /// The detector's checkpoint (None: kept nowhere, as a batch run).
     journal: Option<Journal>,
+    fits: FitQueue,
 }
 
 pub struct DetectorArgs {
@@ -72,7 +78,7 @@ impl Actor for DetectorActor {
                     episodes = restored.episodes.len(),
                     "detector state restored from its checkpoint"
                 );
-                let out = state.restore(restored.marks, restored.anomalies, restored.episodes);
+                let out = state.restore(restored);
                 debug_assert!(out.evicted_anomalies.is_empty() && out.evicted_episodes.is_empty());
                 Some(journal)
             }
@@ -87,6 +93,8 @@ impl Actor for DetectorActor {
             view: None,
             alerts: Alerts::start(&args.alerts, outbox, open, args.explain),
             journal,
+            // Half the cores: fits must not starve the owners that parse and aggregate.
+            fits: FitQueue::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2)),
         })
     }
 
@@ -126,7 +134,10 @@ impl Actor for DetectorActor {
                 }
                 run.view = Some(view);
             }
-            DetectorMsg::Fitted(forecasts) => run.state.install(forecasts),
+            DetectorMsg::Fitted(forecasts) => {
+                run.state.install(forecasts);
+                run.next_fit(&me);
+            }
             DetectorMsg::Anomalies(q, reply) => {
                 reply
                     .send(Detections {
@@ -175,15 +186,36 @@ impl DetectorRun {
             tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
         }
         self.announce(host, &seen);
-        if let Some(job) = seen.fit {
-            let me = me.clone();
-            tokio::task::spawn_blocking(move || {
-                let forecasts = fit(&job);
-                if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
-                    tracing::debug!("detector restarted during a fit; it refits");
-                }
-            });
+        if seen.fit_due && self.fits.due(host) && !self.start_fit(host, me) {
+            self.next_fit(me);
         }
+    }
+
+    /// A fit's slot is free: start the next waiting one that still has a series.
+    fn next_fit(&mut self, me: &ActorRef<DetectorMsg>) {
+        while let Some(host) = self.fits.finished() {
+            if self.start_fit(&host, me) {
+                break;
+            }
+        }
+        Metrics::global()
+            .detector_fits_waiting
+            .record(self.fits.waiting() as u64, &[]);
+    }
+
+    /// Run `host`'s model fit on the blocking pool (false: no series to fit).
+    fn start_fit(&mut self, host: &str, me: &ActorRef<DetectorMsg>) -> bool {
+        let Some(job) = self.state.fit_job(host) else {
+            return false;
+        };
+        let me = me.clone();
+        tokio::task::spawn_blocking(move || {
+            let forecasts = fit(&job);
+            if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
+                tracing::debug!("detector restarted during a fit; it refits");
+            }
+        });
+        true
     }
 
     /// Keep what judging `host`'s window changed in the journal, then queue its announcements.

@@ -2,7 +2,8 @@
 //! models as a node's detector, fed row by row, with model fits run in line (so a run is
 //! deterministic).
 
-use super::state::{fit, DetectorState, Observed};
+use super::model::fit;
+use super::state::{DetectorState, Observed};
 use wtm_config::DetectorConfig;
 use wtm_messages::{Episode, WindowPoint};
 
@@ -140,10 +141,10 @@ impl SeriesDetector {
         let Observed {
             scores,
             ended,
-            fit: job,
+            fit_due,
             ..
         } = state.observe(SERIES_HOST, point);
-        if let Some(mut job) = job {
+        if let Some(mut job) = state.fit_job(SERIES_HOST).filter(|_| fit_due) {
             job.metrics = [metric == 0, metric == 1, metric == 2];
             state.install(fit(&job));
         }
@@ -197,5 +198,51 @@ mod tests {
             d.push(i64::MAX, f64::NAN),
             Err(RowError::BadValue(_))
         ));
+    }
+
+    /// Three weeks of 5-minute counts with a daily cycle and weekends at half the weekday level.
+    fn weekly_series(cfg: DetectorConfig) -> Vec<Episode> {
+        // 2026-01-05T00:00:00Z, a Monday.
+        const MONDAY_MS: i64 = 1_767_571_200_000;
+        let mut d = SeriesDetector::new(cfg, SeriesKind::Count);
+        let mut episodes = Vec::new();
+        let mut noise = 0x2545_f491_4f6c_dd1d_u64;
+        for i in 0..3 * 7 * 288i64 {
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            let wobble = (noise % 1000) as f64 / 1000.0 - 0.5;
+            let day = i / 288;
+            let daily = 1.0 + 0.35 * (std::f64::consts::TAU * (i % 288) as f64 / 288.0).sin();
+            let weekly = if day % 7 >= 5 { 0.5 } else { 1.0 };
+            let level = 400.0 * daily * weekly;
+            let v = level + wobble * 3.0 * level.sqrt();
+            for r in d.push(MONDAY_MS + i * 300_000, v).unwrap() {
+                episodes.extend(r.ended);
+            }
+        }
+        let (_, ongoing) = d.finish();
+        episodes.extend(ongoing);
+        episodes
+    }
+
+    #[test]
+    fn a_learned_week_keeps_the_weekend_step_from_looking_like_a_spike() {
+        let monday_of_week_2 = 1_767_571_200_000 + 7 * 86_400_000;
+        let late = |eps: &[Episode]| {
+            eps.iter()
+                .filter(|e| e.start_ms >= monday_of_week_2)
+                .count()
+        };
+        let without = weekly_series(DetectorConfig {
+            weekly_season: false,
+            ..DetectorConfig::default()
+        });
+        assert!(
+            late(&without) >= 2,
+            "each Monday's return to weekday traffic is a spike without the week: {without:?}"
+        );
+        let with = weekly_series(DetectorConfig::default());
+        assert_eq!(late(&with), 0, "{with:?}");
     }
 }

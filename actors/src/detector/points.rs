@@ -45,12 +45,12 @@ impl Points {
         self.put_slot(p, scores, true, max);
     }
 
-    /// Keep window `p` unjudged, unless its start is kept already.
-    pub fn put_if_absent(&mut self, p: &WindowPoint, max: usize) {
-        self.put_slot(p, [f32::NAN; 3], false, max);
+    /// Keep window `p` unjudged, unless its start is kept already (then false).
+    pub fn put_if_absent(&mut self, p: &WindowPoint, max: usize) -> bool {
+        self.put_slot(p, [f32::NAN; 3], false, max)
     }
 
-    fn put_slot(&mut self, p: &WindowPoint, scores: [f32; 3], replace: bool, max: usize) {
+    fn put_slot(&mut self, p: &WindowPoint, scores: [f32; 3], replace: bool, max: usize) -> bool {
         let slot = Slot {
             start_ms: p.start_ms,
             values: [
@@ -60,9 +60,12 @@ impl Points {
             ],
             scores,
         };
-        match self.find(p.start_ms) {
-            Ok(i) if replace => self.slots[i] = slot,
-            Ok(_) => {}
+        let put = match self.find(p.start_ms) {
+            Ok(i) if replace => {
+                self.slots[i] = slot;
+                true
+            }
+            Ok(_) => false,
             Err(i) => {
                 if self.slots.len() == self.slots.capacity() {
                     // Double up to the bound, never past it.
@@ -71,11 +74,13 @@ impl Points {
                     self.slots.reserve_exact(cap.max(8).min(room.max(1)));
                 }
                 self.slots.insert(i, slot);
+                true
             }
-        }
+        };
         if self.slots.len() >= max + SLACK {
             self.slots.drain(..self.slots.len() - max);
         }
+        put
     }
 
     /// Up to `n` windows before `start_ms`, newest first.
@@ -84,13 +89,10 @@ impl Points {
         self.slots[..end].iter().rev().take(n).map(point)
     }
 
-    /// Metric `m`'s values, oldest first, the newest `max` of them (what a model is fitted on).
-    pub fn values(&self, m: usize, max: usize) -> Vec<f64> {
+    /// The newest `max` windows, oldest first (what a model is fitted on).
+    pub fn tail(&self, max: usize) -> impl Iterator<Item = WindowPoint> + '_ {
         let from = self.slots.len().saturating_sub(max);
-        self.slots[from..]
-            .iter()
-            .map(|s| s.values[m] as f64)
-            .collect()
+        self.slots[from..].iter().map(point)
     }
 
     /// Judged windows starting in `[from, to)`: (start, scores).
@@ -137,7 +139,8 @@ mod tests {
         pts.put(&p(10, 99.0), [0.9; 3], 100);
         let before: Vec<f64> = pts.before(12 * 60_000, 4).map(|w| w.requests).collect();
         assert_eq!(before, [99.0, 8.0, 7.0, 6.0]);
-        assert_eq!(pts.values(0, 3), [44.0, 46.0, 48.0]);
+        let tail: Vec<f64> = pts.tail(3).map(|w| w.requests).collect();
+        assert_eq!(tail, [44.0, 46.0, 48.0]);
         let scored: Vec<i64> = pts
             .scores(6 * 60_000, 9 * 60_000)
             .map(|(s, _)| s / 60_000)
@@ -154,6 +157,6 @@ mod tests {
             "{}",
             pts.slots.capacity()
         );
-        assert_eq!(pts.values(0, 1), [999.0]);
+        assert_eq!(pts.tail(1).map(|w| w.requests).collect::<Vec<_>>(), [999.0]);
     }
 }

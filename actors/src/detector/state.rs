@@ -7,7 +7,9 @@
 //! interval. Either way it must move by a practical margin (ratio guards), and 5xx rate and p99
 //! are only judged on windows with enough requests: that keeps false alarms rare on small hosts.
 
+use super::journal::Restored;
 use super::points::Points;
+use super::weekly::WeeklyProfile;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use wtm_config::DetectorConfig;
@@ -18,6 +20,8 @@ const MAX_ANOMALIES: usize = 10_000;
 const MAX_EPISODES: usize = 10_000;
 /// Values handed to a model fit.
 const MAX_FIT_POINTS: usize = 2 * 1440 + 60;
+/// Windows up to this long learn a weekly shape (hour-of-week levels need hours to fill).
+const WEEKLY_MAX_WINDOW_MS: i64 = 3_600_000;
 
 /// A model fit to run off the actor.
 #[derive(Debug, Clone)]
@@ -43,6 +47,64 @@ struct HostSeries {
     /// Start of the newest window judged here (kept across restarts: a replayed window at or
     /// before it raises nothing again).
     judged_through: Option<i64>,
+    weekly: WeeklyProfile,
+}
+
+impl HostSeries {
+    /// Judge each metric of window `p` against `history` (its previous windows, newest first)
+    /// and, `with_forecast`, the model's forecast for it.
+    fn judge_window(
+        &self,
+        cfg: &DetectorConfig,
+        weekly_on: bool,
+        window_ms: i64,
+        p: &WindowPoint,
+        history: &[WindowPoint],
+        with_forecast: bool,
+    ) -> [Option<Judgement>; 3] {
+        let factor = self.weekly_factor(weekly_on, p.start_ms);
+        std::array::from_fn(|metric| {
+            let scale = if metric == 0 { factor } else { 1.0 };
+            let hist: Vec<f64> = history
+                .iter()
+                .map(|h| match metric {
+                    0 => h.requests / self.weekly_factor(weekly_on, h.start_ms),
+                    _ => value(h, metric),
+                })
+                .collect();
+            let forecast = self.forecasts[metric]
+                .as_ref()
+                .filter(|_| with_forecast)
+                .and_then(|f| {
+                    let k = (p.start_ms - f.first_start_ms).checked_div(window_ms)?;
+                    let k = usize::try_from(k).ok()?;
+                    Some((
+                        f.point.get(k)?.max(0.0),
+                        f.lower.get(k)?.max(0.0),
+                        *f.upper.get(k)?,
+                        f.model,
+                    ))
+                });
+            let x = value(p, metric) / scale;
+            judge(cfg, metric, x, p.requests, &hist, forecast).map(|j| Judgement {
+                observed: value(p, metric),
+                expected: j.expected * scale,
+                lower: j.lower * scale,
+                upper: j.upper * scale,
+                ..j
+            })
+        })
+    }
+
+    /// The weekly factor requests of a window starting at `start_ms` are divided by (1: none
+    /// learned for its hour yet, or off).
+    fn weekly_factor(&self, on: bool, start_ms: i64) -> f64 {
+        if on {
+            self.weekly.factor(start_ms).unwrap_or(1.0)
+        } else {
+            1.0
+        }
+    }
 }
 
 /// What the detector keeps of a host across restarts (its checkpoint): how far it judged, and
@@ -64,10 +126,12 @@ pub struct Observed {
     /// Episodes this window opened, and those it ended (now with their end).
     pub opened: Vec<Episode>,
     pub ended: Vec<Episode>,
-    /// A model fit to run off the actor.
-    pub fit: Option<FitJob>,
+    /// The host's models are due for a refit ([`DetectorState::fit_job`]).
+    pub fit_due: bool,
     /// The host's new checkpoint mark (None: unchanged, a window older than the newest).
     pub mark: Option<HostMark>,
+    /// The host's weekly profile, when this window changed it (kept in the checkpoint).
+    pub weekly: Option<WeeklyProfile>,
     /// Anomalies and ended episodes that no longer fit the bounded lists.
     pub evicted_anomalies: Vec<Anomaly>,
     pub evicted_episodes: Vec<Episode>,
@@ -233,11 +297,17 @@ impl DetectorState {
         }
     }
 
+    fn weekly_on(&self) -> bool {
+        self.cfg.weekly_season && self.window_ms <= WEEKLY_MAX_WINDOW_MS
+    }
+
     /// Judge a closed window: every metric's score, the anomalies it raises, the episodes it
-    /// opens or ends, and maybe a model fit to run.
+    /// opens or ends, and whether the host's models are due for a refit.
     pub fn observe(&mut self, host: &str, p: WindowPoint) -> Observed {
         let cfg = self.cfg.clone();
         let window_ms = self.window_ms;
+        // Requests are judged (and fitted) with the week's shape divided out.
+        let weekly_on = self.weekly_on();
         let series = self.hosts.entry(host.to_owned()).or_default();
         let history: Vec<WindowPoint> = series
             .points
@@ -246,22 +316,13 @@ impl DetectorState {
         let is_newest = series.points.newest_start().is_none_or(|s| s < p.start_ms);
         // Judged before a restart (a replay): scored again, but nothing raised twice.
         let judged_before = series.judged_through.is_some_and(|t| p.start_ms <= t);
+        let mut requests_anomalous = false;
         let mut out = Observed::default();
         if history.len() >= cfg.min_history {
-            for (metric, metric_name) in METRICS.iter().enumerate() {
-                let hist: Vec<f64> = history.iter().map(|h| value(h, metric)).collect();
-                let forecast = series.forecasts[metric].as_ref().and_then(|f| {
-                    let k = (p.start_ms - f.first_start_ms).checked_div(window_ms)?;
-                    let k = usize::try_from(k).ok()?;
-                    Some((
-                        f.point.get(k)?.max(0.0),
-                        f.lower.get(k)?.max(0.0),
-                        *f.upper.get(k)?,
-                        f.model,
-                    ))
-                });
-                let j = judge(&cfg, metric, value(&p, metric), p.requests, &hist, forecast);
+            let judged = series.judge_window(&cfg, weekly_on, window_ms, &p, &history, true);
+            for (metric, (metric_name, j)) in METRICS.iter().zip(judged).enumerate() {
                 out.scores[metric] = j.map(|j| j.score as f32);
+                requests_anomalous |= metric == 0 && j.is_some_and(|j| j.kind.is_some());
                 let kind = j.and_then(|j| j.kind).filter(|_| !judged_before);
                 if let (Some(j), Some(kind)) = (j, kind) {
                     out.anomalies.push(Anomaly {
@@ -296,6 +357,13 @@ impl DetectorState {
         }
         let scores = out.scores.map(|s| s.unwrap_or(f32::NAN));
         series.points.put(&p, scores, MAX_FIT_POINTS);
+        if weekly_on
+            && series
+                .weekly
+                .observe(p.start_ms, p.requests, requests_anomalous)
+        {
+            out.weekly = Some(series.weekly.clone());
+        }
         if is_newest && !judged_before {
             series.judged_through = Some(p.start_ms);
             out.mark = Some(mark_of(series, p.start_ms));
@@ -304,18 +372,7 @@ impl DetectorState {
             series.since_fit += 1;
             if series.points.len() >= cfg.model_history && series.since_fit >= cfg.refit_every {
                 series.since_fit = 0;
-                let day = (86_400_000 / window_ms) as usize;
-                let n = series.points.len().min(MAX_FIT_POINTS);
-                let take = |m: usize| series.points.values(m, MAX_FIT_POINTS);
-                out.fit = Some(FitJob {
-                    host: host.to_owned(),
-                    last_start_ms: p.start_ms,
-                    window_ms,
-                    series: [take(0), take(1), take(2)],
-                    metrics: [true; 3],
-                    season: (day >= 2 && n >= 2 * day).then_some(day),
-                    horizon: cfg.refit_every + 2,
-                });
+                out.fit_due = true;
             }
         }
         let (anomalies, episodes) = (out.anomalies.clone(), out.ended.clone());
@@ -342,38 +399,52 @@ impl DetectorState {
         }
     }
 
-    /// Take back what a checkpoint kept: each host's mark, the raised anomalies and the ended
-    /// episodes (oldest first).
-    pub fn restore(
-        &mut self,
-        marks: Vec<(String, HostMark)>,
-        anomalies: Vec<Anomaly>,
-        episodes: Vec<Episode>,
-    ) -> Observed {
-        for (host, m) in marks {
+    /// Take back what a checkpoint kept: each host's mark and weekly profile, the raised
+    /// anomalies and the ended episodes (oldest first).
+    pub fn restore(&mut self, kept: Restored) -> Observed {
+        for (host, m) in kept.marks {
             let series = self.hosts.entry(host).or_default();
             series.judged_through = Some(m.judged_through);
             series.open = m.open.map(|o| o.map(|(e, calm)| (e, calm as usize)));
         }
+        for (host, w) in kept.weekly {
+            self.hosts.entry(host).or_default().weekly = w;
+        }
         let mut out = Observed::default();
-        self.keep(anomalies, episodes, &mut out);
+        self.keep(kept.anomalies, kept.episodes, &mut out);
         out
     }
 
-    /// A host's past windows (oldest first), taken as history without judging them: the points
-    /// a new home rebuilt from the lake. A window already judged here keeps its point. With
+    /// A host's past windows (oldest first), taken as history without judging them (scored,
+    /// raising nothing): the points a new home rebuilt from the lake. A window already judged
+    /// here keeps its point. With
     /// `catch_up`, the windows after the host's checkpoint mark are judged instead, in order
     /// (a restarted node: they were written before it stopped, but not judged).
     pub fn seed(&mut self, host: &str, points: Vec<WindowPoint>, catch_up: bool) -> Vec<Observed> {
+        let (cfg, window_ms, weekly_on) = (self.cfg.clone(), self.window_ms, self.weekly_on());
         let series = self.hosts.entry(host.to_owned()).or_default();
         let mark = series.judged_through.filter(|_| catch_up);
         let mut unjudged = Vec::new();
+        let mut kept = Vec::new();
         for p in points {
             if mark.is_some_and(|m| p.start_ms > m) {
                 unjudged.push(p);
-                continue;
+            } else if series.points.put_if_absent(&p, MAX_FIT_POINTS) {
+                kept.push(p);
             }
-            series.points.put_if_absent(&p, MAX_FIT_POINTS);
+        }
+        // Windows judged before (by this node before it restarted, or by the host's previous
+        // home) get their scores back, from the baseline alone: the series route shows them.
+        for p in kept {
+            let history: Vec<WindowPoint> = series
+                .points
+                .before(p.start_ms, cfg.baseline_windows)
+                .collect();
+            if history.len() >= cfg.min_history {
+                let judged = series.judge_window(&cfg, weekly_on, window_ms, &p, &history, false);
+                let scores = judged.map(|j| j.map_or(f32::NAN, |j| j.score as f32));
+                series.points.put(&p, scores, MAX_FIT_POINTS);
+            }
         }
         unjudged
             .into_iter()
@@ -400,6 +471,30 @@ impl DetectorState {
         out.ended.extend(ended.iter().cloned());
         self.keep(Vec::new(), ended, out);
         dropped
+    }
+
+    /// The model fit of `host`, from its newest windows (None: no series here).
+    pub fn fit_job(&self, host: &str) -> Option<FitJob> {
+        let series = self.hosts.get(host)?;
+        let last_start_ms = series.points.newest_start()?;
+        let weekly_on = self.weekly_on();
+        let day = (86_400_000 / self.window_ms) as usize;
+        let mut values: [Vec<f64>; 3] = Default::default();
+        for w in series.points.tail(MAX_FIT_POINTS) {
+            values[0].push(w.requests / series.weekly_factor(weekly_on, w.start_ms));
+            values[1].push(w.error_rate);
+            values[2].push(w.latency_p99_ms);
+        }
+        let n = values[0].len();
+        Some(FitJob {
+            host: host.to_owned(),
+            last_start_ms,
+            window_ms: self.window_ms,
+            series: values,
+            metrics: [true; 3],
+            season: (day >= 2 && n >= 2 * day).then_some(day),
+            horizon: self.cfg.refit_every + 2,
+        })
     }
 
     /// Hosts with a series here.
@@ -538,51 +633,6 @@ fn next_episode(
     }
 }
 
-/// Fit each metric's model and forecast the next windows with 99% intervals. Blocking (CPU).
-pub fn fit(job: &FitJob) -> Vec<Forecast> {
-    use augurs::ets::AutoETS;
-    use augurs::mstl::MSTLModel;
-    use augurs::{Fit, Predict};
-    let mut out = Vec::new();
-    for (metric, y) in job.series.iter().enumerate() {
-        if !job.metrics[metric] {
-            continue;
-        }
-        let y: Vec<f64> = y.iter().rev().take(MAX_FIT_POINTS).rev().copied().collect();
-        let result = match job.season {
-            Some(day) => MSTLModel::new(vec![day], AutoETS::non_seasonal().into_trend_model())
-                .fit(&y)
-                .and_then(|f| f.predict(job.horizon, 0.99))
-                .map(|f| (f, "mstl"))
-                .map_err(|e| e.to_string()),
-            None => AutoETS::non_seasonal()
-                .fit(&y)
-                .and_then(|f| f.predict(job.horizon, 0.99))
-                .map(|f| (f, "ets"))
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok((f, model)) => {
-                if let Some(iv) = f.intervals {
-                    out.push(Forecast {
-                        host: job.host.clone(),
-                        metric,
-                        model,
-                        first_start_ms: job.last_start_ms + job.window_ms,
-                        point: f.point,
-                        lower: iv.lower,
-                        upper: iv.upper,
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::debug!(host = %job.host, metric = METRICS[metric], error = %e, "model fit failed")
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +661,16 @@ mod tests {
             "no mark: nothing to catch up on"
         );
         assert!(d.anomalies(None, i64::MIN).is_empty());
+        // Scored from the baseline (the series route shows them), from min_history on; the
+        // spike scores high without being raised.
+        let scored = d.scores("h", 0, 40 * 60_000);
+        assert_eq!(scored.len(), 40 - 15);
+        let spike = scored.iter().find(|w| w.start_ms == 20 * 60_000).unwrap();
+        assert!(spike.scores[0].is_some_and(|s| s > 0.9), "{spike:?}");
+        assert!(scored
+            .iter()
+            .filter(|w| w.start_ms != 20 * 60_000)
+            .all(|w| w.scores.iter().all(|s| s.is_some_and(|s| s < 0.5))));
         // The very next window is judged against the seeded baseline.
         let a = d.observe("h", point(40, 3000.0, 0.01, 200.0)).anomalies;
         assert_eq!(a.len(), 1, "{a:?}");
@@ -667,27 +727,5 @@ mod tests {
             vec!["latency_degradation"]
         );
         assert_eq!(d.anomalies(Some("h"), 0).len(), 4);
-    }
-
-    #[test]
-    fn ets_fit_gives_intervals_around_a_steady_series() {
-        let job = FitJob {
-            host: "h".into(),
-            last_start_ms: 0,
-            window_ms: 60_000,
-            series: [
-                (0..80).map(|i| 500.0 + (i % 5) as f64 * 3.0).collect(),
-                vec![0.01; 80],
-                (0..80).map(|i| 200.0 + (i % 3) as f64).collect(),
-            ],
-            metrics: [true; 3],
-            season: None,
-            horizon: 5,
-        };
-        let f = fit(&job);
-        assert!(!f.is_empty());
-        let req = f.iter().find(|f| f.metric == 0).unwrap();
-        assert!(req.lower[0] < 506.0 && req.upper[0] > 500.0, "{req:?}");
-        assert_eq!(req.model, "ets");
     }
 }

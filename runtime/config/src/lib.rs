@@ -535,6 +535,10 @@ pub struct DetectorConfig {
     /// A host's window is judged whole, once every partition has closed it; a partition that
     /// holds it up longer than this (a stalled consumer) is not waited for.
     pub merge_wait_s: u64,
+    /// Learn each site's weekly shape (hour-of-week levels, after a week of history) and judge
+    /// its requests with it divided out, so a weekday's ramp after a quiet weekend is not a
+    /// spike. Windows up to an hour long.
+    pub weekly_season: bool,
 }
 
 impl Default for DetectorConfig {
@@ -549,6 +553,7 @@ impl Default for DetectorConfig {
             score_threshold: 0.5,
             episode_quiet_windows: 2,
             merge_wait_s: 120,
+            weekly_season: true,
         }
     }
 }

@@ -104,6 +104,7 @@ pub struct Metrics {
     pub cluster_peer_failures: Counter<u64>,
     pub cluster_refused: Counter<u64>,
     pub cluster_home_hosts: Gauge<u64>,
+    pub detector_fits_waiting: Gauge<u64>,
     pub late_shares: Counter<u64>,
     pub cluster_handover_timeouts: Counter<u64>,
     pub cluster_shares_sent: Counter<u64>,
@@ -126,6 +127,7 @@ impl Metrics {
             m.snapshots.add(0, &[]);
             m.incomplete_windows.add(0, &[]);
             m.judged_windows.add(0, &[]);
+            m.detector_fits_waiting.record(0, &[]);
             for table in ["any", "checkpoints"] {
                 m.lake_errors.add(0, &[KeyValue::new("table", table)]);
             }
@@ -337,6 +339,10 @@ impl Metrics {
             cluster_home_hosts: m
                 .u64_gauge("wtm_cluster_home_hosts")
                 .with_description("Hosts whose detector runs on this node (it is their home)")
+                .build(),
+            detector_fits_waiting: m
+                .u64_gauge("wtm_detector_fits_waiting")
+                .with_description("Sites whose model refit is due but waits for a free fit slot (half the cores run fits); they are judged with their previous forecast meanwhile")
                 .build(),
             cluster_shares_sent: m
                 .u64_counter("wtm_cluster_shares_sent")
