@@ -165,6 +165,10 @@ struct GenerateArgs {
     /// Share of lines written malformed (truncated), to exercise dead-lettering.
     #[arg(long, default_value_t = 0.0)]
     malformed_share: f64,
+    /// Traffic on Saturdays and Sundays (UTC) as a share of weekdays' (1: no weekly cycle; each
+    /// site's own share is drawn around it).
+    #[arg(long, default_value_t = GeneratorSpec::DEFAULT_WEEKEND)]
+    weekend: f64,
     /// Partitions the hosts are keyed over (as a node with the same setting reads them).
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -254,6 +258,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.malformed_share) {
         bail!("--malformed-share must be between 0 and 1");
     }
+    if !(0.0..=5.0).contains(&a.weekend) {
+        bail!("--weekend must be between 0 and 5 (a share of weekday traffic)");
+    }
     let start_ms = match &a.start {
         Some(s) => {
             parse_rfc3339(s).with_context(|| format!("--start {s:?} is not an RFC 3339 time"))?
@@ -271,6 +278,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         kinds: a.kinds.clone(),
         magnitudes: a.magnitudes.clone(),
         malformed_share: a.malformed_share,
+        weekend: a.weekend,
         duration_ms: a.duration.map(|d| d as i64 * 1000),
         count: a.count,
     }));

@@ -27,6 +27,7 @@ fn spec(anomalies: usize) -> GeneratorSpec {
         kinds: Vec::new(),
         magnitudes: Vec::new(),
         malformed_share: 0.0,
+        weekend: GeneratorSpec::DEFAULT_WEEKEND,
         duration_ms: Some(3 * 3_600_000),
         count: None,
     }

@@ -371,6 +371,9 @@ pub struct SourceConfig {
     pub anomaly_magnitudes: Vec<wtm_core::generator::Magnitude>,
     /// Share of generated records that are malformed (exercises the dead-letter path).
     pub malformed_share: f64,
+    /// Generator: traffic on Saturdays and Sundays (UTC) as a share of weekdays' (1: no weekly
+    /// cycle; each site's own share is drawn around it).
+    pub weekend: f64,
     /// Records read per batch.
     pub batch_size: usize,
     /// Kafka: bootstrap servers, `host:port[,host:port…]` (required with `kind = "kafka"`).
@@ -409,6 +412,7 @@ impl Default for SourceConfig {
             anomaly_kinds: Vec::new(),
             anomaly_magnitudes: Vec::new(),
             malformed_share: 0.0,
+            weekend: wtm_core::generator::GeneratorSpec::DEFAULT_WEEKEND,
             batch_size: 2048,
             brokers: String::new(),
             topic: String::new(),
@@ -815,6 +819,11 @@ impl Config {
             "must be between 0 and 1",
         )?;
         check(
+            (0.0..=5.0).contains(&self.source.weekend),
+            "source.weekend",
+            "must be between 0 and 5 (a share of weekday traffic)",
+        )?;
+        check(
             self.source.batch_size >= 1,
             "source.batch_size",
             "must be at least 1",
@@ -1081,6 +1090,7 @@ impl Config {
             kinds: self.source.anomaly_kinds.clone(),
             magnitudes: self.source.anomaly_magnitudes.clone(),
             malformed_share: self.source.malformed_share,
+            weekend: self.source.weekend,
             duration_ms: self.source.duration_s.map(|d| d as i64 * 1000),
             count: self.source.count,
         }

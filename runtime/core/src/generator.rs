@@ -40,10 +40,23 @@ pub struct GeneratorSpec {
     /// Share of records written malformed (truncated), as real log streams carry some.
     #[serde(default)]
     pub malformed_share: f64,
+    /// Traffic on Saturdays and Sundays (UTC) as a share of weekdays' (1: no weekly cycle);
+    /// each site's own share is drawn around it ([`GeneratorSpec::DEFAULT_WEEKEND`]).
+    #[serde(default = "GeneratorSpec::default_weekend")]
+    pub weekend: f64,
     /// Event-time length (ms); None for an endless stream.
     pub duration_ms: Option<i64>,
     /// Total events over all partitions (in `wtm generate`'s merged order); None for no limit.
     pub count: Option<u64>,
+}
+
+impl GeneratorSpec {
+    /// Weekends at 70% of weekdays (each site between 55% and 85%).
+    pub const DEFAULT_WEEKEND: f64 = 0.7;
+
+    fn default_weekend() -> f64 {
+        GeneratorSpec::DEFAULT_WEEKEND
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +189,8 @@ struct HostProfile {
     share: f64,
     /// Offset of the daily peak, as a fraction of a day.
     phase: f64,
+    /// Its traffic on weekends as a share of weekdays'.
+    weekend: f64,
     clients: u64,
     partition: u32,
 }
@@ -315,6 +330,12 @@ impl Generator {
                     name,
                     share,
                     phase: rng.unit(),
+                    // Drawn apart from `rng`, so every other property is what it was before
+                    // sites had weeks.
+                    weekend: (1.0
+                        - (1.0 - spec.weekend)
+                            * (0.5 + Rng::from_parts(&[spec.seed, i as u64, 0x7765_656b]).unit()))
+                    .max(0.0),
                     clients: 50 + (share * 200_000.0) as u64,
                 }
             })
@@ -350,7 +371,13 @@ impl Generator {
         let p = &self.hosts[h];
         let day = t_ms as f64 / DAY_MS;
         let diurnal = 1.0 + 0.5 * (std::f64::consts::TAU * (day - p.phase)).sin();
-        let mut rate = self.spec.rate * p.share * diurnal;
+        // The epoch was a Thursday: day 2 and 3 of every 7 after it are Saturday and Sunday.
+        let weekly = if (2..4).contains(&(day.floor() as i64).rem_euclid(7)) {
+            p.weekend
+        } else {
+            1.0
+        };
+        let mut rate = self.spec.rate * p.share * diurnal * weekly;
         for a in &self.anomalies {
             if a.host_index == h && (a.start_ms..a.end_ms).contains(&t_ms) {
                 let m = a.magnitude;
@@ -877,9 +904,41 @@ mod tests {
             kinds: Vec::new(),
             magnitudes: Vec::new(),
             malformed_share: 0.0,
+            weekend: GeneratorSpec::DEFAULT_WEEKEND,
             duration_ms: Some(120_000),
             count: None,
         }
+    }
+
+    #[test]
+    fn weekends_carry_each_sites_share_of_weekday_traffic() {
+        // 2026-01-02 is a Friday; the next day, same time, a Saturday; then Monday.
+        let friday_noon = 1_767_355_200_000;
+        let g = Generator::new(spec());
+        let mut shares = Vec::new();
+        for h in 0..g.hosts.len() {
+            let friday = g.host_rate(h, friday_noon);
+            let saturday = g.host_rate(h, friday_noon + 86_400_000);
+            let sunday = g.host_rate(h, friday_noon + 2 * 86_400_000);
+            let monday = g.host_rate(h, friday_noon + 3 * 86_400_000);
+            assert!((saturday / friday - sunday / friday).abs() < 1e-9);
+            assert!((monday / friday - 1.0).abs() < 1e-9);
+            shares.push(saturday / friday);
+        }
+        assert!(
+            shares.iter().all(|s| (0.55..=0.85).contains(s)),
+            "{shares:?}"
+        );
+        assert!(
+            shares.iter().any(|s| (s - shares[0]).abs() > 0.01),
+            "each site its own"
+        );
+        let flat = Generator::new(GeneratorSpec {
+            weekend: 1.0,
+            ..spec()
+        });
+        let ratio = flat.host_rate(0, friday_noon + 86_400_000) / flat.host_rate(0, friday_noon);
+        assert!((ratio - 1.0).abs() < 1e-9, "{ratio}");
     }
 
     /// The events of `host` in `[from, to)`, over every partition.
