@@ -401,10 +401,10 @@ impl Api {
         if count == 0 {
             return None;
         }
-        let traffic = e.metric == "requests";
-        let drivers = wtm_core::explain::drivers(observed, &baseline, count, 3, traffic);
+        let moved = wtm_core::explain::Moved::of_metric(&e.metric);
+        let drivers = wtm_core::explain::drivers(observed, &baseline, count, 3, moved);
         let x = Arc::new(ExplanationOut {
-            summary: wtm_core::explain::summary(&drivers, observed, &baseline, count, traffic),
+            summary: wtm_core::explain::summary(&drivers, observed, &baseline, count, moved),
             baseline_windows: count as u32,
             drivers: drivers
                 .into_iter()
@@ -608,7 +608,8 @@ impl Api {
         &self,
         host: Path<String>,
         dimension: Query<Dimension>,
-        /// Entries to return (default 10); the sketches keep 100 per dimension.
+        /// Entries to return (default 10); the sketches keep 100 per dimension (32 for
+        /// `network` and `path_time`).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         k: Query<Option<u32>>,
         /// Start of the range (RFC 3339), before `to` (else 400); default: the newest 60
@@ -631,10 +632,16 @@ impl Api {
             }
         }
         let windows = in_range.len() as u64;
+        let total = match dimension.0 {
+            Dimension::PathTime => agg.latency_ms_total,
+            _ => agg.requests,
+        };
         let entries: Vec<(String, u64)> = match dimension.0 {
             Dimension::Path => agg.paths.top(k as usize),
             Dimension::Referrer => agg.referrers.top(k as usize),
             Dimension::UserAgent => agg.user_agents.top(k as usize),
+            Dimension::Network => agg.networks.top(k as usize),
+            Dimension::PathTime => agg.path_time.top(k as usize),
             Dimension::Status => {
                 let mut v: Vec<(String, u64)> = agg
                     .status_codes
@@ -651,6 +658,7 @@ impl Api {
             dimension: dimension.0,
             windows,
             requests: agg.requests,
+            total,
             entries: entries
                 .into_iter()
                 .map(|(key, count)| TopEntry { key, count })

@@ -125,12 +125,17 @@ pub enum Dimension {
     Referrer,
     UserAgent,
     Status,
+    /// Client networks (IPv4 /24, IPv6 /48).
+    Network,
+    /// Paths by the milliseconds spent answering them (counts are milliseconds).
+    PathTime,
 }
 
 #[derive(Object)]
 pub struct TopEntry {
     pub key: String,
-    /// Upper bound of the true count (Space-Saving); exact for `status`.
+    /// Upper bound of the true count (Space-Saving; milliseconds for `path_time`); exact for
+    /// `status`.
     pub count: u64,
 }
 
@@ -140,6 +145,9 @@ pub struct TopOut {
     pub dimension: Dimension,
     pub windows: u64,
     pub requests: u64,
+    /// What the counts are shares of: the requests, or for `path_time` the milliseconds spent
+    /// answering all of them.
+    pub total: u64,
     pub entries: Vec<TopEntry>,
     /// Some live cluster member did not answer in time: its share is missing.
     pub partial: bool,

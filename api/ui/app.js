@@ -482,12 +482,13 @@ function siteView(host, params) {
     toInput.value = isoOf(to).slice(0, 16);
     const q = `from=${encodeURIComponent(isoOf(from))}&to=${encodeURIComponent(isoOf(to))}`;
     const enc = encodeURIComponent(host);
-    const [series, paths, refs, uas, codes, anoms] = await Promise.all([
+    const [series, paths, refs, uas, codes, nets, anoms] = await Promise.all([
       api(`/v1/hosts/${enc}/windows?${q}`),
       api(`/v1/hosts/${enc}/top?dimension=path&k=10&${q}`),
       api(`/v1/hosts/${enc}/top?dimension=referrer&k=10&${q}`),
       api(`/v1/hosts/${enc}/top?dimension=user_agent&k=10&${q}`),
       api(`/v1/hosts/${enc}/top?dimension=status&k=10&${q}`),
+      api(`/v1/hosts/${enc}/top?dimension=network&k=10&${q}`),
       api(`/v1/anomalies?host=${enc}&since=${encodeURIComponent(isoOf(from))}`),
     ]);
     document.getElementById("view-error").textContent = "";
@@ -504,7 +505,7 @@ function siteView(host, params) {
     flagged = { requests: [], error_rate: [], latency_p99_ms: [] };
     for (const a of inRange) (flagged[a.metric] || (flagged[a.metric] = [])).push(toMs(a.window_start));
     drawCharts(w);
-    drawTops([["Paths", paths], ["Status codes", codes], ["Referrers", refs], ["User agents", uas]]);
+    drawTops([["Paths", paths], ["Status codes", codes], ["Client networks", nets], ["Referrers", refs], ["User agents", uas]]);
     drawAnomalies(inRange);
     root.dataset.loadedAt = String(Date.now());
   });

@@ -126,7 +126,7 @@ def test_every_page_shows_what_the_api_says(finished, browser, out_dir):
     assert int(page.get_attribute("#range-info", "data-windows")) == len(final) > 0
     assert page.get_attribute(".charts", "data-newest") == final[-1]["start"]
     assert page.locator(".charts .uplot").count() == 4
-    for dim in ("path", "referrer", "user_agent", "status"):
+    for dim in ("path", "referrer", "user_agent", "status", "network"):
         api = node.get(f"/v1/hosts/{enc}/top?dimension={dim}&k=10&{q}")[1]["entries"]
         shown = page.eval_on_selector_all(
             f"table[data-dimension={dim}] tbody tr",

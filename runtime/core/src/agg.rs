@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 /// Keys a top-K summary keeps; reported top lists are at most this long.
 pub const TOP_K_CAPACITY: u32 = 100;
+/// Keys kept by the summaries only explanations read (client networks, time by path): a key
+/// with a 3% share is always among them, and a driver moves by at least 5 points.
+pub const EXPLAIN_TOP_K_CAPACITY: u32 = 32;
 /// Top entries written to the lake per dimension.
 pub const LAKE_TOP_K: usize = 10;
 /// Distinct HTTP methods tracked per window before the rest are folded into `OTHER`.
@@ -36,6 +39,39 @@ pub struct WindowAgg {
     pub paths: TopK,
     pub referrers: TopK,
     pub user_agents: TopK,
+    /// Requests by client network (IPv4 /24, IPv6 /48): who sent them, for explanations.
+    /// (Added after the fields above: older checkpoints and lake sketches read as empty.)
+    #[serde(default = "explain_top_k")]
+    pub networks: TopK,
+    /// Milliseconds of latency by path: where the serving time went, for explanations.
+    #[serde(default = "explain_top_k")]
+    pub path_time: TopK,
+    /// Milliseconds of latency over every request that has one (`path_time`'s total).
+    #[serde(default)]
+    pub latency_ms_total: u64,
+}
+
+fn explain_top_k() -> TopK {
+    TopK::with_capacity(EXPLAIN_TOP_K_CAPACITY)
+}
+
+/// The network of a client address, written into `buf`: `a.b.c.0/24` for IPv4, the first 48
+/// bits `x:y:z::/48` for IPv6; None for what is not an address.
+pub fn network_of<'b>(ip: &str, buf: &'b mut [u8; 48]) -> Option<&'b str> {
+    use std::io::Write;
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(a) => {
+            let [x, y, z, _] = a.octets();
+            write!(w, "{x}.{y}.{z}.0/24").ok()?;
+        }
+        std::net::IpAddr::V6(a) => {
+            let s = a.segments();
+            write!(w, "{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]).ok()?;
+        }
+    }
+    let n = w.position() as usize;
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 impl Default for WindowAgg {
@@ -52,6 +88,9 @@ impl Default for WindowAgg {
             paths: TopK::with_capacity(TOP_K_CAPACITY),
             referrers: TopK::with_capacity(TOP_K_CAPACITY),
             user_agents: TopK::with_capacity(TOP_K_CAPACITY),
+            networks: explain_top_k(),
+            path_time: explain_top_k(),
+            latency_ms_total: 0,
         }
     }
 }
@@ -90,9 +129,16 @@ impl WindowAgg {
         }
         if let Some(l) = e.latency_ms {
             self.latency.add(l);
+            // At least 1 ms, so a path answered in no time still counts its requests.
+            let ms = (l.round() as u64).max(1);
+            self.path_time.insert_n(&e.path, ms);
+            self.latency_ms_total += ms;
         }
         if let Some(ip) = &e.client_ip {
             self.clients.insert(ip);
+            if let Some(net) = network_of(ip, &mut [0; 48]) {
+                self.networks.insert(net);
+            }
         }
         self.paths.insert(&e.path);
         if let Some(r) = &e.referrer {
@@ -122,6 +168,9 @@ impl WindowAgg {
         self.paths.merge(&o.paths);
         self.referrers.merge(&o.referrers);
         self.user_agents.merge(&o.user_agents);
+        self.networks.merge(&o.networks);
+        self.path_time.merge(&o.path_time);
+        self.latency_ms_total += o.latency_ms_total;
         Ok(())
     }
 
@@ -233,6 +282,57 @@ impl ShareCounts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_aggregate_written_before_networks_and_path_time_reads_with_them_empty() {
+        // The fields as they were (in order: rmp-serde writes a struct as an array).
+        #[derive(Serialize)]
+        struct Before<'a> {
+            requests: u64,
+            bytes: u64,
+            status_class: [u64; 5],
+            status_codes: &'a BTreeMap<u16, u64>,
+            methods: &'a BTreeMap<String, u64>,
+            bots: u64,
+            latency: &'a Quantiles,
+            clients: &'a Distinct,
+            paths: &'a TopK,
+            referrers: &'a TopK,
+            user_agents: &'a TopK,
+        }
+        let mut a = WindowAgg::default();
+        for i in 0..50 {
+            a.add(&event(200, 10, i, (i % 5) as u8));
+        }
+        let old = Before {
+            requests: a.requests,
+            bytes: a.bytes,
+            status_class: a.status_class,
+            status_codes: &a.status_codes,
+            methods: &a.methods,
+            bots: a.bots,
+            latency: &a.latency,
+            clients: &a.clients,
+            paths: &a.paths,
+            referrers: &a.referrers,
+            user_agents: &a.user_agents,
+        };
+        let bytes = crate::checkpoint::encode(&old).unwrap();
+        let back: WindowAgg = crate::checkpoint::decode("old", &bytes).unwrap();
+        assert_eq!(back.requests, 50);
+        assert_eq!(back.paths, a.paths);
+        assert!(back.networks.top(10).is_empty() && back.path_time.top(10).is_empty());
+        assert_eq!(back.latency_ms_total, 0);
+        // And the new ones round-trip.
+        let now: WindowAgg =
+            crate::checkpoint::decode("new", &crate::checkpoint::encode(&a).unwrap()).unwrap();
+        assert_eq!(now.networks, a.networks);
+        assert_eq!(
+            (now.path_time.clone(), now.latency_ms_total),
+            (a.path_time.clone(), a.latency_ms_total)
+        );
+        assert!(a.latency_ms_total > 0 && !a.networks.top(1).is_empty());
+    }
 
     fn event(status: u16, bytes: u64, ip: u32, path: u8) -> Event {
         Event {

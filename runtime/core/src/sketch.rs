@@ -146,7 +146,8 @@ impl TopK {
         self.insert_n(key, 1);
     }
 
-    fn insert_n(&mut self, key: &str, n: u64) {
+    /// Count `key` `n` times (a weight: milliseconds for time by path).
+    pub fn insert_n(&mut self, key: &str, n: u64) {
         if let Some(c) = self.counts.get_mut(key) {
             c.0 += n;
             return;

@@ -8,7 +8,8 @@
 //! file: each commit rewrote thousands of leaf pages):
 //! - `series`: the share without its top-K sketches (what a window series merges; a fraction of
 //!   the size);
-//! - `tops`: its three top-K sketches (read only by `/top`);
+//! - `tops`: its top-K sketches (paths, referrers, user agents, client networks, time by path)
+//!   and its milliseconds of latency (read only by `/top` and explanations);
 //! - `counts`: its plain counts ([`ShareCounts`]), for `/v1/hosts` over more windows than the
 //!   archiver keeps in memory.
 //!
@@ -213,7 +214,14 @@ impl History {
                     clients: &a.clients,
                 };
                 series.insert(key, encode(&view)?.as_slice())?;
-                let t = (&a.paths, &a.referrers, &a.user_agents);
+                let t = (
+                    &a.paths,
+                    &a.referrers,
+                    &a.user_agents,
+                    &a.networks,
+                    &a.path_time,
+                    a.latency_ms_total,
+                );
                 tops.insert(key, encode(&t)?.as_slice())?;
                 by_time.insert(key, encode(c)?.as_slice())?;
             }
@@ -286,11 +294,16 @@ impl History {
                 };
                 if let Some(tops) = &tops {
                     if let Some(t) = tops.get((start_ms, host, partition))? {
-                        let (paths, referrers, user_agents): (TopK, TopK, TopK) =
+                        let tops: (TopK, TopK, TopK, TopK, TopK, u64) =
                             decode("history tops", t.value())?;
-                        agg.paths = paths;
-                        agg.referrers = referrers;
-                        agg.user_agents = user_agents;
+                        (
+                            agg.paths,
+                            agg.referrers,
+                            agg.user_agents,
+                            agg.networks,
+                            agg.path_time,
+                            agg.latency_ms_total,
+                        ) = tops;
                     }
                 }
                 out.push(ClosedWindow {
