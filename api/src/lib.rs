@@ -32,7 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wtm_core::agg::WindowAgg;
+use wtm_core::agg::{network_name, WindowAgg};
+use wtm_core::explain::{path_name, path_names};
 use wtm_core::time::{format_rfc3339, now_ms};
 use wtm_messages::local::{self, Partitions, SeriesRange};
 use wtm_messages::{
@@ -640,8 +641,15 @@ impl Api {
             Dimension::Path => agg.paths.top(k as usize),
             Dimension::Referrer => agg.referrers.top(k as usize),
             Dimension::UserAgent => agg.user_agents.top(k as usize),
-            Dimension::Network => agg.networks.top(k as usize),
-            Dimension::PathTime => agg.path_time.top(k as usize),
+            Dimension::Network => {
+                let named = agg.networks.top(k as usize).into_iter();
+                named.map(|(id, n)| (network_name(id), n)).collect()
+            }
+            Dimension::PathTime => {
+                let names = path_names([&agg]);
+                let named = agg.path_time.top(k as usize).into_iter();
+                named.map(|(id, n)| (path_name(&names, id), n)).collect()
+            }
             Dimension::Status => {
                 let mut v: Vec<(String, u64)> = agg
                     .status_codes

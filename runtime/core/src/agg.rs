@@ -39,39 +39,51 @@ pub struct WindowAgg {
     pub paths: TopK,
     pub referrers: TopK,
     pub user_agents: TopK,
-    /// Requests by client network (IPv4 /24, IPv6 /48): who sent them, for explanations.
-    /// (Added after the fields above: older checkpoints and lake sketches read as empty.)
+    /// Requests by client network (IPv4 /24, IPv6 /48, as [`network_of`] ids): who sent
+    /// them, for explanations. (Added after the fields above: older checkpoints and lake
+    /// sketches read as empty.)
     #[serde(default = "explain_top_k")]
-    pub networks: TopK,
-    /// Milliseconds of latency by path: where the serving time went, for explanations.
+    pub networks: TopK<u64>,
+    /// Milliseconds of latency by path ([`path_id`]; the names are in `paths`): where the
+    /// serving time went, for explanations.
     #[serde(default = "explain_top_k")]
-    pub path_time: TopK,
+    pub path_time: TopK<u64>,
     /// Milliseconds of latency over every request that has one (`path_time`'s total).
     #[serde(default)]
     pub latency_ms_total: u64,
 }
 
-fn explain_top_k() -> TopK {
+fn explain_top_k() -> TopK<u64> {
     TopK::with_capacity(EXPLAIN_TOP_K_CAPACITY)
 }
 
-/// The network of a client address, written into `buf`: `a.b.c.0/24` for IPv4, the first 48
-/// bits `x:y:z::/48` for IPv6; None for what is not an address.
-pub fn network_of<'b>(ip: &str, buf: &'b mut [u8; 48]) -> Option<&'b str> {
-    use std::io::Write;
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    match ip.parse::<std::net::IpAddr>().ok()? {
-        std::net::IpAddr::V4(a) => {
-            let [x, y, z, _] = a.octets();
-            write!(w, "{x}.{y}.{z}.0/24").ok()?;
-        }
-        std::net::IpAddr::V6(a) => {
-            let s = a.segments();
-            write!(w, "{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]).ok()?;
-        }
+const IPV4: u64 = 4 << 56;
+const IPV6: u64 = 6 << 56;
+
+/// The network of a client address as a number (no allocation per request): its IPv4 /24 or
+/// IPv6 /48, tagged with the family; None for what is not an address.
+pub fn network_of(ip: &str) -> Option<u64> {
+    Some(match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(a) => IPV4 | u64::from(u32::from(a) >> 8),
+        std::net::IpAddr::V6(a) => IPV6 | (u128::from(a) >> 80) as u64,
+    })
+}
+
+/// A network id's name: `203.0.113.0/24`, `2001:db8:1::/48`.
+pub fn network_name(id: u64) -> String {
+    let bits = id & ((1 << 56) - 1);
+    if id >> 56 == IPV6 >> 56 {
+        let a = std::net::Ipv6Addr::from(u128::from(bits) << 80);
+        format!("{a}/48")
+    } else {
+        let a = std::net::Ipv4Addr::from((bits as u32) << 8);
+        format!("{a}/24")
     }
-    let n = w.position() as usize;
-    std::str::from_utf8(&buf[..n]).ok()
+}
+
+/// A path's id in `path_time` (FNV-1a, stable across runs: the sketch is stored).
+pub fn path_id(path: &str) -> u64 {
+    crate::hash::fnv1a(path.as_bytes())
 }
 
 impl Default for WindowAgg {
@@ -131,13 +143,13 @@ impl WindowAgg {
             self.latency.add(l);
             // At least 1 ms, so a path answered in no time still counts its requests.
             let ms = (l.round() as u64).max(1);
-            self.path_time.insert_n(&e.path, ms);
+            self.path_time.insert_n(&path_id(&e.path), ms);
             self.latency_ms_total += ms;
         }
         if let Some(ip) = &e.client_ip {
             self.clients.insert(ip);
-            if let Some(net) = network_of(ip, &mut [0; 48]) {
-                self.networks.insert(net);
+            if let Some(net) = network_of(ip) {
+                self.networks.insert(&net);
             }
         }
         self.paths.insert(&e.path);

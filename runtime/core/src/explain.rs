@@ -7,7 +7,7 @@
 //! counted by network (IPv4 /24, IPv6 /48): one address is rarely the story, its network often
 //! is (a scraper's range, a cloud's).
 
-use crate::agg::WindowAgg;
+use crate::agg::{network_name, path_id, WindowAgg};
 use crate::sketch::TopK;
 use std::collections::BTreeMap;
 
@@ -59,6 +59,31 @@ fn counts(t: &TopK) -> Counts {
     t.top(KEYS).into_iter().collect()
 }
 
+/// Counts of an id-keyed summary, by name.
+fn named(t: &TopK<u64>, name: impl Fn(u64) -> String) -> Counts {
+    let mut out = Counts::new();
+    for (id, c) in t.top(KEYS) {
+        *out.entry(name(id)).or_default() += c;
+    }
+    out
+}
+
+/// Path names by [`path_id`], from the windows' path summaries.
+pub fn path_names<'a>(aggs: impl IntoIterator<Item = &'a WindowAgg>) -> BTreeMap<u64, String> {
+    aggs.into_iter()
+        .flat_map(|a| a.paths.top(KEYS))
+        .map(|(p, _)| (path_id(&p), p))
+        .collect()
+}
+
+/// A path id's name, or what stands for a path whose name was not kept.
+pub fn path_name(names: &BTreeMap<u64, String>, id: u64) -> String {
+    names
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| format!("(a path outside the top {KEYS}, #{id:016x})"))
+}
+
 /// The change in requests to explain, when there is one: a traffic episode whose requests moved
 /// by more than 5% of the baseline's mean.
 fn extra_requests(observed: &WindowAgg, baseline: &WindowAgg, n: f64, moved: Moved) -> Option<f64> {
@@ -83,6 +108,7 @@ fn dimensions(observed: &WindowAgg, baseline: &WindowAgg, moved: Moved) -> Vec<D
             .map(|(k, v)| (k.to_string(), *v))
             .collect()
     };
+    let paths = path_names([observed, baseline]);
     let top = |name, of: fn(&WindowAgg) -> &TopK| Dimension {
         name,
         observed: counts(of(observed)),
@@ -91,7 +117,12 @@ fn dimensions(observed: &WindowAgg, baseline: &WindowAgg, moved: Moved) -> Vec<D
     };
     let mut dims = vec![
         top("path", |a| &a.paths),
-        top("network", |a| &a.networks),
+        Dimension {
+            name: "network",
+            observed: named(&observed.networks, network_name),
+            baseline: named(&baseline.networks, network_name),
+            totals: requests,
+        },
         top("user_agent", |a| &a.user_agents),
         top("referrer", |a| &a.referrers),
         Dimension {
@@ -103,11 +134,13 @@ fn dimensions(observed: &WindowAgg, baseline: &WindowAgg, moved: Moved) -> Vec<D
     ];
     if moved == Moved::Latency {
         dims.push(Dimension {
+            name: "path_time",
+            observed: named(&observed.path_time, |id| path_name(&paths, id)),
+            baseline: named(&baseline.path_time, |id| path_name(&paths, id)),
             totals: (
                 observed.latency_ms_total as f64,
                 baseline.latency_ms_total as f64,
             ),
-            ..top("path_time", |a| &a.path_time)
         });
     }
     dims
@@ -396,11 +429,9 @@ mod tests {
             ));
         }
         assert!(drivers(&all_slow, &even, 1, 3, Moved::Latency).is_empty());
-        let mut buf = [0; 48];
-        assert_eq!(
-            network_of("2001:db8:1:2::5", &mut buf),
-            Some("2001:db8:1::/48")
-        );
-        assert_eq!(network_of("not an address", &mut buf), None);
+        let name = |ip| network_of(ip).map(network_name);
+        assert_eq!(name("2001:db8:1:2::5").as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(name("203.0.113.77").as_deref(), Some("203.0.113.0/24"));
+        assert_eq!(name("not an address"), None);
     }
 }

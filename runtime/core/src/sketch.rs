@@ -9,8 +9,9 @@ use crate::hash::Fnv1a;
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// Relative accuracy of latency quantiles.
 pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
@@ -127,14 +128,26 @@ impl Distinct {
 }
 
 /// Space-Saving heavy hitters: keeps at most `capacity` keys; a reported count over-estimates
-/// the true count by at most `error` (≤ total / capacity).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct TopK {
+/// the true count by at most `error` (≤ total / capacity). Keys are strings (paths, user agents)
+/// or, where names can be had elsewhere, 64-bit ids that cost no allocation (client networks,
+/// path hashes).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize + Eq + Hash",
+    deserialize = "K: Deserialize<'de> + Eq + Hash"
+))]
+pub struct TopK<K = String> {
     capacity: u32,
-    counts: HashMap<String, (u64, u64), ahash::RandomState>,
+    counts: HashMap<K, (u64, u64), ahash::RandomState>,
 }
 
-impl TopK {
+impl<K: Eq + Hash> PartialEq for TopK<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.capacity == other.capacity && self.counts == other.counts
+    }
+}
+
+impl<K: Eq + Hash + Clone + Ord> TopK<K> {
     pub fn with_capacity(capacity: u32) -> Self {
         TopK {
             capacity: capacity.max(1),
@@ -142,12 +155,20 @@ impl TopK {
         }
     }
 
-    pub fn insert(&mut self, key: &str) {
+    pub fn insert<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.insert_n(key, 1);
     }
 
     /// Count `key` `n` times (a weight: milliseconds for time by path).
-    pub fn insert_n(&mut self, key: &str, n: u64) {
+    pub fn insert_n<Q>(&mut self, key: &Q, n: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if let Some(c) = self.counts.get_mut(key) {
             c.0 += n;
             return;
@@ -163,12 +184,12 @@ impl TopK {
             .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.0.cmp(a.0)))
             .map(|(k, v)| (k.clone(), *v))
             .expect("capacity ≥ 1, so a full map is non-empty");
-        self.counts.remove(&victim);
+        self.counts.remove::<K>(&victim);
         self.counts.insert(key.to_owned(), (min + n, min));
     }
 
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
-    pub fn merge(&mut self, other: &TopK) {
+    pub fn merge(&mut self, other: &TopK<K>) {
         for (k, (c, e)) in &other.counts {
             let entry = self.counts.entry(k.clone()).or_insert((0, 0));
             entry.0 += c;
@@ -185,7 +206,7 @@ impl TopK {
     }
 
     /// The `k` largest, by count then key, with their (upper-bound) counts.
-    pub fn top(&self, k: usize) -> Vec<(String, u64)> {
+    pub fn top(&self, k: usize) -> Vec<(K, u64)> {
         let mut all: Vec<_> = self.counts.iter().map(|(k, v)| (k.clone(), v.0)).collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(k);

@@ -294,7 +294,7 @@ impl History {
                 };
                 if let Some(tops) = &tops {
                     if let Some(t) = tops.get((start_ms, host, partition))? {
-                        let tops: (TopK, TopK, TopK, TopK, TopK, u64) =
+                        let tops: (TopK, TopK, TopK, TopK<u64>, TopK<u64>, u64) =
                             decode("history tops", t.value())?;
                         (
                             agg.paths,
@@ -352,7 +352,7 @@ mod tests {
             agg.requests += 1;
             agg.latency.add(10.0 * (i + 1) as f64);
             agg.clients.insert(&format!("10.0.0.{i}"));
-            agg.paths.insert(p);
+            agg.paths.insert(*p);
         }
         ClosedWindow {
             key: WindowKey {
