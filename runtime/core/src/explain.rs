@@ -412,22 +412,18 @@ mod tests {
             "share moved: time on path / (10% → 69% of the serving time)"
         );
         // Every path slower alike: no path's share of the time moves.
-        let mut all_slow = WindowAgg::default();
-        for i in 0..1000 {
-            all_slow.add(&event(
-                if i % 10 == 0 { "/" } else { "/p1" },
-                "198.0.0.7",
-                400.0,
-            ));
-        }
-        let mut even = WindowAgg::default();
-        for i in 0..1000 {
-            even.add(&event(
-                if i % 10 == 0 { "/" } else { "/p1" },
-                "198.0.0.7",
-                20.0,
-            ));
-        }
+        let every_request_in = |ms: f64| {
+            let mut a = WindowAgg::default();
+            for i in 0..1000 {
+                a.add(&event(
+                    if i % 10 == 0 { "/" } else { "/p1" },
+                    "198.0.0.7",
+                    ms,
+                ));
+            }
+            a
+        };
+        let (all_slow, even) = (every_request_in(400.0), every_request_in(20.0));
         assert!(drivers(&all_slow, &even, 1, 3, Moved::Latency).is_empty());
         let name = |ip| network_of(ip).map(network_name);
         assert_eq!(name("2001:db8:1:2::5").as_deref(), Some("2001:db8:1::/48"));
