@@ -186,8 +186,13 @@ impl DetectorRun {
             tracing::info!(host = %e.host, metric = %e.metric, kind = %e.kind, windows = e.windows, peak_score = e.peak_score, "episode ended");
         }
         self.announce(host, &seen);
-        if seen.fit_due && self.fits.due(host) && !self.start_fit(host, me) {
-            self.next_fit(me);
+        if seen.fit_due {
+            if self.fits.due(host) && !self.start_fit(host, me) {
+                self.next_fit(me);
+            }
+            Metrics::global()
+                .detector_fits_waiting
+                .record(self.fits.waiting() as u64, &[]);
         }
     }
 
@@ -210,7 +215,12 @@ impl DetectorRun {
         };
         let me = me.clone();
         tokio::task::spawn_blocking(move || {
-            let forecasts = fit(&job);
+            // Whatever happens in the model, the slot must come back (a panic would hold it
+            // for good): no forecast then, the baseline judges alone until the next fit.
+            let forecasts = std::panic::catch_unwind(|| fit(&job)).unwrap_or_else(|_| {
+                tracing::warn!(host = %job.host, "a model fit panicked; this site is judged by its baseline until its next fit");
+                Vec::new()
+            });
             if tell(&me, ActorKind::Detector, DetectorMsg::Fitted(forecasts)).is_err() {
                 tracing::debug!("detector restarted during a fit; it refits");
             }
