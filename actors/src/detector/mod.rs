@@ -190,10 +190,14 @@ impl DetectorRun {
             if self.fits.due(host) && !self.start_fit(host, me) {
                 self.next_fit(me);
             }
-            Metrics::global()
-                .detector_fits_waiting
-                .record(self.fits.waiting() as u64, &[]);
+            self.report_waiting_fits();
         }
+    }
+
+    fn report_waiting_fits(&self) {
+        Metrics::global()
+            .detector_fits_waiting
+            .record(self.fits.waiting() as u64, &[]);
     }
 
     /// A fit's slot is free: start the next waiting one that still has a series.
@@ -203,9 +207,7 @@ impl DetectorRun {
                 break;
             }
         }
-        Metrics::global()
-            .detector_fits_waiting
-            .record(self.fits.waiting() as u64, &[]);
+        self.report_waiting_fits();
     }
 
     /// Run `host`'s model fit on the blocking pool (false: no series to fit).
