@@ -59,10 +59,29 @@ pub fn civil(ts_ms: i64) -> Civil {
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-01-01T00:00:00.000Z`.
 pub fn format_rfc3339(ts_ms: i64) -> String {
     let c = civil(ts_ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    )
+    if !(0..=9999).contains(&c.year) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+        );
+    }
+    // Digits by hand: `/v1/hosts` formats three times per site, and `format!` was a tenth of
+    // its cost at 1,000 sites.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, c.year as u32);
+    put(5, 2, c.month);
+    put(8, 2, c.day);
+    put(11, 2, c.hour);
+    put(14, 2, c.minute);
+    put(17, 2, c.second);
+    put(20, 3, c.millis);
+    out.iter().map(|&b| b as char).collect()
 }
 
 const MONTHS: [&str; 12] = [
@@ -240,6 +259,20 @@ mod tests {
         #[test]
         fn rfc3339_round_trips(ts in 0i64..8_000_000_000_000) {
             prop_assert_eq!(parse_rfc3339(&format_rfc3339(ts)), Some(ts));
+        }
+
+        #[test]
+        fn rfc3339_digits_match_the_general_format(
+            // Years 0-9999 (the fast path, and just past it), and far beyond (a quarter of
+            // i64 keeps civil()'s arithmetic in range).
+            ts in prop_oneof![-62_200_000_000_000i64..253_500_000_000_000, any::<i64>().prop_map(|t| t / 4)]
+        ) {
+            let c = civil(ts);
+            let general = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+            );
+            prop_assert_eq!(format_rfc3339(ts), general);
         }
 
         #[test]

@@ -7,11 +7,14 @@
 //! - [`mailbox`]: sends go through [`tell`] and [`ask`], which count every message in the
 //!   receiver's mailbox (ractor does not expose queue lengths) and put a timeout on every call;
 //!   a stopped actor's unhandled messages are taken off the count.
+//! - [`HostCounts`]' shares cross nodes as fixed-width records (`packed`): a cluster-wide
+//!   `/v1/hosts` gathers every (site, window, partition) share from each member.
 //! - The message enums, one section per actor: window shards, partition owners, archiver,
 //!   detector, supervisor; [`Failure`] is a classified error carried in replies and failures.
 
 pub mod local;
 pub mod mailbox;
+mod packed;
 
 pub use mailbox::{ask, tell, SendError, CALL_TIMEOUT};
 pub use wtm_core::agg::ShareCounts;
@@ -211,6 +214,7 @@ pub struct CountsQuery {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostCounts {
     pub host: String,
+    #[serde(with = "packed")]
     pub shares: Vec<ShareCounts>,
 }
 
