@@ -18,46 +18,124 @@ pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
 /// HLL++ precision: standard error 1.04/sqrt(2^14) ≈ 0.81%, so ≤ 2% at 10⁶ distinct is > 2σ.
 pub const HLL_PRECISION: u8 = 14;
 
+/// Latency values a window keeps as they came before it builds its DDSketch.
+///
+/// Why: a DDSketch allocates its bins 128 at a time (1 KiB) at the first value, and most
+/// host-windows of a hosting provider's long tail hold a handful of requests — the sketch was a
+/// third of a light window's 3.2 KB (`examples/agg_bytes.rs`). Every answer is the sketch's
+/// (built from the values, in the order they came, when asked), and a window serializes as the
+/// sketch it would have been, so the values buffered change nothing a reader can see: not a
+/// quantile, not a checkpoint's or the lake's bytes.
+pub const QUANTILE_VALUES_BEFORE_SKETCH: usize = 16;
+
 /// Latency distribution with relative-error quantiles.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Quantiles(DDSketch);
+#[derive(Clone)]
+pub struct Quantiles(Latencies);
+
+#[derive(Clone)]
+enum Latencies {
+    /// At most [`QUANTILE_VALUES_BEFORE_SKETCH`] values, in the order added.
+    Few(Vec<f64>),
+    Sketch(Box<DDSketch>),
+}
+
+fn new_sketch() -> DDSketch {
+    DDSketch::new(Config::new(QUANTILE_RELATIVE_ERROR, 2048, 1e-3))
+}
 
 impl Default for Quantiles {
     fn default() -> Self {
-        Quantiles(DDSketch::new(Config::new(
-            QUANTILE_RELATIVE_ERROR,
-            2048,
-            1e-3,
-        )))
+        Quantiles(Latencies::Few(Vec::new()))
     }
 }
 
 impl std::fmt::Debug for Quantiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Quantiles(n={})", self.0.count())
+        write!(f, "Quantiles(n={})", self.count())
+    }
+}
+
+impl Serialize for Quantiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Latencies::Few(_) => self.sketch().serialize(s),
+            Latencies::Sketch(d) => d.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Quantiles(Latencies::Sketch(Box::new(
+            DDSketch::deserialize(d)?,
+        ))))
     }
 }
 
 impl Quantiles {
     pub fn add(&mut self, v: f64) {
-        self.0.add(v)
+        match &mut self.0 {
+            Latencies::Few(values) if values.len() < QUANTILE_VALUES_BEFORE_SKETCH => {
+                values.push(v)
+            }
+            Latencies::Few(_) => {
+                let mut d = self.sketch().into_owned();
+                d.add(v);
+                self.0 = Latencies::Sketch(Box::new(d));
+            }
+            Latencies::Sketch(d) => d.add(v),
+        }
     }
+
+    /// The DDSketch of these values (built, for a window that holds only a few).
+    fn sketch(&self) -> std::borrow::Cow<'_, DDSketch> {
+        match &self.0 {
+            Latencies::Few(values) => {
+                let mut d = new_sketch();
+                values.iter().for_each(|&v| d.add(v));
+                std::borrow::Cow::Owned(d)
+            }
+            Latencies::Sketch(d) => std::borrow::Cow::Borrowed(d),
+        }
+    }
+
     /// Fails only when the two sketches were built with different settings (e.g. a sketch
-    /// decoded from bytes another build wrote).
+    /// decoded from bytes another build wrote). Merges as sketches, as before there were
+    /// values kept: the merged sketch (its sum too) is the one earlier builds made.
     pub fn merge(&mut self, other: &Quantiles) -> Result<(), SketchError> {
-        self.0
-            .merge(&other.0)
-            .map_err(|e| SketchError(format!("latency sketches differ: {e}")))
+        let mut d = match std::mem::take(&mut self.0) {
+            Latencies::Sketch(d) => d,
+            few => Box::new(Quantiles(few).sketch().into_owned()),
+        };
+        let result = d
+            .merge(&other.sketch())
+            .map_err(|e| SketchError(format!("latency sketches differ: {e}")));
+        self.0 = Latencies::Sketch(d);
+        result
     }
     pub fn count(&self) -> u64 {
-        self.0.count() as u64
+        match &self.0 {
+            Latencies::Few(values) => values.len() as u64,
+            Latencies::Sketch(d) => d.count() as u64,
+        }
     }
     /// The q-quantile, or None when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        self.0.quantile(q).ok().flatten()
+        self.sketch().quantile(q).ok().flatten()
+    }
+    /// Several quantiles at once (a window of few values builds its sketch once).
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let d = self.sketch();
+        qs.map(|q| d.quantile(q).ok().flatten())
     }
     pub fn max(&self) -> Option<f64> {
-        self.0.max()
+        self.sketch().max()
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::Few(Vec::new())
     }
 }
 
@@ -217,6 +295,41 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plain_sketch(values: &[f64]) -> DDSketch {
+        let mut d = new_sketch();
+        values.iter().for_each(|&v| d.add(v));
+        d
+    }
+
+    fn latency() -> impl Strategy<Value = f64> {
+        prop_oneof![0.0f64..5_000.0, Just(0.0), -10.0f64..0.0, 0.0f64..0.002]
+    }
+
+    proptest! {
+        #[test]
+        fn kept_values_answer_and_serialize_as_the_sketch_would(
+            a in proptest::collection::vec(latency(), 0..40),
+            b in proptest::collection::vec(latency(), 0..40),
+        ) {
+            let (mut q, mut other) = (Quantiles::default(), Quantiles::default());
+            a.iter().for_each(|&v| q.add(v));
+            b.iter().for_each(|&v| other.add(v));
+            let d = plain_sketch(&a);
+            let qs = [0.0, 0.25, 0.5, 0.9, 0.99, 1.0];
+            prop_assert_eq!(q.count(), d.count() as u64);
+            prop_assert_eq!(q.quantiles(qs), qs.map(|p| d.quantile(p).unwrap()));
+            prop_assert_eq!(q.max(), d.max());
+            prop_assert_eq!(rmp_serde::to_vec(&q).unwrap(), rmp_serde::to_vec(&d).unwrap());
+            // Merged, and read back from bytes: the sketches' merge, byte for byte.
+            let mut merged = plain_sketch(&a);
+            merged.merge(&plain_sketch(&b)).unwrap();
+            q.merge(&other).unwrap();
+            prop_assert_eq!(rmp_serde::to_vec(&q).unwrap(), rmp_serde::to_vec(&merged).unwrap());
+            let back: Quantiles = rmp_serde::from_slice(&rmp_serde::to_vec(&q).unwrap()).unwrap();
+            prop_assert_eq!(back.quantiles(qs), qs.map(|p| merged.quantile(p).unwrap()));
+        }
+    }
     use proptest::prelude::*;
 
     fn exact_quantile(sorted: &[f64], q: f64) -> f64 {

@@ -21,10 +21,9 @@
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg, WindowKey};
+use wtm_core::agg::{ClosedWindow, CountMap, ShareCounts, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{decode, encode, WireError};
 use wtm_core::sketch::{Distinct, Quantiles, TopK};
 
@@ -39,8 +38,8 @@ struct SeriesRef<'a> {
     requests: u64,
     bytes: u64,
     status_class: [u64; 5],
-    status_codes: &'a BTreeMap<u16, u64>,
-    methods: &'a BTreeMap<String, u64>,
+    status_codes: &'a CountMap<u16>,
+    methods: &'a CountMap<String>,
     bots: u64,
     latency: &'a Quantiles,
     clients: &'a Distinct,
@@ -52,8 +51,8 @@ struct SeriesOwned {
     requests: u64,
     bytes: u64,
     status_class: [u64; 5],
-    status_codes: BTreeMap<u16, u64>,
-    methods: BTreeMap<String, u64>,
+    status_codes: CountMap<u16>,
+    methods: CountMap<String>,
     bots: u64,
     latency: Quantiles,
     clients: Distinct,
