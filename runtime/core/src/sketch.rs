@@ -29,7 +29,7 @@ pub const HLL_PRECISION: u8 = 14;
 pub const QUANTILE_VALUES_BEFORE_SKETCH: usize = 16;
 
 /// Latency distribution with relative-error quantiles.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Quantiles(Latencies);
 
 #[derive(Clone)]
@@ -39,14 +39,14 @@ enum Latencies {
     Sketch(Box<DDSketch>),
 }
 
-fn new_sketch() -> DDSketch {
-    DDSketch::new(Config::new(QUANTILE_RELATIVE_ERROR, 2048, 1e-3))
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::Few(Vec::new())
+    }
 }
 
-impl Default for Quantiles {
-    fn default() -> Self {
-        Quantiles(Latencies::Few(Vec::new()))
-    }
+fn new_sketch() -> DDSketch {
+    DDSketch::new(Config::new(QUANTILE_RELATIVE_ERROR, 2048, 1e-3))
 }
 
 impl std::fmt::Debug for Quantiles {
@@ -128,14 +128,19 @@ impl Quantiles {
         let d = self.sketch();
         qs.map(|q| d.quantile(q).ok().flatten())
     }
+    /// The largest value (as the sketch tracks it: a NaN never replaces one), None when empty.
     pub fn max(&self) -> Option<f64> {
-        self.sketch().max()
-    }
-}
-
-impl Default for Latencies {
-    fn default() -> Self {
-        Latencies::Few(Vec::new())
+        match &self.0 {
+            Latencies::Few(values) if values.is_empty() => None,
+            Latencies::Few(values) => {
+                Some(
+                    values
+                        .iter()
+                        .fold(f64::NEG_INFINITY, |m, &v| if m < v { v } else { m }),
+                )
+            }
+            Latencies::Sketch(d) => d.max(),
+        }
     }
 }
 
@@ -295,6 +300,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn plain_sketch(values: &[f64]) -> DDSketch {
         let mut d = new_sketch();
@@ -303,7 +309,13 @@ mod tests {
     }
 
     fn latency() -> impl Strategy<Value = f64> {
-        prop_oneof![0.0f64..5_000.0, Just(0.0), -10.0f64..0.0, 0.0f64..0.002]
+        prop_oneof![
+            0.0f64..5_000.0,
+            Just(0.0),
+            -10.0f64..0.0,
+            0.0f64..0.002,
+            Just(f64::NAN)
+        ]
     }
 
     proptest! {
@@ -330,7 +342,6 @@ mod tests {
             prop_assert_eq!(back.quantiles(qs), qs.map(|p| merged.quantile(p).unwrap()));
         }
     }
-    use proptest::prelude::*;
 
     fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
         sorted[((sorted.len() - 1) as f64 * q).floor() as usize]
