@@ -5,6 +5,7 @@ import hashlib
 import http.client
 import json
 import os
+import pathlib
 import random
 import signal
 import socket
@@ -296,5 +297,8 @@ def test_a_spray_and_huge_records_through_kafka(broker, node_factory):
     assert o["events"] == n and o["invalid"] == {"too_long": 3} and o["hosts_overflow"], o
     wait_for(lambda: sum(h["requests"] for h in node.get("/v1/hosts?windows=10000")[1]["hosts"]) == n - o["late"],
              60, "every event in a series")
+    # Dead letters reach the lake with the owner's next flush of records (every
+    # lake.flush_interval), not with the windows the series counts.
+    wait_for(lambda: any(pathlib.Path(node.lake).glob("invalid/*/*/*.parquet")), 60, "the dead letters in the lake")
     (kept,) = q(node.lake, "select max(octet_length(raw)) from '{lake}/invalid/*/*/*.parquet'")[0]
     assert kept == 1024
