@@ -1,5 +1,5 @@
 """Streaming from Kafka: events/s one node sustains from a pre-filled topic, through windows,
-checkpoints (sled + shared snapshots + offset commits) and the lake, with the broker beside it.
+checkpoints (local redb + shared snapshots + offset commits) and the lake, with the broker beside it.
 
 The topic (6 partitions) is filled first by `wtm generate --kafka` (keyed by host, idempotent
 producer); then a node consumes it from the beginning in a fresh consumer group. The clock runs
@@ -134,7 +134,7 @@ def main():
         "",
         f"A {PARTITIONS}-partition topic pre-filled with {EVENTS:,} JSON events ({HOSTS:,} hosts, keyed by host) "
         f"by `wtm generate --kafka` in {fill:.1f} s; one release node consumes it from the beginning "
-        "(windows, sled checkpoints every second, shared snapshots and offset commits, Parquet lake). "
+        "(windows, local checkpoints every second, shared snapshots and offset commits, Parquet lake). "
         "Detector off.",
         "",
         "| case | events | wall s | events/s | node CPU s | broker CPU s | node peak RSS MB |",

@@ -703,8 +703,8 @@ async fn node(cfg: Arc<Config>) -> Result<()> {
         }
         _ = &mut sup_done => {
             // Exit here, not by unwinding: every checkpoint was made durable when it was taken,
-            // and dropping a checkpoint store whose disk failed (full) blocks for ever in sled's
-            // final flush, which would leave a process that neither works nor exits.
+            // and unwinding would wait on tasks and files of a node that already failed (its disk
+            // may be full), which could leave a process that neither works nor exits.
             eprintln!("error: the node stopped: {}", gave_up_because().unwrap_or("see the log"));
             std::process::exit(1);
         }

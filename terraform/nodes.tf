@@ -82,7 +82,7 @@ resource "aws_ecs_task_definition" "node" {
     }
   }])
 
-  # Local sled checkpoints: task storage (a replaced task restores from the lake's snapshots).
+  # Local checkpoints (redb): task storage (a replaced task restores from the lake's snapshots).
   volume {
     name = "data"
   }

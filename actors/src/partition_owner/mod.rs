@@ -55,7 +55,7 @@ pub struct OwnerArgs {
     pub config: Arc<Config>,
     pub sources: Arc<dyn SourceFactory>,
     pub store: CheckpointStore,
-    /// Write checkpoints to sled. Off for `wtm batch`, whose recovery is a rerun: windows are
+    /// Write checkpoints to the local store. Off for `wtm batch`, whose recovery is a rerun: windows are
     /// still cut and published at every checkpoint tick, without encoding the open ones.
     pub durable: bool,
     /// Publish checkpoints to this lake's `checkpoints/` for other nodes, and restore from
@@ -498,7 +498,7 @@ impl OwnerRun {
         Ok(())
     }
 
-    /// Cut closed windows from the shards, commit state + outputs (one sled insert and, when
+    /// Cut closed windows from the shards, commit state + outputs (one durable commit and, when
     /// planned, the shared snapshot), then write the outputs to the lake. `force` also cuts the
     /// buffered records and publishes the snapshot whatever the intervals (an idle advance, a
     /// drain).

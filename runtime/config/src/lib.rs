@@ -303,7 +303,7 @@ fn is_host_port(s: &str) -> bool {
 pub struct NodeConfig {
     /// This node's name in `/v1/cluster` and its Kafka client id; unset: `<hostname>:<port>`.
     pub id: Option<String>,
-    /// Where sled checkpoints (and, by default, the lake) live.
+    /// Where the checkpoint store (and, by default, the lake) live.
     pub data_dir: PathBuf,
     /// API listen address.
     pub listen: String,

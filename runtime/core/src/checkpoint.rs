@@ -1,5 +1,5 @@
 //! What a checkpoint holds and its versioned wire format: the open-window state, the watermark,
-//! the next source offset and the outputs not yet confirmed in the lake. (The sled store that
+//! the next source offset and the outputs not yet confirmed in the lake. (The redb store that
 //! keeps them is `wtm_storage::checkpoints`.)
 //!
 //! Committing outputs with the state is what makes the lake exact: a publication is durable

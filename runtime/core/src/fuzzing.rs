@@ -34,7 +34,7 @@ pub fn parse_record_as(format: Option<usize>, data: &[u8]) {
     }
 }
 
-/// A partition checkpoint as stored in sled and published as a shared snapshot, with the open
+/// A partition checkpoint as stored locally and published as a shared snapshot, with the open
 /// windows it carries.
 pub fn decode_checkpoint(data: &[u8]) {
     if let Ok(cp) = decode::<PartitionCheckpoint>("fuzz", data) {

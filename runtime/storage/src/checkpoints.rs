@@ -1,16 +1,50 @@
-//! The checkpoint store: one sled tree, one key per partition, each checkpoint written as one
-//! atomic insert (state, watermark, next offset and unconfirmed outputs together) and flushed.
-//! Actors with small state of their own (the detector's episodes) keep it in [`Records`]: a named
-//! tree of the same database. The only file that touches sled.
+//! The checkpoint store: two redb files in the node's checkpoint directory (the only module that
+//! opens them; [`crate::history`] has its own).
+//!
+//! - `checkpoints.redb`: one key per partition, each checkpoint written as one durable commit
+//!   (state, watermark, next offset and unconfirmed outputs together), plus small named values.
+//! - `records.redb`: actors with small state of their own (the detector's episodes) keep it in
+//!   [`Records`], one table per name. A file of its own, so a detector's write never waits for a
+//!   partition's checkpoint to reach the disk.
+//!
+//! Earlier builds kept this store in sled 0.34, which deadlocks under heavy concurrent writes
+//! (its open issue spacejam/sled#1412: a node stopped answering and ignored SIGTERM in the API
+//! load benchmark). A directory that still holds a sled store is copied over once at open
+//! ([`migrate_sled`]); sled is only read there.
 
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 use wtm_core::checkpoint::{decode, encode, PartitionCheckpoint, WireError};
 use wtm_core::error::ErrorKind;
+
+/// Partition checkpoints (`partition/…`) and named values (`meta/…`).
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+const CHECKPOINTS_FILE: &str = "checkpoints.redb";
+const RECORDS_FILE: &str = "records.redb";
+
+/// Page caches: checkpoints are written far more than read, and redb's default (1 GiB) would be
+/// most of a small node's memory.
+const CHECKPOINTS_CACHE: usize = 16 << 20;
+const RECORDS_CACHE: usize = 8 << 20;
+
+/// How stale the newest durable [`Records`] change may be when another is applied (sled, before,
+/// flushed every 500 ms on its own).
+const RECORDS_DURABLE_EVERY_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointStoreError {
     #[error("checkpoint store: {0}")]
-    Sled(#[from] sled::Error),
+    Db(#[from] redb::Error),
+    #[error("checkpoint store: cannot copy the sled store in {dir} (written by an earlier wtm): {source}")]
+    Migrate { dir: PathBuf, source: sled::Error },
+    #[error("checkpoint store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("checkpoint store: {dir}: {free} bytes free, a checkpoint of {len} bytes needs {needed}: the disk is full")]
@@ -22,29 +56,52 @@ pub enum CheckpointStoreError {
     },
 }
 
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CheckpointStoreError {
+            fn from(e: $t) -> Self {
+                CheckpointStoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
 impl CheckpointStoreError {
-    /// A checkpoint this build cannot read stays unreadable; sled's I/O errors may pass.
+    /// Only a refused write is worth retrying in the same process: after an I/O error redb
+    /// refuses every later transaction until the file is opened again (a new process), and a
+    /// checkpoint this build cannot read stays unreadable.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CheckpointStoreError::Sled(sled::Error::Io(_)) => ErrorKind::Transient,
-            CheckpointStoreError::Sled(_) => ErrorKind::Permanent,
-            CheckpointStoreError::Wire(_) => ErrorKind::Permanent,
             // Space may come back (an operator cleans up); until then each try fails fast.
             CheckpointStoreError::DiskFull { .. } => ErrorKind::Transient,
+            CheckpointStoreError::Db(_)
+            | CheckpointStoreError::Migrate { .. }
+            | CheckpointStoreError::Io { .. }
+            | CheckpointStoreError::Wire(_) => ErrorKind::Permanent,
         }
     }
 }
 
-/// The sled-backed store.
+/// The store. Clones share the open files.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    db: sled::Db,
+    db: Arc<Database>,
+    records: Arc<RecordsDb>,
     dir: PathBuf,
 }
 
-/// Room a checkpoint write leaves free beyond twice its size: sled appends to its log and may
-/// start a segment. sled 0.34 does not survive running out of space mid-write (its flush then
-/// waits for ever), so a write that might is refused before sled sees it.
+/// Room a write leaves free beyond twice its size: a copy-on-write commit writes the new pages
+/// before it frees the old ones. A write that might fill the disk is refused before redb sees
+/// it, so the store stays usable and the write can be tried again once there is room (after an
+/// I/O error redb refuses everything until it is reopened).
 const SPACE_MARGIN: u64 = 8 << 20;
 
 /// Refuse a write of `len` bytes that might fill the disk (see [`SPACE_MARGIN`]).
@@ -66,19 +123,35 @@ fn partition_key(p: u32) -> String {
     format!("partition/{p:08}")
 }
 
+fn open_db(path: &Path, cache: usize) -> Result<Database, CheckpointStoreError> {
+    Ok(Database::builder().set_cache_size(cache).create(path)?)
+}
+
 impl CheckpointStore {
+    /// Open (or create) the store in `dir`, first copying a sled store an earlier build left
+    /// there.
     pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointStoreError> {
+        let io = |source| CheckpointStoreError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        migrate_sled(dir)?;
+        let db = open_db(&dir.join(CHECKPOINTS_FILE), CHECKPOINTS_CACHE)?;
+        let txn = db.begin_write()?;
+        txn.open_table(CHECKPOINTS)?;
+        txn.commit()?;
         Ok(CheckpointStore {
-            // sled's page cache defaults to 1 GiB; checkpoints are written far more than read.
-            db: sled::Config::new()
-                .path(dir)
-                .cache_capacity(64 << 20)
-                .open()?,
+            db: Arc::new(db),
+            records: Arc::new(RecordsDb::new(
+                open_db(&dir.join(RECORDS_FILE), RECORDS_CACHE)?,
+                dir,
+            )),
             dir: dir.to_owned(),
         })
     }
 
-    /// Durably replace the partition's checkpoint (one atomic insert, then a flush).
+    /// Durably replace the partition's checkpoint (one durable commit).
     /// Blocking: call from `spawn_blocking`.
     pub fn save(&self, cp: &PartitionCheckpoint) -> Result<usize, CheckpointStoreError> {
         let bytes = encode(cp)?;
@@ -90,9 +163,20 @@ impl CheckpointStore {
     /// [`CheckpointStore::save`] of a checkpoint already encoded with [`encode`].
     pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointStoreError> {
         ensure_space(&self.dir, bytes.len())?;
-        self.db.insert(partition_key(partition), bytes)?;
-        self.db.flush()?;
+        self.put(&partition_key(partition), &bytes)
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), CheckpointStoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CHECKPOINTS)?.insert(key, value)?;
+        txn.commit()?;
         Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CheckpointStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHECKPOINTS)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
 
     pub fn load(
@@ -100,7 +184,7 @@ impl CheckpointStore {
         partition: u32,
     ) -> Result<Option<PartitionCheckpoint>, CheckpointStoreError> {
         let key = partition_key(partition);
-        match self.db.get(&key)? {
+        match self.get(&key)? {
             Some(v) => Ok(Some(decode(&key, &v)?)),
             None => Ok(None),
         }
@@ -113,30 +197,69 @@ impl CheckpointStore {
         init: impl FnOnce() -> i64,
     ) -> Result<i64, CheckpointStoreError> {
         let key = format!("meta/{name}");
-        if let Some(v) = self.db.get(&key)? {
+        if let Some(v) = self.get(&key)? {
             return Ok(decode(&key, &v)?);
         }
         let v = init();
-        self.db.insert(key, encode(&v)?)?;
-        self.db.flush()?;
+        self.put(&key, &encode(&v)?)?;
         Ok(v)
     }
 
     /// The records named `name` (created empty the first time).
     pub fn records(&self, name: &str) -> Result<Records, CheckpointStoreError> {
+        let table = format!("records/{name}");
+        let txn = self.records.db.begin_write()?;
+        txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&table))?;
+        txn.commit()?;
         Ok(Records {
-            tree: self.db.open_tree(name)?,
-            dir: self.dir.clone(),
+            db: Arc::clone(&self.records),
+            table,
         })
     }
 }
 
-/// A named set of keyed records in the checkpoint store. Changes apply atomically and become
-/// durable at the next [`Records::flush`] (or sled's own flush, every 500 ms).
+/// The records file and when a change to it was last made durable.
+struct RecordsDb {
+    db: Database,
+    dir: PathBuf,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last durable commit.
+    durable_at_ms: AtomicU64,
+}
+
+impl RecordsDb {
+    fn new(db: Database, dir: &Path) -> RecordsDb {
+        RecordsDb {
+            db,
+            dir: dir.to_owned(),
+            opened: Instant::now(),
+            durable_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    /// Whether a commit now should be durable (the last durable one is old), claiming it.
+    fn durable_due(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.durable_at_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= RECORDS_DURABLE_EVERY_MS
+            && self
+                .durable_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// A named set of keyed records in the checkpoint store. Changes apply atomically; they are
+/// durable after [`Records::flush`], after any change applied 500 ms or more after the last
+/// durable one, and when the store closes.
 #[derive(Clone)]
 pub struct Records {
-    tree: sled::Tree,
-    dir: PathBuf,
+    db: Arc<RecordsDb>,
+    table: String,
 }
 
 /// A record: its key and value.
@@ -156,41 +279,137 @@ impl RecordBatch {
 }
 
 impl Records {
-    /// Apply every change at once (none if the disk is nearly full). Fast: no flush.
+    fn definition(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+        TableDefinition::new(&self.table)
+    }
+
+    /// Apply every change at once (none if the disk is nearly full). Usually fast: no fsync
+    /// (see [`Records`] for when one is made).
     pub fn apply(&self, batch: RecordBatch) -> Result<(), CheckpointStoreError> {
         let len = batch.puts.iter().map(|(k, v)| k.len() + v.len()).sum();
-        ensure_space(&self.dir, len)?;
-        let mut b = sled::Batch::default();
-        for (k, v) in batch.puts {
-            b.insert(k, v);
+        ensure_space(&self.db.dir, len)?;
+        let mut txn = self.db.db.begin_write()?;
+        if !self.db.durable_due() {
+            txn.set_durability(Durability::None)?;
         }
-        for k in batch.removes {
-            b.remove(k);
+        {
+            let mut table = txn.open_table(self.definition())?;
+            for (k, v) in &batch.puts {
+                table.insert(k.as_slice(), v.as_slice())?;
+            }
+            for k in &batch.removes {
+                table.remove(k.as_slice())?;
+            }
         }
-        self.tree.apply_batch(b)?;
+        txn.commit()?;
         Ok(())
     }
 
-    /// Make every change applied so far durable (the trees share one log). Blocking (an fsync).
+    /// Make every change applied so far durable (every table of the file). Blocking (an fsync).
     pub fn flush(&self) -> Result<(), CheckpointStoreError> {
-        self.tree.flush()?;
+        self.db
+            .durable_at_ms
+            .fetch_max(self.db.now_ms(), Ordering::Relaxed);
+        // A durable commit makes the non-durable ones before it durable too.
+        self.db.db.begin_write()?.commit()?;
         Ok(())
     }
 
     pub fn contains(&self, key: &[u8]) -> Result<bool, CheckpointStoreError> {
-        Ok(self.tree.contains_key(key)?)
+        let txn = self.db.db.begin_read()?;
+        let table = txn.open_table(self.definition())?;
+        Ok(table.get(key)?.is_some())
     }
 
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Record>, CheckpointStoreError> {
-        self.tree
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect()
+        let txn = self.db.db.begin_read()?;
+        let table = txn.open_table(self.definition())?;
+        let mut out = Vec::new();
+        for kv in table.range(prefix..)? {
+            let (k, v) = kv?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
     }
+}
+
+/// Copy a sled store an earlier build left in `dir` into the redb files, once: both are built
+/// under temporary names and renamed into place, the checkpoints file last, so its presence says
+/// the copy is complete (an interrupted copy is redone). The sled files are left where they
+/// were (an operator may delete them; nothing reads them again).
+fn migrate_sled(dir: &Path) -> Result<(), CheckpointStoreError> {
+    let target = dir.join(CHECKPOINTS_FILE);
+    if target.exists() || !dir.join("conf").exists() || !dir.join("db").exists() {
+        return Ok(());
+    }
+    let sled_err = |source| CheckpointStoreError::Migrate {
+        dir: dir.to_owned(),
+        source,
+    };
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CheckpointStoreError::Io { path, source }
+    };
+    let old = sled::Config::new()
+        .path(dir)
+        .cache_capacity(16 << 20)
+        .open()
+        .map_err(sled_err)?;
+    let tmp = |name: &str| dir.join(format!("{name}.migrating"));
+    let (cp_tmp, rec_tmp) = (tmp(CHECKPOINTS_FILE), tmp(RECORDS_FILE));
+    for p in [&cp_tmp, &rec_tmp] {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
+            _ => {}
+        }
+    }
+    let (mut partitions, mut records) = (0usize, 0usize);
+    {
+        let db = open_db(&cp_tmp, CHECKPOINTS_CACHE)?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(CHECKPOINTS)?;
+            for kv in old.iter() {
+                let (k, v) = kv.map_err(sled_err)?;
+                // Every key this store ever wrote is text (`partition/…`, `meta/…`).
+                let k = String::from_utf8_lossy(&k);
+                partitions += usize::from(k.starts_with("partition/"));
+                table.insert(k.as_ref(), v.as_ref())?;
+            }
+        }
+        txn.commit()?;
+        let db = open_db(&rec_tmp, RECORDS_CACHE)?;
+        let txn = db.begin_write()?;
+        for name in old.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                continue;
+            }
+            let table = format!("records/{}", String::from_utf8_lossy(&name));
+            let mut t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&table))?;
+            for kv in old.open_tree(&name).map_err(sled_err)?.iter() {
+                let (k, v) = kv.map_err(sled_err)?;
+                t.insert(k.as_ref(), v.as_ref())?;
+                records += 1;
+            }
+        }
+        txn.commit()?;
+    }
+    std::fs::rename(&rec_tmp, dir.join(RECORDS_FILE)).map_err(io(&rec_tmp))?;
+    std::fs::rename(&cp_tmp, &target).map_err(io(&cp_tmp))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    tracing::info!(
+        dir = %dir.display(),
+        partitions,
+        records,
+        "copied the sled checkpoint store an earlier wtm wrote; its files (conf, db, blobs/, snap.*) are no longer read"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -199,31 +418,66 @@ mod tests {
     use wtm_core::checkpoint::{PartitionTotals, WIRE_VERSION};
     use wtm_core::window::WatermarkState;
 
+    fn checkpoint(partition: u32, next_offset: u64) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            partition,
+            owner_epoch: 1,
+            next_offset,
+            watermark: WatermarkState::default(),
+            open: vec![],
+            unpublished: vec![],
+            range_start: next_offset,
+            range_start_watermark: WatermarkState::default(),
+            finished: false,
+            totals: PartitionTotals::default(),
+        }
+    }
+
     #[test]
     fn round_trip_meta_and_unreadable_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         assert!(store.load(3).unwrap().is_none());
-        let cp = PartitionCheckpoint {
-            partition: 3,
-            owner_epoch: 1,
-            next_offset: 42,
-            watermark: WatermarkState::default(),
-            open: vec![],
-            unpublished: vec![],
-            range_start: 42,
-            range_start_watermark: WatermarkState::default(),
-            finished: false,
-            totals: PartitionTotals::default(),
-        };
-        store.save(&cp).unwrap();
+        store.save(&checkpoint(3, 42)).unwrap();
         assert_eq!(store.load(3).unwrap().unwrap().next_offset, 42);
+        store.save(&checkpoint(3, 43)).unwrap();
+        assert_eq!(store.load(3).unwrap().unwrap().next_offset, 43);
         assert_eq!(store.meta_i64("start", || 5).unwrap(), 5);
         assert_eq!(store.meta_i64("start", || 6).unwrap(), 5);
         // A checkpoint written by a future build: a permanent error, not a retry.
         store.save_encoded(4, vec![WIRE_VERSION + 1, 0]).unwrap();
         let err = store.load(4).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        drop(store);
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(store.load(3).unwrap().unwrap().next_offset, 43);
+        assert_eq!(store.meta_i64("start", || 7).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = CheckpointStore::open(dir.path()).unwrap();
+        let err = CheckpointStore::open(dir.path()).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    }
+
+    fn kv(k: &str, v: &str) -> Record {
+        (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn listed(r: &Records, prefix: &[u8]) -> Vec<String> {
+        r.scan(prefix)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8(k).unwrap(),
+                    String::from_utf8(v).unwrap()
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -232,7 +486,6 @@ mod tests {
         {
             let store = CheckpointStore::open(dir.path()).unwrap();
             let r = store.records("detector").unwrap();
-            let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
             r.apply(RecordBatch {
                 puts: vec![kv("a/1", "x"), kv("a/2", "y"), kv("b/1", "z")],
                 removes: vec![],
@@ -244,23 +497,43 @@ mod tests {
             })
             .unwrap();
             r.flush().unwrap();
-            // Records are not partitions' checkpoints.
+            assert!(r.contains(b"b/1").unwrap());
+            assert!(!r.contains(b"a/1").unwrap());
+            // Another name is another set; records are not partitions' checkpoints.
+            assert!(listed(&store.records("other").unwrap(), b"").is_empty());
             assert!(store.load(0).unwrap().is_none());
         }
         let store = CheckpointStore::open(dir.path()).unwrap();
         let r = store.records("detector").unwrap();
-        let keys: Vec<String> = r
-            .scan(b"a/")
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}={}",
-                    String::from_utf8(k).unwrap(),
-                    String::from_utf8(v).unwrap()
-                )
-            })
-            .collect();
-        assert_eq!(keys, ["a/2=y", "a/3=w"]);
+        assert_eq!(listed(&r, b"a/"), ["a/2=y", "a/3=w"]);
+        // A prefix that sorts past every key, and one between keys.
+        assert!(listed(&r, b"c").is_empty());
+        assert_eq!(listed(&r, b"a/2"), ["a/2=y"]);
+    }
+
+    #[test]
+    fn a_store_sled_wrote_is_copied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = sled::open(dir.path()).unwrap();
+            let cp = encode(&checkpoint(7, 99)).unwrap();
+            old.insert(partition_key(7), cp).unwrap();
+            old.insert("meta/start", encode(&11i64).unwrap()).unwrap();
+            let t = old.open_tree("detector").unwrap();
+            t.insert(b"h/x", b"1".to_vec()).unwrap();
+            t.insert(b"o/y", b"2".to_vec()).unwrap();
+            old.flush().unwrap();
+        }
+        {
+            let store = CheckpointStore::open(dir.path()).unwrap();
+            assert_eq!(store.load(7).unwrap().unwrap().next_offset, 99);
+            assert_eq!(store.meta_i64("start", || 0).unwrap(), 11);
+            let r = store.records("detector").unwrap();
+            assert_eq!(listed(&r, b""), ["h/x=1", "o/y=2"]);
+            // What the node writes from now on is not overwritten by a second copy.
+            store.save(&checkpoint(7, 100)).unwrap();
+        }
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(store.load(7).unwrap().unwrap().next_offset, 100);
     }
 }

@@ -11,9 +11,9 @@
 //! - [`delta`]: the Delta Lake transaction log that makes each lake table's set of files
 //!   change atomically (nodes' group commits, checkpoints, the upkeep's fence).
 //! - [`upkeep`]: compaction, retention and vacuum of the lake's tables, as Delta commits.
-//! - [`checkpoints`]: the node's sled checkpoint store (the only module that touches sled).
-//! - [`history`]: the API's retained closed windows on local disk (the only module that
-//!   touches redb).
+//! - [`checkpoints`]: the node's checkpoint store (partition checkpoints and actors' records,
+//!   two redb files; the only module that reads sled, to copy a store an earlier build wrote).
+//! - [`history`]: the API's retained closed windows on local disk (its own redb file).
 
 pub mod checkpoints;
 pub mod delta;
