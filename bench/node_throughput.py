@@ -107,7 +107,7 @@ def main():
         f"Machine: {machine()}. Run: `bench/run` on {time.strftime('%Y-%m-%d')}.",
         "",
         "One node, built-in generator (JSON records parsed like any source), 4 partitions, 2 window",
-        "shards, every aggregate on, 1 s checkpoints to the local store (redb since 0.1; sled before), Parquet lake on local disk.",
+        "shards, every aggregate on, 1 s checkpoints to the local store (redb; sled before 10594cc), Parquet lake on local disk.",
         "",
         "| case | events | wall s | CPU s | events/s | events per CPU-second | peak RSS MB |",
         "|---|---|---|---|---|---|---|",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
 
 import boto3
 import duckdb
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT, START, WTM, Truth, generate
 from test_kafka import FAST, PacedProducer, check_records, kafka_source, new_topic
 from test_lake_upkeep import per_window
-from test_pipeline import assert_lake_equals_truth
+from test_pipeline import RANGE, assert_lake_equals_truth
 
 KEY, SECRET = "wtm", "wtm-secret-key"
 SOURCE = dict(seed=9, hosts=12, rate=300.0, realtime=False, start=START, duration_s=900, anomalies=0,
@@ -128,6 +129,21 @@ def test_s3_outage_loses_nothing(s3, node_factory, tmp_path, truth):
                   if l.startswith("wtm_lake_backlog_publications{"))
     assert backlog > 0
     assert not node.overview()["finished"], "nothing can be finished while the lake is away"
+    # The API shows every counted event meanwhile: windows the watermark closed wait for the lake
+    # in their owners, and neither a site's listing nor its series may lose them.
+    late = node.overview()["late"]
+    status, listing = node.get("/v1/hosts?windows=10000")
+    assert status == 200
+    listed = {h["host"]: h["requests"] for h in listing["hosts"]}
+    assert sorted(listed) == sorted({h for h, _ in truth.windows})
+    assert sum(listed.values()) == truth.events - late
+    closed = 0
+    for host, requests in listed.items():
+        status, series = node.get(f"/v1/hosts/{urllib.parse.quote(host)}/windows?{RANGE}")
+        assert status == 200, series
+        assert sum(w["requests"] for w in series["windows"]) == requests, host
+        closed += sum(w["final"] for w in series["windows"])
+    assert closed > len(listed), "the closed windows waiting for the lake were expected in the series"
     s3.start()
     node.wait_finished(timeout=300)
     check_lake(s3, "lake-outage", tmp_path, truth)

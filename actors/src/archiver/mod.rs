@@ -18,10 +18,12 @@
 
 mod homes;
 mod state;
+mod unwritten;
 mod whole;
 
 pub use homes::{Action, HostHomes};
-pub use state::{with_older, RecentWindows};
+pub use state::{merge_by_host, with_older, RecentWindows};
+pub use unwritten::UnwrittenWindows;
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -34,7 +36,7 @@ use wtm_core::window::WindowSpec;
 use wtm_messages::{
     ask, lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg,
     ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
-    HostHistory, Targeted, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
+    HostHistory, Targeted, Unwritten, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_storage::{History, Lake, SeriesRead};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -67,6 +69,9 @@ pub struct ArchiverRun {
     lake: Lake,
     recent: RecentWindows,
     history: Option<Arc<History>>,
+    /// Closed windows cut but not yet written, shown with the history (kept only when there
+    /// is one: a batch run serves no API).
+    unwritten: UnwrittenWindows,
     /// Where hosts are judged, and their windows waiting to go out whole (None: detection off).
     homes: Option<HostHomes>,
     /// How far back a new home (or a restarted node) reads its hosts' history from the lake.
@@ -139,6 +144,7 @@ impl Actor for ArchiverActor {
             lake: args.lake,
             recent,
             history,
+            unwritten: UnwrittenWindows::default(),
             homes: args.detect.then(|| {
                 let whole = WholeWindows::new(args.spec, args.merge_wait);
                 HostHomes::new(whole, args.merge_wait, args.clustered)
@@ -159,6 +165,14 @@ impl Actor for ArchiverActor {
                 upload(run.lake.clone(), run.history.clone(), me.clone(), p, reply)
             }
             ArchiverMsg::Written(p, counts) => run.written(&p, counts, &me)?,
+            ArchiverMsg::Unwritten(u) if run.history.is_some() => match u {
+                Unwritten::Cut(p) => run.unwritten.cut(&p),
+                Unwritten::Reset {
+                    partition,
+                    unpublished,
+                } => run.unwritten.reset(partition, &unpublished),
+            },
+            ArchiverMsg::Unwritten(_) => {}
             ArchiverMsg::Progress {
                 partition,
                 watermark_ms,
@@ -187,20 +201,30 @@ impl Actor for ArchiverActor {
             })?,
             ArchiverMsg::HistoryRebuilt(hosts) => run.rebuilt(hosts, &me),
             ArchiverMsg::Windows(q, reply) => match (run.history.clone(), q.host) {
-                (Some(h), Some(host)) => off_the_mailbox(reply, move || {
-                    h.series(SeriesRead {
-                        host: &host,
-                        from_ms: q.from_ms,
-                        to_ms: q.to_ms,
-                        last_windows: q.last_windows,
-                        top: q.top,
+                (Some(h), Some(host)) => {
+                    // The caller trims to the range its newest window decides.
+                    let unwritten = run.unwritten.windows(&host, q.from_ms, q.to_ms);
+                    off_the_mailbox(reply, move || {
+                        let mut windows = h.series(SeriesRead {
+                            host: &host,
+                            from_ms: q.from_ms,
+                            to_ms: q.to_ms,
+                            last_windows: q.last_windows,
+                            top: q.top,
+                        })?;
+                        windows.extend(unwritten);
+                        Ok(windows)
                     })
-                }),
+                }
                 (None, _) => drop(reply.send(Ok(Vec::new()))),
                 (_, None) => drop(reply.send(Err("a window query names its host".into()))),
             },
             ArchiverMsg::Counts(q, reply) => {
-                let listed = run.recent.counts(q.windows, q.page);
+                // The newest closed windows may not be written yet.
+                let listed = merge_by_host(
+                    run.recent.counts(q.windows, q.page),
+                    run.unwritten.counts(q.page),
+                );
                 let (from, to) = (run.recent.first_of(q.windows), run.recent.first_listed());
                 match &run.history {
                     // More windows than memory lists: the older ones' counts from the store.
@@ -301,6 +325,7 @@ impl ArchiverRun {
         counts: Vec<ShareCounts>,
         me: &ActorRef<ArchiverMsg>,
     ) -> Result<(), ActorProcessingErr> {
+        self.unwritten.written(p);
         let mut by_class = [0u64; 5];
         for (w, c) in p.closed.iter().zip(counts) {
             for (sum, n) in by_class.iter_mut().zip(w.agg.status_class) {

@@ -129,9 +129,58 @@ pub fn with_older(
         .collect()
 }
 
+/// Two lists sorted by host (one entry per host each) as one: a host in both gets both's shares.
+pub fn merge_by_host(a: Vec<HostCounts>, b: Vec<HostCounts>) -> Vec<HostCounts> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for mut x in a {
+        while let Some(y) = b.next_if(|y| y.host < x.host) {
+            out.push(y);
+        }
+        if let Some(y) = b.next_if(|y| y.host == x.host) {
+            x.shares.extend(y.shares);
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_by_host_merge_in_order() {
+        let hc = |host: &str, starts: &[i64]| HostCounts {
+            host: host.to_owned(),
+            shares: starts
+                .iter()
+                .map(|s| ShareCounts {
+                    start_ms: *s,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let merged = merge_by_host(
+            vec![hc("b", &[0]), hc("d", &[0, 60])],
+            vec![hc("a", &[60]), hc("d", &[120]), hc("e", &[60])],
+        );
+        let got: Vec<(String, Vec<i64>)> = merged
+            .into_iter()
+            .map(|h| (h.host, h.shares.iter().map(|s| s.start_ms).collect()))
+            .collect();
+        let want = [
+            ("a", vec![60]),
+            ("b", vec![0]),
+            ("d", vec![0, 60, 120]),
+            ("e", vec![60]),
+        ];
+        assert_eq!(got, want.map(|(h, s)| (h.to_owned(), s)).to_vec());
+    }
     use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 
     fn cw(host: &str, start: i64, requests: u64) -> ClosedWindow {

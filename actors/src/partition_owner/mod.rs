@@ -29,7 +29,7 @@ use wtm_core::time::now_ms;
 use wtm_core::window::NO_WATERMARK;
 use wtm_messages::{
     ask, lookup, mailbox, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, Failure,
-    OwnerMsg, PartitionStatus, WindowMsg, ARCHIVER_NAME,
+    OwnerMsg, PartitionStatus, Unwritten, WindowMsg, ARCHIVER_NAME,
 };
 use wtm_sources::{PartitionSource, Polled, SourceFactory};
 use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, Version};
@@ -242,6 +242,10 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     };
     // A lake that is down now is retried by the checkpoints; the partition still starts.
     publish_pending(&mut state).await?;
+    tell_unwritten(Unwritten::Reset {
+        partition: p,
+        unpublished: state.unpublished.clone(),
+    });
     let shard_refs = shards(args.config.window.shards)?;
     let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_refs.len()];
     for blob in open {
@@ -317,6 +321,14 @@ const PUBLICATIONS_PER_WRITE: usize = 64;
 /// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure
 /// worth retrying; a permanent one (denied credentials) fails the owner, and the supervisor
 /// stops the node with its message.
+/// Tell the archiver about closed windows not yet in the lake, so the API shows them meanwhile
+/// (an archiver that is restarting refills from the lake and learns the rest at the next cut).
+fn tell_unwritten(u: Unwritten) {
+    if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+        tell(&archiver, ActorKind::Archiver, ArchiverMsg::Unwritten(u)).ok();
+    }
+}
+
 async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessingErr> {
     if state.ready_publications().is_empty() {
         return Ok(true);
@@ -540,6 +552,11 @@ impl OwnerRun {
             self.state.buffered_len(),
         );
         self.state.cut_publication(closed, now, flush);
+        if closed_n > 0 {
+            if let Some(p) = self.state.unpublished.last() {
+                tell_unwritten(Unwritten::Cut(Arc::clone(p)));
+            }
+        }
         let cp = self.state.checkpoint(open);
         let finished = cp.finished;
         let resume_at = cp.resume_at().0;
@@ -607,8 +624,13 @@ impl OwnerRun {
                     );
                     self.fenced = true;
                     self.reclaim_due = true;
-                    // Its open windows are another timeline's now: out of the shards, so the
-                    // API does not count them beside the new owner's.
+                    // Its open windows are another timeline's now: out of the shards (and its
+                    // unwritten closed ones out of the archiver's view), so the API does not
+                    // count them beside the new owner's.
+                    tell_unwritten(Unwritten::Reset {
+                        partition,
+                        unpublished: Vec::new(),
+                    });
                     for shard in &io.shards {
                         tell(
                             shard,
@@ -729,6 +751,20 @@ impl Actor for OwnerActor {
             restore_failures: 0,
             last_input: Instant::now(),
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<OwnerMsg>,
+        run: &mut OwnerRun,
+    ) -> Result<(), ActorProcessingErr> {
+        // Drained, revoked or failed: what it had not written is no longer shown from here (a
+        // restarted owner tells its restored set).
+        tell_unwritten(Unwritten::Reset {
+            partition: run.args.partition,
+            unpublished: Vec::new(),
+        });
+        Ok(())
     }
 
     async fn handle(

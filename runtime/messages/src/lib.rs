@@ -265,6 +265,19 @@ pub struct Revocation {
 
 // ---- archiver ---------------------------------------------------------------------------------
 
+/// What an owner tells the archiver about its closed windows not yet in the lake.
+#[derive(Debug)]
+pub enum Unwritten {
+    /// A publication just cut (before its checkpoint is durable: a replay would cut the same).
+    Cut(Arc<Publication>),
+    /// The partition's whole set now: a restored owner's unpublished publications, or none (a
+    /// fenced or stopped owner).
+    Reset {
+        partition: u32,
+        unpublished: Vec<Arc<Publication>>,
+    },
+}
+
 #[derive(RactorMessage)]
 pub enum ArchiverMsg {
     /// Write a partition's committed publications (oldest first) to the lake; replies once
@@ -275,6 +288,9 @@ pub enum ArchiverMsg {
     /// A publication's files are durable (sent by the archiver's own upload task): update the
     /// recent windows and hand them to the detector, in the order the writes finished.
     Written(Arc<Publication>, Vec<ShareCounts>),
+    /// Closed windows an owner cut that the lake does not hold yet: the API shows them until
+    /// their `Written`.
+    Unwritten(Unwritten),
     /// Every window `partition` closes at `watermark_ms` is written (sent by the owner after a
     /// checkpoint that left nothing unwritten): the detector's whole windows wait for this.
     Progress { partition: u32, watermark_ms: i64 },

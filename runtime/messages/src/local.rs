@@ -36,13 +36,8 @@ pub async fn host_counts(
     shards: usize,
     page: HostsPage,
 ) -> Result<Vec<HostCounts>, String> {
-    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
-    let q = CountsQuery { windows: n, page };
-    let mut all = ask(&archiver, ActorKind::Archiver, |r| {
-        ArchiverMsg::Counts(q, r)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    // The shards first, as in `host_parts`.
+    let mut all = Vec::new();
     for i in 0..shards {
         let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
         all.extend(
@@ -51,6 +46,15 @@ pub async fn host_counts(
                 .map_err(|e| e.to_string())?,
         );
     }
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    let q = CountsQuery { windows: n, page };
+    all.extend(
+        ask(&archiver, ActorKind::Archiver, |r| {
+            ArchiverMsg::Counts(q, r)
+        })
+        .await
+        .map_err(|e| e.to_string())??,
+    );
     Ok(all)
 }
 
@@ -282,12 +286,8 @@ pub async fn host_parts(
         last_windows: range.from_ms.is_none().then_some(range.default_windows),
         top,
     };
-    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
-    let closed = ask(&archiver, ActorKind::Archiver, |r| {
-        ArchiverMsg::Windows(q.clone(), r)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    // The shard first: a window closing in between is then seen open here or closed at the
+    // archiver (an owner tells the archiver as soon as it cut its shards), not missed by both.
     let shard = lookup::<WindowMsg>(&shard_name(shard_of(host, shards)))
         .ok_or("window shard is restarting")?;
     let open = ask(&shard, ActorKind::Window, |r| {
@@ -295,6 +295,12 @@ pub async fn host_parts(
     })
     .await
     .map_err(|e| e.to_string())?;
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    let closed = ask(&archiver, ActorKind::Archiver, |r| {
+        ArchiverMsg::Windows(q.clone(), r)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     let mut parts: Vec<WindowPart> = closed
         .into_iter()
         .map(|w| WindowPart {

@@ -1,0 +1,203 @@
+//! Closed windows their owners cut but the lake does not hold yet. A window leaves its shard at
+//! the owner's checkpoint and reaches the history store only once its lake write is done, which
+//! takes a group commit at best and a whole outage at worst; without this set the API's series
+//! and `/v1/hosts` would lose the newest closed window at every close (a site with one window
+//! would be "unknown"). The owner tells the archiver each publication it cuts and, at a restore,
+//! a fence or a stop, its whole set; a `Written` takes the windows out (the history has them
+//! then). A share seen both here and in the history is the same share (its content is fixed
+//! when it is cut, and a replay cuts it again identically): the API's merges keep one per
+//! (window, partition).
+//!
+//! The publications are the owners' own `Arc`s: nothing is copied until a query asks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_core::checkpoint::Publication;
+use wtm_messages::{HostCounts, HostsPage};
+
+/// Where one unwritten window is: its publication and its place in `closed`, with its counts.
+struct Entry {
+    publication: Arc<Publication>,
+    index: usize,
+    counts: ShareCounts,
+}
+
+#[derive(Default)]
+pub struct UnwrittenWindows {
+    /// Per host, by (start, partition).
+    hosts: HashMap<String, BTreeMap<(i64, u32), Entry>>,
+    len: usize,
+}
+
+impl UnwrittenWindows {
+    /// Windows held now.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A publication an owner cut (its windows replace any of the same key).
+    pub fn cut(&mut self, p: &Arc<Publication>) {
+        for (index, w) in p.closed.iter().enumerate() {
+            let entry = Entry {
+                publication: Arc::clone(p),
+                index,
+                counts: ShareCounts::closed(&w.key, &w.agg),
+            };
+            let windows = match self.hosts.get_mut(&w.key.host) {
+                Some(h) => h,
+                None => self.hosts.entry(w.key.host.clone()).or_default(),
+            };
+            if windows
+                .insert((w.key.start_ms, w.key.partition), entry)
+                .is_none()
+            {
+                self.len += 1;
+            }
+        }
+    }
+
+    /// `partition`'s whole set now (a restored owner's unpublished, or none).
+    pub fn reset(&mut self, partition: u32, unpublished: &[Arc<Publication>]) {
+        let mut removed = 0;
+        self.hosts.retain(|_, windows| {
+            let before = windows.len();
+            windows.retain(|(_, p), _| *p != partition);
+            removed += before - windows.len();
+            !windows.is_empty()
+        });
+        self.len -= removed;
+        for p in unpublished {
+            self.cut(p);
+        }
+    }
+
+    /// A publication is in the lake and the history store.
+    pub fn written(&mut self, p: &Publication) {
+        for w in &p.closed {
+            let Some(windows) = self.hosts.get_mut(&w.key.host) else {
+                continue;
+            };
+            if windows.remove(&(w.key.start_ms, w.key.partition)).is_some() {
+                self.len -= 1;
+            }
+            if windows.is_empty() {
+                self.hosts.remove(&w.key.host);
+            }
+        }
+    }
+
+    /// `host`'s unwritten windows starting in `[from_ms, to_ms)`.
+    pub fn windows(&self, host: &str, from_ms: i64, to_ms: i64) -> Vec<ClosedWindow> {
+        let Some(windows) = self.hosts.get(host) else {
+            return Vec::new();
+        };
+        if from_ms >= to_ms {
+            return Vec::new();
+        }
+        windows
+            .range((from_ms, 0)..(to_ms, 0))
+            .map(|(_, e)| e.publication.closed[e.index].clone())
+            .collect()
+    }
+
+    /// The counts of every unwritten window of the sites on `page`, sorted by host.
+    pub fn counts(&self, page: HostsPage) -> Vec<HostCounts> {
+        let mut out: Vec<HostCounts> = self
+            .hosts
+            .iter()
+            .filter(|(host, _)| page.holds(host))
+            .map(|(host, windows)| HostCounts {
+                host: host.clone(),
+                shares: windows.values().map(|e| e.counts).collect(),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wtm_core::agg::{WindowAgg, WindowKey};
+    use wtm_core::checkpoint::Publication;
+    use wtm_core::window::WatermarkState;
+
+    fn publication(partition: u32, windows: &[(&str, i64, u64)]) -> Arc<Publication> {
+        Arc::new(Publication {
+            partition,
+            closed: windows
+                .iter()
+                .map(|(host, start_ms, requests)| ClosedWindow {
+                    key: WindowKey {
+                        host: host.to_string(),
+                        start_ms: *start_ms,
+                        partition,
+                    },
+                    end_ms: start_ms + 60,
+                    agg: WindowAgg {
+                        requests: *requests,
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            from_offset: 0,
+            to_offset: 0,
+            records_watermark: WatermarkState::default(),
+            created_ms: 0,
+            late: vec![],
+            invalid: vec![],
+            raw: vec![],
+        })
+    }
+
+    fn requests(u: &UnwrittenWindows, host: &str) -> Vec<(i64, u32, u64)> {
+        u.windows(host, i64::MIN, i64::MAX)
+            .iter()
+            .map(|w| (w.key.start_ms, w.key.partition, w.agg.requests))
+            .collect()
+    }
+
+    #[test]
+    fn windows_stay_until_written_or_reset() {
+        let mut u = UnwrittenWindows::default();
+        let a = publication(0, &[("a.com", 0, 5), ("b.com", 0, 7)]);
+        let b = publication(1, &[("a.com", 0, 2)]);
+        let c = publication(0, &[("a.com", 60, 9)]);
+        u.cut(&a);
+        u.cut(&b);
+        u.cut(&c);
+        assert_eq!(u.len(), 4);
+        assert_eq!(requests(&u, "a.com"), [(0, 0, 5), (0, 1, 2), (60, 0, 9)]);
+        assert_eq!(u.windows("a.com", 60, 120).len(), 1);
+        assert_eq!(u.windows("a.com", 0, 60).len(), 2);
+        assert!(u.windows("a.com", 60, 60).is_empty());
+        let page = HostsPage::ALL;
+        let counts = u.counts(page);
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts[0].shares.len(), 3);
+        assert!(counts[0].shares.iter().all(|s| s.is_final));
+
+        u.written(&a);
+        assert_eq!(requests(&u, "a.com"), [(0, 1, 2), (60, 0, 9)]);
+        assert!(requests(&u, "b.com").is_empty());
+        // A restored owner of partition 0 has one publication left; partition 1 is untouched.
+        let c2 = publication(0, &[("a.com", 60, 9), ("c.com", 60, 1)]);
+        u.reset(0, &[c2]);
+        assert_eq!(requests(&u, "a.com"), [(0, 1, 2), (60, 0, 9)]);
+        assert_eq!(u.len(), 3);
+        // Written twice (an owner that timed out and wrote again): no harm.
+        u.written(&c);
+        u.written(&c);
+        assert_eq!(requests(&u, "c.com"), [(60, 0, 1)]);
+        u.reset(0, &[]);
+        u.reset(1, &[]);
+        assert!(u.is_empty());
+        assert!(u.hosts.is_empty());
+    }
+}
