@@ -23,7 +23,7 @@ mod whole;
 
 pub use homes::{Action, HostHomes};
 pub use state::{merge_by_host, with_older, RecentWindows};
-pub use unwritten::UnwrittenWindows;
+pub use unwritten::{host_counts, UnwrittenWindows};
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -76,6 +76,7 @@ pub struct ArchiverRun {
     homes: Option<HostHomes>,
     /// How far back a new home (or a restarted node) reads its hosts' history from the lake.
     seed_ms: i64,
+    window_ms: i64,
     /// History rebuilds in flight: until they are done, windows to judge are held (judged
     /// without their history, they would be judged blind).
     rebuilding: usize,
@@ -150,6 +151,7 @@ impl Actor for ArchiverActor {
                 HostHomes::new(whole, args.merge_wait, args.clustered)
             }),
             seed_ms,
+            window_ms: size,
         })
     }
 
@@ -202,8 +204,15 @@ impl Actor for ArchiverActor {
             ArchiverMsg::HistoryRebuilt(hosts) => run.rebuilt(hosts, &me),
             ArchiverMsg::Windows(q, reply) => match (run.history.clone(), q.host) {
                 (Some(h), Some(host)) => {
-                    // The caller trims to the range its newest window decides.
-                    let unwritten = run.unwritten.windows(&host, q.from_ms, q.to_ms);
+                    // Both sources' newest `last_windows` starts: the caller trims the union to
+                    // the range its newest window decides.
+                    let unwritten = run.unwritten.windows(
+                        &host,
+                        q.from_ms,
+                        q.to_ms,
+                        q.last_windows,
+                        run.window_ms,
+                    );
                     off_the_mailbox(reply, move || {
                         let mut windows = h.series(SeriesRead {
                             host: &host,
@@ -212,7 +221,7 @@ impl Actor for ArchiverActor {
                             last_windows: q.last_windows,
                             top: q.top,
                         })?;
-                        windows.extend(unwritten);
+                        windows.extend(unwritten.iter().map(|u| u.to_window(q.top)));
                         Ok(windows)
                     })
                 }
@@ -220,21 +229,23 @@ impl Actor for ArchiverActor {
                 (_, None) => drop(reply.send(Err("a window query names its host".into()))),
             },
             ArchiverMsg::Counts(q, reply) => {
+                let listed = run.recent.counts(q.windows, q.page);
                 // The newest closed windows may not be written yet.
-                let listed = merge_by_host(
-                    run.recent.counts(q.windows, q.page),
-                    run.unwritten.counts(q.page),
-                );
+                let unwritten = run.unwritten.by_host(q.page);
                 let (from, to) = (run.recent.first_of(q.windows), run.recent.first_listed());
                 match &run.history {
                     // More windows than memory lists: the older ones' counts from the store.
                     Some(h) if run.recent.newest_start().is_some() && from < to => {
                         let h = Arc::clone(h);
                         off_the_mailbox(reply, move || {
+                            let listed = merge_by_host(listed, host_counts(unwritten));
                             h.counts(from, to)
                                 .map(|older| with_older(listed, older, q.page))
                         })
                     }
+                    _ if !unwritten.is_empty() => off_the_mailbox(reply, move || {
+                        Ok(merge_by_host(listed, host_counts(unwritten)))
+                    }),
                     _ => drop(reply.send(Ok(listed))),
                 }
             }

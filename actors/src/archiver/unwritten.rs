@@ -8,25 +8,75 @@
 //! when it is cut, and a replay cuts it again identically): the API's merges keep one per
 //! (window, partition).
 //!
-//! The publications are the owners' own `Arc`s: nothing is copied until a query asks.
+//! The publications are the owners' own `Arc`s, and the archiver's handler only moves `Arc`s:
+//! a query copies windows and computes counts from [`Unwritten`] off the mailbox.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg};
 use wtm_core::checkpoint::Publication;
 use wtm_messages::{HostCounts, HostsPage};
 
-/// Where one unwritten window is: its publication and its place in `closed`, with its counts.
-struct Entry {
+/// One unwritten window: its publication and its place in `closed`.
+#[derive(Clone)]
+pub struct Unwritten {
     publication: Arc<Publication>,
     index: usize,
-    counts: ShareCounts,
+}
+
+impl Unwritten {
+    fn window(&self) -> &ClosedWindow {
+        &self.publication.closed[self.index]
+    }
+
+    /// The window, with its top-K sketches or (as the history store serves a series) without.
+    pub fn to_window(&self, top: bool) -> ClosedWindow {
+        let w = self.window();
+        if top {
+            return w.clone();
+        }
+        let a = &w.agg;
+        ClosedWindow {
+            key: w.key.clone(),
+            end_ms: w.end_ms,
+            agg: WindowAgg {
+                requests: a.requests,
+                bytes: a.bytes,
+                status_class: a.status_class,
+                status_codes: a.status_codes.clone(),
+                methods: a.methods.clone(),
+                bots: a.bots,
+                latency: a.latency.clone(),
+                clients: a.clients.clone(),
+                ..WindowAgg::default()
+            },
+        }
+    }
+}
+
+/// Hosts' unwritten windows, sorted by host, as counts (a sketch walk each: off the mailbox).
+pub fn host_counts(hosts: Vec<(String, Vec<Unwritten>)>) -> Vec<HostCounts> {
+    let mut out: Vec<HostCounts> = hosts
+        .into_iter()
+        .map(|(host, windows)| HostCounts {
+            host,
+            shares: windows
+                .iter()
+                .map(|u| {
+                    let w = u.window();
+                    ShareCounts::closed(&w.key, &w.agg)
+                })
+                .collect(),
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.host.cmp(&b.host));
+    out
 }
 
 #[derive(Default)]
 pub struct UnwrittenWindows {
     /// Per host, by (start, partition).
-    hosts: HashMap<String, BTreeMap<(i64, u32), Entry>>,
+    hosts: HashMap<String, BTreeMap<(i64, u32), Unwritten>>,
     len: usize,
 }
 
@@ -43,10 +93,9 @@ impl UnwrittenWindows {
     /// A publication an owner cut (its windows replace any of the same key).
     pub fn cut(&mut self, p: &Arc<Publication>) {
         for (index, w) in p.closed.iter().enumerate() {
-            let entry = Entry {
+            let entry = Unwritten {
                 publication: Arc::clone(p),
                 index,
-                counts: ShareCounts::closed(&w.key, &w.agg),
             };
             let windows = match self.hosts.get_mut(&w.key.host) {
                 Some(h) => h,
@@ -91,33 +140,44 @@ impl UnwrittenWindows {
         }
     }
 
-    /// `host`'s unwritten windows starting in `[from_ms, to_ms)`.
-    pub fn windows(&self, host: &str, from_ms: i64, to_ms: i64) -> Vec<ClosedWindow> {
+    /// `host`'s unwritten windows starting in `[from_ms, to_ms)`; with `last_windows`, only
+    /// those of its newest that many window starts there (`window_ms` apart), as the history
+    /// store reads a default range.
+    pub fn windows(
+        &self,
+        host: &str,
+        from_ms: i64,
+        to_ms: i64,
+        last_windows: Option<i64>,
+        window_ms: i64,
+    ) -> Vec<Unwritten> {
         let Some(windows) = self.hosts.get(host) else {
             return Vec::new();
         };
         if from_ms >= to_ms {
             return Vec::new();
         }
+        let mut from = from_ms;
+        if let Some(n) = last_windows {
+            let Some(((newest, _), _)) = windows.range((from_ms, 0)..(to_ms, 0)).next_back() else {
+                return Vec::new();
+            };
+            let span = n.saturating_sub(1).max(0).saturating_mul(window_ms);
+            from = from.max(newest.saturating_sub(span));
+        }
         windows
-            .range((from_ms, 0)..(to_ms, 0))
-            .map(|(_, e)| e.publication.closed[e.index].clone())
+            .range((from, 0)..(to_ms, 0))
+            .map(|(_, u)| u.clone())
             .collect()
     }
 
-    /// The counts of every unwritten window of the sites on `page`, sorted by host.
-    pub fn counts(&self, page: HostsPage) -> Vec<HostCounts> {
-        let mut out: Vec<HostCounts> = self
-            .hosts
+    /// Every unwritten window of the sites on `page`, by host (for [`host_counts`]).
+    pub fn by_host(&self, page: HostsPage) -> Vec<(String, Vec<Unwritten>)> {
+        self.hosts
             .iter()
             .filter(|(host, _)| page.holds(host))
-            .map(|(host, windows)| HostCounts {
-                host: host.clone(),
-                shares: windows.values().map(|e| e.counts).collect(),
-            })
-            .collect();
-        out.sort_unstable_by(|a, b| a.host.cmp(&b.host));
-        out
+            .map(|(host, windows)| (host.clone(), windows.values().cloned().collect()))
+            .collect()
     }
 }
 
@@ -157,8 +217,9 @@ mod tests {
     }
 
     fn requests(u: &UnwrittenWindows, host: &str) -> Vec<(i64, u32, u64)> {
-        u.windows(host, i64::MIN, i64::MAX)
+        u.windows(host, i64::MIN, i64::MAX, None, 60)
             .iter()
+            .map(|u| u.to_window(false))
             .map(|w| (w.key.start_ms, w.key.partition, w.agg.requests))
             .collect()
     }
@@ -174,11 +235,14 @@ mod tests {
         u.cut(&c);
         assert_eq!(u.len(), 4);
         assert_eq!(requests(&u, "a.com"), [(0, 0, 5), (0, 1, 2), (60, 0, 9)]);
-        assert_eq!(u.windows("a.com", 60, 120).len(), 1);
-        assert_eq!(u.windows("a.com", 0, 60).len(), 2);
-        assert!(u.windows("a.com", 60, 60).is_empty());
-        let page = HostsPage::ALL;
-        let counts = u.counts(page);
+        assert_eq!(u.windows("a.com", 60, 120, None, 60).len(), 1);
+        assert_eq!(u.windows("a.com", 0, 60, None, 60).len(), 2);
+        assert!(u.windows("a.com", 60, 60, None, 60).is_empty());
+        // The newest window start only, then the newest two (a default series range).
+        assert_eq!(u.windows("a.com", i64::MIN, i64::MAX, Some(1), 60).len(), 1);
+        assert_eq!(u.windows("a.com", i64::MIN, i64::MAX, Some(2), 60).len(), 3);
+        assert_eq!(u.windows("a.com", i64::MIN, 60, Some(1), 60).len(), 2);
+        let counts = host_counts(u.by_host(HostsPage::ALL));
         assert_eq!(counts.len(), 2);
         assert_eq!(counts[0].shares.len(), 3);
         assert!(counts[0].shares.iter().all(|s| s.is_final));
