@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use wtm_core::agg::{ClosedWindow, ShareCounts, WindowAgg};
+use wtm_core::agg::{ClosedWindow, ShareCounts};
 use wtm_core::checkpoint::Publication;
 use wtm_messages::{HostCounts, HostsPage};
 
@@ -35,21 +35,10 @@ impl Unwritten {
         if top {
             return w.clone();
         }
-        let a = &w.agg;
         ClosedWindow {
             key: w.key.clone(),
             end_ms: w.end_ms,
-            agg: WindowAgg {
-                requests: a.requests,
-                bytes: a.bytes,
-                status_class: a.status_class,
-                status_codes: a.status_codes.clone(),
-                methods: a.methods.clone(),
-                bots: a.bots,
-                latency: a.latency.clone(),
-                clients: a.clients.clone(),
-                ..WindowAgg::default()
-            },
+            agg: w.agg.without_top(),
         }
     }
 }
