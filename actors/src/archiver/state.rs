@@ -152,6 +152,7 @@ pub fn merge_by_host(a: Vec<HostCounts>, b: Vec<HostCounts>) -> Vec<HostCounts> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 
     #[test]
     fn lists_by_host_merge_in_order() {
@@ -181,7 +182,6 @@ mod tests {
         ];
         assert_eq!(got, want.map(|(h, s)| (h.to_owned(), s)).to_vec());
     }
-    use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 
     fn cw(host: &str, start: i64, requests: u64) -> ClosedWindow {
         let agg = WindowAgg {

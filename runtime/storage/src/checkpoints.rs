@@ -56,23 +56,7 @@ pub enum CheckpointStoreError {
     },
 }
 
-macro_rules! db_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for CheckpointStoreError {
-            fn from(e: $t) -> Self {
-                CheckpointStoreError::Db(e.into())
-            }
-        }
-    )*};
-}
-db_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
+from_redb_errors!(CheckpointStoreError);
 
 impl CheckpointStoreError {
     /// Only a refused write is worth retrying in the same process: after an I/O error redb

@@ -74,23 +74,7 @@ pub enum HistoryError {
     },
 }
 
-macro_rules! db_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for HistoryError {
-            fn from(e: $t) -> Self {
-                HistoryError::Db(e.into())
-            }
-        }
-    )*};
-}
-db_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
+from_redb_errors!(HistoryError);
 
 /// The retained closed shares of every host. Blocking: call it from `spawn_blocking`. Shared by
 /// the archiver's upload tasks (writes, one at a time inside redb) and its readers (which never

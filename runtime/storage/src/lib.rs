@@ -15,6 +15,28 @@
 //!   two redb files; the only module that reads sled, to copy a store an earlier build wrote).
 //! - [`history`]: the API's retained closed windows on local disk (its own redb file).
 
+/// `From` each of redb's specific error types for an error enum with a `Db(redb::Error)`
+/// variant, so `?` works on every redb call (the redb stores' shared plumbing).
+macro_rules! from_redb_errors {
+    ($t:ident) => {
+        from_redb_errors!(
+            $t: redb::DatabaseError,
+            redb::TransactionError,
+            redb::TableError,
+            redb::StorageError,
+            redb::CommitError,
+            redb::SetDurabilityError
+        );
+    };
+    ($t:ident: $($e:ty),*) => {$(
+        impl From<$e> for $t {
+            fn from(e: $e) -> Self {
+                $t::Db(e.into())
+            }
+        }
+    )*};
+}
+
 pub mod checkpoints;
 pub mod delta;
 pub mod history;
