@@ -55,8 +55,9 @@ pub struct OwnerArgs {
     pub config: Arc<Config>,
     pub sources: Arc<dyn SourceFactory>,
     pub store: CheckpointStore,
-    /// Write checkpoints to the local store. Off for `wtm batch`, whose recovery is a rerun: windows are
-    /// still cut and published at every checkpoint tick, without encoding the open ones.
+    /// Write checkpoints to the local store. Off for `wtm batch`, whose recovery is a rerun:
+    /// windows are still cut and published at every checkpoint tick, without encoding the open
+    /// ones.
     pub durable: bool,
     /// Publish checkpoints to this lake's `checkpoints/` for other nodes, and restore from
     /// there when that snapshot is newer (a consumer group moves partitions between nodes).
@@ -317,18 +318,19 @@ fn load_newest(
 /// At most this many publications go to the archiver in one write.
 const PUBLICATIONS_PER_WRITE: usize = 64;
 
-/// Write committed publications to the lake, oldest first; stop at the first failure (kept for
-/// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure
-/// worth retrying; a permanent one (denied credentials) fails the owner, and the supervisor
-/// stops the node with its message.
-/// Tell the archiver about closed windows not yet in the lake, so the API shows them meanwhile
-/// (an archiver that is restarting refills from the lake and learns the rest at the next cut).
+/// Tell the archiver about closed windows not yet in the lake, so the API shows them meanwhile.
+/// (A restarted archiver refills from the lake: windows cut before its restart show again once
+/// written, those cut after as they are cut.)
 fn tell_unwritten(u: Unwritten) {
     if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
         tell(&archiver, ActorKind::Archiver, ArchiverMsg::Unwritten(u)).ok();
     }
 }
 
+/// Write committed publications to the lake, oldest first; stop at the first failure (kept for
+/// the next checkpoint, so nothing is lost while the lake is unavailable). False on a failure
+/// worth retrying; a permanent one (denied credentials) fails the owner, and the supervisor
+/// stops the node with its message.
 async fn publish_pending(state: &mut OwnerState) -> Result<bool, ActorProcessingErr> {
     if state.ready_publications().is_empty() {
         return Ok(true);
