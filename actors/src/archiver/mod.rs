@@ -22,8 +22,9 @@ mod unwritten;
 mod whole;
 
 pub use homes::{Action, HostHomes};
-pub use state::{merge_by_host, with_older, RecentWindows};
-pub use unwritten::{host_counts, UnwrittenWindows};
+use state::merge_by_host;
+pub use state::{with_older, RecentWindows};
+use unwritten::{unwritten_counts, UnwrittenWindows};
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -238,13 +239,13 @@ impl Actor for ArchiverActor {
                     Some(h) if run.recent.newest_start().is_some() && from < to => {
                         let h = Arc::clone(h);
                         off_the_mailbox(reply, move || {
-                            let listed = merge_by_host(listed, host_counts(unwritten));
+                            let listed = merge_by_host(listed, unwritten_counts(unwritten));
                             h.counts(from, to)
                                 .map(|older| with_older(listed, older, q.page))
                         })
                     }
                     _ if !unwritten.is_empty() => off_the_mailbox(reply, move || {
-                        Ok(merge_by_host(listed, host_counts(unwritten)))
+                        Ok(merge_by_host(listed, unwritten_counts(unwritten)))
                     }),
                     _ => drop(reply.send(Ok(listed))),
                 }
