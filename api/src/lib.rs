@@ -32,10 +32,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wtm_core::agg::{network_name, WindowAgg};
+use wtm_core::agg::{network_name, Detail, SeriesStats, WindowAgg};
 use wtm_core::explain::{path_name, path_names};
 use wtm_core::time::{format_rfc3339, now_ms};
-use wtm_messages::local::{self, Partitions, SeriesRange};
+use wtm_messages::local::{self, Partitions, SeriesRange, WindowPart};
 use wtm_messages::{
     ask, lookup, AnomalyQuery, ClusterAnswer, ClusterMsg, ClusterQuery, Episode, Gathered,
     HostTotals, HostsPage, PartitionStatus, Targeted, CLUSTER_NAME,
@@ -161,60 +161,77 @@ fn ticks(every: Duration) -> impl Stream<Item = ()> {
     })
 }
 
-/// One merged window of one host.
-struct Merged {
-    agg: WindowAgg,
+/// One merged window of one host: its aggregate (or, for a series, its statistics).
+struct Merged<T> {
+    value: T,
     all_final: bool,
     /// The detector's scores, once the window's home judged it.
     scores: Option<[Option<f32>; 3]>,
 }
 
+/// How a route merges a host's shares into windows ([`local::merge_series`] or
+/// [`local::merge_parts`]).
+type MergeFn<T> =
+    fn(Vec<WindowPart>, SeriesRange) -> Result<BTreeMap<i64, (T, bool)>, local::MergeError>;
+
 impl Api {
     /// `host`'s windows in `range`, merged over partitions and, in a cluster, over every live
-    /// member (`top`: with their top-K sketches); with the members that did not answer.
-    async fn windows_of(
+    /// member, from shares in `detail`; with the members that did not answer.
+    async fn windows_of<T>(
         &self,
         host: &str,
         range: SeriesRange,
-        top: bool,
-    ) -> Result<(BTreeMap<i64, Merged>, Vec<String>), String> {
-        // This node's share and the peers' at once: the slower of the two is the latency.
-        let (mine, gathered) = tokio::join!(
-            local::host_parts(host, self.ctx.shards, range, top),
-            self.gather(ClusterQuery::HostWindows {
-                host: host.to_owned(),
-                range,
-                top,
-            })
-        );
-        let (mine, gathered) = (mine?, gathered?);
-        let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
-            ClusterAnswer::HostWindows(parts) => Some(parts),
-            _ => None,
-        });
-        let (mut parts, mut scores) = (Vec::new(), BTreeMap::new());
-        for h in std::iter::once(mine).chain(theirs) {
-            parts.extend(h.parts);
-            for s in h.scores {
-                scores.entry(s.start_ms).or_insert(s.scores);
+        mut detail: Detail,
+        merge: MergeFn<T>,
+    ) -> Result<(BTreeMap<i64, Merged<T>>, Vec<String>), String> {
+        loop {
+            // This node's share and the peers' at once: the slower of the two is the latency.
+            let (mine, gathered) = tokio::join!(
+                local::host_parts(host, self.ctx.shards, range, detail),
+                self.gather(ClusterQuery::HostWindows {
+                    host: host.to_owned(),
+                    range,
+                    detail,
+                })
+            );
+            let (mine, gathered) = (mine?, gathered?);
+            let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+                ClusterAnswer::HostWindows(parts) => Some(parts),
+                _ => None,
+            });
+            let (mut parts, mut scores) = (Vec::new(), BTreeMap::new());
+            for h in std::iter::once(mine).chain(theirs) {
+                parts.extend(h.parts);
+                for s in h.scores {
+                    scores.entry(s.start_ms).or_insert(s.scores);
+                }
             }
+            let merged = match merge(parts, range) {
+                Ok(m) => m,
+                // A site on several partitions: its windows' sketches are needed after all
+                // (asked once; the answer with them is whole).
+                Err(local::MergeError::NeedSketches) if detail == Detail::Stats => {
+                    detail = Detail::Sketches;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let windows = merged
+                .into_iter()
+                .map(|(start, (value, all_final))| {
+                    let scores = scores.get(&start).copied();
+                    (
+                        start,
+                        Merged {
+                            value,
+                            all_final,
+                            scores,
+                        },
+                    )
+                })
+                .collect();
+            return Ok((windows, gathered.missing));
         }
-        let merged = local::merge_parts(parts, range).map_err(|e| e.to_string())?;
-        let windows = merged
-            .into_iter()
-            .map(|(start, (agg, all_final))| {
-                let scores = scores.get(&start).copied();
-                (
-                    start,
-                    Merged {
-                        agg,
-                        all_final,
-                        scores,
-                    },
-                )
-            })
-            .collect();
-        Ok((windows, gathered.missing))
     }
 
     /// Totals per host: closed (newest `n` windows) plus open windows, over every live member;
@@ -391,12 +408,15 @@ impl Api {
             default_windows: self.ctx.default_windows,
             window_ms: w,
         };
-        let (windows, missing) = self.windows_of(&e.host, range, true).await.ok()?;
-        let observed = &windows.get(&e.peak_window_ms)?.agg;
+        let (windows, missing) = self
+            .windows_of(&e.host, range, Detail::Top, local::merge_parts)
+            .await
+            .ok()?;
+        let observed = &windows.get(&e.peak_window_ms)?.value;
         let mut baseline = WindowAgg::default();
         let mut count = 0;
         for m in windows.range(..e.start_ms).map(|(_, m)| m) {
-            baseline.merge(&m.agg).ok()?;
+            baseline.merge(&m.value).ok()?;
             count += 1;
         }
         if count == 0 {
@@ -432,13 +452,14 @@ impl Api {
     /// The windows of `host` in the requested range; without `from`, the newest
     /// `default_windows` up to `to`. Unknown host → NotFound. Also the members that did not
     /// answer (the series is partial without them).
-    async fn host_windows(
+    async fn host_windows<T>(
         &self,
         host: &str,
         from: Option<Rfc3339>,
         to: Option<Rfc3339>,
-        top: bool,
-    ) -> Result<(Vec<(i64, Merged)>, Vec<String>), QueryError> {
+        detail: Detail,
+        merge: MergeFn<T>,
+    ) -> Result<(Vec<(i64, Merged<T>)>, Vec<String>), QueryError> {
         let from_ms = from.map(|t| t.0);
         let to_ms = to.map_or(i64::MAX, |t| t.0);
         if let Some(f) = from_ms.filter(|f| *f >= to_ms) {
@@ -455,7 +476,7 @@ impl Api {
             window_ms: self.ctx.window_ms,
         };
         let (windows, missing) = self
-            .windows_of(host, range, top)
+            .windows_of(host, range, detail, merge)
             .await
             .map_err(QueryError::Unavailable)?;
         if windows.is_empty() && missing.is_empty() {
@@ -474,8 +495,9 @@ fn share(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
-    let s = m.agg.finalize();
+fn window_out(start: i64, window_ms: i64, m: &Merged<SeriesStats>) -> WindowOut {
+    let s = &m.value;
+    let [p50, p90, p95, p99, max] = s.latency_ms;
     WindowOut {
         start: format_rfc3339(start),
         end: format_rfc3339(start + window_ms),
@@ -488,13 +510,13 @@ fn window_out(start: i64, window_ms: i64, m: &Merged) -> WindowOut {
             s4xx: s.status_class[3],
             s5xx: s.status_class[4],
         },
-        error_rate: s.error_rate,
+        error_rate: s.error_rate(),
         latency_ms: Latency {
-            p50: s.latency_p50,
-            p90: s.latency_p90,
-            p95: s.latency_p95,
-            p99: s.latency_p99,
-            max: s.latency_max,
+            p50,
+            p90,
+            p95,
+            p99,
+            max,
         },
         unique_clients: s.unique_clients,
         bots: s.bots,
@@ -589,7 +611,8 @@ impl Api {
         /// End of the range, exclusive (RFC 3339); default: open-ended.
         to: Query<Option<Rfc3339>>,
     ) -> Reply<WindowSeries> {
-        let (windows, missing) = match self.host_windows(&host, from.0, to.0, false).await {
+        let series = self.host_windows(&host, from.0, to.0, Detail::Stats, local::merge_series);
+        let (windows, missing) = match series.await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
@@ -622,13 +645,14 @@ impl Api {
         // The documented maximum is the sketch's capacity.
         const _: () = assert!(wtm_core::agg::TOP_K_CAPACITY == 100);
         let k = k.0.unwrap_or(10);
-        let (in_range, missing) = match self.host_windows(&host, from.0, to.0, true).await {
+        let in_range = self.host_windows(&host, from.0, to.0, Detail::Top, local::merge_parts);
+        let (in_range, missing) = match in_range.await {
             Ok(w) => w,
             Err(e) => return e.reply(),
         };
         let mut agg = WindowAgg::default();
         for (_, m) in &in_range {
-            if let Err(e) = agg.merge(&m.agg) {
+            if let Err(e) = agg.merge(&m.value) {
                 return unavailable(e);
             }
         }

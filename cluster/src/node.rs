@@ -472,12 +472,14 @@ async fn answer(q: ClusterQuery, scope: LocalScope) -> ClusterAnswer {
                 Err(e) => ClusterAnswer::Failed(e),
             }
         }
-        ClusterQuery::HostWindows { host, range, top } => {
-            match local::host_parts(&host, scope.shards, range, top).await {
-                Ok(parts) => ClusterAnswer::HostWindows(parts),
-                Err(e) => ClusterAnswer::Failed(e),
-            }
-        }
+        ClusterQuery::HostWindows {
+            host,
+            range,
+            detail,
+        } => match local::host_parts(&host, scope.shards, range, detail).await {
+            Ok(parts) => ClusterAnswer::HostWindows(parts),
+            Err(e) => ClusterAnswer::Failed(e),
+        },
         ClusterQuery::Handover(q) => match local::handover(q).await {
             Ok(h) => ClusterAnswer::Handover(h),
             Err(e) => ClusterAnswer::Failed(e),

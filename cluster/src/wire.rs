@@ -11,8 +11,9 @@ use wtm_messages::{ClusterAnswer, ClusterQuery, HomeShares, PeerBeat};
 /// First byte of every cluster payload; a peer with another one is refused. 2: host homes hand
 /// over by asking (`ClusterQuery::Handover`) instead of pushing judged logs; 3: `/v1/hosts`
 /// shares carry bots, p99 and distinct clients; 4: anomaly scores and episodes; 6: `/v1/hosts`
-/// shares as fixed-width records.
-pub const WIRE_VERSION: u8 = 6;
+/// shares as fixed-width records; 7: a series' closed shares as stored (statistics + encoded
+/// sketches, `wtm_core::agg::Share`).
+pub const WIRE_VERSION: u8 = 7;
 
 /// A heartbeat as it travels.
 #[derive(Debug, Clone, PartialEq)]

@@ -31,7 +31,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_core::agg::{ClosedWindow, SeriesStats, ShareCounts};
 use wtm_core::checkpoint::Publication;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{
@@ -220,9 +220,9 @@ impl Actor for ArchiverActor {
                             from_ms: q.from_ms,
                             to_ms: q.to_ms,
                             last_windows: q.last_windows,
-                            top: q.top,
+                            detail: q.detail,
                         })?;
-                        windows.extend(unwritten.iter().map(|u| u.to_window(q.top)));
+                        windows.extend(unwritten.iter().map(|u| u.to_share(q.detail)));
                         Ok(windows)
                     })
                 }
@@ -291,13 +291,13 @@ fn upload(
             let stats = lake.write_all(&publications)?;
             let mut counts = Vec::with_capacity(publications.len());
             for p in &publications {
-                let c = counts_of(&p.closed);
+                let s = stats_of(&p.closed);
                 if let Some(h) = &history {
-                    if let Err(e) = h.put(&p.closed, &c) {
+                    if let Err(e) = h.put(&p.closed, &s) {
                         tracing::warn!(error = %e, "cannot keep closed windows in the history store: the API misses them until a restart refills it from the lake");
                     }
                 }
-                counts.push(c);
+                counts.push(counts_of(&p.closed, &s));
             }
             Ok::<_, wtm_storage::LakeError>((stats, counts))
         };
@@ -516,10 +516,16 @@ fn ask_handover(to: String, q: HandoverAsk, me: ActorRef<ArchiverMsg>) {
 }
 
 /// The plain counts of closed windows (their p99 and distinct clients estimated once, here).
-fn counts_of(closed: &[ClosedWindow]) -> Vec<ShareCounts> {
+/// Each closed share's statistics: computed once, when it is archived.
+fn stats_of(closed: &[ClosedWindow]) -> Vec<SeriesStats> {
+    closed.iter().map(|w| w.agg.series_stats()).collect()
+}
+
+fn counts_of(closed: &[ClosedWindow], stats: &[SeriesStats]) -> Vec<ShareCounts> {
     closed
         .iter()
-        .map(|w| ShareCounts::closed(&w.key, &w.agg))
+        .zip(stats)
+        .map(|(w, s)| ShareCounts::closed(&w.key, s))
         .collect()
 }
 
@@ -540,8 +546,9 @@ fn refill(
     let (mut n, mut newest, mut kept) = (0, i64::MIN, 0);
     let (mut listed, mut chunk) = (Vec::new(), Vec::with_capacity(CHUNK));
     let mut put = |chunk: &mut Vec<ClosedWindow>| -> Result<(), String> {
-        let counts = counts_of(chunk);
-        history.put(chunk, &counts).map_err(|e| e.to_string())?;
+        let stats = stats_of(chunk);
+        history.put(chunk, &stats).map_err(|e| e.to_string())?;
+        let counts = counts_of(chunk, &stats);
         n += chunk.len();
         for (w, c) in chunk.drain(..).zip(counts) {
             newest = newest.max(w.key.start_ms);

@@ -201,7 +201,10 @@ mod tests {
 
     /// What the archiver inserts for a written share.
     fn insert(r: &mut RecentWindows, w: &ClosedWindow) {
-        r.insert_counts(&w.key.host, ShareCounts::closed(&w.key, &w.agg));
+        r.insert_counts(
+            &w.key.host,
+            ShareCounts::closed(&w.key, &w.agg.series_stats()),
+        );
     }
 
     fn totals(t: &[HostCounts]) -> Vec<(&str, u64)> {
@@ -227,7 +230,10 @@ mod tests {
         assert_eq!(totals(&r.counts(10, HostsPage::ALL)), vec![("a", 7)]);
         let stored = |h: &str, s: i64, n: u64| {
             let w = cw(h, s, n);
-            (h.to_owned(), ShareCounts::closed(&w.key, &w.agg))
+            (
+                h.to_owned(),
+                ShareCounts::closed(&w.key, &w.agg.series_stats()),
+            )
         };
         let older = vec![stored("a", 0, 5), stored("b", 60_000, 2)];
         let all = with_older(r.counts(10, HostsPage::ALL), older, HostsPage::ALL);

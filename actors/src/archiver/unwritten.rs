@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use wtm_core::agg::{ClosedWindow, ShareCounts};
+use wtm_core::agg::{ClosedWindow, Detail, Share, ShareCounts, WindowKey};
 use wtm_core::checkpoint::Publication;
 use wtm_messages::{HostCounts, HostsPage};
 
@@ -29,17 +29,14 @@ impl Unwritten {
         &self.publication.closed[self.index]
     }
 
-    /// The window, with its top-K sketches or (as the history store serves a series) without.
-    pub fn to_window(&self, top: bool) -> ClosedWindow {
+    /// The window's share, with its top-K sketches or (as a series needs it) without.
+    pub fn to_share(&self, detail: Detail) -> (WindowKey, Share) {
         let w = self.window();
-        if top {
-            return w.clone();
-        }
-        ClosedWindow {
-            key: w.key.clone(),
-            end_ms: w.end_ms,
-            agg: w.agg.without_top(),
-        }
+        let agg = match detail {
+            Detail::Top => w.agg.clone(),
+            Detail::Stats | Detail::Sketches => w.agg.without_top(),
+        };
+        (w.key.clone(), Share::Agg(Box::new(agg)))
     }
 }
 
@@ -53,7 +50,7 @@ pub fn unwritten_counts(hosts: Vec<(String, Vec<Unwritten>)>) -> Vec<HostCounts>
                 .iter()
                 .map(|u| {
                     let w = u.window();
-                    ShareCounts::closed(&w.key, &w.agg)
+                    ShareCounts::closed(&w.key, &w.agg.series_stats())
                 })
                 .collect(),
         })
@@ -191,8 +188,8 @@ mod tests {
     fn requests(u: &UnwrittenWindows, host: &str) -> Vec<(i64, u32, u64)> {
         u.windows(host, i64::MIN, i64::MAX, None, 60)
             .iter()
-            .map(|u| u.to_window(false))
-            .map(|w| (w.key.start_ms, w.key.partition, w.agg.requests))
+            .map(|u| u.to_share(Detail::Stats))
+            .map(|(k, share)| (k.start_ms, k.partition, share.requests()))
             .collect()
     }
 

@@ -1,7 +1,7 @@
 //! Open windows of every partition routed to this shard.
 
 use std::collections::{BTreeMap, HashMap};
-use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{encode, OpenWindows};
 use wtm_core::event::Event;
 use wtm_core::window::WindowSpec;
@@ -109,10 +109,9 @@ impl WindowState {
                             start_ms: *start,
                             partition: *partition,
                         },
-                        if q.top {
-                            agg.clone()
-                        } else {
-                            agg.without_top()
+                        match q.detail {
+                            Detail::Top => agg.clone(),
+                            Detail::Stats | Detail::Sketches => agg.without_top(),
                         },
                     ));
                 }
@@ -209,7 +208,7 @@ mod tests {
                 from_ms: 0,
                 to_ms: 60_000,
                 last_windows: None,
-                top: true,
+                detail: Detail::Top,
             })
             .len(),
             1

@@ -259,33 +259,106 @@ impl WindowAgg {
         Ok(())
     }
 
-    /// Plain values of this aggregate.
-    pub fn finalize(&self) -> WindowStats {
+    /// What a window series shows of this aggregate.
+    pub fn series_stats(&self) -> SeriesStats {
         let [p50, p90, p95, p99] = self
             .latency
             .quantiles([0.5, 0.9, 0.95, 0.99])
             .map(|q| q.unwrap_or(0.0));
+        SeriesStats {
+            requests: self.requests,
+            bytes: self.bytes,
+            status_class: self.status_class,
+            bots: self.bots,
+            latency_ms: [p50, p90, p95, p99, self.latency.max().unwrap_or(0.0)],
+            unique_clients: self.clients.clone().estimate(),
+        }
+    }
+
+    /// Plain values of this aggregate.
+    pub fn finalize(&self) -> WindowStats {
+        let s = self.series_stats();
+        let [p50, p90, p95, p99, max] = s.latency_ms;
         WindowStats {
             requests: self.requests,
             bytes: self.bytes,
             status_class: self.status_class,
             status_codes: self.status_codes.to_map(),
             methods: self.methods.to_map(),
-            error_rate: if self.requests == 0 {
-                0.0
-            } else {
-                self.status_class[4] as f64 / self.requests as f64
-            },
+            error_rate: s.error_rate(),
             latency_p50: p50,
             latency_p90: p90,
             latency_p95: p95,
             latency_p99: p99,
-            latency_max: self.latency.max().unwrap_or(0.0),
-            unique_clients: self.clients.clone().estimate(),
+            latency_max: max,
+            unique_clients: s.unique_clients,
             bots: self.bots,
             top_paths: self.paths.top(LAKE_TOP_K),
             top_referrers: self.referrers.top(LAKE_TOP_K),
             top_user_agents: self.user_agents.top(LAKE_TOP_K),
+        }
+    }
+}
+
+/// What a window series shows of one window, finalized: computed once per closed share when it
+/// is archived, so a series of windows that each have one share (a site on one partition: the
+/// usual case) decodes and merges no sketch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesStats {
+    pub requests: u64,
+    pub bytes: u64,
+    /// Requests by status class 1xx..5xx.
+    pub status_class: [u64; 5],
+    pub bots: u64,
+    /// Latency p50, p90, p95, p99 and max in ms (0 without latencies).
+    pub latency_ms: [f64; 5],
+    pub unique_clients: u64,
+}
+
+impl SeriesStats {
+    /// Share of requests answered with a 5xx status (0 without requests).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.status_class[4] as f64 / self.requests as f64
+        }
+    }
+}
+
+/// How much of a closed share a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Detail {
+    /// Its statistics ([`Share::Stats`]): enough for a series whose windows have one share each.
+    Stats,
+    /// Its aggregate without the top-K: a series with a window of several shares to merge.
+    Sketches,
+    /// Its whole aggregate: top lists and explanations.
+    Top,
+}
+
+/// One (window, partition) share as a series or a top list reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Share {
+    /// Its aggregate (an open share, one not yet written, or one read with its sketches).
+    Agg(Box<WindowAgg>),
+    /// Its statistics as archived (its sketches stay in the history store).
+    Stats(SeriesStats),
+}
+
+impl Share {
+    pub fn requests(&self) -> u64 {
+        match self {
+            Share::Agg(a) => a.requests,
+            Share::Stats(s) => s.requests,
+        }
+    }
+
+    /// Its statistics, finalized.
+    pub fn stats(&self) -> SeriesStats {
+        match self {
+            Share::Agg(a) => a.series_stats(),
+            Share::Stats(s) => *s,
         }
     }
 }
@@ -354,14 +427,18 @@ impl ShareCounts {
         }
     }
 
-    /// Counts of a closed window, with its p99 and distinct clients (computed once, when the
-    /// window is archived).
-    pub fn closed(key: &WindowKey, agg: &WindowAgg) -> ShareCounts {
+    /// Counts of a closed window from its statistics (computed once, when it is archived).
+    pub fn closed(key: &WindowKey, s: &SeriesStats) -> ShareCounts {
         ShareCounts {
-            latency_p99_ms: agg.latency.quantile(0.99).unwrap_or(0.0) as f32,
-            unique_clients: u32::try_from(agg.clients.clone().estimate()).unwrap_or(u32::MAX),
+            start_ms: key.start_ms,
+            partition: key.partition,
+            requests: s.requests,
+            bytes: s.bytes,
+            status_5xx: s.status_class[4],
+            bots: s.bots,
+            latency_p99_ms: s.latency_ms[3] as f32,
+            unique_clients: u32::try_from(s.unique_clients).unwrap_or(u32::MAX),
             is_final: true,
-            ..ShareCounts::open(key, agg)
         }
     }
 }

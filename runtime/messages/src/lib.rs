@@ -24,7 +24,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster_derive::RactorMessage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+use wtm_core::agg::{ClosedWindow, Detail, Share, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{OpenWindows, PartitionTotals, Publication};
 use wtm_core::error::ErrorKind;
 use wtm_core::event::Event;
@@ -136,9 +136,9 @@ pub struct WindowQuery {
     /// Only the span of this many windows up to each host's newest window before `to_ms` (a
     /// default series range: the archiver keeps six hours, a series shows one).
     pub last_windows: Option<i64>,
-    /// Copy the top-K sketches (paths, referrers, user agents) too; a series shows none of
-    /// them, and they are most of a window's size.
-    pub top: bool,
+    /// How much of each share: a series shows no top-K (most of a window's size), and closed
+    /// shares' statistics are enough for a window with one share.
+    pub detail: Detail,
 }
 
 #[derive(RactorMessage)]
@@ -295,7 +295,10 @@ pub enum ArchiverMsg {
     /// checkpoint that left nothing unwritten): the detector's whole windows wait for this.
     Progress { partition: u32, watermark_ms: i64 },
     /// Closed windows from the recent-history store, for the API.
-    Windows(WindowQuery, RpcReplyPort<Result<Vec<ClosedWindow>, String>>),
+    Windows(
+        WindowQuery,
+        RpcReplyPort<Result<Vec<(WindowKey, Share)>, String>>,
+    ),
     /// Per-host counts of the most recent closed windows, of the sites on one page.
     Counts(CountsQuery, RpcReplyPort<Result<Vec<HostCounts>, String>>),
     /// How many distinct hosts have been archived since start.
@@ -662,8 +665,7 @@ pub enum ClusterQuery {
     HostWindows {
         host: String,
         range: local::SeriesRange,
-        /// With the top-K sketches (the top route), not only what a series shows.
-        top: bool,
+        detail: Detail,
     },
     Anomalies {
         host: Option<String>,

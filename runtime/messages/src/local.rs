@@ -9,7 +9,7 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use wtm_core::agg::{WindowAgg, WindowKey};
+use wtm_core::agg::{Detail, SeriesStats, Share, WindowAgg, WindowKey};
 use wtm_telemetry::ActorKind;
 
 /// Which partitions this node answers for: a fixed set (generator, files: all must answer) or
@@ -232,7 +232,7 @@ pub fn merge_overviews(parts: impl IntoIterator<Item = OverviewPart>) -> Overvie
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowPart {
     pub key: WindowKey,
-    pub agg: WindowAgg,
+    pub share: Share,
     pub is_final: bool,
 }
 
@@ -275,7 +275,7 @@ pub async fn host_parts(
     host: &str,
     shards: usize,
     range: SeriesRange,
-    top: bool,
+    detail: Detail,
 ) -> Result<HostParts, String> {
     // Read only what the range can use: the archiver keeps hours of windows with their
     // sketches, a series shows one hour.
@@ -284,7 +284,7 @@ pub async fn host_parts(
         from_ms: range.from_ms.unwrap_or(i64::MIN),
         to_ms: range.to_ms,
         last_windows: range.from_ms.is_none().then_some(range.default_windows),
-        top,
+        detail,
     };
     // The shard first: a window closing in between is then seen open here or closed at the
     // archiver (an owner tells the archiver as soon as it cut its shards), not missed by both.
@@ -303,14 +303,14 @@ pub async fn host_parts(
     .map_err(|e| e.to_string())??;
     let mut parts: Vec<WindowPart> = closed
         .into_iter()
-        .map(|w| WindowPart {
-            key: w.key,
-            agg: w.agg,
+        .map(|(key, share)| WindowPart {
+            key,
+            share,
             is_final: true,
         })
         .chain(open.into_iter().map(|(key, agg)| WindowPart {
             key,
-            agg,
+            share: Share::Agg(Box::new(agg)),
             is_final: false,
         }))
         .collect();
@@ -338,13 +338,13 @@ pub async fn host_parts(
     Ok(HostParts { parts, scores })
 }
 
-/// Merge every node's shares: one per (window, partition) — a closed share is the same on any
-/// node that holds it, and a final one wins over an open one — then one window per start, in
-/// `range` as the cluster's newest window decides it. The bool: every share was final.
-pub fn merge_parts(
+/// Every node's shares by window: one per (window, partition) — a closed share is the same on
+/// any node that holds it, and a final one wins over an open one — in `range` as the cluster's
+/// newest window decides it. The bool: every share was final.
+fn by_window(
     parts: impl IntoIterator<Item = WindowPart>,
     range: SeriesRange,
-) -> Result<BTreeMap<i64, (WindowAgg, bool)>, wtm_core::sketch::SketchError> {
+) -> BTreeMap<i64, (Vec<Share>, bool)> {
     let mut by_key: BTreeMap<(i64, u32), WindowPart> = BTreeMap::new();
     for p in parts {
         let k = (p.key.start_ms, p.key.partition);
@@ -361,18 +361,71 @@ pub fn merge_parts(
         .filter(|s| *s < range.to_ms)
         .max();
     let first = range.first_start(newest);
-    let mut out: BTreeMap<i64, (WindowAgg, bool)> = BTreeMap::new();
+    let mut out: BTreeMap<i64, (Vec<Share>, bool)> = BTreeMap::new();
     for ((start, _), p) in by_key {
         if !(first..range.to_ms).contains(&start) {
             continue;
         }
-        let e = out
-            .entry(start)
-            .or_insert_with(|| (WindowAgg::default(), true));
-        e.0.merge(&p.agg)?;
+        let e = out.entry(start).or_insert_with(|| (Vec::new(), true));
+        e.0.push(p.share);
         e.1 &= p.is_final;
     }
-    Ok(out)
+    out
+}
+
+/// Shares that could not make one window.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Sketch(#[from] wtm_core::sketch::SketchError),
+    /// A window has several shares and some came as statistics only: ask again with
+    /// [`Detail::Sketches`].
+    #[error("a window's shares came without their sketches")]
+    NeedSketches,
+}
+
+fn merged(shares: Vec<Share>) -> Result<WindowAgg, MergeError> {
+    let mut agg: Option<WindowAgg> = None;
+    for s in shares {
+        let Share::Agg(a) = s else {
+            return Err(MergeError::NeedSketches);
+        };
+        match &mut agg {
+            Some(m) => m.merge(&a)?,
+            None => agg = Some(*a),
+        }
+    }
+    Ok(agg.unwrap_or_default())
+}
+
+/// Every node's shares merged into one aggregate per window (see [`by_window`]).
+pub fn merge_parts(
+    parts: impl IntoIterator<Item = WindowPart>,
+    range: SeriesRange,
+) -> Result<BTreeMap<i64, (WindowAgg, bool)>, MergeError> {
+    by_window(parts, range)
+        .into_iter()
+        .map(|(start, (shares, all_final))| Ok((start, (merged(shares)?, all_final))))
+        .collect()
+}
+
+/// Every node's shares as one window series (see [`by_window`]): a window with one share shows
+/// that share's statistics (a closed share's as archived: no sketch decoded or merged); only a
+/// window with several shares merges their sketches.
+pub fn merge_series(
+    parts: impl IntoIterator<Item = WindowPart>,
+    range: SeriesRange,
+) -> Result<BTreeMap<i64, (SeriesStats, bool)>, MergeError> {
+    by_window(parts, range)
+        .into_iter()
+        .map(|(start, (mut shares, all_final))| {
+            let stats = match shares.len() {
+                1 => shares.remove(0).stats(),
+                _ => merged(shares)?.series_stats(),
+            };
+            Ok((start, (stats, all_final)))
+        })
+        .collect()
 }
 
 /// This node's detector's anomalies and episodes.
@@ -585,12 +638,63 @@ mod tests {
                 start_ms: start,
                 partition,
             },
-            agg: WindowAgg {
+            share: Share::Agg(Box::new(WindowAgg {
                 requests,
                 ..Default::default()
-            },
+            })),
             is_final,
         }
+    }
+
+    #[test]
+    fn a_series_needs_sketches_only_where_a_window_has_several_shares() {
+        let range = SeriesRange {
+            from_ms: None,
+            to_ms: i64::MAX,
+            default_windows: 10,
+            window_ms: 60,
+        };
+        let agg = |latencies: &[f64], clients: &[&str]| {
+            let mut a = WindowAgg::default();
+            for (l, c) in latencies.iter().zip(clients) {
+                a.requests += 1;
+                a.latency.add(*l);
+                a.clients.insert(c);
+            }
+            a
+        };
+        let at = |start: i64, partition: u32, share: Share| WindowPart {
+            key: WindowKey {
+                host: "h".into(),
+                start_ms: start,
+                partition,
+            },
+            share,
+            is_final: true,
+        };
+        let (a, b) = (agg(&[10.0, 20.0], &["x", "y"]), agg(&[300.0], &["y"]));
+        let stats = |a: &WindowAgg| Share::Stats(a.series_stats());
+        let whole = |a: &WindowAgg| Share::Agg(Box::new(a.clone()));
+        // Window 0 has one share: its statistics as they came. Window 60 has two: merged from
+        // their sketches.
+        let parts = vec![
+            at(0, 0, stats(&a)),
+            at(60, 0, whole(&a)),
+            at(60, 1, whole(&b)),
+        ];
+        let m = merge_series(parts, range).unwrap();
+        assert_eq!(m[&0], (a.series_stats(), true));
+        let mut ab = a.clone();
+        ab.merge(&b).unwrap();
+        assert_eq!(m[&60], (ab.series_stats(), true));
+        assert_eq!((m[&60].0.requests, m[&60].0.unique_clients), (3, 2));
+        assert_eq!(m[&60].0.latency_ms[4], 300.0);
+        // Two shares, one as statistics only: asked again with sketches, never added up.
+        let parts = vec![at(0, 0, stats(&a)), at(0, 1, whole(&b))];
+        assert!(matches!(
+            merge_series(parts, range),
+            Err(MergeError::NeedSketches)
+        ));
     }
 
     #[test]

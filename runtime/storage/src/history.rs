@@ -10,8 +10,10 @@
 //!   the size);
 //! - `tops`: its top-K sketches (paths, referrers, user agents, client networks, time by path)
 //!   and its milliseconds of latency (read only by `/top` and explanations);
-//! - `counts`: its plain counts ([`ShareCounts`]), for `/v1/hosts` over more windows than the
-//!   archiver keeps in memory.
+//! - `stats`: its [`SeriesStats`], computed once when it is archived: what a series shows of a
+//!   window with one share (most: a site on one partition) without a sketch, and the counts of
+//!   `/v1/hosts` over more windows than the archiver keeps in memory. A few dozen bytes a share,
+//!   so a series' reads stay in the page cache.
 //!
 //! A host's series is read window start by window start (one short range each).
 //!
@@ -23,14 +25,16 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use wtm_core::agg::{ClosedWindow, CountMap, ShareCounts, WindowAgg, WindowKey};
+use wtm_core::agg::{
+    ClosedWindow, CountMap, Detail, SeriesStats, Share, ShareCounts, WindowAgg, WindowKey,
+};
 use wtm_core::checkpoint::{decode, encode, WireError};
 use wtm_core::sketch::{Distinct, Quantiles, TopK};
 
 type Key<'a> = (i64, &'a str, u32);
 const SERIES: TableDefinition<Key, &[u8]> = TableDefinition::new("series");
 const TOPS: TableDefinition<Key, &[u8]> = TableDefinition::new("tops");
-const COUNTS: TableDefinition<Key, &[u8]> = TableDefinition::new("counts");
+const STATS: TableDefinition<Key, &[u8]> = TableDefinition::new("stats");
 
 /// A share's aggregate without its top-K, borrowed for encoding (no copy per share)...
 #[derive(Serialize)]
@@ -100,8 +104,7 @@ pub struct SeriesRead<'a> {
     pub to_ms: i64,
     /// Only the newest `n` window starts before `to` (and not before `from`).
     pub last_windows: Option<i64>,
-    /// With the top-K sketches (paths, referrers, user agents).
-    pub top: bool,
+    pub detail: Detail,
 }
 
 impl History {
@@ -128,7 +131,7 @@ impl History {
         let txn = db.begin_write()?;
         txn.open_table(SERIES)?;
         txn.open_table(TOPS)?;
-        txn.open_table(COUNTS)?;
+        txn.open_table(STATS)?;
         txn.commit()?;
         Ok(History {
             db,
@@ -140,9 +143,9 @@ impl History {
         })
     }
 
-    /// Store (or replace) closed shares with their counts (one each, in the same order); drops
-    /// what fell out of retention.
-    pub fn put(&self, closed: &[ClosedWindow], counts: &[ShareCounts]) -> Result<(), HistoryError> {
+    /// Store (or replace) closed shares with their statistics (one each, in the same order);
+    /// drops what fell out of retention.
+    pub fn put(&self, closed: &[ClosedWindow], stats: &[SeriesStats]) -> Result<(), HistoryError> {
         if closed.is_empty() {
             return Ok(());
         }
@@ -178,10 +181,10 @@ impl History {
         {
             let mut series = txn.open_table(SERIES)?;
             let mut tops = txn.open_table(TOPS)?;
-            let mut by_time = txn.open_table(COUNTS)?;
-            for (w, c) in closed
+            let mut finalized = txn.open_table(STATS)?;
+            for (w, st) in closed
                 .iter()
-                .zip(counts)
+                .zip(stats)
                 .filter(|(w, _)| w.key.start_ms >= cut)
             {
                 let (k, a) = (&w.key, &w.agg);
@@ -206,21 +209,21 @@ impl History {
                     a.latency_ms_total,
                 );
                 tops.insert(key, encode(&t)?.as_slice())?;
-                by_time.insert(key, encode(c)?.as_slice())?;
+                finalized.insert(key, encode(st)?.as_slice())?;
             }
             if cutting {
                 let old = ..(cut, "", 0u32);
                 series.retain_in(old, |_, _| false)?;
                 tops.retain_in(old, |_, _| false)?;
-                by_time.retain_in(old, |_, _| false)?;
+                finalized.retain_in(old, |_, _| false)?;
             }
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// One host's shares in a range, oldest first (by start, then partition).
-    pub fn series(&self, q: SeriesRead<'_>) -> Result<Vec<ClosedWindow>, HistoryError> {
+    /// One host's shares in a range, oldest first (by start, then partition), in `q.detail`.
+    pub fn series(&self, q: SeriesRead<'_>) -> Result<Vec<(WindowKey, Share)>, HistoryError> {
         let w = self.window_ms;
         let floor = |t: i64| t.saturating_sub(t.rem_euclid(w));
         // Nothing before the oldest start or the retention cut, or after the newest, is stored.
@@ -233,8 +236,12 @@ impl History {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
-        let series = txn.open_table(SERIES)?;
-        let at = |start: i64| series.range((start, q.host, 0u32)..=(start, q.host, u32::MAX));
+        // Every table holds the same keys: the one read decides where a share is.
+        let main = txn.open_table(match q.detail {
+            Detail::Stats => STATS,
+            Detail::Sketches | Detail::Top => SERIES,
+        })?;
+        let at = |start: i64| main.range((start, q.host, 0u32)..=(start, q.host, u32::MAX));
         let from = match q.last_windows {
             Some(n) => {
                 // The host's newest start before `to`, then n windows back from it.
@@ -252,10 +259,9 @@ impl History {
             }
             None => from,
         };
-        let tops = if q.top {
-            Some(txn.open_table(TOPS)?)
-        } else {
-            None
+        let tops = match q.detail {
+            Detail::Top => Some(txn.open_table(TOPS)?),
+            Detail::Stats | Detail::Sketches => None,
         };
         let mut out = Vec::new();
         let mut start = from;
@@ -263,6 +269,15 @@ impl History {
             for row in at(start)? {
                 let (k, v) = row?;
                 let (start_ms, host, partition) = k.value();
+                let key = WindowKey {
+                    host: host.to_owned(),
+                    start_ms,
+                    partition,
+                };
+                if q.detail == Detail::Stats {
+                    out.push((key, Share::Stats(decode("history stats", v.value())?)));
+                    continue;
+                }
                 let s: SeriesOwned = decode("history series", v.value())?;
                 let mut agg = WindowAgg {
                     requests: s.requests,
@@ -289,15 +304,7 @@ impl History {
                         ) = tops;
                     }
                 }
-                out.push(ClosedWindow {
-                    key: WindowKey {
-                        host: host.to_owned(),
-                        start_ms,
-                        partition,
-                    },
-                    end_ms: start_ms + w,
-                    agg,
-                });
+                out.push((key, Share::Agg(Box::new(agg))));
             }
             start += w;
         }
@@ -314,12 +321,19 @@ impl History {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
-        let counts = txn.open_table(COUNTS)?;
+        let stats = txn.open_table(STATS)?;
         let mut out = Vec::new();
-        for row in counts.range((from_ms, "", 0u32)..(to_ms, "", 0u32))? {
+        for row in stats.range((from_ms, "", 0u32)..(to_ms, "", 0u32))? {
             let (k, v) = row?;
-            let c: ShareCounts = decode("history counts", v.value())?;
-            out.push((k.value().1.to_owned(), c));
+            let (start_ms, host, partition) = k.value();
+            let key = WindowKey {
+                host: host.to_owned(),
+                start_ms,
+                partition,
+            };
+            let s: SeriesStats = decode("history stats", v.value())?;
+            let c = ShareCounts::closed(&key, &s);
+            out.push((key.host, c));
         }
         Ok(out)
     }
@@ -349,32 +363,51 @@ mod tests {
     }
 
     fn put(h: &History, ws: &[ClosedWindow]) {
-        let counts: Vec<ShareCounts> = ws
-            .iter()
-            .map(|w| ShareCounts::closed(&w.key, &w.agg))
-            .collect();
-        h.put(ws, &counts).unwrap();
+        let stats: Vec<SeriesStats> = ws.iter().map(|w| w.agg.series_stats()).collect();
+        h.put(ws, &stats).unwrap();
     }
 
-    fn read(h: &History, host: &str, last: Option<i64>, top: bool) -> Vec<(i64, u32, u64, usize)> {
+    fn series(
+        h: &History,
+        host: &str,
+        last: Option<i64>,
+        detail: Detail,
+    ) -> Vec<(WindowKey, Share)> {
         h.series(SeriesRead {
             host,
             from_ms: i64::MIN,
             to_ms: i64::MAX,
             last_windows: last,
-            top,
+            detail,
         })
         .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w.key.start_ms,
-                w.key.partition,
-                w.agg.requests,
-                w.agg.paths.top(100).len(),
-            )
-        })
-        .collect()
+    }
+
+    /// (start, partition, requests, paths kept); the same shares in every detail.
+    fn read(h: &History, host: &str, last: Option<i64>, top: bool) -> Vec<(i64, u32, u64, usize)> {
+        let row = |(k, share): (WindowKey, Share)| {
+            let paths = match &share {
+                Share::Agg(a) => a.paths.top(100).len(),
+                Share::Stats(_) => 0,
+            };
+            (k.start_ms, k.partition, share.requests(), paths)
+        };
+        let rows: Vec<_> = series(h, host, last, Detail::Sketches)
+            .into_iter()
+            .map(row)
+            .collect();
+        let stats: Vec<_> = series(h, host, last, Detail::Stats)
+            .into_iter()
+            .map(row)
+            .collect();
+        assert_eq!(rows, stats);
+        if top {
+            return series(h, host, last, Detail::Top)
+                .into_iter()
+                .map(row)
+                .collect();
+        }
+        rows
     }
 
     #[test]
@@ -413,23 +446,19 @@ mod tests {
             vec![(60_000, 0, 1, 1), (120_000, 0, 2, 1)]
         );
         assert_eq!(read(&h, "ab", None, true), vec![(0, 0, 1, 1)]);
-        let w = &h
-            .series(SeriesRead {
-                host: "a",
-                from_ms: 0,
-                to_ms: 60_000,
-                last_windows: None,
-                top: false,
-            })
-            .unwrap()[1];
-        assert_eq!(
-            (
-                w.end_ms,
-                w.agg.latency.count(),
-                w.agg.clients.clone().estimate()
-            ),
-            (60_000, 3, 3)
-        );
+        // A share's statistics are those it was archived with; its sketches read back whole.
+        let want = share("a", 0, 1, &["/y", "/z", "/w"]).agg.series_stats();
+        let one = |detail| series(&h, "a", None, detail).swap_remove(1).1;
+        let Share::Stats(stats) = one(Detail::Stats) else {
+            panic!("a stats read returns statistics")
+        };
+        assert_eq!(stats, want);
+        assert_eq!((stats.unique_clients, stats.latency_ms[4]), (3, 30.0));
+        let Share::Agg(agg) = one(Detail::Sketches) else {
+            panic!("a sketches read returns the aggregate")
+        };
+        assert_eq!(agg.latency.count(), 3);
+        assert_eq!(agg.series_stats(), want);
         let c = h.counts(0, 120_000).unwrap();
         assert_eq!(
             c.iter()
