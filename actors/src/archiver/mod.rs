@@ -28,6 +28,7 @@ use unwritten::{unwritten_counts, UnwrittenWindows};
 pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +79,9 @@ pub struct ArchiverRun {
     /// How far back a new home (or a restarted node) reads its hosts' history from the lake.
     seed_ms: i64,
     window_ms: i64,
+    /// The span of closed windows the API serves: the history store's retention (the listing's
+    /// without a store).
+    retained_ms: i64,
     /// History rebuilds in flight: until they are done, windows to judge are held (judged
     /// without their history, they would be judged blind).
     rebuilding: usize,
@@ -122,9 +126,15 @@ impl Actor for ArchiverActor {
             match tokio::task::spawn_blocking(move || refill(&lake, &h, keep_ms, listing_ms))
                 .await?
             {
-                Ok((windows, counts)) => {
-                    tracing::info!(windows, "window history refilled from the lake");
-                    for (host, c) in counts {
+                Ok(refilled) => {
+                    tracing::info!(
+                        windows = refilled.windows,
+                        "window history refilled from the lake"
+                    );
+                    for (host, newest) in refilled.newest {
+                        recent.seen_host(&host, newest);
+                    }
+                    for (host, c) in refilled.listed {
                         recent.insert_counts(&host, c);
                     }
                 }
@@ -145,6 +155,10 @@ impl Actor for ArchiverActor {
             held: Vec::new(),
             lake: args.lake,
             recent,
+            retained_ms: match &history {
+                Some(_) => keep_ms,
+                None => args.listing_windows as i64 * size,
+            },
             history,
             unwritten: UnwrittenWindows::default(),
             homes: args.detect.then(|| {
@@ -252,6 +266,15 @@ impl Actor for ArchiverActor {
             }
             ArchiverMsg::HostsSeen(reply) => {
                 reply.send(run.recent.hosts_seen()).ok();
+            }
+            ArchiverMsg::HostNames(reply) => {
+                let newest = run.recent.newest_start().unwrap_or(i64::MIN);
+                let from = newest
+                    .saturating_sub(run.retained_ms)
+                    .saturating_add(run.window_ms);
+                let mut names = run.recent.hosts_since(from);
+                names.extend(run.unwritten.hosts().cloned());
+                reply.send(names).ok();
             }
         }
         mailbox::handled(me.get_id(), ActorKind::Archiver, started);
@@ -529,22 +552,33 @@ fn counts_of(closed: &[ClosedWindow], stats: &[SeriesStats]) -> Vec<ShareCounts>
         .collect()
 }
 
+/// What a refill found in the lake.
+#[derive(Default)]
+struct Refilled {
+    windows: usize,
+    /// The counts of the windows recent enough for the in-memory listing (within `listing_ms`
+    /// of the newest start), oldest first.
+    listed: Vec<(String, ShareCounts)>,
+    /// Each site's newest window start.
+    newest: HashMap<String, i64>,
+}
+
 /// Refill the history store with the lake's windows of the retained span, a chunk at a time
-/// (never the whole span in memory). Returns how many windows, and the counts of those recent
-/// enough for the in-memory listing (within `listing_ms` of the newest start).
+/// (never the whole span in memory).
 fn refill(
     lake: &Lake,
     history: &History,
     keep_ms: i64,
     listing_ms: i64,
-) -> Result<(usize, Vec<(String, ShareCounts)>), String> {
+) -> Result<Refilled, String> {
     const CHUNK: usize = 1024;
     let Some(hour) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
-        return Ok((0, Vec::new()));
+        return Ok(Refilled::default());
     };
     let end = hour + 3_600_000;
     let (mut n, mut newest, mut kept) = (0, i64::MIN, 0);
     let (mut listed, mut chunk) = (Vec::new(), Vec::with_capacity(CHUNK));
+    let mut by_host: HashMap<String, i64> = HashMap::new();
     let mut put = |chunk: &mut Vec<ClosedWindow>| -> Result<(), String> {
         let stats = stats_of(chunk);
         history.put(chunk, &stats).map_err(|e| e.to_string())?;
@@ -552,6 +586,12 @@ fn refill(
         n += chunk.len();
         for (w, c) in chunk.drain(..).zip(counts) {
             newest = newest.max(w.key.start_ms);
+            match by_host.get_mut(&w.key.host) {
+                Some(s) => *s = (*s).max(w.key.start_ms),
+                None => {
+                    by_host.insert(w.key.host.clone(), w.key.start_ms);
+                }
+            }
             listed.push((w.key.host, c));
         }
         // Files come in no particular order of time: keep what the newest so far lists
@@ -576,7 +616,11 @@ fn refill(
     put(&mut chunk)?;
     // Oldest first, so the listing moves its newest start forward a few times, not per share.
     listed.sort_by_key(|(_, c)| c.start_ms);
-    Ok((n, listed))
+    Ok(Refilled {
+        windows: n,
+        listed,
+        newest: by_host,
+    })
 }
 
 /// Send to another member's archiver through the membership actor (nothing on a single node).

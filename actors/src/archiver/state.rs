@@ -3,7 +3,7 @@
 //! sketches. The retained history itself is on disk (`wtm_storage::History`), so memory grows
 //! with the sites, never with `api.retention_windows`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use wtm_core::agg::ShareCounts;
 use wtm_messages::{HostCounts, HostsPage};
 
@@ -14,8 +14,9 @@ pub struct RecentWindows {
     /// itself.
     hosts: HashMap<String, Vec<ShareCounts>>,
     newest_start_ms: i64,
-    /// Every host ever archived by this process (one name each: bounded by the sites).
-    seen: HashSet<String>,
+    /// Every host ever archived by this process, with its newest window start (one entry per
+    /// site: bounded by the sites).
+    seen: HashMap<String, i64>,
 }
 
 impl RecentWindows {
@@ -25,14 +26,14 @@ impl RecentWindows {
             window_ms,
             hosts: HashMap::new(),
             newest_start_ms: i64::MIN,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
         }
     }
 
     /// Insert (or replace) a closed share's counts; drops what fell out of the listing span.
     pub fn insert_counts(&mut self, host: &str, c: ShareCounts) {
         let start = c.start_ms;
-        self.seen_host(host);
+        self.seen_host(host, start);
         if start < self.first_listed() {
             // Older than what memory lists (a late re-publication): the store has it.
             return;
@@ -57,10 +58,21 @@ impl RecentWindows {
         }
     }
 
-    fn seen_host(&mut self, host: &str) {
-        if !self.seen.contains(host) {
-            self.seen.insert(host.to_owned());
+    /// `host` has a closed window at `start_ms` (in the history store, or in the lake at a
+    /// refill).
+    pub fn seen_host(&mut self, host: &str, start_ms: i64) {
+        match self.seen.get_mut(host) {
+            Some(newest) => *newest = (*newest).max(start_ms),
+            None => {
+                self.seen.insert(host.to_owned(), start_ms);
+            }
         }
+    }
+
+    /// Hosts with a closed window starting at `from_ms` or later.
+    pub fn hosts_since(&self, from_ms: i64) -> Vec<String> {
+        let newer = self.seen.iter().filter(|(_, newest)| **newest >= from_ms);
+        newer.map(|(h, _)| h.clone()).collect()
     }
 
     /// The oldest window start memory lists.
@@ -244,5 +256,15 @@ mod tests {
         );
         assert_eq!(r.first_of(4), 60_000);
         assert_eq!(r.hosts_seen(), 2);
+        // Sites by their newest closed window (a's late window 60 s does not make it older).
+        let since = |r: &RecentWindows, from: i64| {
+            let mut h = r.hosts_since(from);
+            h.sort();
+            h
+        };
+        assert_eq!(since(&r, 120_000), vec!["a"]);
+        assert_eq!(since(&r, 0), vec!["a", "b"]);
+        r.seen_host("c", 0); // refilled from the lake, older than the listing
+        assert_eq!((r.hosts_seen(), since(&r, 0).len()), (3, 3));
     }
 }

@@ -92,6 +92,11 @@ impl UnwrittenWindows {
         }
     }
 
+    /// Sites with an unwritten window.
+    pub fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.hosts.keys()
+    }
+
     /// A publication is in the lake and the history store.
     pub fn written(&mut self, p: &Publication) {
         for w in &p.closed {

@@ -303,6 +303,8 @@ pub enum ArchiverMsg {
     Counts(CountsQuery, RpcReplyPort<Result<Vec<HostCounts>, String>>),
     /// How many distinct hosts have been archived since start.
     HostsSeen(RpcReplyPort<usize>),
+    /// The sites with a closed window the API serves (retained, or not written yet).
+    HostNames(RpcReplyPort<Vec<String>>),
     /// The cluster as membership sees it now (sent every heartbeat; absent on a single node):
     /// whose host is whose, and every partition in the cluster.
     View(ClusterView),

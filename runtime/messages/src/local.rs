@@ -58,6 +58,29 @@ pub async fn host_counts(
     Ok(all)
 }
 
+/// The sites this node holds a window of: open in its shards, or closed and still served by its
+/// archiver (names only: no counts read from the history store).
+async fn host_names(shards: usize) -> Result<Vec<String>, String> {
+    // The shards first, as in `host_parts`.
+    let mut names = Vec::new();
+    for i in 0..shards {
+        let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
+        let open = ask(&shard, ActorKind::Window, |r| {
+            WindowMsg::Counts(HostsPage::ALL, r)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        names.extend(open.into_iter().map(|h| h.host));
+    }
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    names.extend(
+        ask(&archiver, ActorKind::Archiver, ArchiverMsg::HostNames)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(names)
+}
+
 /// How many pages `counts` take at `page_shares` shares a page (one at least; a quarter more
 /// than the even split, as hashing spreads sites only about evenly).
 pub fn pages_for(counts: &[HostCounts], page_shares: usize) -> u32 {
@@ -191,11 +214,7 @@ pub async fn overview(which: Partitions, shards: usize) -> Result<OverviewPart, 
         windows_archived,
         partitions: partitions(which).await?,
         hosts: {
-            let mut hosts: Vec<String> = host_counts(usize::MAX / 2, shards, HostsPage::ALL)
-                .await?
-                .into_iter()
-                .map(|h| h.host)
-                .collect();
+            let mut hosts = host_names(shards).await?;
             hosts.sort_unstable();
             hosts.dedup();
             hosts
