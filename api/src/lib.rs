@@ -169,69 +169,90 @@ struct Merged<T> {
     scores: Option<[Option<f32>; 3]>,
 }
 
+/// A host's shares as every member answered.
+struct HostShares {
+    parts: Vec<WindowPart>,
+    scores: BTreeMap<i64, [Option<f32>; 3]>,
+    missing: Vec<String>,
+}
+
 /// How a route merges a host's shares into windows ([`local::merge_series`] or
 /// [`local::merge_parts`]).
 type MergeFn<T> =
     fn(Vec<WindowPart>, SeriesRange) -> Result<BTreeMap<i64, (T, bool)>, local::MergeError>;
 
 impl Api {
+    /// `host`'s shares in `range` in `detail`, from this node and every live member; with the
+    /// detector's scores by window start and the members that did not answer.
+    async fn shares_of(
+        &self,
+        host: &str,
+        range: SeriesRange,
+        detail: Detail,
+    ) -> Result<HostShares, String> {
+        // This node's share and the peers' at once: the slower of the two is the latency.
+        let (mine, gathered) = tokio::join!(
+            local::host_parts(host, self.ctx.shards, range, detail),
+            self.gather(ClusterQuery::HostWindows {
+                host: host.to_owned(),
+                range,
+                detail,
+            })
+        );
+        let (mine, gathered) = (mine?, gathered?);
+        let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
+            ClusterAnswer::HostWindows(parts) => Some(parts),
+            _ => None,
+        });
+        let mut out = HostShares {
+            parts: Vec::new(),
+            scores: BTreeMap::new(),
+            missing: gathered.missing,
+        };
+        for h in std::iter::once(mine).chain(theirs) {
+            out.parts.extend(h.parts);
+            for s in h.scores {
+                out.scores.entry(s.start_ms).or_insert(s.scores);
+            }
+        }
+        Ok(out)
+    }
+
     /// `host`'s windows in `range`, merged over partitions and, in a cluster, over every live
     /// member, from shares in `detail`; with the members that did not answer.
     async fn windows_of<T>(
         &self,
         host: &str,
         range: SeriesRange,
-        mut detail: Detail,
+        detail: Detail,
         merge: MergeFn<T>,
     ) -> Result<(BTreeMap<i64, Merged<T>>, Vec<String>), String> {
-        loop {
-            // This node's share and the peers' at once: the slower of the two is the latency.
-            let (mine, gathered) = tokio::join!(
-                local::host_parts(host, self.ctx.shards, range, detail),
-                self.gather(ClusterQuery::HostWindows {
-                    host: host.to_owned(),
-                    range,
-                    detail,
-                })
-            );
-            let (mine, gathered) = (mine?, gathered?);
-            let theirs = gathered.answers.into_iter().filter_map(|(_, a)| match a {
-                ClusterAnswer::HostWindows(parts) => Some(parts),
-                _ => None,
-            });
-            let (mut parts, mut scores) = (Vec::new(), BTreeMap::new());
-            for h in std::iter::once(mine).chain(theirs) {
-                parts.extend(h.parts);
-                for s in h.scores {
-                    scores.entry(s.start_ms).or_insert(s.scores);
-                }
+        let mut shares = self.shares_of(host, range, detail).await?;
+        let merged = match merge(std::mem::take(&mut shares.parts), range) {
+            // A site on several partitions: its windows' sketches are needed after all (asked
+            // once more; that answer is whole by itself).
+            Err(local::MergeError::NeedSketches) if detail == Detail::Stats => {
+                shares = self.shares_of(host, range, Detail::Sketches).await?;
+                merge(std::mem::take(&mut shares.parts), range)
             }
-            let merged = match merge(parts, range) {
-                Ok(m) => m,
-                // A site on several partitions: its windows' sketches are needed after all
-                // (asked once; the answer with them is whole).
-                Err(local::MergeError::NeedSketches) if detail == Detail::Stats => {
-                    detail = Detail::Sketches;
-                    continue;
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            let windows = merged
-                .into_iter()
-                .map(|(start, (value, all_final))| {
-                    let scores = scores.get(&start).copied();
-                    (
-                        start,
-                        Merged {
-                            value,
-                            all_final,
-                            scores,
-                        },
-                    )
-                })
-                .collect();
-            return Ok((windows, gathered.missing));
+            merged => merged,
         }
+        .map_err(|e| e.to_string())?;
+        let windows = merged
+            .into_iter()
+            .map(|(start, (value, all_final))| {
+                let scores = shares.scores.get(&start).copied();
+                (
+                    start,
+                    Merged {
+                        value,
+                        all_final,
+                        scores,
+                    },
+                )
+            })
+            .collect();
+        Ok((windows, shares.missing))
     }
 
     /// Totals per host: closed (newest `n` windows) plus open windows, over every live member;

@@ -538,12 +538,12 @@ fn ask_handover(to: String, q: HandoverAsk, me: ActorRef<ArchiverMsg>) {
     });
 }
 
-/// The plain counts of closed windows (their p99 and distinct clients estimated once, here).
 /// Each closed share's statistics: computed once, when it is archived.
 fn stats_of(closed: &[ClosedWindow]) -> Vec<SeriesStats> {
     closed.iter().map(|w| w.agg.series_stats()).collect()
 }
 
+/// The plain counts of closed windows, from their statistics.
 fn counts_of(closed: &[ClosedWindow], stats: &[SeriesStats]) -> Vec<ShareCounts> {
     closed
         .iter()

@@ -37,15 +37,7 @@ pub async fn host_counts(
     page: HostsPage,
 ) -> Result<Vec<HostCounts>, String> {
     // The shards first, as in `host_parts`.
-    let mut all = Vec::new();
-    for i in 0..shards {
-        let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
-        all.extend(
-            ask(&shard, ActorKind::Window, |r| WindowMsg::Counts(page, r))
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
+    let mut all = open_counts(shards, page).await?;
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     let q = CountsQuery { windows: n, page };
     all.extend(
@@ -58,20 +50,26 @@ pub async fn host_counts(
     Ok(all)
 }
 
+/// Counts of the open windows in every shard, of the sites on `page`.
+async fn open_counts(shards: usize, page: HostsPage) -> Result<Vec<HostCounts>, String> {
+    let mut all = Vec::new();
+    for i in 0..shards {
+        let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
+        all.extend(
+            ask(&shard, ActorKind::Window, |r| WindowMsg::Counts(page, r))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(all)
+}
+
 /// The sites this node holds a window of: open in its shards, or closed and still served by its
 /// archiver (names only: no counts read from the history store).
 async fn host_names(shards: usize) -> Result<Vec<String>, String> {
     // The shards first, as in `host_parts`.
-    let mut names = Vec::new();
-    for i in 0..shards {
-        let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
-        let open = ask(&shard, ActorKind::Window, |r| {
-            WindowMsg::Counts(HostsPage::ALL, r)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        names.extend(open.into_iter().map(|h| h.host));
-    }
+    let open = open_counts(shards, HostsPage::ALL).await?;
+    let mut names: Vec<String> = open.into_iter().map(|h| h.host).collect();
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     names.extend(
         ask(&archiver, ActorKind::Archiver, ArchiverMsg::HostNames)

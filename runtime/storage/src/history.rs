@@ -6,8 +6,8 @@
 //! partition), so a re-published share replaces itself and the shares of a new window are
 //! written at the tree's right edge (a host-first key spread every window's writes over the whole
 //! file: each commit rewrote thousands of leaf pages):
-//! - `series`: the share without its top-K sketches (what a window series merges; a fraction of
-//!   the size);
+//! - `series`: the share without its top-K sketches (what a window series merges when a window
+//!   has several shares; a fraction of the size);
 //! - `tops`: its top-K sketches (paths, referrers, user agents, client networks, time by path)
 //!   and its milliseconds of latency (read only by `/top` and explanations);
 //! - `stats`: its [`SeriesStats`], computed once when it is archived: what a series shows of a
