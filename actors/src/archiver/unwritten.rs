@@ -194,7 +194,7 @@ mod tests {
         u.windows(host, i64::MIN, i64::MAX, None, 60)
             .iter()
             .map(|u| u.to_share(Detail::Stats))
-            .map(|(k, share)| (k.start_ms, k.partition, share.requests()))
+            .map(|(k, share)| (k.start_ms, k.partition, share.stats().requests))
             .collect()
     }
 

@@ -347,13 +347,6 @@ pub enum Share {
 }
 
 impl Share {
-    pub fn requests(&self) -> u64 {
-        match self {
-            Share::Agg(a) => a.requests,
-            Share::Stats(s) => s.requests,
-        }
-    }
-
     /// Its statistics, finalized.
     pub fn stats(&self) -> SeriesStats {
         match self {

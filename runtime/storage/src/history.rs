@@ -390,7 +390,7 @@ mod tests {
                 Share::Agg(a) => a.paths.top(100).len(),
                 Share::Stats(_) => 0,
             };
-            (k.start_ms, k.partition, share.requests(), paths)
+            (k.start_ms, k.partition, share.stats().requests, paths)
         };
         let rows: Vec<_> = series(h, host, last, Detail::Sketches)
             .into_iter()
