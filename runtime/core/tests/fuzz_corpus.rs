@@ -2,12 +2,17 @@
 //! the fuzz targets' bodies: every input, including those that once found new paths, returns
 //! without a panic.
 
-use std::path::Path;
+use std::path::PathBuf;
+
+/// The package's directory, from cargo at run time (a target directory shared by two
+/// checkouts, as CI's reuse of ~/.cache, may hold a test binary built in the other one).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
+    let dir = manifest_dir().join("../../fuzz/corpus").join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("corpus entry").path();

@@ -8,6 +8,13 @@ use std::process::Command;
 use wtm_core::error::ErrorKind;
 use wtm_storage::store::{Expect, S3Settings, Store, StoreError, MULTIPART_THRESHOLD};
 
+/// The package's directory, from cargo at run time (a target directory shared by two
+/// checkouts, as CI's reuse of ~/.cache, may hold a test binary built in the other one).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 const KEY: &str = "wtm";
 const SECRET: &str = "wtm-secret-key";
 
@@ -19,7 +26,7 @@ struct SeaweedFs {
 impl SeaweedFs {
     fn start() -> SeaweedFs {
         let dir = tempfile::tempdir().unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3");
+        let script = manifest_dir().join("../../scripts/s3");
         let out = Command::new(&script)
             .args(["start", "--data-dir"])
             .arg(dir.path())
@@ -44,7 +51,7 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3");
+        let script = manifest_dir().join("../../scripts/s3");
         let _ = Command::new(script)
             .args(["stop", "--data-dir"])
             .arg(self.dir.path())
