@@ -6,6 +6,10 @@
 //! through the archiver, commits through the source). The owner restores itself in its first
 //! message, not in `pre_start`, so a slow restore (S3, a lake backlog) never holds up the
 //! supervisor that spawned it: assignments and revocations keep flowing meanwhile.
+//!
+//! Lake writes run beside the owner, one at a time and oldest first, and report back by message
+//! (`OwnerMsg::LakeWritten`): a slow or hung store never holds up reading, checkpoints or a
+//! status question. Only a drain waits for them, and a restore waits for the one under way.
 
 mod guard;
 mod state;
@@ -29,7 +33,7 @@ use wtm_core::time::now_ms;
 use wtm_core::window::NO_WATERMARK;
 use wtm_messages::{
     ask, lookup, mailbox, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, Failure,
-    OwnerMsg, PartitionStatus, Unwritten, WindowMsg, ARCHIVER_NAME,
+    OwnerMsg, PartitionStatus, SendError, Unwritten, WindowMsg, ARCHIVER_NAME,
 };
 use wtm_sources::{PartitionSource, Polled, SourceFactory};
 use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, Version};
@@ -147,6 +151,23 @@ fn replace_snapshot(
     }
 }
 
+/// A lake write under way: the oldest `count` ready publications, handed to the archiver by a
+/// task that tells the owner `LakeWritten(id)` when the archiver answers.
+struct LakeWrite {
+    id: u64,
+    count: usize,
+    task: tokio::task::JoinHandle<Result<Result<(), Failure>, SendError>>,
+}
+
+/// What a checkpoint does about its lake writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// Start them and carry on; their results come back by message.
+    Background,
+    /// Write everything before returning (a drain: what stops must leave nothing behind).
+    Wait,
+}
+
 pub struct OwnerRun {
     args: OwnerArgs,
     state: OwnerState,
@@ -167,6 +188,18 @@ pub struct OwnerRun {
     /// Restores failed in a row (each retried after a longer wait, up to 32 s).
     restore_failures: u32,
     last_input: Instant,
+    /// At most one lake write at a time, so publications land in the order they were cut.
+    writing: Option<LakeWrite>,
+    /// Ids of lake writes: a `LakeWritten` that is not the one under way is stale (a drain or a
+    /// restore has awaited it already).
+    write_seq: u64,
+    /// How many ready publications (from the oldest) the lake may take now: those a successful
+    /// shared snapshot covers (every ready one when the node publishes no snapshots). A write
+    /// never runs ahead of the fence.
+    writable: usize,
+    /// The newest cut's watermark and whether it ended the partition: what the lake confirms once
+    /// nothing cut is left unwritten.
+    last_cut: (i64, bool),
 }
 
 fn settings(args: &OwnerArgs) -> OwnerSettings {
@@ -392,6 +425,13 @@ impl OwnerRun {
     async fn restore(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
         // Nothing reads or writes on the old state while (and if) the restore fails.
         self.io = None;
+        // A write of the old state still under way lands first, so the restore (which writes
+        // the checkpoint's publications again) never races it. Its result is the old state's.
+        if let Some(w) = self.writing.take() {
+            w.task.await.ok();
+        }
+        self.writable = 0;
+        self.last_cut = (NO_WATERMARK, false);
         let (state, io) = restore(&self.args).await?;
         self.state = state;
         self.io = Some(io);
@@ -491,7 +531,7 @@ impl OwnerRun {
                             partition = self.args.partition,
                             "idle partition: watermark advanced"
                         );
-                        self.checkpoint(true).await?;
+                        self.checkpoint(me, true, Writes::Background).await?;
                     }
                     self.last_input = Instant::now();
                 }
@@ -506,17 +546,22 @@ impl OwnerRun {
                 );
                 self.state.source_done = true;
                 self.state.watermark.finish();
-                self.checkpoint(false).await?;
+                self.checkpoint(me, false, Writes::Background).await?;
             }
         }
         Ok(())
     }
 
     /// Cut closed windows from the shards, commit state + outputs (one durable commit and, when
-    /// planned, the shared snapshot), then write the outputs to the lake. `force` also cuts the
-    /// buffered records and publishes the snapshot whatever the intervals (an idle advance, a
-    /// drain).
-    async fn checkpoint(&mut self, force: bool) -> Result<(), ActorProcessingErr> {
+    /// planned, the shared snapshot), then write the outputs to the lake (see [`Writes`]).
+    /// `force` also cuts the buffered records and publishes the snapshot whatever the intervals
+    /// (an idle advance, a drain).
+    async fn checkpoint(
+        &mut self,
+        me: &ActorRef<OwnerMsg>,
+        force: bool,
+        writes: Writes,
+    ) -> Result<(), ActorProcessingErr> {
         if self.state.finished || self.draining || self.fenced || self.state.replaying() {
             return Ok(());
         }
@@ -561,6 +606,7 @@ impl OwnerRun {
         }
         let cp = self.state.checkpoint(open);
         let finished = cp.finished;
+        self.last_cut = (watermark_ms, finished);
         let resume_at = cp.resume_at().0;
         let plan = self
             .policy
@@ -657,18 +703,12 @@ impl OwnerRun {
         }
         m.windows_closed.add(closed_n, &[]);
         if write_lake {
-            let ok = publish_pending(&mut self.state).await?;
-            self.policy.lake_done(Instant::now(), ok);
-            if ok && self.state.unpublished.is_empty() {
-                // Everything this watermark closes is in the lake (queued at the archiver before
-                // this): the detector's whole windows may count this partition as done.
-                let progress = ArchiverMsg::Progress {
-                    partition,
-                    watermark_ms,
-                };
-                if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
-                    tell(&archiver, ActorKind::Archiver, progress).ok();
-                }
+            // Every ready publication is covered now: by the snapshot just published, or there
+            // is no fence to run ahead of.
+            self.writable = self.state.ready_publications().len();
+            match writes {
+                Writes::Background => self.write_next(me)?,
+                Writes::Wait => self.write_all(me).await?,
             }
         }
         m.checkpoint_seconds
@@ -685,14 +725,145 @@ impl OwnerRun {
         if let Some(lag) = self.state.watermark_lag_s(now) {
             m.watermark_lag.record(lag, &pl);
         }
-        if finished && self.state.unpublished.is_empty() {
+        self.finish_if_written();
+        Ok(())
+    }
+
+    /// Start writing the oldest writable publications, unless a write is under way (its answer
+    /// starts the next). With nothing left to write, the lake has caught up.
+    fn write_next(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
+        if self.writing.is_some() || self.fenced {
+            return Ok(());
+        }
+        if self.writable == 0 {
+            self.policy.lake_done(Instant::now(), true);
+            self.lake_caught_up();
+            return Ok(());
+        }
+        let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) else {
+            // Restarting: its supervisor brings it back; the writes wait like for a store away.
+            tracing::warn!(
+                partition = self.args.partition,
+                "archiver is not running; lake writes will retry"
+            );
+            self.policy.lake_done(Instant::now(), false);
+            return Ok(());
+        };
+        // Ready ones together (they share the tables' commits), a bounded number at a time so a
+        // backlog after an outage is not one write longer than the call's timeout.
+        let ready = self.state.ready_publications();
+        let count = self.writable.min(ready.len()).min(PUBLICATIONS_PER_WRITE);
+        let batch = ready[..count].to_vec();
+        self.write_seq += 1;
+        let id = self.write_seq;
+        let me = me.clone();
+        let task = tokio::spawn(async move {
+            let answer = ask(&archiver, ActorKind::Archiver, |r| {
+                ArchiverMsg::Publish(batch, r)
+            })
+            .await;
+            tell(&me, ActorKind::PartitionOwner, OwnerMsg::LakeWritten(id)).ok();
+            answer
+        });
+        self.writing = Some(LakeWrite { id, count, task });
+        Ok(())
+    }
+
+    /// Take the answer of the write under way. True when it succeeded. A permanent failure
+    /// (denied credentials) fails the owner, and the supervisor stops the node with its message;
+    /// a transient one (the store away or hanging, the archiver restarting) backs off, and a
+    /// later checkpoint tries again from the oldest.
+    async fn take_written(&mut self) -> Result<bool, ActorProcessingErr> {
+        let Some(w) = self.writing.take() else {
+            return Ok(true);
+        };
+        let answer = match w.task.await {
+            Ok(Ok(answer)) => answer,
+            // No answer in time: a store that hangs (the archiver's write goes on, and may still
+            // land). Retried like any transient failure; the files it writes are the same.
+            Ok(Err(e)) => Err(Failure::transient(format!("lake write: {e}"))),
+            Err(e) => Err(Failure::transient(format!("lake write task failed: {e}"))),
+        };
+        let ok = match answer {
+            Ok(()) => {
+                (0..w.count).for_each(|_| self.state.published_one());
+                self.writable = self.writable.saturating_sub(w.count);
+                true
+            }
+            Err(e) if e.kind == ErrorKind::Permanent => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(partition = self.args.partition, error = %e, "lake write failed; will retry");
+                false
+            }
+        };
+        self.policy.lake_done(Instant::now(), ok);
+        if ok {
+            self.lake_caught_up();
+        }
+        Ok(ok)
+    }
+
+    /// A write came back: take it, and go on with the next one.
+    async fn written(
+        &mut self,
+        me: &ActorRef<OwnerMsg>,
+        id: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.writing.as_ref().is_none_or(|w| w.id != id) {
+            return Ok(());
+        }
+        if self.take_written().await? && !self.draining {
+            self.write_next(me)?;
+        }
+        self.finish_if_written();
+        let pl = [partition_label(self.args.partition)];
+        Metrics::global()
+            .lake_backlog
+            .record(self.state.unpublished.len() as u64, &pl);
+        Ok(())
+    }
+
+    /// Write every writable publication before returning, oldest first; stop at a failure (kept
+    /// for the next checkpoint).
+    async fn write_all(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
+        loop {
+            if !self.take_written().await? {
+                return Ok(());
+            }
+            // With nothing left, `write_next` notes that the lake has caught up.
+            let last = self.writable == 0;
+            self.write_next(me)?;
+            if last || self.writing.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Nothing cut is left unwritten: everything the newest cut's watermark closes is in the
+    /// lake (queued at the archiver before this), so the detector's whole windows may count
+    /// this partition as done up to it.
+    fn lake_caught_up(&self) {
+        if !self.state.unpublished.is_empty() {
+            return;
+        }
+        let progress = ArchiverMsg::Progress {
+            partition: self.args.partition,
+            watermark_ms: self.last_cut.0,
+        };
+        if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
+            tell(&archiver, ActorKind::Archiver, progress).ok();
+        }
+    }
+
+    /// The source has ended, every window is cut and everything cut is written.
+    fn finish_if_written(&mut self) {
+        if self.last_cut.1 && self.state.unpublished.is_empty() && !self.state.finished {
             self.state.finished = true;
             tracing::info!(
-                partition,
+                partition = self.args.partition,
                 "partition complete: every window closed and written"
             );
         }
-        Ok(())
     }
 
     fn status(&mut self) -> PartitionStatus {
@@ -752,6 +923,10 @@ impl Actor for OwnerActor {
             reclaim_due: false,
             restore_failures: 0,
             last_input: Instant::now(),
+            writing: None,
+            write_seq: 0,
+            writable: 0,
+            last_cut: (NO_WATERMARK, false),
         })
     }
 
@@ -792,11 +967,13 @@ impl Actor for OwnerActor {
             OwnerMsg::Poll => run.poll(&me).await?,
             OwnerMsg::Checkpoint => {
                 run.checkpoint_pending = false;
-                run.checkpoint(false).await?;
+                run.checkpoint(&me, false, Writes::Background).await?;
                 run.schedule_checkpoint(&me);
             }
+            OwnerMsg::LakeWritten(id) => run.written(&me, id).await?,
             OwnerMsg::Drain(reply) => {
-                run.checkpoint(run.args.snapshots.is_some()).await?;
+                let force = run.args.snapshots.is_some();
+                run.checkpoint(&me, force, Writes::Wait).await?;
                 run.draining = true;
                 // The caller may have given up waiting; the checkpoint stands either way.
                 reply.send(()).ok();

@@ -244,12 +244,15 @@ pub enum OwnerMsg {
     Restore,
     /// Read and route the next batch from the source.
     Poll,
-    /// Cut windows, commit the checkpoint, publish.
+    /// Cut windows, commit the checkpoint, start writing the ready publications to the lake.
     Checkpoint,
+    /// The owner's lake write with this id has finished: take its result (and start the next).
+    /// The write runs beside the owner, so status and checkpoints never wait on the lake.
+    LakeWritten(u64),
     /// Drop in-flight state and restore from the checkpoint (a window shard restarted).
     Rewind,
     /// Checkpoint now and stop reading (shutdown; later, a partition being revoked). Replies
-    /// once the checkpoint is durable.
+    /// once the checkpoint is durable and its publications are written (or the lake failed).
     Drain(RpcReplyPort<()>),
     Status(RpcReplyPort<PartitionStatus>),
 }
