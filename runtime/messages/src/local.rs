@@ -52,14 +52,16 @@ pub async fn host_counts(
 
 /// Counts of the open windows in every shard, of the sites on `page`.
 async fn open_counts(shards: usize, page: HostsPage) -> Result<Vec<HostCounts>, String> {
-    let mut all = Vec::new();
-    for i in 0..shards {
+    // All shards at once: each answers after the batches queued before the question.
+    let asks = (0..shards).map(|i| async move {
         let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
-        all.extend(
-            ask(&shard, ActorKind::Window, |r| WindowMsg::Counts(page, r))
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        ask(&shard, ActorKind::Window, |r| WindowMsg::Counts(page, r))
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let mut all = Vec::new();
+    for counts in futures_util::future::join_all(asks).await {
+        all.extend(counts?);
     }
     Ok(all)
 }
