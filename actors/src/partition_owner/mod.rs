@@ -44,7 +44,7 @@ const MAX_SHARD_BACKLOG: i64 = 64;
 
 /// Cuts (publications) an owner may make beyond its lake write under way before it stops
 /// reading until that write returns.
-const MAX_CUTS_AHEAD_OF_WRITES: usize = 2;
+const MAX_CUTS_AHEAD_OF_WRITES: usize = 1;
 
 /// A fenced owner (another owner published the partition's snapshot since this one did) waits
 /// this long before it restores from that snapshot and claims the partition again. Long enough
