@@ -163,6 +163,80 @@ struct LakeWrite {
     task: tokio::task::JoinHandle<Result<Result<(), Failure>, SendError>>,
 }
 
+/// What a checkpoint makes durable, off the owner: encode, publish the shared snapshot (when
+/// due), save locally.
+struct SaveJob {
+    partition: u32,
+    store: CheckpointStore,
+    durable: bool,
+    epoch: u64,
+    /// The lake to publish the snapshot to and the version it must replace.
+    snapshot: Option<(Lake, Expect)>,
+}
+
+/// What a save did: the encoded size (when it encoded) and the snapshot's outcome (when one was
+/// due).
+#[derive(Default)]
+struct SaveOutcome {
+    size: Option<usize>,
+    shared: Option<Result<Version, SnapshotRefused>>,
+}
+
+impl SaveJob {
+    async fn run(self, cp: PartitionCheckpoint) -> Result<SaveOutcome, ActorProcessingErr> {
+        let SaveJob {
+            partition,
+            store,
+            durable,
+            epoch,
+            snapshot,
+        } = self;
+        let (bytes, shared) = tokio::task::spawn_blocking(move || {
+            let bytes = encode(&cp)?;
+            let shared = snapshot.map(|(lake, expect)| {
+                replace_snapshot(&lake, partition, bytes.clone(), &expect, epoch)
+            });
+            Ok::<_, ActorProcessingErr>((bytes, shared))
+        })
+        .await??;
+        let size = bytes.len();
+        // A fenced owner's state is another timeline's past: not worth keeping.
+        if durable && !matches!(shared, Some(Err(SnapshotRefused::Fenced(_)))) {
+            let save = tokio::task::spawn_blocking(move || store.save_encoded(partition, bytes));
+            match tokio::time::timeout(STORE_TIMEOUT, save).await {
+                Ok(saved) => saved??,
+                // A local store that does not answer is broken (a failing disk): the node stops
+                // and says so rather than hang holding its partitions.
+                Err(_) => {
+                    return Err(Failure::permanent(format!(
+                        "partition {partition}: the checkpoint store did not finish a write within {} s",
+                        STORE_TIMEOUT.as_secs()
+                    ))
+                    .into())
+                }
+            }
+        }
+        Ok(SaveOutcome {
+            size: Some(size),
+            shared,
+        })
+    }
+}
+
+/// A checkpoint cut and being made durable.
+struct Saving {
+    id: u64,
+    started: Instant,
+    /// The offset the source may commit once the snapshot is durable.
+    resume_at: u64,
+    /// The plan's lake writes (unless the snapshot fails).
+    write_lake: bool,
+    /// Publications ready at the cut: what its snapshot covers.
+    ready: usize,
+    /// None when there is nothing to save (batch mode between snapshots).
+    task: Option<tokio::task::JoinHandle<Result<SaveOutcome, ActorProcessingErr>>>,
+}
+
 /// What a checkpoint does about its lake writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writes {
@@ -192,6 +266,10 @@ pub struct OwnerRun {
     /// Restores failed in a row (each retried after a longer wait, up to 32 s).
     restore_failures: u32,
     last_input: Instant,
+    /// The checkpoint being made durable, if any (one at a time).
+    saving: Option<Saving>,
+    /// Ids of saves, like `write_seq`.
+    save_seq: u64,
     /// At most one lake write at a time, so publications land in the order they were cut.
     writing: Option<LakeWrite>,
     /// Ids of lake writes: a `LakeWritten` that is not the one under way is stale (a drain or a
@@ -416,7 +494,12 @@ impl OwnerRun {
     /// The next checkpoint tick, one at a time: a slow checkpoint delays the next instead of
     /// letting ticks pile up behind it.
     fn schedule_checkpoint(&mut self, me: &ActorRef<OwnerMsg>) {
-        if self.checkpoint_pending || self.draining || self.fenced || self.state.finished {
+        if self.checkpoint_pending
+            || self.saving.is_some()
+            || self.draining
+            || self.fenced
+            || self.state.finished
+        {
             return;
         }
         self.checkpoint_pending = true;
@@ -429,8 +512,14 @@ impl OwnerRun {
     async fn restore(&mut self, me: &ActorRef<OwnerMsg>) -> Result<(), ActorProcessingErr> {
         // Nothing reads or writes on the old state while (and if) the restore fails.
         self.io = None;
-        // A write of the old state still under way lands first, so the restore (which writes
-        // the checkpoint's publications again) never races it. Its result is the old state's.
+        // A save and a write of the old state still under way land first, so the restore
+        // reads the newest checkpoint and (writing its publications again) never races a write.
+        // Their results are the old state's.
+        if let Some(s) = self.saving.take() {
+            if let Some(task) = s.task {
+                task.await.ok();
+            }
+        }
         if let Some(w) = self.writing.take() {
             w.task.await.ok();
         }
@@ -567,16 +656,22 @@ impl OwnerRun {
         Ok(())
     }
 
-    /// Cut closed windows from the shards, commit state + outputs (one durable commit and, when
-    /// planned, the shared snapshot), then write the outputs to the lake (see [`Writes`]).
-    /// `force` also cuts the buffered records and publishes the snapshot whatever the intervals
-    /// (an idle advance, a drain).
+    /// Cut closed windows from the shards and commit state + outputs: one durable local save
+    /// and, when planned, the shared snapshot, encoded and written by a task beside the owner
+    /// (it reports `Saved`, and [`OwnerRun::saved`] goes on: offsets, lake writes). One
+    /// checkpoint is made durable at a time; a checkpoint asked for while one is saving waits
+    /// for it first. `force` also cuts the buffered records and publishes the snapshot whatever
+    /// the intervals (an idle advance, a drain). With [`Writes::Wait`], everything (the save
+    /// and the lake writes) is done when this returns.
     async fn checkpoint(
         &mut self,
         me: &ActorRef<OwnerMsg>,
         force: bool,
         writes: Writes,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(saving) = self.saving.take() {
+            self.saved_now(me, saving, Writes::Background).await?;
+        }
         if self.state.finished || self.draining || self.fenced || self.state.replaying() {
             return Ok(());
         }
@@ -619,115 +714,144 @@ impl OwnerRun {
                 tell_unwritten(Unwritten::Cut(Arc::clone(p)));
             }
         }
+        Metrics::global().windows_closed.add(closed_n, &[]);
         let cp = self.state.checkpoint(open);
-        let finished = cp.finished;
-        self.last_cut = (watermark_ms, finished);
-        let resume_at = cp.resume_at().0;
-        let plan = self
-            .policy
-            .plan(Instant::now(), force, self.state.ready_publications().len());
-        let m = Metrics::global();
-        let mut write_lake = plan.write_lake;
-        if self.args.durable || plan.snapshot {
-            let store = self.args.store.clone();
-            let durable = self.args.durable;
-            let epoch = self.state.owner_epoch;
-            let snapshot = self
+        self.last_cut = (watermark_ms, cp.finished);
+        let ready = self.state.ready_publications().len();
+        let plan = self.policy.plan(Instant::now(), force, ready);
+        let save = SaveJob {
+            partition,
+            store: self.args.store.clone(),
+            durable: self.args.durable,
+            epoch: self.state.owner_epoch,
+            snapshot: self
                 .args
                 .snapshots
                 .clone()
                 .zip(io.fence.clone())
-                .filter(|_| plan.snapshot);
-            let (bytes, shared) = tokio::task::spawn_blocking(move || {
-                let bytes = encode(&cp)?;
-                let shared = snapshot.map(|(lake, expect)| {
-                    replace_snapshot(&lake, partition, bytes.clone(), &expect, epoch)
-                });
-                Ok::<_, ActorProcessingErr>((bytes, shared))
-            })
-            .await??;
-            let size = bytes.len();
-            // A fenced owner's state is another timeline's past: not worth keeping.
-            if durable && !matches!(shared, Some(Err(SnapshotRefused::Fenced(_)))) {
-                let save =
-                    tokio::task::spawn_blocking(move || store.save_encoded(partition, bytes));
-                match tokio::time::timeout(STORE_TIMEOUT, save).await {
-                    Ok(saved) => saved??,
-                    // A local store that does not answer is broken (a failing disk): the node
-                    // stops and says so rather than hang holding its partitions.
-                    Err(_) => {
-                        return Err(Failure::permanent(format!(
-                            "partition {partition}: the checkpoint store did not finish a write within {} s",
-                            STORE_TIMEOUT.as_secs()
-                        ))
-                        .into())
-                    }
-                }
-            }
-            m.checkpoint_bytes.record(size as u64, &[]);
-            match shared {
-                None => {}
-                Some(Ok(version)) => {
-                    m.snapshots.add(1, &[]);
-                    io.fence = Some(Expect::Version(version));
-                    if self.policy.snapshot_done(Instant::now(), true) {
-                        // The snapshot is durable where the next owner reads it: now the
-                        // offset may be committed.
-                        io.source.commit(resume_at);
-                    }
-                }
-                Some(Err(SnapshotRefused::Fenced(theirs))) => {
-                    m.owner_fenced.add(1, &[partition_label(partition)]);
-                    tracing::warn!(
-                        partition,
-                        epoch,
-                        newer_epoch = ?theirs,
-                        retry_s = FENCED_RETRY.as_secs(),
-                        "another owner took this partition over (its snapshot replaced ours): this owner stops writing, and restores from that snapshot later if it still owns the partition"
-                    );
-                    self.fenced = true;
-                    self.reclaim_due = true;
-                    // Its open windows are another timeline's now: out of the shards (and its
-                    // unwritten closed ones out of the archiver's view), so the API does not
-                    // count them beside the new owner's.
-                    tell_unwritten(Unwritten::Reset {
-                        partition,
-                        unpublished: Vec::new(),
-                    });
-                    for shard in &io.shards {
-                        tell(
-                            shard,
-                            ActorKind::Window,
-                            WindowMsg::Reset(partition, Vec::new()),
-                        )
-                        .ok();
-                    }
-                    return Ok(());
-                }
-                Some(Err(SnapshotRefused::Failed(e))) => {
-                    m.lake_errors
-                        .add(1, &[KeyValue::new("table", "checkpoints")]);
-                    if e.kind() == ErrorKind::Permanent {
-                        return Err(Failure::permanent(e.to_string()).into());
-                    }
-                    tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
-                    write_lake = false;
-                    self.policy.snapshot_done(Instant::now(), false);
-                }
+                .filter(|_| plan.snapshot),
+        };
+        self.save_seq += 1;
+        let saving = Saving {
+            id: self.save_seq,
+            started,
+            resume_at: cp.resume_at().0,
+            write_lake: plan.write_lake,
+            ready,
+            task: (self.args.durable || plan.snapshot).then(|| {
+                let (me, id) = (me.clone(), self.save_seq);
+                tokio::spawn(async move {
+                    let saved = save.run(cp).await;
+                    tell(&me, ActorKind::PartitionOwner, OwnerMsg::Saved(id)).ok();
+                    saved
+                })
+            }),
+        };
+        match (writes, &saving.task) {
+            // Nothing to save (batch mode between snapshots): go straight on.
+            (_, None) | (Writes::Wait, _) => self.saved_now(me, saving, writes).await,
+            (Writes::Background, Some(_)) => {
+                self.saving = Some(saving);
+                Ok(())
             }
         }
-        m.windows_closed.add(closed_n, &[]);
+    }
+
+    /// A save came back: go on with it, and schedule the next checkpoint.
+    async fn saved(&mut self, me: &ActorRef<OwnerMsg>, id: u64) -> Result<(), ActorProcessingErr> {
+        if self.saving.as_ref().is_none_or(|s| s.id != id) {
+            return Ok(());
+        }
+        let saving = self.saving.take().expect("checked above");
+        self.saved_now(me, saving, Writes::Background).await?;
+        self.schedule_checkpoint(me);
+        Ok(())
+    }
+
+    /// The checkpoint is durable (or its snapshot was refused): commit the source offset once the
+    /// snapshot is where the next owner reads it, then write the ready publications to the lake.
+    async fn saved_now(
+        &mut self,
+        me: &ActorRef<OwnerMsg>,
+        saving: Saving,
+        writes: Writes,
+    ) -> Result<(), ActorProcessingErr> {
+        let outcome = match saving.task {
+            Some(task) => task
+                .await
+                .map_err(|e| Failure::transient(format!("checkpoint save task failed: {e}")))??,
+            None => SaveOutcome::default(),
+        };
+        let partition = self.args.partition;
+        let m = Metrics::global();
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        let mut write_lake = saving.write_lake;
+        if let Some(size) = outcome.size {
+            m.checkpoint_bytes.record(size as u64, &[]);
+        }
+        match outcome.shared {
+            None => {}
+            Some(Ok(version)) => {
+                m.snapshots.add(1, &[]);
+                io.fence = Some(Expect::Version(version));
+                if self.policy.snapshot_done(Instant::now(), true) {
+                    // The snapshot is durable where the next owner reads it: now the offset may
+                    // be committed.
+                    io.source.commit(saving.resume_at);
+                }
+            }
+            Some(Err(SnapshotRefused::Fenced(theirs))) => {
+                m.owner_fenced.add(1, &[partition_label(partition)]);
+                tracing::warn!(
+                    partition,
+                    epoch = self.state.owner_epoch,
+                    newer_epoch = ?theirs,
+                    retry_s = FENCED_RETRY.as_secs(),
+                    "another owner took this partition over (its snapshot replaced ours): this owner stops writing, and restores from that snapshot later if it still owns the partition"
+                );
+                self.fenced = true;
+                self.reclaim_due = true;
+                // Its open windows are another timeline's now: out of the shards (and its
+                // unwritten closed ones out of the archiver's view), so the API does not count
+                // them beside the new owner's.
+                tell_unwritten(Unwritten::Reset {
+                    partition,
+                    unpublished: Vec::new(),
+                });
+                for shard in &io.shards {
+                    tell(
+                        shard,
+                        ActorKind::Window,
+                        WindowMsg::Reset(partition, Vec::new()),
+                    )
+                    .ok();
+                }
+                return Ok(());
+            }
+            Some(Err(SnapshotRefused::Failed(e))) => {
+                m.lake_errors
+                    .add(1, &[KeyValue::new("table", "checkpoints")]);
+                if e.kind() == ErrorKind::Permanent {
+                    return Err(Failure::permanent(e.to_string()).into());
+                }
+                tracing::warn!(partition, error = %e, "snapshot publish failed; lake writes wait for the next one");
+                write_lake = false;
+                self.policy.snapshot_done(Instant::now(), false);
+            }
+        }
         if write_lake {
-            // Every ready publication is covered now: by the snapshot just published, or there
-            // is no fence to run ahead of.
-            self.writable = self.state.ready_publications().len();
+            // The publications ready at the cut are covered now: by the snapshot just
+            // published, or there is no fence to run ahead of.
+            self.writable = saving.ready.min(self.state.ready_publications().len());
             match writes {
                 Writes::Background => self.write_next(me)?,
                 Writes::Wait => self.write_all(me).await?,
             }
         }
         m.checkpoint_seconds
-            .record(started.elapsed().as_secs_f64(), &[]);
+            .record(saving.started.elapsed().as_secs_f64(), &[]);
         let pl = [partition_label(partition)];
         m.source_offset.record(self.state.next_offset, &pl);
         m.lake_backlog
@@ -737,7 +861,7 @@ impl OwnerRun {
                 m.consumer_lag.record(lag, &pl);
             }
         }
-        if let Some(lag) = self.state.watermark_lag_s(now) {
+        if let Some(lag) = self.state.watermark_lag_s(now_ms()) {
             m.watermark_lag.record(lag, &pl);
         }
         self.finish_if_written();
@@ -870,9 +994,14 @@ impl OwnerRun {
         }
     }
 
-    /// The source has ended, every window is cut and everything cut is written.
+    /// The source has ended, every window is cut, the last cut is durable and everything cut
+    /// is written.
     fn finish_if_written(&mut self) {
-        if self.last_cut.1 && self.state.unpublished.is_empty() && !self.state.finished {
+        if self.last_cut.1
+            && self.saving.is_none()
+            && self.state.unpublished.is_empty()
+            && !self.state.finished
+        {
             self.state.finished = true;
             tracing::info!(
                 partition = self.args.partition,
@@ -938,6 +1067,8 @@ impl Actor for OwnerActor {
             reclaim_due: false,
             restore_failures: 0,
             last_input: Instant::now(),
+            saving: None,
+            save_seq: 0,
             writing: None,
             write_seq: 0,
             writable: 0,
@@ -985,6 +1116,7 @@ impl Actor for OwnerActor {
                 run.checkpoint(&me, false, Writes::Background).await?;
                 run.schedule_checkpoint(&me);
             }
+            OwnerMsg::Saved(id) => run.saved(&me, id).await?,
             OwnerMsg::LakeWritten(id) => run.written(&me, id).await?,
             OwnerMsg::Drain(reply) => {
                 let force = run.args.snapshots.is_some();

@@ -250,6 +250,8 @@ pub enum OwnerMsg {
     Poll,
     /// Cut windows, commit the checkpoint, start writing the ready publications to the lake.
     Checkpoint,
+    /// The owner's checkpoint save with this id has finished: go on with it (commit, write).
+    Saved(u64),
     /// The owner's lake write with this id has finished: take its result (and start the next).
     /// The write runs beside the owner, so status and checkpoints never wait on the lake.
     LakeWritten(u64),
