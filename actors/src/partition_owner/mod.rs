@@ -841,6 +841,9 @@ impl OwnerRun {
                 self.policy.snapshot_done(Instant::now(), false);
             }
         }
+        // Cut to durable: the lake writes are not part of it.
+        m.checkpoint_seconds
+            .record(saving.started.elapsed().as_secs_f64(), &[]);
         if write_lake {
             // The publications ready at the cut are covered now: by the snapshot just
             // published, or there is no fence to run ahead of.
@@ -850,8 +853,6 @@ impl OwnerRun {
                 Writes::Wait => self.write_all(me).await?,
             }
         }
-        m.checkpoint_seconds
-            .record(saving.started.elapsed().as_secs_f64(), &[]);
         let pl = [partition_label(partition)];
         m.source_offset.record(self.state.next_offset, &pl);
         m.lake_backlog
