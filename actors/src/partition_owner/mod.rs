@@ -7,9 +7,10 @@
 //! message, not in `pre_start`, so a slow restore (S3, a lake backlog) never holds up the
 //! supervisor that spawned it: assignments and revocations keep flowing meanwhile.
 //!
-//! Lake writes run beside the owner, one at a time and oldest first, and report back by message
-//! (`OwnerMsg::LakeWritten`): a slow or hung store never holds up reading, checkpoints or a
-//! status question. Only a drain waits for them, and a restore waits for the one under way.
+//! A checkpoint's save (encode, shared snapshot, local store) and its lake writes run beside
+//! the owner, one of each at a time, and report back by message (`OwnerMsg::Saved`,
+//! `OwnerMsg::LakeWritten`): a big checkpoint or a slow or hung store never holds up reading or
+//! a status question. Only a drain waits for them, and a restore for those under way.
 
 mod guard;
 mod state;
@@ -242,7 +243,7 @@ struct Saving {
 enum Writes {
     /// Start them and carry on; their results come back by message.
     Background,
-    /// Write everything before returning (a drain: what stops must leave nothing behind).
+    /// Save and write everything before returning (a drain: what stops leaves nothing behind).
     Wait,
 }
 
