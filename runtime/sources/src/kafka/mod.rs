@@ -312,7 +312,13 @@ impl KafkaSources {
             .set("enable.partition.eof", "false")
             // Only used if a sought offset is out of range (deleted by retention).
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky");
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // librdkafka stops fetching a partition for this long whenever its prefetch queue
+            // holds `queued.min.messages` (100,000); one fetch of a compressed backlog does, and
+            // the consumer thread empties the queue into the owners' in well under the default
+            // second, so owners sat idle: 209k -> ~400k events/s from a pre-filled topic
+            // (bench/RESULTS-kafka.md). Our own queues bound memory (`assignments::PAUSE_AT`).
+            .set("fetch.queue.backoff.ms", "10");
         set_all(&mut c, &cfg.kafka);
         let consumer: GroupConsumer = c
             .create_with_context(GroupContext {
