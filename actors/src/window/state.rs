@@ -48,7 +48,8 @@ impl WindowState {
         if let Some(hosts) = self.partitions.get_mut(&partition) {
             for (host, windows) in hosts.iter_mut() {
                 let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
-                for (start, agg) in std::mem::replace(windows, still_open) {
+                for (start, mut agg) in std::mem::replace(windows, still_open) {
+                    agg.drop_victims();
                     closed.push(ClosedWindow {
                         key: WindowKey {
                             host: host.clone(),

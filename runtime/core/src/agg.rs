@@ -234,6 +234,16 @@ impl WindowAgg {
         }
     }
 
+    /// The window is closed (no more inserts): its summaries forget their eviction candidates,
+    /// which copy keys, before it waits for the lake.
+    pub fn drop_victims(&mut self) {
+        self.paths.drop_victims();
+        self.referrers.drop_victims();
+        self.user_agents.drop_victims();
+        self.networks.drop_victims();
+        self.path_time.drop_victims();
+    }
+
     /// Fold in another aggregate of the same host and window (another partition's, or a replay's).
     pub fn merge(&mut self, o: &WindowAgg) -> Result<(), SketchError> {
         self.requests += o.requests;

@@ -222,6 +222,40 @@ impl Distinct {
 pub struct TopK<K = String> {
     capacity: u32,
     counts: HashMap<K, (u64, u64), ahash::RandomState>,
+    #[serde(skip)]
+    victims: Victims<K>,
+}
+
+/// The next eviction victims, so a full summary does not scan all its entries for every new
+/// key (heavy windows evict on most inserts: the scan, its key comparisons and the victim's
+/// clone were the largest share of a node's profile). The keys that had the smallest count at
+/// the last scan, in ascending order: the victim is the last one still at that count — the
+/// smallest count, the largest key among equals, exactly as a full scan picks it.
+///
+/// It stays right between scans because counts only grow and a newcomer always counts more
+/// than the victim it replaces (`n ≥ 1`): nothing can join the smallest count, only leave it.
+/// Anything else (an insert without eviction, a zero-weight newcomer, a merge) drops it. A
+/// cache: never serialized, compared or cloned, so a summary's bytes and equality are those of
+/// its counts alone, and a restored summary picks the same victims.
+#[derive(Debug)]
+struct Victims<K> {
+    count: u64,
+    ascending: Vec<K>,
+}
+
+impl<K> Default for Victims<K> {
+    fn default() -> Self {
+        Victims {
+            count: 0,
+            ascending: Vec::new(),
+        }
+    }
+}
+
+impl<K> Clone for Victims<K> {
+    fn clone(&self) -> Self {
+        Victims::default()
+    }
 }
 
 impl<K: Eq + Hash> PartialEq for TopK<K> {
@@ -235,6 +269,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         TopK {
             capacity: capacity.max(1),
             counts: HashMap::default(),
+            victims: Victims::default(),
         }
     }
 
@@ -257,22 +292,60 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
             return;
         }
         if self.counts.len() < self.capacity as usize {
+            self.victims.ascending.clear();
             self.counts.insert(key.to_owned(), (n, 0));
             return;
         }
         // Evict the smallest: the newcomer inherits its count as error (Space-Saving).
-        let (victim, (min, _)) = self
-            .counts
-            .iter()
-            .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.0.cmp(a.0)))
-            .map(|(k, v)| (k.clone(), *v))
-            .expect("capacity ≥ 1, so a full map is non-empty");
+        let (victim, min) = self.next_victim();
         self.counts.remove::<K>(&victim);
+        if n == 0 {
+            self.victims.ascending.clear(); // the newcomer joins the smallest count
+        }
         self.counts.insert(key.to_owned(), (min + n, min));
+    }
+
+    /// The entry with the smallest count, the largest key among equals (so the choice depends
+    /// on the counts alone, not on the map's order, which differs after a restore).
+    fn next_victim(&mut self) -> (K, u64) {
+        loop {
+            while let Some(k) = self.victims.ascending.pop() {
+                if self
+                    .counts
+                    .get(&k)
+                    .is_some_and(|c| c.0 == self.victims.count)
+                {
+                    return (k, self.victims.count);
+                }
+            }
+            let min = self
+                .counts
+                .values()
+                .map(|c| c.0)
+                .min()
+                .expect("capacity ≥ 1, so a full map is non-empty");
+            let mut ascending: Vec<K> = self
+                .counts
+                .iter()
+                .filter(|(_, c)| c.0 == min)
+                .map(|(k, _)| k.clone())
+                .collect();
+            ascending.sort_unstable();
+            self.victims = Victims {
+                count: min,
+                ascending,
+            };
+        }
+    }
+
+    /// Forget the eviction candidates (their keys' copies), e.g. once the summary is final.
+    pub fn drop_victims(&mut self) {
+        self.victims = Victims::default();
     }
 
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
     pub fn merge(&mut self, other: &TopK<K>) {
+        self.victims.ascending.clear();
         for (k, (c, e)) in &other.counts {
             let entry = self.counts.entry(k.clone()).or_insert((0, 0));
             entry.0 += c;
@@ -380,6 +453,63 @@ mod tests {
             let mut truth: HashMap<String, u64> = HashMap::new();
             for v in a.iter().chain(b.iter()) { *truth.entry(v.to_string()).or_default() += 1; }
             for (k, c) in ta.top(100) { prop_assert_eq!(truth[&k], c); }
+        }
+
+        /// The candidate cache changes nothing: every step equals the full scan it replaced
+        /// (smallest count, largest key among equals), through zero weights, merges and a
+        /// restore from bytes in the middle of the stream.
+        #[test]
+        fn topk_evicts_exactly_as_a_full_scan(
+            steps in proptest::collection::vec((0u32..40, 0u64..4, 0u8..20), 1..600),
+            capacity in 1u32..12,
+        ) {
+            fn scan_insert(m: &mut HashMap<String, (u64, u64)>, cap: usize, key: &str, n: u64) {
+                if let Some(c) = m.get_mut(key) {
+                    c.0 += n;
+                    return;
+                }
+                if m.len() < cap {
+                    m.insert(key.to_owned(), (n, 0));
+                    return;
+                }
+                let (victim, (min, _)) = m
+                    .iter()
+                    .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.0.cmp(a.0)))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .unwrap();
+                m.remove(&victim);
+                m.insert(key.to_owned(), (min + n, min));
+            }
+            let mut t = TopK::with_capacity(capacity);
+            let mut reference: HashMap<String, (u64, u64)> = HashMap::new();
+            for (i, (key, n, action)) in steps.into_iter().enumerate() {
+                let key = format!("k{key}");
+                match action {
+                    // A restore: the summary from its bytes, with no candidates.
+                    0 => t = rmp_serde::from_slice(&rmp_serde::to_vec(&t).unwrap()).unwrap(),
+                    // A merge with a one-key summary (merges sum, then keep the largest).
+                    1 => {
+                        let mut o = TopK::with_capacity(capacity);
+                        o.insert_n(key.as_str(), n + 1);
+                        t.merge(&o);
+                        let e = reference.entry(key.clone()).or_insert((0, 0));
+                        e.0 += n + 1;
+                        if reference.len() > capacity as usize {
+                            let mut all: Vec<_> = reference.drain().collect();
+                            all.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+                            all.truncate(capacity as usize);
+                            reference.extend(all);
+                        }
+                    }
+                    _ => {
+                        t.insert_n(key.as_str(), n);
+                        scan_insert(&mut reference, capacity as usize, &key, n);
+                    }
+                }
+                let now: HashMap<String, (u64, u64)> =
+                    t.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                prop_assert_eq!(&now, &reference, "after step {}", i);
+            }
         }
 
         #[test]
