@@ -146,6 +146,15 @@ impl Assignments {
                 break;
             };
             slot.queued -= chunk.len();
+            // The common case, a first chunk with nothing read again: it becomes the owner's
+            // batch as it is, without copying its bytes.
+            let fresh = chunk.records.first().is_some_and(|(o, _)| *o >= *next)
+                && chunk.records.windows(2).all(|w| w[0].0 < w[1].0);
+            if out.is_empty() && fresh && chunk.cut.is_empty() {
+                *next = chunk.records.last().map_or(*next, |(o, _)| o + 1);
+                *out = chunk;
+                continue;
+            }
             for (offset, bytes) in chunk.iter() {
                 if offset >= *next {
                     out.push(offset, bytes);
@@ -212,6 +221,31 @@ mod tests {
         a.push(0, 7, b"r");
         a.push(0, 8, b"r");
         assert_eq!(take_all(&mut a, 0, g, &mut next).1, vec![8]);
+    }
+
+    #[test]
+    fn a_refetch_inside_one_chunk_is_skipped_when_the_chunk_is_handed_over_whole() {
+        let mut a = Assignments::default();
+        a.assign(0);
+        let g = a.open(0).unwrap();
+        a.sought(0, g);
+        for o in [0, 1, 2, 1, 2, 3] {
+            a.push(0, o, format!("r{o}").as_bytes());
+        }
+        let mut next = 0;
+        let mut out = RawRecords::default();
+        a.take(0, g, usize::MAX, &mut next, &mut out);
+        let got: Vec<_> = out.iter().map(|(o, b)| (o, b.to_vec())).collect();
+        let want: Vec<_> = (0..4).map(|o| (o, format!("r{o}").into_bytes())).collect();
+        assert_eq!(got, want);
+        assert_eq!(next, 4);
+        // Whole chunks, in order, after one already taken.
+        for o in 4..(4 + 2 * CHUNK as u64) {
+            a.push(0, o, b"r");
+        }
+        out.clear();
+        a.take(0, g, usize::MAX, &mut next, &mut out);
+        assert!(out.iter().map(|(o, _)| o).eq(4..4 + 2 * CHUNK as u64));
     }
 
     #[test]
