@@ -96,6 +96,22 @@ def check_exact(node, truth):
     # The raw archive holds every parsed event exactly once.
     (raw,) = q(lake, "select count(*), count(distinct (partition, \"offset\")) from '{lake}/events/*/*/*.parquet'")
     assert raw == (truth.events, truth.events)
+    # ... with its fields as they came: per (host, window) requests, bytes, status classes and
+    # clients equal the input's.
+    by_window = {
+        (h, w): (n, b, [s1, s2, s3, s4, s5], c)
+        for h, w, n, b, s1, s2, s3, s4, s5, c in q(
+            lake,
+            f"""select host, epoch_ms(ts) - epoch_ms(ts) % {WINDOW_MS}, count(*), sum(bytes),
+                count(*) filter (status < 200), count(*) filter (status between 200 and 299),
+                count(*) filter (status between 300 and 399), count(*) filter (status between 400 and 499),
+                count(*) filter (status >= 500), count(distinct client_ip)
+               from '{{lake}}/events/*/*/*.parquet' group by all""",
+        )
+    }
+    assert by_window == {
+        k: (w["requests"], w["bytes"], w["status"], len(truth.clients[k])) for k, w in truth.windows.items()
+    }
 
     # Sketches within their bounds, on windows the late path did not touch.
     checked = 0

@@ -182,7 +182,7 @@ mod tests {
             created_ms: 0,
             late: vec![],
             invalid: vec![],
-            raw: vec![],
+            raw: Default::default(),
         })
     }
 

@@ -12,7 +12,7 @@ use wtm_core::event::{Event, Format};
 use wtm_core::hash::shard_of;
 use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG, OVERFLOW_HOST};
 use wtm_core::parse::{parse_line, InvalidReason, ParseError};
-use wtm_core::records::RawRecords;
+use wtm_core::records::{EventColumns, RawRecords};
 use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
 
 /// Fixed settings of one owner.
@@ -46,7 +46,7 @@ struct Buffered {
     range_start: u64,
     late: Vec<LateEvent>,
     invalid: Vec<InvalidRecord>,
-    raw: Vec<(u64, Event)>,
+    raw: EventColumns,
 }
 
 /// When to try the lake again after a failed write: 1 s, doubling to 30 s, reset by a success.
@@ -383,7 +383,7 @@ impl OwnerState {
                     }
                     let wm = self.watermark.current(&spec);
                     if self.settings.raw_events {
-                        self.buffered.raw.push((offset, event.clone()));
+                        self.buffered.raw.push(offset, &event);
                     }
                     if spec.is_late(event.ts_ms, wm) {
                         if !replay {
@@ -656,7 +656,7 @@ mod tests {
             closed: vec![],
             late: vec![],
             invalid: vec![],
-            raw: vec![],
+            raw: Default::default(),
         }));
         let (r, _) = OwnerState::restore(settings(), cp);
         assert!(r.source_done && !r.finished && r.ready_publications().len() == 1);

@@ -32,7 +32,7 @@ fn main() {
         }],
         late: vec![],
         invalid: vec![],
-        raw: vec![],
+        raw: Default::default(),
     };
     for (name, cp) in [
         ("empty", checkpoint(vec![], vec![])),

@@ -9,6 +9,7 @@
 use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
 use crate::event::Event;
 use crate::parse::InvalidReason;
+use crate::records::EventColumns;
 use crate::window::WatermarkState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -93,7 +94,7 @@ pub struct Publication {
     #[serde(skip)]
     pub invalid: Vec<InvalidRecord>,
     #[serde(skip)]
-    pub raw: Vec<(u64, Event)>,
+    pub raw: EventColumns,
 }
 
 impl Publication {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{decode, encode, Publication};
 use wtm_core::error::ErrorKind;
-use wtm_core::event::Event;
+use wtm_core::records::{EventColumns, TextColumn};
 use wtm_core::time::dt_hour;
 
 #[derive(Debug, thiserror::Error)]
@@ -227,35 +227,45 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
     RecordBatch::try_new(windows_schema(), cols).map_err(|e| e.to_string())
 }
 
-fn events_batch(partition: u32, rows: &[EventRow], late: bool) -> Result<RecordBatch, String> {
+/// The rows `rows` of `cols` as a batch of the events schema; with `watermarks` (one per row of
+/// `cols`), of the late schema.
+fn events_batch(
+    partition: u32,
+    cols: &EventColumns,
+    rows: &[usize],
+    watermarks: Option<&[i64]>,
+) -> Result<RecordBatch, String> {
     let n = rows.len();
+    let text = |c: &TextColumn| StringBuilder::with_capacity(n, c.text_len());
     let mut part = Int32Builder::with_capacity(n);
     let mut off = Int64Builder::with_capacity(n);
     let mut ts = TimestampMillisecondBuilder::with_capacity(n);
-    let mut host = StringBuilder::new();
-    let mut method = StringBuilder::new();
-    let mut path = StringBuilder::new();
+    let mut host = text(&cols.host);
+    let mut method = text(&cols.method);
+    let mut path = text(&cols.path);
     let mut status = Int32Builder::with_capacity(n);
     let mut bytes = Int64Builder::with_capacity(n);
     let mut lat = Float64Builder::with_capacity(n);
-    let mut ip = StringBuilder::new();
-    let mut ua = StringBuilder::new();
-    let mut refr = StringBuilder::new();
+    let mut ip = text(&cols.client_ip);
+    let mut ua = text(&cols.user_agent);
+    let mut refr = text(&cols.referrer);
     let mut wm = TimestampMillisecondBuilder::with_capacity(n);
-    for (o, e, w) in rows {
+    for &i in rows {
         part.append_value(partition as i32);
-        off.append_value(*o as i64);
-        ts.append_value(e.ts_ms);
-        host.append_value(&e.host);
-        method.append_value(&e.method);
-        path.append_value(&e.path);
-        status.append_value(e.status as i32);
-        bytes.append_value(e.bytes as i64);
-        lat.append_option(e.latency_ms);
-        ip.append_option(e.client_ip.as_deref());
-        ua.append_option(e.user_agent.as_deref());
-        refr.append_option(e.referrer.as_deref());
-        wm.append_value(w.unwrap_or(0));
+        off.append_value(cols.offsets[i] as i64);
+        ts.append_value(cols.ts_ms[i]);
+        host.append_value(cols.host.get(i).unwrap_or_default());
+        method.append_value(cols.method.get(i).unwrap_or_default());
+        path.append_value(cols.path.get(i).unwrap_or_default());
+        status.append_value(cols.status[i] as i32);
+        bytes.append_value(cols.bytes[i] as i64);
+        lat.append_option(cols.latency_ms[i]);
+        ip.append_option(cols.client_ip.get(i));
+        ua.append_option(cols.user_agent.get(i));
+        refr.append_option(cols.referrer.get(i));
+        if let Some(w) = watermarks {
+            wm.append_value(w[i]);
+        }
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(part.finish()),
@@ -271,10 +281,22 @@ fn events_batch(partition: u32, rows: &[EventRow], late: bool) -> Result<RecordB
         Arc::new(ua.finish()),
         Arc::new(refr.finish()),
     ];
-    if late {
+    if watermarks.is_some() {
         cols.push(Arc::new(wm.finish().with_timezone("UTC")));
     }
-    RecordBatch::try_new(events_schema(late), cols).map_err(|e| e.to_string())
+    RecordBatch::try_new(events_schema(watermarks.is_some()), cols).map_err(|e| e.to_string())
+}
+
+/// Row numbers of `ts_ms` grouped by the hour of their event time, in row order within each.
+fn rows_by_hour(ts_ms: &[i64]) -> BTreeMap<i64, Vec<usize>> {
+    let mut hours: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, ts) in ts_ms.iter().enumerate() {
+        hours
+            .entry(ts - ts.rem_euclid(3_600_000))
+            .or_default()
+            .push(i);
+    }
+    hours
 }
 
 /// Encode a batch as Parquet (Snappy; row groups of `row_group_rows` when given). Statistics
@@ -336,9 +358,6 @@ struct Files {
     adds: BTreeMap<&'static str, Vec<Add>>,
     written: Vec<String>,
 }
-
-/// An event row: its offset, the event, and (for late rows) the watermark it arrived under.
-type EventRow<'a> = (u64, &'a Event, Option<i64>);
 
 /// The lake's four tables, each a Delta table (see [`crate::delta`]).
 pub const TABLES: [&str; 4] = ["windows", "late", "events", "invalid"];
@@ -516,31 +535,23 @@ impl Lake {
         }
         let name = format!("part-p{:05}-o{:020}.parquet", p.partition, p.from_offset);
         // Late and raw events: grouped by the hour of their event time.
-        let hour_of = |ts: i64| ts - ts.rem_euclid(3_600_000);
-        let mut late: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
+        let mut late = EventColumns::default();
         for l in &p.late {
-            late.entry(hour_of(l.event.ts_ms)).or_default().push((
-                l.offset,
-                &l.event,
-                Some(l.watermark_ms),
-            ));
+            late.push(l.offset, &l.event);
         }
-        for (hour, rows) in late {
+        let watermarks: Vec<i64> = p.late.iter().map(|l| l.watermark_ms).collect();
+        for (hour, rows) in rows_by_hour(&late.ts_ms) {
             put(
                 "late",
                 Self::file(hour, &name),
-                events_batch(p.partition, &rows, true),
+                events_batch(p.partition, &late, &rows, Some(&watermarks)),
             )?;
         }
-        let mut raw: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
-        for (o, e) in &p.raw {
-            raw.entry(hour_of(e.ts_ms)).or_default().push((*o, e, None));
-        }
-        for (hour, rows) in raw {
+        for (hour, rows) in rows_by_hour(&p.raw.ts_ms) {
             put(
                 "events",
                 Self::file(hour, &name),
-                events_batch(p.partition, &rows, false),
+                events_batch(p.partition, &p.raw, &rows, None),
             )?;
         }
         if !p.invalid.is_empty() {
@@ -687,6 +698,7 @@ fn read_window_file(
 mod tests {
     use super::*;
     use wtm_core::checkpoint::{InvalidRecord, LateEvent};
+    use wtm_core::event::Event;
     use wtm_core::parse::InvalidReason;
 
     fn event(ts: i64) -> Event {
@@ -737,7 +749,11 @@ mod tests {
                 detail: "x".into(),
                 raw: b"{".to_vec(),
             }],
-            raw: vec![(9, event(1_000))],
+            raw: {
+                let mut raw = EventColumns::default();
+                raw.push(9, &event(1_000));
+                raw
+            },
         };
         let s1 = lake.write(&p).unwrap();
         let s2 = lake.write(&p).unwrap();

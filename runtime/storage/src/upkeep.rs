@@ -425,7 +425,7 @@ mod tests {
             closed,
             late: vec![],
             invalid: vec![],
-            raw: vec![],
+            raw: Default::default(),
         }
     }
 
