@@ -26,10 +26,9 @@ use std::time::{Duration, Instant};
 use wtm_config::Config;
 use wtm_core::checkpoint::{decode, encode, OpenWindows, PartitionCheckpoint};
 use wtm_core::error::ErrorKind;
-use wtm_core::event::Event;
 use wtm_core::limits::{Field, KEPT_OF_TOO_LONG};
 use wtm_core::parse::InvalidReason;
-use wtm_core::records::RawRecords;
+use wtm_core::records::{EventColumns, RawRecords};
 use wtm_core::time::now_ms;
 use wtm_core::window::NO_WATERMARK;
 use wtm_messages::{
@@ -254,7 +253,7 @@ pub struct OwnerRun {
     /// None until the first `Restore` has run.
     io: Option<Restored>,
     batch: RawRecords,
-    routed: Vec<Vec<Event>>,
+    routed: Vec<EventColumns>,
     poll_pending: bool,
     checkpoint_pending: bool,
     /// Drained for shutdown: no more reads or checkpoints.
@@ -613,9 +612,10 @@ impl OwnerRun {
             }
             for (shard, events) in io.shards.iter().zip(self.routed.iter_mut()) {
                 if !events.is_empty() {
+                    let next = events.empty_like();
                     let batch = EventBatch {
                         partition: self.args.partition,
-                        events: std::mem::take(events),
+                        events: Box::new(std::mem::replace(events, next)),
                     };
                     tell(shard, ActorKind::Window, WindowMsg::Apply(batch))?;
                 }
@@ -1061,7 +1061,7 @@ impl Actor for OwnerActor {
             args,
             io: None,
             batch: RawRecords::default(),
-            routed: vec![Vec::new(); n],
+            routed: vec![EventColumns::default(); n],
             poll_pending: false,
             checkpoint_pending: false,
             draining: false,

@@ -346,7 +346,7 @@ impl OwnerState {
 
     /// Parse a batch of records, routing on-time events into `routed[shard]`. Records being
     /// replayed only rebuild the buffered outputs: no routing, no counting.
-    pub fn ingest(&mut self, batch: &RawRecords, routed: &mut [Vec<Event>]) -> Ingested {
+    pub fn ingest(&mut self, batch: &RawRecords, routed: &mut [EventColumns]) -> Ingested {
         let mut out = Ingested::default();
         let spec = self.settings.spec;
         let limits = self.settings.limits;
@@ -404,7 +404,8 @@ impl OwnerState {
                                 event.host = OVERFLOW_HOST.to_owned();
                                 out.folded += 1;
                             }
-                            routed[shard_of(&event.host, self.settings.shards)].push(event);
+                            routed[shard_of(&event.host, self.settings.shards)]
+                                .push(offset, &event);
                         }
                     }
                 }
@@ -609,7 +610,7 @@ mod tests {
         let (a, b) = (line(10_000), line(70_000));
         let all = batch(&[&a, "nope", &b]); // offsets 100..103
         let mut s = OwnerState::new(settings());
-        let mut routed = vec![Vec::new(), Vec::new()];
+        let mut routed = vec![EventColumns::default(), EventColumns::default()];
         s.ingest(&all, &mut routed);
         // The source ended: the final checkpoint commits the last publication, then the node
         // dies before writing it.
@@ -678,7 +679,7 @@ mod tests {
                                                                      // A file source cut offset 104 (its first bytes are in the buffer, whole length here).
         all.cut.push((104, 5_000_000));
         let mut s = OwnerState::new(settings());
-        let mut routed = vec![Vec::new(), Vec::new()];
+        let mut routed = vec![EventColumns::default(), EventColumns::default()];
         let got = s.ingest(&all, &mut routed);
         assert_eq!(got.events, 2);
         assert_eq!(
@@ -690,7 +691,11 @@ mod tests {
             ]
         );
         assert_eq!(got.cut_fields, [1, 0, 0, 0]);
-        let paths: Vec<usize> = routed.iter().flatten().map(|e| e.path.len()).collect();
+        let paths: Vec<usize> = routed
+            .iter()
+            .flat_map(EventColumns::views)
+            .map(|e| e.path.len())
+            .collect();
         assert!(paths.iter().all(|n| *n <= 2048), "{paths:?}");
         let invalid = &s.buffered.invalid;
         assert_eq!(invalid[1].raw.len(), KEPT_OF_TOO_LONG);
@@ -720,7 +725,7 @@ mod tests {
     #[test]
     fn late_invalid_and_routed_are_disjoint_and_complete() {
         let mut s = OwnerState::new(settings());
-        let mut routed = vec![Vec::new(), Vec::new()];
+        let mut routed = vec![EventColumns::default(), EventColumns::default()];
         let line =
             |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
         let (a, b, c) = (line(10_000), line(70_000), line(1_000));
@@ -736,7 +741,7 @@ mod tests {
                 folded: 0,
             }
         );
-        assert_eq!(routed.iter().map(Vec::len).sum::<usize>(), 2);
+        assert_eq!(routed.iter().map(EventColumns::len).sum::<usize>(), 2);
         assert_eq!(s.next_offset, 104);
         s.cut_publication(vec![], 0, false);
         assert!(s.unpublished.is_empty(), "records wait for a flush");
@@ -773,7 +778,7 @@ mod tests {
             out
         };
         let mut s = OwnerState::new(settings());
-        let mut routed = vec![Vec::new(), Vec::new()];
+        let mut routed = vec![EventColumns::default(), EventColumns::default()];
         s.ingest(&part(0, 3), &mut routed);
         s.cut_publication(vec![], 0, true); // [0, 103): committed, not yet written
         s.ingest(&part(3, 5), &mut routed); // 103..105: buffered, not flushed
@@ -788,7 +793,7 @@ mod tests {
             r.next_offset, 0,
             "replay starts where the unwritten publication does"
         );
-        let mut routed2 = vec![Vec::new(), Vec::new()];
+        let mut routed2 = vec![EventColumns::default(), EventColumns::default()];
         let got = r.ingest(&all, &mut routed2);
         assert!(!r.replaying());
         assert_eq!(
@@ -796,7 +801,10 @@ mod tests {
             Ingested::default(),
             "replayed records are not counted again"
         );
-        assert!(routed2.iter().all(Vec::is_empty), "nor routed again");
+        assert!(
+            routed2.iter().all(EventColumns::is_empty),
+            "nor routed again"
+        );
         let (p, q) = (&s.unpublished[0], &r.ready_publications()[0]);
         assert_eq!((&p.late, &p.invalid, &p.raw), (&q.late, &q.invalid, &q.raw));
         assert_eq!(q.raw.len(), 2);

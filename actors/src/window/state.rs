@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{encode, OpenWindows};
-use wtm_core::event::Event;
+use wtm_core::records::EventColumns;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{CutResult, HostCounts, HostsPage, ShareCounts, WindowQuery};
 
@@ -22,17 +22,17 @@ impl WindowState {
         }
     }
 
-    pub fn apply(&mut self, partition: u32, events: &[Event]) {
+    pub fn apply(&mut self, partition: u32, events: &EventColumns) {
         let hosts = self.partitions.entry(partition).or_default();
-        for e in events {
-            let windows = match hosts.get_mut(e.host.as_str()) {
+        for e in events.views() {
+            let windows = match hosts.get_mut(e.host) {
                 Some(w) => w,
-                None => hosts.entry(e.host.clone()).or_default(),
+                None => hosts.entry(e.host.to_owned()).or_default(),
             };
             windows
                 .entry(self.spec.start_of(e.ts_ms))
                 .or_default()
-                .add(e);
+                .add_view(&e);
         }
     }
 
@@ -160,6 +160,8 @@ mod tests {
     use super::*;
     use wtm_core::checkpoint::decode;
 
+    use wtm_core::event::Event;
+
     fn ev(host: &str, ts: i64) -> Event {
         Event {
             ts_ms: ts,
@@ -183,16 +185,17 @@ mod tests {
             allowed_lateness_ms: 5_000,
         };
         let mut s = WindowState::new(spec);
+        let columns = |events: &[Event]| events.iter().map(|e| (0, e)).collect();
         s.apply(
             0,
-            &[
+            &columns(&[
                 ev("a", 1_000),
                 ev("a", 61_000),
                 ev("b", 2_000),
                 ev("a", 121_000),
-            ],
+            ]),
         );
-        s.apply(1, &[ev("c", 1_000)]);
+        s.apply(1, &columns(&[ev("c", 1_000)]));
         let cut = s.cut(0, 65_000, true).unwrap();
         let closed: Vec<_> = cut
             .closed

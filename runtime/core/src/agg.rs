@@ -1,7 +1,7 @@
 //! Per (host, window, partition) aggregates: every field merges, so windows of one host from
 //! several partitions combine exactly (counts) or within the sketches' bounds.
 
-use crate::event::Event;
+use crate::event::{Event, EventView};
 use crate::sketch::{Distinct, Quantiles, SketchError, TopK};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -200,12 +200,16 @@ impl WindowAgg {
     }
 
     pub fn add(&mut self, e: &Event) {
+        self.add_view(&e.view());
+    }
+
+    pub fn add_view(&mut self, e: &EventView<'_>) {
         self.requests += 1;
         self.bytes += e.bytes;
         self.status_class[(e.status / 100).clamp(1, 5) as usize - 1] += 1;
         self.status_codes.add(&e.status, 1);
-        if self.methods.len() < MAX_METHODS || self.methods.get(e.method.as_str()).is_some() {
-            self.methods.add(e.method.as_str(), 1);
+        if self.methods.len() < MAX_METHODS || self.methods.get(e.method).is_some() {
+            self.methods.add(e.method, 1);
         } else {
             self.methods.add("OTHER", 1);
         }
@@ -216,20 +220,20 @@ impl WindowAgg {
             self.latency.add(l);
             // At least 1 ms, so a path answered in no time still counts its requests.
             let ms = (l.round() as u64).max(1);
-            self.path_time.insert_n(&path_id(&e.path), ms);
+            self.path_time.insert_n(&path_id(e.path), ms);
             self.latency_ms_total += ms;
         }
-        if let Some(ip) = &e.client_ip {
+        if let Some(ip) = e.client_ip {
             self.clients.insert(ip);
             if let Some(net) = network_of(ip) {
                 self.networks.insert(&net);
             }
         }
-        self.paths.insert(&e.path);
-        if let Some(r) = &e.referrer {
+        self.paths.insert(e.path);
+        if let Some(r) = e.referrer {
             self.referrers.insert(r);
         }
-        if let Some(ua) = &e.user_agent {
+        if let Some(ua) = e.user_agent {
             self.user_agents.insert(ua);
         }
     }

@@ -43,19 +43,79 @@ fn bot_finders() -> &'static [memchr::memmem::Finder<'static>] {
 }
 
 impl Event {
-    /// Whether the user agent belongs to a crawler or an automated client. Runs per event, so it
-    /// lower-cases into a stack buffer (the first 512 bytes decide) instead of allocating.
-    pub fn is_bot(&self) -> bool {
-        let Some(ua) = &self.user_agent else {
-            return false;
-        };
-        let mut buf = [0u8; 512];
-        let n = ua.len().min(buf.len());
-        for (d, s) in buf.iter_mut().zip(&ua.as_bytes()[..n]) {
-            *d = s.to_ascii_lowercase();
+    /// Its fields borrowed, as the aggregates read them.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            ts_ms: self.ts_ms,
+            host: &self.host,
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            bytes: self.bytes,
+            latency_ms: self.latency_ms,
+            client_ip: self.client_ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            referrer: self.referrer.as_deref(),
         }
-        bot_finders().iter().any(|f| f.find(&buf[..n]).is_some())
     }
+
+    /// Whether the user agent belongs to a crawler or an automated client.
+    pub fn is_bot(&self) -> bool {
+        is_bot(self.user_agent.as_deref())
+    }
+}
+
+/// An event's fields borrowed from wherever they are kept: an [`Event`], or a row of
+/// [`crate::records::EventColumns`] (how events travel from an owner to its window shards).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventView<'a> {
+    pub ts_ms: i64,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes: u64,
+    pub latency_ms: Option<f64>,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub referrer: Option<&'a str>,
+}
+
+impl EventView<'_> {
+    pub fn is_bot(&self) -> bool {
+        is_bot(self.user_agent)
+    }
+}
+
+impl From<EventView<'_>> for Event {
+    fn from(v: EventView<'_>) -> Event {
+        Event {
+            ts_ms: v.ts_ms,
+            host: v.host.to_owned(),
+            method: v.method.to_owned(),
+            path: v.path.to_owned(),
+            status: v.status,
+            bytes: v.bytes,
+            latency_ms: v.latency_ms,
+            client_ip: v.client_ip.map(str::to_owned),
+            user_agent: v.user_agent.map(str::to_owned),
+            referrer: v.referrer.map(str::to_owned),
+        }
+    }
+}
+
+/// Whether a user agent belongs to a crawler or an automated client. Runs per event, so it
+/// lower-cases into a stack buffer (the first 512 bytes decide) instead of allocating.
+fn is_bot(user_agent: Option<&str>) -> bool {
+    let Some(ua) = user_agent else {
+        return false;
+    };
+    let mut buf = [0u8; 512];
+    let n = ua.len().min(buf.len());
+    for (d, s) in buf.iter_mut().zip(&ua.as_bytes()[..n]) {
+        *d = s.to_ascii_lowercase();
+    }
+    bot_finders().iter().any(|f| f.find(&buf[..n]).is_some())
 }
 
 /// The input formats `wtm` reads.

@@ -1,7 +1,7 @@
 //! Raw records as a source hands them out (bytes and offsets, before any parsing), and parsed
 //! events kept column by column for the raw archive.
 
-use crate::event::Event;
+use crate::event::{Event, EventView};
 use std::ops::Range;
 
 /// Raw records read in one poll, packed into one buffer (one allocation for the whole batch).
@@ -56,10 +56,11 @@ impl RawRecords {
     }
 }
 
-/// Events kept for the raw archive until the lake has them, column by column: a handful of
-/// growing buffers instead of an [`Event`] (six heap strings) per record. Copying an event in
-/// and freeing a publication's events after the write were an eighth of a node's time with the
-/// archive on, and the strings' allocations most of its memory.
+/// Parsed events column by column: a handful of growing buffers instead of an [`Event`] (six
+/// heap strings) per record. How events go from an owner to its window shards (strings
+/// allocated, and freed, on the owner's thread: none freed across threads one by one), and how
+/// the raw archive keeps them until the lake has them (copying an event in and freeing a
+/// written publication's events were an eighth of a node's time with the archive on).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct EventColumns {
     pub offsets: Vec<u64>,
@@ -99,21 +100,64 @@ impl EventColumns {
         self.offsets.is_empty()
     }
 
-    /// Row `i` as an owned event (for tests and the rare reader that needs one).
-    pub fn event(&self, i: usize) -> Event {
-        let text = |c: &TextColumn| c.get(i).map(str::to_owned);
-        Event {
+    /// Row `i`'s fields, borrowed.
+    pub fn view(&self, i: usize) -> EventView<'_> {
+        EventView {
             ts_ms: self.ts_ms[i],
-            host: text(&self.host).unwrap_or_default(),
-            method: text(&self.method).unwrap_or_default(),
-            path: text(&self.path).unwrap_or_default(),
+            host: self.host.get(i).unwrap_or_default(),
+            method: self.method.get(i).unwrap_or_default(),
+            path: self.path.get(i).unwrap_or_default(),
             status: self.status[i],
             bytes: self.bytes[i],
             latency_ms: self.latency_ms[i],
+            client_ip: self.client_ip.get(i),
+            user_agent: self.user_agent.get(i),
+            referrer: self.referrer.get(i),
+        }
+    }
+
+    /// Rows in order, borrowed.
+    pub fn views(&self) -> impl Iterator<Item = EventView<'_>> {
+        (0..self.len()).map(|i| self.view(i))
+    }
+
+    /// Row `i` as an owned event (for tests and the rare reader that needs one).
+    pub fn event(&self, i: usize) -> Event {
+        self.view(i).into()
+    }
+
+    /// Empty, with room for as many rows and bytes as `self` holds: the next batch of a
+    /// stream of similar ones grows without reallocating.
+    pub fn empty_like(&self) -> EventColumns {
+        let text = |c: &TextColumn| TextColumn {
+            text: String::with_capacity(c.text.len()),
+            ends: Vec::with_capacity(c.ends.len()),
+            present: Vec::with_capacity(c.present.len()),
+        };
+        let n = self.len();
+        EventColumns {
+            offsets: Vec::with_capacity(n),
+            ts_ms: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            bytes: Vec::with_capacity(n),
+            latency_ms: Vec::with_capacity(n),
+            host: text(&self.host),
+            method: text(&self.method),
+            path: text(&self.path),
             client_ip: text(&self.client_ip),
             user_agent: text(&self.user_agent),
             referrer: text(&self.referrer),
         }
+    }
+}
+
+impl<'a> FromIterator<(u64, &'a Event)> for EventColumns {
+    fn from_iter<I: IntoIterator<Item = (u64, &'a Event)>>(rows: I) -> EventColumns {
+        let mut c = EventColumns::default();
+        for (offset, e) in rows {
+            c.push(offset, e);
+        }
+        c
     }
 }
 

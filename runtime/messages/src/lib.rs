@@ -27,7 +27,7 @@ use std::sync::Arc;
 use wtm_core::agg::{ClosedWindow, Detail, Share, WindowAgg, WindowKey};
 use wtm_core::checkpoint::{OpenWindows, PartitionTotals, Publication};
 use wtm_core::error::ErrorKind;
-use wtm_core::event::Event;
+use wtm_core::records::EventColumns;
 use wtm_telemetry::ActorKind;
 
 pub fn owner_name(partition: u32) -> String {
@@ -112,7 +112,8 @@ impl Failure {
 #[derive(Debug)]
 pub struct EventBatch {
     pub partition: u32,
-    pub events: Vec<Event>,
+    /// Boxed: a batch's columns are a dozen vectors, and every `WindowMsg` would be that large.
+    pub events: Box<EventColumns>,
 }
 
 /// Close the partition's windows the watermark has passed and snapshot the rest.
