@@ -2,16 +2,17 @@
 //! decide (as plain data) when to flush, snapshot, write the lake and commit.
 
 use super::guard::HostGuard;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtm_core::agg::ClosedWindow;
 use wtm_core::checkpoint::{
     InvalidRecord, LateEvent, PartitionCheckpoint, PartitionTotals, Publication,
 };
-use wtm_core::event::{Event, Format};
+use wtm_core::event::{Format, ParsedEvent};
 use wtm_core::hash::shard_of;
 use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG, OVERFLOW_HOST};
-use wtm_core::parse::{parse_line, InvalidReason, ParseError};
+use wtm_core::parse::{parse_record, InvalidReason, ParseError};
 use wtm_core::records::{EventColumns, RawRecords};
 use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
 
@@ -319,8 +320,15 @@ impl OwnerState {
 
     /// One record as an event, within the limits: too long (cut by the source, or longer than
     /// the limit), unparsable and implausibly named sites are errors.
-    fn parse(&self, batch: &RawRecords, offset: u64, bytes: &[u8]) -> Result<Event, ParseError> {
-        let max = self.settings.limits.max_record_bytes;
+    /// Not a method: the event borrows the settings (the default host) while the owner's
+    /// other fields change.
+    fn parse<'a>(
+        settings: &'a OwnerSettings,
+        batch: &RawRecords,
+        offset: u64,
+        bytes: &'a [u8],
+    ) -> Result<ParsedEvent<'a>, ParseError> {
+        let max = settings.limits.max_record_bytes;
         let whole = batch
             .cut_len(offset)
             .or_else(|| (bytes.len() > max).then_some(bytes.len() as u64));
@@ -333,7 +341,7 @@ impl OwnerState {
                 ),
             });
         }
-        let event = parse_line(self.settings.format, bytes, &self.settings.default_host)?;
+        let event = parse_record(settings.format, bytes, &settings.default_host)?;
         if !plausible_host(&event.host) {
             let shown: String = event.host.chars().take(64).collect();
             return Err(ParseError {
@@ -353,7 +361,7 @@ impl OwnerState {
         for (offset, bytes) in batch.iter() {
             let replay = offset < self.replay_until;
             self.next_offset = offset + 1;
-            match self.parse(batch, offset, bytes) {
+            match Self::parse(&self.settings, batch, offset, bytes) {
                 Err(err) => {
                     if !replay {
                         *self.totals.invalid.entry(err.reason).or_default() += 1;
@@ -383,7 +391,7 @@ impl OwnerState {
                     }
                     let wm = self.watermark.current(&spec);
                     if self.settings.raw_events {
-                        self.buffered.raw.push(offset, &event);
+                        self.buffered.raw.push(offset, event.view());
                     }
                     if spec.is_late(event.ts_ms, wm) {
                         if !replay {
@@ -393,7 +401,7 @@ impl OwnerState {
                         self.buffered.late.push(LateEvent {
                             offset,
                             watermark_ms: wm,
-                            event,
+                            event: event.into_owned(),
                         });
                     } else {
                         self.watermark.observe(event.ts_ms);
@@ -401,11 +409,11 @@ impl OwnerState {
                             let mut event = event;
                             // Replayed records' sites are in the restored guard already.
                             if !self.guard.admit(&event.host, spec.start_of(event.ts_ms)) {
-                                event.host = OVERFLOW_HOST.to_owned();
+                                event.host = Cow::Borrowed(OVERFLOW_HOST);
                                 out.folded += 1;
                             }
                             routed[shard_of(&event.host, self.settings.shards)]
-                                .push(offset, &event);
+                                .push(offset, event.view());
                         }
                     }
                 }

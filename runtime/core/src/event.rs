@@ -1,6 +1,7 @@
 //! The event model: one parsed access-log record.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One request as seen by a web server. Times are UTC milliseconds since the epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +101,56 @@ impl From<EventView<'_>> for Event {
             client_ip: v.client_ip.map(str::to_owned),
             user_agent: v.user_agent.map(str::to_owned),
             referrer: v.referrer.map(str::to_owned),
+        }
+    }
+}
+
+/// A parsed record whose strings borrow from the record's bytes where they can (an access-log
+/// field, a JSON string without escapes): parsing allocates nothing for most records, and an
+/// owner copies the fields into columns from here. [`ParsedEvent::into_owned`] makes the
+/// [`Event`] a late record keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedEvent<'a> {
+    pub ts_ms: i64,
+    pub host: Cow<'a, str>,
+    pub method: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+    pub status: u16,
+    pub bytes: u64,
+    pub latency_ms: Option<f64>,
+    pub client_ip: Option<Cow<'a, str>>,
+    pub user_agent: Option<Cow<'a, str>>,
+    pub referrer: Option<Cow<'a, str>>,
+}
+
+impl ParsedEvent<'_> {
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            ts_ms: self.ts_ms,
+            host: &self.host,
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            bytes: self.bytes,
+            latency_ms: self.latency_ms,
+            client_ip: self.client_ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            referrer: self.referrer.as_deref(),
+        }
+    }
+
+    pub fn into_owned(self) -> Event {
+        Event {
+            ts_ms: self.ts_ms,
+            host: self.host.into_owned(),
+            method: self.method.into_owned(),
+            path: self.path.into_owned(),
+            status: self.status,
+            bytes: self.bytes,
+            latency_ms: self.latency_ms,
+            client_ip: self.client_ip.map(Cow::into_owned),
+            user_agent: self.user_agent.map(Cow::into_owned),
+            referrer: self.referrer.map(Cow::into_owned),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::agg::WindowAgg;
 use crate::checkpoint::{decode, OpenWindows, PartitionCheckpoint};
 use crate::event::Format;
 use crate::limits::{bound_fields, plausible_host};
-use crate::parse::parse_line;
+use crate::parse;
 
 /// One record: the first byte picks the format, the rest is the line. A parsed event goes on
 /// through the limits and into a window aggregate, as in a node.
@@ -24,11 +24,11 @@ pub fn parse_record_as(format: Option<usize>, data: &[u8]) {
         return;
     };
     let format = FORMATS[format.unwrap_or(pick as usize) % FORMATS.len()];
-    if let Ok(mut e) = parse_line(format, line, "fuzz.example") {
+    if let Ok(mut e) = parse::parse_record(format, line, "fuzz.example") {
         if plausible_host(&e.host) {
             bound_fields(&mut e, 64);
             let mut agg = WindowAgg::default();
-            agg.add(&e);
+            agg.add_view(&e.view());
             let _ = agg.finalize();
         }
     }

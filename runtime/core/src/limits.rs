@@ -5,7 +5,8 @@
 //! a plausible `host[:port]` is dead-lettered (`bad_host`), and the free-text fields are cut at
 //! `max_field_bytes` with a marker.
 
-use crate::event::Event;
+use crate::event::ParsedEvent;
+use std::borrow::Cow;
 
 /// The bounds (`[limits]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +118,9 @@ pub fn plausible_host(host: &str) -> bool {
 /// Cut the free-text fields of `e` to `max` bytes (at a character boundary, then
 /// [`CUT_MARKER`]); a method longer than [`MAX_METHOD_BYTES`] becomes `OTHER`. Says which
 /// fields were cut.
-pub fn bound_fields(e: &mut Event, max: usize) -> FieldsCut {
+pub fn bound_fields(e: &mut ParsedEvent<'_>, max: usize) -> FieldsCut {
     if e.method.len() > MAX_METHOD_BYTES {
-        e.method = "OTHER".into();
+        e.method = Cow::Borrowed("OTHER");
     }
     [
         cut(&mut e.path, max),
@@ -129,7 +130,8 @@ pub fn bound_fields(e: &mut Event, max: usize) -> FieldsCut {
     ]
 }
 
-fn cut(s: &mut String, max: usize) -> bool {
+/// Only a field that is cut is copied (the rest stay borrowed from the record).
+fn cut(s: &mut Cow<'_, str>, max: usize) -> bool {
     if s.len() <= max {
         return false;
     }
@@ -137,6 +139,7 @@ fn cut(s: &mut String, max: usize) -> bool {
     while !s.is_char_boundary(at) {
         at -= 1;
     }
+    let s = s.to_mut();
     s.truncate(at);
     s.push_str(CUT_MARKER);
     true
@@ -183,11 +186,11 @@ mod tests {
 
     #[test]
     fn fields_are_cut_at_a_char_boundary_with_a_marker() {
-        let mut e = Event {
+        let mut e = ParsedEvent {
             ts_ms: 0,
             host: "a".into(),
-            method: "X".repeat(17),
-            path: format!("/{}", "é".repeat(100)),
+            method: "X".repeat(17).into(),
+            path: format!("/{}", "é".repeat(100)).into(),
             status: 200,
             bytes: 0,
             latency_ms: None,

@@ -3,7 +3,7 @@
 //! Parsers never panic: every malformed input maps to an [`InvalidReason`], which is the bounded
 //! label the `wtm_invalid_total` metric and the dead-letter output use.
 
-use crate::event::{Event, Format};
+use crate::event::{Event, Format, ParsedEvent};
 use crate::time::{parse_clf, parse_rfc3339};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -62,6 +62,16 @@ fn fail<T>(reason: InvalidReason, detail: impl Into<String>) -> Result<T, ParseE
 
 /// Parse one line (without its newline) in `format`. `default_host` names the site for `combined`.
 pub fn parse_line(format: Format, line: &[u8], default_host: &str) -> Result<Event, ParseError> {
+    parse_record(format, line, default_host).map(ParsedEvent::into_owned)
+}
+
+/// [`parse_line`] without copying: the strings borrow from `line` (or `default_host`) where
+/// they can.
+pub fn parse_record<'a>(
+    format: Format,
+    line: &'a [u8],
+    default_host: &'a str,
+) -> Result<ParsedEvent<'a>, ParseError> {
     let line = trim_line(line);
     if line.is_empty() {
         return fail(InvalidReason::Empty, "empty line");
@@ -114,31 +124,57 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
     }
 }
 
+/// A JSON string borrowed from the record when it has no escapes. (serde's `#[serde(borrow)]`
+/// borrows a `Cow<str>` field but not an `Option<Cow<str>>`: that one always allocated.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawJson<'a> {
     #[serde(borrow)]
     ts: Option<RawTs<'a>>,
     #[serde(borrow)]
-    host: Option<Cow<'a, str>>,
+    host: Option<Text<'a>>,
     #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
+    method: Option<Text<'a>>,
     #[serde(borrow)]
-    path: Option<Cow<'a, str>>,
+    path: Option<Text<'a>>,
     status: Option<serde_json::Number>,
     bytes: Option<serde_json::Number>,
     latency_ms: Option<f64>,
     #[serde(borrow)]
-    client_ip: Option<Cow<'a, str>>,
+    client_ip: Option<Text<'a>>,
     #[serde(borrow)]
-    user_agent: Option<Cow<'a, str>>,
+    user_agent: Option<Text<'a>>,
     #[serde(borrow)]
-    referrer: Option<Cow<'a, str>>,
+    referrer: Option<Text<'a>>,
 }
 
 /// Largest epoch-millisecond value accepted (year 9999), so window math never overflows.
 const MAX_TS_MS: f64 = 253_402_300_799_000.0;
 
-fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
+fn parse_json(line: &[u8]) -> Result<ParsedEvent<'_>, ParseError> {
     let raw: RawJson = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) if std::str::from_utf8(line).is_err() => {
@@ -163,9 +199,9 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
             }
         },
     };
-    let host = required(raw.host, "host")?;
-    let method = required(raw.method, "method")?;
-    let path = required(raw.path, "path")?;
+    let host = required(raw.host.map(|t| t.0), "host")?;
+    let method = required(raw.method.map(|t| t.0), "method")?;
+    let path = required(raw.path.map(|t| t.0), "path")?;
     let status = match raw.status {
         None => return fail(InvalidReason::MissingField, "missing field `status`"),
         Some(n) => match n.as_u64() {
@@ -199,17 +235,17 @@ fn parse_json(line: &[u8]) -> Result<Event, ParseError> {
         }
         other => other,
     };
-    Ok(Event {
+    Ok(ParsedEvent {
         ts_ms,
-        host: host.into_owned(),
-        method: method.into_owned(),
-        path: path.into_owned(),
+        host,
+        method,
+        path,
         status,
         bytes,
         latency_ms,
-        client_ip: raw.client_ip.map(Cow::into_owned),
-        user_agent: raw.user_agent.map(Cow::into_owned),
-        referrer: raw.referrer.map(Cow::into_owned),
+        client_ip: raw.client_ip.map(|t| t.0),
+        user_agent: raw.user_agent.map(|t| t.0),
+        referrer: raw.referrer.map(|t| t.0),
     })
 }
 
@@ -295,11 +331,11 @@ fn utf8(b: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(b).or_else(|e| fail(InvalidReason::NotUtf8, e.to_string()))
 }
 
-fn dash_none(b: &[u8]) -> Result<Option<String>, ParseError> {
+fn dash_none(b: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
     if b == b"-" || b.is_empty() {
         Ok(None)
     } else {
-        Ok(Some(utf8(b)?.to_owned()))
+        Ok(Some(Cow::Borrowed(utf8(b)?)))
     }
 }
 
@@ -312,12 +348,12 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     })
 }
 
-fn parse_combined(line: &[u8], host: &str) -> Result<Event, ParseError> {
+fn parse_combined<'a>(line: &'a [u8], host: &'a str) -> Result<ParsedEvent<'a>, ParseError> {
     let mut sc = Scanner { b: line, i: 0 };
     parse_combined_rest(&mut sc, host)
 }
 
-fn parse_vhost_combined(line: &[u8]) -> Result<Event, ParseError> {
+fn parse_vhost_combined(line: &[u8]) -> Result<ParsedEvent<'_>, ParseError> {
     let mut sc = Scanner { b: line, i: 0 };
     let Some(vhost) = sc.token() else {
         return fail(InvalidReason::BadFormat, "missing virtual host");
@@ -333,7 +369,10 @@ fn parse_vhost_combined(line: &[u8]) -> Result<Event, ParseError> {
     parse_combined_rest(&mut sc, host)
 }
 
-fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError> {
+fn parse_combined_rest<'a>(
+    sc: &mut Scanner<'a>,
+    host: &'a str,
+) -> Result<ParsedEvent<'a>, ParseError> {
     let bad = |what: &str| ParseError {
         reason: InvalidReason::BadFormat,
         detail: format!("expected {what}"),
@@ -397,9 +436,9 @@ fn parse_combined_rest(sc: &mut Scanner, host: &str) -> Result<Event, ParseError
             return Err(bad("end of line"));
         }
     }
-    Ok(Event {
+    Ok(ParsedEvent {
         ts_ms,
-        host: host.to_owned(),
+        host: Cow::Borrowed(host),
         method,
         path,
         status,
@@ -431,7 +470,7 @@ fn seconds_to_ms(b: &[u8]) -> Option<f64> {
     (secs.is_finite() && secs >= 0.0).then_some(secs * 1000.0)
 }
 
-fn split_request(req: &[u8]) -> Result<(String, String), ParseError> {
+fn split_request(req: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, str>), ParseError> {
     let mut parts = req.split(|&c| c == b' ').filter(|p| !p.is_empty());
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return fail(
@@ -451,12 +490,29 @@ fn split_request(req: &[u8]) -> Result<(String, String), ParseError> {
             ),
         );
     }
-    Ok((utf8(method)?.to_owned(), utf8(path)?.to_owned()))
+    Ok((Cow::Borrowed(utf8(method)?), Cow::Borrowed(utf8(path)?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_borrow_unless_escaped() {
+        let line = br#"{"ts":1,"host":"a.example","method":"GET","path":"/a\"b","status":200,"user_agent":"x\u00e9","referrer":null,"client_ip":"10.0.0.1"}"#;
+        let e = parse_record(Format::Json, line, "").unwrap();
+        assert!(matches!(e.host, Cow::Borrowed("a.example")));
+        assert!(matches!(e.client_ip, Some(Cow::Borrowed("10.0.0.1"))));
+        assert!(matches!(&e.path, Cow::Owned(p) if p == "/a\"b"));
+        assert_eq!(e.user_agent.as_deref(), Some("xé"));
+        assert_eq!(e.referrer, None);
+        let number = parse_line(
+            Format::Json,
+            br#"{"ts":1,"host":7,"method":"GET","path":"/","status":200}"#,
+            "",
+        );
+        assert_eq!(number.unwrap_err().reason, InvalidReason::BadJson);
+    }
 
     #[test]
     fn json_minimal_and_full() {

@@ -78,18 +78,18 @@ pub struct EventColumns {
 
 impl EventColumns {
     /// Append the event read at `offset`.
-    pub fn push(&mut self, offset: u64, e: &Event) {
+    pub fn push(&mut self, offset: u64, e: EventView<'_>) {
         self.offsets.push(offset);
         self.ts_ms.push(e.ts_ms);
         self.status.push(e.status);
         self.bytes.push(e.bytes);
         self.latency_ms.push(e.latency_ms);
-        self.host.push(Some(&e.host));
-        self.method.push(Some(&e.method));
-        self.path.push(Some(&e.path));
-        self.client_ip.push(e.client_ip.as_deref());
-        self.user_agent.push(e.user_agent.as_deref());
-        self.referrer.push(e.referrer.as_deref());
+        self.host.push(Some(e.host));
+        self.method.push(Some(e.method));
+        self.path.push(Some(e.path));
+        self.client_ip.push(e.client_ip);
+        self.user_agent.push(e.user_agent);
+        self.referrer.push(e.referrer);
     }
 
     pub fn len(&self) -> usize {
@@ -155,7 +155,7 @@ impl<'a> FromIterator<(u64, &'a Event)> for EventColumns {
     fn from_iter<I: IntoIterator<Item = (u64, &'a Event)>>(rows: I) -> EventColumns {
         let mut c = EventColumns::default();
         for (offset, e) in rows {
-            c.push(offset, e);
+            c.push(offset, e.view());
         }
         c
     }
@@ -219,8 +219,8 @@ mod tests {
             ..a.clone()
         };
         let mut c = EventColumns::default();
-        c.push(7, &a);
-        c.push(9, &b);
+        c.push(7, a.view());
+        c.push(9, b.view());
         assert_eq!((c.len(), c.offsets.clone()), (2, vec![7, 9]));
         assert_eq!((c.event(0), c.event(1)), (a, b));
         assert_eq!(c.referrer.get(0), Some(""), "empty, not absent");

@@ -537,7 +537,7 @@ impl Lake {
         // Late and raw events: grouped by the hour of their event time.
         let mut late = EventColumns::default();
         for l in &p.late {
-            late.push(l.offset, &l.event);
+            late.push(l.offset, l.event.view());
         }
         let watermarks: Vec<i64> = p.late.iter().map(|l| l.watermark_ms).collect();
         for (hour, rows) in rows_by_hour(&late.ts_ms) {
@@ -751,7 +751,7 @@ mod tests {
             }],
             raw: {
                 let mut raw = EventColumns::default();
-                raw.push(9, &event(1_000));
+                raw.push(9, event(1_000).view());
                 raw
             },
         };
