@@ -139,19 +139,9 @@ impl ParsedEvent<'_> {
         }
     }
 
+    /// The owned event (a late record keeps one; rare, so it simply copies).
     pub fn into_owned(self) -> Event {
-        Event {
-            ts_ms: self.ts_ms,
-            host: self.host.into_owned(),
-            method: self.method.into_owned(),
-            path: self.path.into_owned(),
-            status: self.status,
-            bytes: self.bytes,
-            latency_ms: self.latency_ms,
-            client_ip: self.client_ip.map(Cow::into_owned),
-            user_agent: self.user_agent.map(Cow::into_owned),
-            referrer: self.referrer.map(Cow::into_owned),
-        }
+        self.view().into()
     }
 }
 

@@ -1,5 +1,5 @@
 //! Raw records as a source hands them out (bytes and offsets, before any parsing), and parsed
-//! events kept column by column for the raw archive.
+//! events column by column, as they go to the window shards and wait for the raw archive.
 
 use crate::event::{Event, EventView};
 use std::ops::Range;
@@ -57,10 +57,11 @@ impl RawRecords {
 }
 
 /// Parsed events column by column: a handful of growing buffers instead of an [`Event`] (six
-/// heap strings) per record. How events go from an owner to its window shards (strings
-/// allocated, and freed, on the owner's thread: none freed across threads one by one), and how
-/// the raw archive keeps them until the lake has them (copying an event in and freeing a
-/// written publication's events were an eighth of a node's time with the archive on).
+/// heap strings) per record. How events go from an owner to its window shards (the owner copies
+/// each record's fields in from the record's bytes, a shard reads them out: no string allocated
+/// or freed per event, none freed across threads), and how the raw archive keeps them until the
+/// lake has them (cloning an event in and freeing a written publication's events string by
+/// string were an eighth of a node's time with the archive on).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct EventColumns {
     pub offsets: Vec<u64>,
