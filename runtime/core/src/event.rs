@@ -59,11 +59,6 @@ impl Event {
             referrer: self.referrer.as_deref(),
         }
     }
-
-    /// Whether the user agent belongs to a crawler or an automated client.
-    pub fn is_bot(&self) -> bool {
-        is_bot(self.user_agent.as_deref())
-    }
 }
 
 /// An event's fields borrowed from wherever they are kept: an [`Event`], or a row of
@@ -202,25 +197,12 @@ mod tests {
 
     #[test]
     fn bots_are_recognised_case_insensitively() {
-        let e = |ua: Option<&str>| Event {
-            ts_ms: 0,
-            host: "h".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            status: 200,
-            bytes: 0,
-            latency_ms: None,
-            client_ip: None,
-            user_agent: ua.map(str::to_owned),
-            referrer: None,
-        };
-        assert!(e(Some("Mozilla/5.0 (compatible; Googlebot/2.1)")).is_bot());
-        assert!(e(Some("DuckDuckBot/1.1")).is_bot());
-        assert!(e(Some("curl/8.5.0")).is_bot());
-        assert!(!e(Some(
+        assert!(is_bot(Some("Mozilla/5.0 (compatible; Googlebot/2.1)")));
+        assert!(is_bot(Some("DuckDuckBot/1.1")));
+        assert!(is_bot(Some("curl/8.5.0")));
+        assert!(!is_bot(Some(
             "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
-        ))
-        .is_bot());
-        assert!(!e(None).is_bot());
+        )));
+        assert!(!is_bot(None));
     }
 }

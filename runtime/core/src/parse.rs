@@ -534,7 +534,7 @@ mod tests {
             (e.ts_ms, e.status, e.bytes, e.latency_ms),
             (1_767_225_601_500, 503, 10, Some(12.5))
         );
-        assert!(e.is_bot());
+        assert!(e.view().is_bot());
     }
 
     #[test]
