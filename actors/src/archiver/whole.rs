@@ -294,9 +294,13 @@ impl WholeWindows {
             let Some(p) = self.pending.remove(&k) else {
                 continue;
             };
-            let mut agg = JudgeInput::default();
-            for (_, share) in &p.shares {
-                agg.merge(share)?;
+            // Usually one partition held the host: its share is the whole window as it is (a
+            // merge would build a full latency sketch from a few values, ~1 KiB for each of
+            // thousands of windows that come out together when a slow partition catches up).
+            let mut shares = p.shares.into_iter().map(|(_, share)| share);
+            let mut agg = shares.next().unwrap_or_default();
+            for share in shares {
+                agg.merge(&share)?;
             }
             self.judged
                 .entry(k.1.clone())

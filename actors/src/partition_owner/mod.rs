@@ -621,6 +621,10 @@ impl OwnerRun {
                 }
             }
         }
+        // Not while a save is under way: the interval's checkpoint waits for that one anyway.
+        if self.saving.is_none() && self.state.cut_due(self.last_cut.0) {
+            self.checkpoint(me, false, Writes::Background).await?;
+        }
         match polled {
             Polled::Ready => self.schedule_poll(me, Duration::ZERO),
             Polled::NotBefore(at) => {
