@@ -191,20 +191,31 @@ impl SaveJob {
             epoch,
             snapshot,
         } = self;
-        let (bytes, shared) = tokio::task::spawn_blocking(move || {
-            let bytes = encode(&cp)?;
-            let shared = snapshot.map(|(lake, expect)| {
-                replace_snapshot(&lake, partition, bytes.clone(), &expect, epoch)
-            });
-            Ok::<_, ActorProcessingErr>((bytes, shared))
+        let (header, open, shared) = tokio::task::spawn_blocking(move || {
+            // Another node restores from the shared snapshot alone: it holds everything.
+            let shared = snapshot
+                .map(|(lake, expect)| {
+                    let whole = encode(&cp)?;
+                    Ok::<_, ActorProcessingErr>(replace_snapshot(
+                        &lake, partition, whole, &expect, epoch,
+                    ))
+                })
+                .transpose()?;
+            // The local store keeps the shards' blobs beside the rest, as they are.
+            let mut cp = cp;
+            let open = std::mem::take(&mut cp.open);
+            Ok::<_, ActorProcessingErr>((encode(&cp)?, open, shared))
         })
         .await??;
-        let size = bytes.len();
+        let size = header.len() + open.iter().map(Vec::len).sum::<usize>();
         // A fenced owner's state is another timeline's past: not worth keeping.
         if durable && !matches!(shared, Some(Err(SnapshotRefused::Fenced(_)))) {
-            let save = tokio::task::spawn_blocking(move || store.save_encoded(partition, bytes));
+            let save =
+                tokio::task::spawn_blocking(move || store.save_split(partition, &header, &open));
             match tokio::time::timeout(STORE_TIMEOUT, save).await {
-                Ok(saved) => saved??,
+                Ok(saved) => {
+                    saved??;
+                }
                 // A local store that does not answer is broken (a failing disk): the node stops
                 // and says so rather than hang holding its partitions.
                 Err(_) => {
