@@ -183,6 +183,7 @@ mod tests {
             late: vec![],
             invalid: vec![],
             raw: Default::default(),
+            seq: 0,
         })
     }
 

@@ -36,7 +36,7 @@ use wtm_messages::{
     OwnerMsg, PartitionStatus, SendError, Unwritten, WindowMsg, ARCHIVER_NAME,
 };
 use wtm_sources::{PartitionSource, Polled, SourceFactory};
-use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, Version};
+use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, SplitCheckpoint, Version};
 use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 
 /// Window-shard mailbox depth above which owners hold back (backpressure).
@@ -172,13 +172,16 @@ struct SaveJob {
     epoch: u64,
     /// The lake to publish the snapshot to and the version it must replace.
     snapshot: Option<(Lake, Expect)>,
+    /// Publications numbered below this have their windows in the local store already.
+    stored_below: u64,
 }
 
-/// What a save did: the encoded size (when it encoded) and the snapshot's outcome (when one was
-/// due).
+/// What a save did: the bytes it wrote and what the store holds then (when it saved locally),
+/// and the snapshot's outcome (when one was due).
 #[derive(Default)]
 struct SaveOutcome {
     size: Option<usize>,
+    stored_below: Option<u64>,
     shared: Option<Result<Version, SnapshotRefused>>,
 }
 
@@ -190,8 +193,9 @@ impl SaveJob {
             durable,
             epoch,
             snapshot,
+            stored_below,
         } = self;
-        let (header, open, shared) = tokio::task::spawn_blocking(move || {
+        let (split, shared) = tokio::task::spawn_blocking(move || {
             // Another node restores from the shared snapshot alone: it holds everything.
             let shared = snapshot
                 .map(|(lake, expect)| {
@@ -201,20 +205,31 @@ impl SaveJob {
                     ))
                 })
                 .transpose()?;
-            // The local store keeps the shards' blobs beside the rest, as they are.
-            let mut cp = cp;
-            let open = std::mem::take(&mut cp.open);
-            Ok::<_, ActorProcessingErr>((encode(&cp)?, open, shared))
+            // The local store keeps the shards' blobs as they are, and each publication's
+            // windows once.
+            let split = durable
+                .then(|| SplitCheckpoint::of(cp, stored_below))
+                .transpose()?;
+            Ok::<_, ActorProcessingErr>((split, shared))
         })
         .await??;
-        let size = header.len() + open.iter().map(Vec::len).sum::<usize>();
+        let mut outcome = SaveOutcome {
+            size: None,
+            stored_below: None,
+            shared,
+        };
         // A fenced owner's state is another timeline's past: not worth keeping.
-        if durable && !matches!(shared, Some(Err(SnapshotRefused::Fenced(_)))) {
-            let save =
-                tokio::task::spawn_blocking(move || store.save_split(partition, &header, &open));
+        let fenced = matches!(outcome.shared, Some(Err(SnapshotRefused::Fenced(_))));
+        if let Some(split) = split.filter(|_| !fenced) {
+            let save = tokio::task::spawn_blocking(move || {
+                store
+                    .save_split(&split)
+                    .map(|size| (size, split.stored_below))
+            });
             match tokio::time::timeout(STORE_TIMEOUT, save).await {
                 Ok(saved) => {
-                    saved??;
+                    let (size, below) = saved??;
+                    (outcome.size, outcome.stored_below) = (Some(size), Some(below));
                 }
                 // A local store that does not answer is broken (a failing disk): the node stops
                 // and says so rather than hang holding its partitions.
@@ -227,10 +242,7 @@ impl SaveJob {
                 }
             }
         }
-        Ok(SaveOutcome {
-            size: Some(size),
-            shared,
-        })
+        Ok(outcome)
     }
 }
 
@@ -293,6 +305,9 @@ pub struct OwnerRun {
     /// The newest cut's watermark and whether it ended the partition: what the lake confirms once
     /// nothing cut is left unwritten.
     last_cut: (i64, bool),
+    /// Publications numbered below this have their windows in the local store: stored by a save
+    /// of this owner since its last restore (the store may hold another timeline's before it).
+    stored_below: u64,
 }
 
 fn settings(args: &OwnerArgs) -> OwnerSettings {
@@ -536,6 +551,7 @@ impl OwnerRun {
         }
         self.writable = 0;
         self.last_cut = (NO_WATERMARK, false);
+        self.stored_below = 0;
         let (state, io) = restore(&self.args).await?;
         self.state = state;
         self.io = Some(io);
@@ -746,6 +762,7 @@ impl OwnerRun {
                 .clone()
                 .zip(io.fence.clone())
                 .filter(|_| plan.snapshot),
+            stored_below: self.stored_below,
         };
         self.save_seq += 1;
         let saving = Saving {
@@ -806,6 +823,9 @@ impl OwnerRun {
         let mut write_lake = saving.write_lake;
         if let Some(size) = outcome.size {
             m.checkpoint_bytes.record(size as u64, &[]);
+        }
+        if let Some(below) = outcome.stored_below {
+            self.stored_below = below;
         }
         match outcome.shared {
             None => {}
@@ -1090,6 +1110,7 @@ impl Actor for OwnerActor {
             write_seq: 0,
             writable: 0,
             last_cut: (NO_WATERMARK, false),
+            stored_below: 0,
         })
     }
 

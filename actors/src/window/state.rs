@@ -1,7 +1,7 @@
 //! Open windows of every partition routed to this shard.
 
 use std::collections::{BTreeMap, HashMap};
-use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey};
+use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey, WindowKeyRef};
 use wtm_core::checkpoint::{encode, OpenWindows};
 use wtm_core::records::EventColumns;
 use wtm_core::window::WindowSpec;
@@ -44,36 +44,44 @@ impl WindowState {
         snapshot: bool,
     ) -> Result<CutResult, String> {
         let mut closed = Vec::new();
-        let mut open: OpenWindows = Vec::new();
-        if let Some(hosts) = self.partitions.get_mut(&partition) {
-            for (host, windows) in hosts.iter_mut() {
-                let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
-                for (start, mut agg) in std::mem::replace(windows, still_open) {
-                    agg.drop_victims();
-                    closed.push(ClosedWindow {
-                        key: WindowKey {
-                            host: host.clone(),
-                            start_ms: start,
-                            partition,
-                        },
-                        end_ms: self.spec.end_of(start),
-                        agg,
-                    });
-                }
-                for (start, agg) in windows.iter().filter(|_| snapshot) {
-                    open.push((
-                        WindowKey {
-                            host: host.clone(),
-                            start_ms: *start,
-                            partition,
-                        },
-                        agg.clone(),
-                    ));
-                }
+        let Some(hosts) = self.partitions.get_mut(&partition) else {
+            return Ok(CutResult {
+                closed,
+                open: Vec::new(),
+            });
+        };
+        for (host, windows) in hosts.iter_mut() {
+            let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
+            for (start, mut agg) in std::mem::replace(windows, still_open) {
+                agg.drop_victims();
+                closed.push(ClosedWindow {
+                    key: WindowKey {
+                        host: host.clone(),
+                        start_ms: start,
+                        partition,
+                    },
+                    end_ms: self.spec.end_of(start),
+                    agg,
+                });
             }
-            hosts.retain(|_, w| !w.is_empty());
         }
+        hosts.retain(|_, w| !w.is_empty());
         closed.sort_by(|a, b| a.key.cmp(&b.key));
+        // Encoded where they are: the bytes of an `OpenWindows`, without a copy of each window.
+        let open: Vec<(WindowKeyRef, &WindowAgg)> = hosts
+            .iter()
+            .filter(|_| snapshot)
+            .flat_map(|(host, windows)| {
+                windows.iter().map(move |(start, agg)| {
+                    let key = WindowKeyRef {
+                        host,
+                        start_ms: *start,
+                        partition,
+                    };
+                    (key, agg)
+                })
+            })
+            .collect();
         let open = if open.is_empty() {
             Vec::new()
         } else {

@@ -33,6 +33,7 @@ fn main() {
         late: vec![],
         invalid: vec![],
         raw: Default::default(),
+        seq: 0,
     };
     for (name, cp) in [
         ("empty", checkpoint(vec![], vec![])),

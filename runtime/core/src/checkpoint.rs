@@ -95,9 +95,31 @@ pub struct Publication {
     pub invalid: Vec<InvalidRecord>,
     #[serde(skip)]
     pub raw: EventColumns,
+    /// Numbers the owner's publications, from 1, rising; 0 in checkpoints of earlier builds.
+    /// A local checkpoint stores a numbered publication's windows once, under this number,
+    /// instead of in every checkpoint until the lake has them (see `wtm_storage::checkpoints`).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Publication {
+    /// The same publication without its windows or records (what a local checkpoint's value
+    /// holds of one whose windows are stored apart).
+    pub fn without_windows(&self) -> Publication {
+        Publication {
+            partition: self.partition,
+            from_offset: self.from_offset,
+            to_offset: self.to_offset,
+            records_watermark: self.records_watermark,
+            created_ms: self.created_ms,
+            closed: Vec::new(),
+            late: Vec::new(),
+            invalid: Vec::new(),
+            raw: EventColumns::default(),
+            seq: self.seq,
+        }
+    }
+
     /// Whether the publication covers records (which a restore must derive again).
     pub fn has_record_range(&self) -> bool {
         self.from_offset < self.to_offset
@@ -230,6 +252,76 @@ mod tests {
             finished: false,
             totals: PartitionTotals::default(),
         }
+    }
+
+    #[test]
+    fn open_windows_encode_the_same_from_borrowed_keys_and_aggregates() {
+        let mut agg = WindowAgg::default();
+        for (i, path) in ["/", "/a", "/b"].into_iter().enumerate() {
+            agg.add(&crate::event::Event {
+                ts_ms: 61_000 + i as i64,
+                host: "shop.example".into(),
+                method: "GET".into(),
+                path: path.into(),
+                status: 200 + i as u16 * 100,
+                bytes: 10,
+                latency_ms: Some(5.0 * i as f64),
+                client_ip: Some(format!("192.0.2.{i}")),
+                user_agent: Some("curl/8".into()),
+                referrer: None,
+            });
+        }
+        let owned: OpenWindows = vec![(
+            WindowKey {
+                host: "shop.example".into(),
+                start_ms: 60_000,
+                partition: 4,
+            },
+            agg.clone(),
+        )];
+        let borrowed = vec![(
+            crate::agg::WindowKeyRef {
+                host: "shop.example",
+                start_ms: 60_000,
+                partition: 4,
+            },
+            &agg,
+        )];
+        let bytes = encode(&borrowed).unwrap();
+        assert_eq!(bytes, encode(&owned).unwrap());
+        let back: OpenWindows = decode("t", &bytes).unwrap();
+        assert_eq!((back[0].0.partition, back[0].1.requests), (4, 3));
+    }
+
+    #[test]
+    fn a_publication_of_an_earlier_build_reads_unnumbered() {
+        // The fields a publication had before `seq`, in their order.
+        #[derive(Serialize)]
+        struct Earlier {
+            partition: u32,
+            from_offset: u64,
+            to_offset: u64,
+            records_watermark: WatermarkState,
+            created_ms: i64,
+            closed: Vec<ClosedWindow>,
+        }
+        let bytes = encode(&Earlier {
+            partition: 3,
+            from_offset: 10,
+            to_offset: 20,
+            records_watermark: WatermarkState::default(),
+            created_ms: 7,
+            closed: vec![],
+        })
+        .unwrap();
+        let p: Publication = decode("t", &bytes).unwrap();
+        assert_eq!(
+            (p.partition, p.to_offset, p.created_ms, p.seq),
+            (3, 20, 7, 0)
+        );
+        let numbered = Publication { seq: 5, ..p };
+        let again: Publication = decode("t", &encode(&numbered).unwrap()).unwrap();
+        assert_eq!(again.seq, 5);
     }
 
     #[test]

@@ -29,6 +29,13 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 /// of a node's memory). A value written with its open windows inside (earlier builds, or
 /// [`CheckpointStore::save_encoded`]) has no parts here.
 const OPEN_PARTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("open_windows");
+/// The closed windows of a checkpoint's numbered publications (`Publication::seq`), keyed
+/// (partition, seq): stored once, by the first checkpoint that holds the publication, and kept
+/// while a checkpoint's value lists it. A publication waits for the lake over several
+/// checkpoints; each of them encoded all its windows again before (in a backfill, 2/3 of every
+/// checkpoint's bytes).
+const PUBLISHED_WINDOWS: TableDefinition<(u32, u64), &[u8]> =
+    TableDefinition::new("publication_windows");
 const CHECKPOINTS_FILE: &str = "checkpoints.redb";
 const RECORDS_FILE: &str = "records.redb";
 
@@ -132,6 +139,7 @@ impl CheckpointStore {
         let txn = db.begin_write()?;
         txn.open_table(CHECKPOINTS)?;
         txn.open_table(OPEN_PARTS)?;
+        txn.open_table(PUBLISHED_WINDOWS)?;
         txn.commit()?;
         Ok(CheckpointStore {
             db: Arc::new(db),
@@ -143,57 +151,53 @@ impl CheckpointStore {
         })
     }
 
-    /// Durably replace the partition's checkpoint (one durable commit): its open windows beside
-    /// its value, as [`CheckpointStore::save_split`] writes them. Returns the bytes written.
-    /// Blocking: call from `spawn_blocking`.
+    /// Durably replace the partition's checkpoint (one durable commit), storing every numbered
+    /// publication's windows. Returns the bytes written. Blocking: call from `spawn_blocking`.
     pub fn save(&self, cp: &PartitionCheckpoint) -> Result<usize, CheckpointStoreError> {
-        let open = cp.open.clone();
-        let header = encode(&PartitionCheckpoint {
-            open: Vec::new(),
-            ..cp.clone()
-        })?;
-        self.save_split(cp.partition, &header, &open)
+        self.save_split(&SplitCheckpoint::of(cp.clone(), 0)?)
     }
 
-    /// Durably replace the partition's checkpoint with `header` (encoded with [`encode`], its
-    /// `open` empty) and the open windows' blobs `open`, in one commit. Returns the bytes
+    /// Durably replace the partition's checkpoint with `split`, in one commit. Returns the bytes
     /// written. Blocking: call from `spawn_blocking`.
-    pub fn save_split(
-        &self,
-        partition: u32,
-        header: &[u8],
-        open: &[Vec<u8>],
-    ) -> Result<usize, CheckpointStoreError> {
-        let len = header.len() + open.iter().map(Vec::len).sum::<usize>();
+    pub fn save_split(&self, split: &SplitCheckpoint) -> Result<usize, CheckpointStoreError> {
+        let len = split.len();
         ensure_space(&self.dir, len)?;
-        self.put_checkpoint(partition, header, open)?;
+        self.put_checkpoint(split)?;
         Ok(len)
     }
 
-    /// A checkpoint already encoded whole with [`encode`] (its open windows inside).
+    /// A checkpoint already encoded whole with [`encode`] (its open windows and publications'
+    /// windows inside).
     pub fn save_encoded(&self, partition: u32, bytes: Vec<u8>) -> Result<(), CheckpointStoreError> {
         ensure_space(&self.dir, bytes.len())?;
-        self.put_checkpoint(partition, &bytes, &[])
+        self.put_checkpoint(&SplitCheckpoint {
+            partition,
+            value: bytes,
+            ..SplitCheckpoint::default()
+        })
     }
 
-    /// One commit: the partition's value, its parts, and none of the previous checkpoint's
-    /// parts beyond these (a part is never read with another checkpoint's value).
-    fn put_checkpoint(
-        &self,
-        partition: u32,
-        value: &[u8],
-        open: &[Vec<u8>],
-    ) -> Result<(), CheckpointStoreError> {
+    /// One commit: the partition's value, its parts, and nothing of an earlier checkpoint that
+    /// this one does not list (a part is never read with another checkpoint's value).
+    fn put_checkpoint(&self, split: &SplitCheckpoint) -> Result<(), CheckpointStoreError> {
+        let partition = split.partition;
         let txn = self.db.begin_write()?;
         {
             txn.open_table(CHECKPOINTS)?
-                .insert(partition_key(partition).as_str(), value)?;
+                .insert(partition_key(partition).as_str(), split.value.as_slice())?;
             let mut parts = txn.open_table(OPEN_PARTS)?;
-            for (i, blob) in (0u32..).zip(open) {
+            for (i, blob) in (0u32..).zip(&split.open) {
                 parts.insert((partition, i), blob.as_slice())?;
             }
-            let stale = (partition, open.len() as u32)..=(partition, u32::MAX);
+            let stale = (partition, split.open.len() as u32)..=(partition, u32::MAX);
             parts.retain_in(stale, |_, _| false)?;
+            let mut windows = txn.open_table(PUBLISHED_WINDOWS)?;
+            for (seq, blob) in &split.new_windows {
+                windows.insert((partition, *seq), blob.as_slice())?;
+            }
+            windows.retain_in((partition, 0)..=(partition, u64::MAX), |(_, seq), _| {
+                split.listed.binary_search(&seq).is_ok()
+            })?;
         }
         txn.commit()?;
         Ok(())
@@ -229,6 +233,17 @@ impl CheckpointStore {
         {
             cp.open.push(part?.1.value().to_vec());
         }
+        let windows = txn.open_table(PUBLISHED_WINDOWS)?;
+        for p in &mut cp.unpublished {
+            if p.seq == 0 || !p.closed.is_empty() {
+                continue;
+            }
+            // A numbered publication without windows in the value: stored apart, unless it
+            // closed none.
+            if let Some(blob) = windows.get((partition, p.seq))? {
+                Arc::make_mut(p).closed = decode(&key, blob.value())?;
+            }
+        }
         Ok(Some(cp))
     }
 
@@ -257,6 +272,67 @@ impl CheckpointStore {
             db: Arc::clone(&self.records),
             table,
         })
+    }
+}
+
+/// A partition checkpoint as the local store keeps it: the value (the checkpoint without its
+/// open windows, and without the windows of its numbered publications), the shards' open-window
+/// blobs as they are, and the windows of the publications not stored yet.
+#[derive(Debug, Default)]
+pub struct SplitCheckpoint {
+    pub partition: u32,
+    value: Vec<u8>,
+    open: Vec<Vec<u8>>,
+    /// (seq, encoded closed windows) of publications at or above `stored_below`.
+    new_windows: Vec<(u64, Vec<u8>)>,
+    /// Every numbered publication the value lists, ascending: what the store keeps.
+    listed: Vec<u64>,
+    /// Publications numbered below this are stored once this checkpoint is.
+    pub stored_below: u64,
+}
+
+impl SplitCheckpoint {
+    /// Split `cp`, encoding the windows of its publications numbered `stored_below` or above
+    /// (those below are in the store already: an owner passes what its earlier saves since its
+    /// restore stored, and 0 after a restore, when the store may hold another timeline's).
+    pub fn of(
+        mut cp: PartitionCheckpoint,
+        stored_below: u64,
+    ) -> Result<SplitCheckpoint, WireError> {
+        let open = std::mem::take(&mut cp.open);
+        let (mut new_windows, mut listed) = (Vec::new(), Vec::new());
+        let mut below = stored_below;
+        for p in &mut cp.unpublished {
+            if p.seq == 0 || p.closed.is_empty() {
+                continue;
+            }
+            listed.push(p.seq);
+            if p.seq >= stored_below {
+                new_windows.push((p.seq, encode(&p.closed)?));
+                below = below.max(p.seq + 1);
+            }
+            *p = Arc::new(p.without_windows());
+        }
+        listed.sort_unstable();
+        Ok(SplitCheckpoint {
+            partition: cp.partition,
+            value: encode(&cp)?,
+            open,
+            new_windows,
+            listed,
+            stored_below: below,
+        })
+    }
+
+    /// Bytes this save writes.
+    pub fn len(&self) -> usize {
+        self.value.len()
+            + self.open.iter().map(Vec::len).sum::<usize>()
+            + self.new_windows.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -457,7 +533,8 @@ fn migrate_sled(dir: &Path) -> Result<(), CheckpointStoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_core::checkpoint::{PartitionTotals, WIRE_VERSION};
+    use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
+    use wtm_core::checkpoint::{PartitionTotals, Publication, WIRE_VERSION};
     use wtm_core::window::WatermarkState;
 
     fn checkpoint(partition: u32, next_offset: u64) -> PartitionCheckpoint {
@@ -528,6 +605,110 @@ mod tests {
         drop(store);
         let store = CheckpointStore::open(dir.path()).unwrap();
         assert_eq!(store.load(2).unwrap().unwrap().open, [b"other".to_vec()]);
+    }
+
+    fn publication(seq: u64, hosts: &[&str]) -> Arc<Publication> {
+        Arc::new(Publication {
+            partition: 1,
+            from_offset: seq * 10,
+            to_offset: seq * 10,
+            records_watermark: WatermarkState::default(),
+            created_ms: 0,
+            closed: hosts
+                .iter()
+                .map(|h| ClosedWindow {
+                    key: WindowKey {
+                        host: h.to_string(),
+                        start_ms: 60_000,
+                        partition: 1,
+                    },
+                    end_ms: 120_000,
+                    agg: WindowAgg {
+                        requests: seq,
+                        ..WindowAgg::default()
+                    },
+                })
+                .collect(),
+            late: vec![],
+            invalid: vec![],
+            raw: Default::default(),
+            seq,
+        })
+    }
+
+    /// (seq, hosts, requests) of each unpublished publication as loaded.
+    fn loaded(store: &CheckpointStore) -> Vec<(u64, Vec<String>, u64)> {
+        let cp = store.load(1).unwrap().unwrap();
+        cp.unpublished
+            .iter()
+            .map(|p| {
+                let hosts = p.closed.iter().map(|w| w.key.host.clone()).collect();
+                let requests = p.closed.iter().map(|w| w.agg.requests).sum();
+                (p.seq, hosts, requests)
+            })
+            .collect()
+    }
+
+    fn stored_seqs(store: &CheckpointStore) -> Vec<u64> {
+        let txn = store.db.begin_read().unwrap();
+        let t = txn.open_table(PUBLISHED_WINDOWS).unwrap();
+        t.range((1u32, 0u64)..=(1u32, u64::MAX))
+            .unwrap()
+            .map(|kv| kv.unwrap().0.value().1)
+            .collect()
+    }
+
+    #[test]
+    fn a_publications_windows_are_stored_once_and_go_with_the_last_checkpoint_listing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let (old, p1, p2) = (
+            publication(0, &["old"]),
+            publication(1, &["a", "b"]),
+            publication(2, &["c"]),
+        );
+        let cp = |unpublished: Vec<Arc<Publication>>| PartitionCheckpoint {
+            unpublished,
+            ..checkpoint(1, 5)
+        };
+        let s = |seq: u64, hosts: &[&str]| {
+            (
+                seq,
+                hosts.iter().map(|h| h.to_string()).collect(),
+                seq * hosts.len() as u64,
+            )
+        };
+        // The first save after a restore stores every numbered publication's windows; one of
+        // an earlier build (0) stays inside the value.
+        let first = SplitCheckpoint::of(cp(vec![old.clone(), p1.clone()]), 0).unwrap();
+        assert_eq!(first.stored_below, 2);
+        store.save_split(&first).unwrap();
+        assert_eq!(loaded(&store), [s(0, &["old"]), s(1, &["a", "b"])]);
+        assert_eq!(stored_seqs(&store), [1]);
+        // The next one encodes only the new publication's windows, and reads back whole.
+        let next = SplitCheckpoint::of(cp(vec![old, p1.clone(), p2.clone()]), 2).unwrap();
+        assert_eq!(
+            next.new_windows.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(next.stored_below, 3);
+        store.save_split(&next).unwrap();
+        assert_eq!(
+            loaded(&store),
+            [s(0, &["old"]), s(1, &["a", "b"]), s(2, &["c"])]
+        );
+        // Written to the lake, a publication leaves the checkpoint and its windows the store.
+        store
+            .save_split(&SplitCheckpoint::of(cp(vec![p2]), 3).unwrap())
+            .unwrap();
+        assert_eq!(loaded(&store), [s(2, &["c"])]);
+        assert_eq!(stored_seqs(&store), [2]);
+        // A whole value (a shared snapshot's bytes) stands alone: nothing stored beside it.
+        store
+            .save_encoded(1, encode(&cp(vec![p1])).unwrap())
+            .unwrap();
+        assert_eq!(loaded(&store), [s(1, &["a", "b"])]);
+        assert!(stored_seqs(&store).is_empty());
     }
 
     #[test]

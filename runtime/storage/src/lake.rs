@@ -754,6 +754,7 @@ mod tests {
                 raw.push(9, event(1_000).view());
                 raw
             },
+            seq: 1,
         };
         let s1 = lake.write(&p).unwrap();
         let s2 = lake.write(&p).unwrap();

@@ -44,7 +44,9 @@ pub mod lake;
 pub mod store;
 pub mod upkeep;
 
-pub use checkpoints::{CheckpointStore, CheckpointStoreError, RecordBatch, Records};
+pub use checkpoints::{
+    CheckpointStore, CheckpointStoreError, RecordBatch, Records, SplitCheckpoint,
+};
 pub use history::{History, HistoryError, SeriesRead};
 pub use lake::{Lake, LakeError};
 pub use store::{Expect, Store, StoreError, Version};

@@ -426,6 +426,7 @@ mod tests {
             late: vec![],
             invalid: vec![],
             raw: Default::default(),
+            seq: 0,
         }
     }
 
