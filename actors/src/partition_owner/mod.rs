@@ -648,8 +648,11 @@ impl OwnerRun {
                 }
             }
         }
-        // Not while a save is under way: the interval's checkpoint waits for that one anyway.
-        if self.saving.is_none() && self.state.cut_due(self.last_cut.0) {
+        // Not while a save is under way (the interval's checkpoint waits for that one anyway),
+        // nor while a lake write is: reading stops one cut ahead of the write, and small cuts
+        // each waiting for the write before took a third off a backfill of 50 sites. What the
+        // write's time lets accumulate meanwhile goes out in the next cut.
+        if self.saving.is_none() && self.writing.is_none() && self.state.cut_due(self.last_cut.0) {
             self.checkpoint(me, false, Writes::Background).await?;
         }
         match polled {
