@@ -173,7 +173,7 @@ impl CheckpointPolicy {
 /// second a second); a backfill or a replay moves minutes of event time a second, and what one
 /// wall-clock interval closed (the windows in the shards, in the publications waiting for the
 /// lake and in every checkpoint that carries them) grew with the reading speed: 20,000 sites
-/// read unpaced peaked near 3 GB. (Two windows left 12-17% more at the peak of 100,000 sites
+/// read unpaced peaked near 3 GB. (Two windows left 16-23% more at the peak of 100,000 sites
 /// than one.)
 pub const CUT_AFTER_WINDOWS: i64 = 1;
 
