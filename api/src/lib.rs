@@ -921,14 +921,21 @@ impl Api {
         PlainText("ok")
     }
 
-    /// Readiness: every partition owner has restored its checkpoint and answers.
+    /// Readiness: every partition owner has restored its checkpoint and answers, and the
+    /// window history is back from the lake (a restarted node reads and catches up before
+    /// that; its history answers would be short until then).
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> Reply<ReadyOut> {
-        match self.partitions().await {
-            Ok(p) => Reply::Ok(Json(ReadyOut {
+        let p = match self.partitions().await {
+            Ok(p) => p,
+            Err(e) => return unavailable(e),
+        };
+        match local::history_ready().await {
+            Ok(true) => Reply::Ok(Json(ReadyOut {
                 ready: true,
                 partitions: p.len() as u32,
             })),
+            Ok(false) => unavailable("the window history is being refilled from the lake"),
             Err(e) => unavailable(e),
         }
     }

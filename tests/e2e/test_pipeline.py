@@ -201,6 +201,12 @@ def test_node_matches_ground_truth(node_factory, truth):
                  "wtm_invalid_total", "wtm_lake_files_total", "wtm_windows_closed_total"]:
         assert name in text, name
 
+    # Started again, the node serves the same history as soon as it says it is ready: the API's
+    # window history is read back from the lake beside the restore, and /readyz waits for it.
+    node.stop()
+    node.start()
+    check_exact(node, truth)
+
 
 def test_sigkill_mid_run_loses_and_duplicates_nothing(node_factory, truth):
     node = node_factory(SOURCE, checkpoint={"interval_ms": 200}, lake={"flush_interval_ms": 700})

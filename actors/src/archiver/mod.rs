@@ -29,6 +29,7 @@ pub use whole::{WholeWindow, WholeWindows};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use wtm_core::window::WindowSpec;
 use wtm_messages::{
     ask, lookup, mailbox, owned_partitions, tell, ArchiverMsg, ClusterAnswer, ClusterMsg,
     ClusterQuery, ClusterView, DetectorMsg, Failure, HandedOver, Handover, HandoverAsk, HomeShares,
-    HostHistory, Targeted, Unwritten, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
+    HostHistory, RefilledHistory, Targeted, Unwritten, WindowPoint, CLUSTER_NAME, DETECTOR_NAME,
 };
 use wtm_storage::{History, Lake, SeriesRead};
 use wtm_telemetry::{ActorKind, KeyValue, Metrics, STATUS_CLASSES};
@@ -82,6 +83,8 @@ pub struct ArchiverRun {
     /// The span of closed windows the API serves: the history store's retention (the listing's
     /// without a store).
     retained_ms: i64,
+    /// The history store's start-up refill from the lake is over (or there is no store).
+    refilled: bool,
     /// History rebuilds in flight: until they are done, windows to judge are held (judged
     /// without their history, they would be judged blind).
     rebuilding: usize,
@@ -107,7 +110,7 @@ impl Actor for ArchiverActor {
         let size = args.spec.size_ms;
         let keep_ms = args.retention_windows as i64 * size;
         let seed_ms = args.seed_windows as i64 * size;
-        let mut recent = RecentWindows::new(args.listing_windows, size);
+        let recent = RecentWindows::new(args.listing_windows, size);
         let history = match args.history.clone() {
             Some(path) => {
                 let retention = args.retention_windows;
@@ -118,31 +121,38 @@ impl Actor for ArchiverActor {
             }
             None => None,
         };
-        if let Some(h) = &history {
-            let (lake, h) = (args.lake.clone(), Arc::clone(h));
-            let listing_ms = args.listing_windows as i64 * size;
-            // An unreachable lake (S3 down) must not keep the node from starting: the API then
-            // starts without history.
-            match tokio::task::spawn_blocking(move || refill(&lake, &h, keep_ms, listing_ms))
-                .await?
-            {
-                Ok(refilled) => {
-                    tracing::info!(
-                        windows = refilled.windows,
-                        "window history refilled from the lake"
-                    );
-                    for (host, newest) in refilled.newest {
-                        recent.seen_host(&host, newest);
-                    }
-                    for (host, c) in refilled.listed {
-                        recent.insert_counts(&host, c);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot refill the window history from the lake")
-                }
+        // The refill reads every retained window back from the lake: at many sites that is
+        // minutes of a core. So it runs beside the start, on a thread of its own at the lowest
+        // priority (a restarted node's owners restore and catch up first), and the node's
+        // readiness waits for it. An unreachable lake (S3 down) must not keep the node from
+        // starting: the API then serves what is archived from now on.
+        let refilled = match &history {
+            Some(h) => {
+                let (lake, h, me) = (args.lake.clone(), Arc::clone(h), me.clone());
+                let listing_ms = args.listing_windows as i64 * size;
+                std::thread::Builder::new()
+                    .name("wtm-history-refill".into())
+                    .spawn(move || {
+                        // Failing leaves the thread as it was: only slower to be ready.
+                        thread_priority::set_current_thread_priority(
+                            thread_priority::ThreadPriority::Min,
+                        )
+                        .ok();
+                        let refilled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            refill(&lake, &h, keep_ms, listing_ms)
+                        }))
+                        .unwrap_or_else(|_| Err("the refill panicked".into()));
+                        tell(
+                            &me,
+                            ActorKind::Archiver,
+                            ArchiverMsg::HistoryRefilled(refilled),
+                        )
+                        .ok();
+                    })?;
+                false
             }
-        }
+            None => true,
+        };
         let mut rebuilding = 0;
         if args.detect && !args.clustered {
             // A restarted node judges on from the history it had (a cluster member does this
@@ -151,6 +161,7 @@ impl Actor for ArchiverActor {
             rebuilding += 1;
         }
         Ok(ArchiverRun {
+            refilled,
             rebuilding,
             held: Vec::new(),
             lake: args.lake,
@@ -217,6 +228,8 @@ impl Actor for ArchiverActor {
                 homes.handed_over(&h.from, &h.members, h.answer, now)
             })?,
             ArchiverMsg::HistoryRebuilt(hosts) => run.rebuilt(hosts, &me),
+            ArchiverMsg::HistoryRefilled(refilled) => run.refilled(refilled),
+            ArchiverMsg::HistoryReady(reply) => drop(reply.send(run.refilled)),
             ArchiverMsg::Windows(q, reply) => match (run.history.clone(), q.host) {
                 (Some(h), Some(host)) => {
                     // Both sources' newest `last_windows` starts: the caller trims the union to
@@ -404,6 +417,24 @@ impl ArchiverRun {
         Ok(())
     }
 
+    /// The start-up refill is over: list what it read (windows archived meanwhile are listed
+    /// already; the listing takes the two in any order).
+    fn refilled(&mut self, refilled: Result<RefilledHistory, String>) {
+        self.refilled = true;
+        match refilled {
+            Ok(r) => {
+                tracing::info!(windows = r.windows, "window history refilled from the lake");
+                for (host, newest) in r.newest {
+                    self.recent.seen_host(&host, newest);
+                }
+                for (host, c) in r.listed {
+                    self.recent.insert_counts(&host, c);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot refill the window history from the lake"),
+        }
+    }
+
     /// A history rebuild is done: seed the detector (before any window held for it), then
     /// judge the held windows once no rebuild is left.
     fn rebuilt(&mut self, hosts: Vec<HostHistory>, me: &ActorRef<ArchiverMsg>) {
@@ -552,17 +583,6 @@ fn counts_of(closed: &[ClosedWindow], stats: &[SeriesStats]) -> Vec<ShareCounts>
         .collect()
 }
 
-/// What a refill found in the lake.
-#[derive(Default)]
-struct Refilled {
-    windows: usize,
-    /// The counts of the windows recent enough for the in-memory listing (within `listing_ms`
-    /// of the newest start), oldest first.
-    listed: Vec<(String, ShareCounts)>,
-    /// Each site's newest window start.
-    newest: HashMap<String, i64>,
-}
-
 /// Refill the history store with the lake's windows of the retained span, a chunk at a time
 /// (never the whole span in memory).
 fn refill(
@@ -570,10 +590,10 @@ fn refill(
     history: &History,
     keep_ms: i64,
     listing_ms: i64,
-) -> Result<Refilled, String> {
+) -> Result<RefilledHistory, String> {
     const CHUNK: usize = 1024;
     let Some(hour) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
-        return Ok(Refilled::default());
+        return Ok(RefilledHistory::default());
     };
     let end = hour + 3_600_000;
     let (mut n, mut newest, mut kept) = (0, i64::MIN, 0);
@@ -616,7 +636,7 @@ fn refill(
     put(&mut chunk)?;
     // Oldest first, so the listing moves its newest start forward a few times, not per share.
     listed.sort_by_key(|(_, c)| c.start_ms);
-    Ok(Refilled {
+    Ok(RefilledHistory {
         windows: n,
         listed,
         newest: by_host,

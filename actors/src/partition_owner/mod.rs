@@ -346,8 +346,13 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     let store = args.store.clone();
     let p = args.partition;
     let (durable, snapshots) = (args.durable, args.snapshots.clone());
-    let (cp, fence) = tokio::task::spawn_blocking(move || {
+    let (settings, shard_count) = (settings(args), args.config.window.shards);
+    let started = Instant::now();
+    // All of it blocks or is CPU-bound (at many sites, decoding the open windows is most of a
+    // restore): off the runtime's workers.
+    let (mut state, per_shard, fence, fresh, load_ms) = tokio::task::spawn_blocking(move || {
         let (cp, shared) = load_newest(&store, durable, snapshots.as_ref(), p)?;
+        let load_ms = started.elapsed().as_millis() as u64;
         let fence = match (&snapshots, &cp) {
             (None, _) => None,
             // Nothing to continue from: the first snapshot must find none in place.
@@ -374,29 +379,31 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
                 }
             }
         };
-        Ok::<_, ActorProcessingErr>((cp, fence))
+        let fresh = cp.is_none();
+        let (mut state, open) = match cp {
+            Some(cp) => OwnerState::restore(settings, cp),
+            None => (OwnerState::new(settings), Vec::new()),
+        };
+        let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_count];
+        for blob in open {
+            let windows: OpenWindows = decode("open windows", &blob)?;
+            for (key, agg) in windows {
+                state.restore_guard(&key.host, key.start_ms);
+                per_shard[shard_of(&key.host, shard_count)].push((key, agg));
+            }
+        }
+        Ok::<_, ActorProcessingErr>((state, per_shard, fence, fresh, load_ms))
     })
     .await??;
-    let fresh = cp.is_none();
-    let (mut state, open) = match cp {
-        Some(cp) => OwnerState::restore(settings(args), cp),
-        None => (OwnerState::new(settings(args)), Vec::new()),
-    };
+    let decoded_ms = started.elapsed().as_millis() as u64;
     // A lake that is down now is retried by the checkpoints; the partition still starts.
     publish_pending(&mut state).await?;
+    let published_ms = started.elapsed().as_millis() as u64;
     tell_unwritten(Unwritten::Reset {
         partition: p,
         unpublished: state.unpublished.clone(),
     });
-    let shard_refs = shards(args.config.window.shards)?;
-    let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_refs.len()];
-    for blob in open {
-        let windows: OpenWindows = decode("open windows", &blob)?;
-        for (key, agg) in windows {
-            state.restore_guard(&key.host, key.start_ms);
-            per_shard[shard_of(&key.host, shard_refs.len())].push((key, agg));
-        }
-    }
+    let shard_refs = shards(shard_count)?;
     // Every shard gets a Reset, empty or not, so no stale state of this partition survives.
     for (shard, open) in shard_refs.iter().zip(per_shard) {
         tell(shard, ActorKind::Window, WindowMsg::Reset(p, open))?;
@@ -411,6 +418,10 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
         offset = state.next_offset,
         epoch = state.owner_epoch,
         finished = state.finished,
+        load_ms,
+        decoded_ms,
+        published_ms,
+        took_ms = started.elapsed().as_millis() as u64,
         "partition restored"
     );
     Ok((

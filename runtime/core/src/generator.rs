@@ -408,9 +408,23 @@ impl Generator {
                 (h, total)
             })
             .collect();
+        (plan, self.count_of(p, s, total))
+    }
+
+    /// How many events second `s` of partition `p` holds: `second_plan`'s count without the
+    /// plan (seeking and counting a backlog walk many seconds; the sum runs in the same order,
+    /// so the count is the same).
+    fn second_count(&self, p: u32, s: i64) -> u64 {
+        let mid = self.spec.start_ms + s * SECOND_MS + SECOND_MS / 2;
+        let by_host = self.by_partition[p as usize].iter();
+        let total = by_host.fold(0.0, |total, &h| total + self.host_rate(h, mid));
+        self.count_of(p, s, total)
+    }
+
+    /// A second's count from its expected total (its fraction decided by the seeded draw).
+    fn count_of(&self, p: u32, s: i64, total: f64) -> u64 {
         let mut rng = Rng::from_parts(&[self.spec.seed, p as u64, s as u64, 0x0063_6f75_6e74]);
-        let n = total.floor() as u64 + u64::from(rng.unit() < total.fract());
-        (plan, n)
+        total.floor() as u64 + u64::from(rng.unit() < total.fract())
     }
 
     /// Render the record at `offset` of partition `p` as a line (with its newline), malformed for
@@ -434,7 +448,7 @@ impl Generator {
             return Some(ends[p as usize]);
         }
         let end_s = self.end_second()?;
-        Some((0..end_s).map(|s| self.second_plan(p, s).1).sum())
+        Some((0..end_s).map(|s| self.second_count(p, s)).sum())
     }
 
     /// Per-partition ends when the first `count` events of the merged order are taken.
@@ -445,7 +459,7 @@ impl Generator {
         let mut s = 0i64;
         while left > 0 && self.end_second().is_none_or(|e| s < e) {
             for p in 0..parts {
-                let n = self.second_plan(p, s).1.min(left);
+                let n = self.second_count(p, s).min(left);
                 ends[p as usize] += n;
                 left -= n;
             }
@@ -474,8 +488,9 @@ impl Generator {
         let mut s = 0i64;
         let mut before = 0u64;
         loop {
-            let (plan, n) = self.second_plan(p, s);
+            let n = self.second_count(p, s);
             if before + n > offset || self.end_second().is_some_and(|e| s >= e) {
+                let (plan, n) = self.second_plan(p, s);
                 return Cursor {
                     g: Arc::clone(self),
                     p,
@@ -779,7 +794,7 @@ impl Cursor {
         let mut s = self.s + 1;
         while s - self.s <= max_seconds && complete(s) && self.g.end_second().is_none_or(|e| s < e)
         {
-            n += self.g.second_plan(self.p, s).1;
+            n += self.g.second_count(self.p, s);
             s += 1;
         }
         match self.end {
@@ -1098,6 +1113,20 @@ mod tests {
         }
         // 120 s at 300/s, the diurnal factor within ±50% and spikes/drops on top.
         assert!((10_000..80_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn a_seconds_count_is_its_plans_count() {
+        let g = Generator::new(spec());
+        for p in 0..spec().partitions {
+            for s in 0..120 {
+                assert_eq!(
+                    g.second_count(p, s),
+                    g.second_plan(p, s).1,
+                    "partition {p}, second {s}"
+                );
+            }
+        }
     }
 
     #[test]

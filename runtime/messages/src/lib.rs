@@ -329,6 +329,23 @@ pub enum ArchiverMsg {
     /// The recent windows of hosts newly judged here, read back from the lake (sent by the
     /// archiver's own rebuild task; empty when the lake could not be read).
     HistoryRebuilt(Vec<HostHistory>),
+    /// The start-up refill of the history store from the lake has finished (sent by the
+    /// archiver's own refill task, which runs beside the node's start; an error when the lake
+    /// could not be read: the API then serves what is archived from now on).
+    HistoryRefilled(Result<RefilledHistory, String>),
+    /// Whether the start-up refill of the history store is over (the API's history is whole
+    /// again): the node's readiness waits for it.
+    HistoryReady(RpcReplyPort<bool>),
+}
+
+/// What the archiver's start-up refill read back from the lake into the history store.
+#[derive(Debug, Default)]
+pub struct RefilledHistory {
+    pub windows: usize,
+    /// The counts of the windows recent enough for the in-memory listing, oldest first.
+    pub listed: Vec<(String, ShareCounts)>,
+    /// Each site's newest window start.
+    pub newest: std::collections::HashMap<String, i64>,
 }
 
 /// A handover ask, from the member `from` that agreed on `members`.

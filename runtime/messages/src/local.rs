@@ -29,6 +29,15 @@ pub async fn partitions(which: Partitions) -> Result<Vec<PartitionStatus>, Strin
     result.map_err(|e| e.to_string())
 }
 
+/// Whether the archiver's history store is whole again (its start-up refill from the lake is
+/// over).
+pub async fn history_ready() -> Result<bool, String> {
+    let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
+    ask(&archiver, ActorKind::Archiver, ArchiverMsg::HistoryReady)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Counts per host on this node, of the sites on `page`: their newest `n` closed windows plus
 /// their open ones.
 pub async fn host_counts(
