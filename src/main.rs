@@ -21,10 +21,12 @@ use wtm_storage::store::{S3Settings, Store};
 use wtm_storage::{CheckpointStore, Lake};
 use wtm_telemetry::ActorKind;
 
-// The pipeline allocates per event (parsed strings, batches); with mimalloc an unpaced node with
-// the raw archive went from 161k to 230k events/s on the 2-core bench machine.
+// The pipeline allocates per event (parsed strings, batches): glibc's malloc made an unpaced
+// node 30% slower. jemalloc rather than mimalloc (used before): at the same speed, it gives
+// memory back, so the embedded default stays at ~55-60 MB where mimalloc grew to 80-90 MB in
+// three minutes (bench/RESULTS.md, 2026-11-30).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Real-time web-traffic monitoring: access logs in, per-site insight, anomalies and a Parquet lake out.
 #[derive(Parser)]
@@ -187,29 +189,6 @@ fn parse_duration_s(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a duration such as 600, 90s, 10m, 2h or 1d"))
 }
 
-/// mimalloc's `purge_delay` option (mimalloc.h, `mi_option_e`): how long freed memory stays
-/// mapped before it goes back to the OS.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// mimalloc's `arena_eager_commit` option: its default (2: on where the OS overcommits, as
-/// Linux does) commits whole arenas up front.
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-
-/// Runs before `main` (an ELF constructor): mimalloc creates its first arena at the first
-/// allocation, which the Rust runtime makes before `main`, and reads `arena_eager_commit` then.
-/// Committing arenas as they are used took the embedded default's RSS after 40 s from 260 MB to
-/// 83 MB (the system allocator: 61 MB). `MIMALLOC_ARENA_EAGER_COMMIT` in the environment wins.
-#[cfg(target_os = "linux")]
-#[used]
-#[link_section = ".init_array"]
-static MIMALLOC_LAZY_ARENAS: extern "C" fn() = {
-    extern "C" fn lazy_arenas() {
-        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
-            unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
-        }
-    }
-    lazy_arenas
-};
-
 fn main() -> std::process::ExitCode {
     // Errors are for operators: one line with its causes, not a Debug dump with a backtrace.
     match real_main() {
@@ -222,10 +201,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> Result<()> {
-    // The default (10 ms) hands batch-sized buffers back to the OS between batches and faults
-    // them in again zeroed: 10-13% of a batch run's profile was the kernel's clear_page. One
-    // second keeps them.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
