@@ -65,8 +65,11 @@ resource "aws_ecs_task_definition" "node" {
     secrets                = concat(local.node_secrets, local.cluster_secrets, local.api_secrets)
     mountPoints            = [{ sourceVolume = "data", containerPath = "/data", readOnly = false }]
     stopTimeout            = 60
+    # Liveness, not readiness: ECS replaces a task whose check fails, and a restarted node is
+    # ready (/readyz) only once the API's history is read back from the lake, which at many
+    # sites and a long api.retention_windows takes minutes (the partitions catch up before).
     healthCheck = {
-      command     = ["CMD", "/usr/local/bin/wtm", "probe", "http://127.0.0.1:8080/readyz"]
+      command     = ["CMD", "/usr/local/bin/wtm", "probe", "http://127.0.0.1:8080/healthz"]
       interval    = 15
       timeout     = 5
       retries     = 3
