@@ -413,6 +413,7 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     } else {
         args.sources.open(p, state.next_offset)?
     };
+    // The phases' ends, in milliseconds since the restore began.
     tracing::info!(
         partition = p,
         offset = state.next_offset,
