@@ -23,8 +23,8 @@ use wtm_telemetry::ActorKind;
 
 // The pipeline allocates per event (parsed strings, batches): glibc's malloc made an unpaced
 // node 30% slower. jemalloc rather than mimalloc (used before): at the same speed, it gives
-// memory back, so the embedded default stays at 48-55 MB where mimalloc grew to 72-88 MB in
-// three minutes (bench/RESULTS.md, 2026-11-30).
+// memory back: the embedded default's first three minutes at 48-55 MB where mimalloc grew to
+// 72-88 MB (bench/RESULTS.md, 2026-11-30).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
