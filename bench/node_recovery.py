@@ -6,7 +6,8 @@ clock (`source.realtime`), its start a little in the past so that the node first
 and then runs live; `SITES` sites at `EVENTS_PER_SITE_MINUTE` (Zipf-like popularity, so the
 number of sites with an open window is measured, not assumed: the site-windows the node closed
 per window while it ran live). Raw-events archive off, `limits.max_hosts` raised, the rest default
-(1 s checkpoints, 60 s windows).
+(1 s checkpoints, 60 s windows, the detector on: a restarted node reads its sites' recent
+windows back from the lake to seed it).
 
 The kill comes once the node is live (its lag under half a second of traffic) and late in a wall
 clock minute, so the open window holds most of its sites. Then the same binary is started again on
@@ -58,8 +59,7 @@ def run(wtm, sites):
     env = dict(PATH="/usr/bin:/bin", RUST_LOG="warn",
                WTM__SOURCE__REALTIME="true", WTM__SOURCE__START=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
                WTM__SOURCE__HOSTS=str(sites), WTM__SOURCE__RATE=str(rate), WTM__SOURCE__ANOMALIES="0",
-               WTM__LIMITS__MAX_HOSTS="4000000", WTM__LAKE__RAW_EVENTS="false",
-               WTM__DETECTOR__ENABLED="false")
+               WTM__LIMITS__MAX_HOSTS="4000000", WTM__LAKE__RAW_EVENTS="false")
     with tempfile.TemporaryDirectory() as d:
         p, port = start_node(wtm, env, d)
         try:
@@ -137,7 +137,7 @@ def main():
         "",
         f"Built-in generator paced by the wall clock, {sites:,} sites at {EVENTS_PER_SITE_MINUTE} events per site",
         "per minute (Zipf-like), 4 partitions, 1 s checkpoints, 60 s windows, raw-events archive off, detector",
-        "off. The node runs live, is killed (SIGKILL) 45+ s into a wall-clock minute and started again at",
+        "on. The node runs live, is killed (SIGKILL) 45+ s into a wall-clock minute and started again at",
         "once on its data directory. Caught up = every owner restored and the sources' summed lag under",
         "half a second of traffic; ready = `/readyz` answers (owners restored, API history refilled from the lake). Times from the restart; site-windows per",
         "window = the open state at the kill, measured as the windows the node closed per window live.",

@@ -122,33 +122,25 @@ impl Actor for ArchiverActor {
             None => None,
         };
         // The refill reads every retained window back from the lake: at many sites that is
-        // minutes of a core. So it runs beside the start, on a thread of its own at the lowest
-        // priority (a restarted node's owners restore and catch up first), and the node's
-        // readiness waits for it. An unreachable lake (S3 down) must not keep the node from
+        // minutes of a core. So it runs beside the start, in the background (a restarted
+        // node's owners restore and catch up first), and the node's readiness waits for it. An unreachable lake (S3 down) must not keep the node from
         // starting: the API then serves what is archived from now on.
         let refilled = match &history {
             Some(h) => {
                 let (lake, h, me) = (args.lake.clone(), Arc::clone(h), me.clone());
                 let listing_ms = args.listing_windows as i64 * size;
-                std::thread::Builder::new()
-                    .name("wtm-history-refill".into())
-                    .spawn(move || {
-                        // Failing leaves the thread as it was: only slower to be ready.
-                        thread_priority::set_current_thread_priority(
-                            thread_priority::ThreadPriority::Min,
-                        )
-                        .ok();
-                        let refilled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            refill(&lake, &h, keep_ms, listing_ms)
-                        }))
-                        .unwrap_or_else(|_| Err("the refill panicked".into()));
+                in_background(
+                    "wtm-history-refill",
+                    move || refill(&lake, &h, keep_ms, listing_ms),
+                    move |refilled| {
                         tell(
                             &me,
                             ActorKind::Archiver,
                             ArchiverMsg::HistoryRefilled(refilled),
                         )
                         .ok();
-                    })?;
+                    },
+                )?;
                 false
             }
             None => true,
@@ -685,57 +677,80 @@ fn rebuild_history(
     catch_up: bool,
     me: ActorRef<ArchiverMsg>,
 ) {
-    tokio::spawn(async move {
-        let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let Some(h) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
-                return Ok(Vec::new());
-            };
-            // A point per (site, window), never the shares' sketches: a rebuild of many sites
-            // stays small. Shares of one window merge exactly but for the p99, which is their
-            // request-weighted mean (exact for a site on one partition; close for a site spread
-            // over partitions at random, whose shares are samples of one traffic).
-            let mut whole: std::collections::BTreeMap<(String, i64), SeedPoint> =
-                Default::default();
-            lake.for_each_window(h - seed_ms, &mut |w| {
-                if gained(&w.key.host) {
-                    let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
-                    let n = w.agg.requests;
-                    e.requests += n;
-                    e.server_errors += w.agg.status_class[4];
-                    e.p99_by_requests += w.agg.latency.quantile(0.99).unwrap_or(0.0) * n as f64;
-                }
-            })
-            .map_err(|e| e.to_string())?;
-            let mut by_host: Vec<HostHistory> = Vec::new();
-            for ((host, start), p) in whole {
-                let point = p.point(start);
-                match by_host.last_mut() {
-                    Some(h) if h.host == host => h.points.push(point),
-                    _ => by_host.push(HostHistory {
-                        host,
-                        points: vec![point],
-                        catch_up,
-                    }),
-                }
-            }
-            Ok(by_host)
-        })
-        .await;
-        let hosts = match read {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot rebuild detector history from the lake: those hosts start without a baseline");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "detector history rebuild failed");
-                Vec::new()
-            }
+    let read = move || -> Result<_, String> {
+        let Some(h) = lake.newest_window_hour().map_err(|e| e.to_string())? else {
+            return Ok(Vec::new());
         };
+        // A point per (site, window), never the shares' sketches: a rebuild of many sites
+        // stays small. Shares of one window merge exactly but for the p99, which is their
+        // request-weighted mean (exact for a site on one partition; close for a site spread
+        // over partitions at random, whose shares are samples of one traffic).
+        let mut whole: std::collections::BTreeMap<(String, i64), SeedPoint> = Default::default();
+        lake.for_each_window(h - seed_ms, &mut |w| {
+            if gained(&w.key.host) {
+                let e = whole.entry((w.key.host, w.key.start_ms)).or_default();
+                let n = w.agg.requests;
+                e.requests += n;
+                e.server_errors += w.agg.status_class[4];
+                e.p99_by_requests += w.agg.latency.quantile(0.99).unwrap_or(0.0) * n as f64;
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let mut by_host: Vec<HostHistory> = Vec::new();
+        for ((host, start), p) in whole {
+            let point = p.point(start);
+            match by_host.last_mut() {
+                Some(h) if h.host == host => h.points.push(point),
+                _ => by_host.push(HostHistory {
+                    host,
+                    points: vec![point],
+                    catch_up,
+                }),
+            }
+        }
+        Ok(by_host)
+    };
+    let me_too = me.clone();
+    let started = in_background("wtm-history-rebuild", read, move |read| {
+        let hosts = read.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot rebuild detector history from the lake: those hosts start without a baseline");
+            Vec::new()
+        });
         tracing::info!(
             hosts = hosts.len(),
             "detector history rebuilt from the lake for hosts homed here now"
         );
         tell(&me, ActorKind::Archiver, ArchiverMsg::HistoryRebuilt(hosts)).ok();
     });
+    if let Err(e) = started {
+        // No thread, no rebuild: the windows held for it must not wait.
+        tracing::warn!(error = %e, "cannot start the detector history rebuild");
+        tell(
+            &me_too,
+            ActorKind::Archiver,
+            ArchiverMsg::HistoryRebuilt(Vec::new()),
+        )
+        .ok();
+    }
+}
+
+/// Run `work` on a thread of its own at the lowest CPU priority, then `done` with its result
+/// there: reads of the lake that rebuild what a restart lost (the API's history, the
+/// detector's) yield the CPU to the partitions' own work. A panic in `work` is an error result.
+fn in_background<T>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    done: impl FnOnce(Result<T, String>) + Send + 'static,
+) -> std::io::Result<()> {
+    let name = name.to_owned();
+    let thread = std::thread::Builder::new().name(name.clone());
+    thread
+        .spawn(move || {
+            // Failing leaves the thread as it was: only slower.
+            thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min).ok();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(format!("{name} panicked")));
+            done(result);
+        })
+        .map(drop)
 }
