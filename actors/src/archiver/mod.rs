@@ -123,8 +123,9 @@ impl Actor for ArchiverActor {
         };
         // The refill reads every retained window back from the lake: at many sites that is
         // minutes of a core. So it runs beside the start, in the background (a restarted
-        // node's owners restore and catch up first), and the node's readiness waits for it. An unreachable lake (S3 down) must not keep the node from
-        // starting: the API then serves what is archived from now on.
+        // node's owners restore and catch up first), and the node's readiness waits for it.
+        // An unreachable lake (S3 down) must not keep the node from starting: the API then
+        // serves what is archived from now on.
         let refilled = match &history {
             Some(h) => {
                 let (lake, h, me) = (args.lake.clone(), Arc::clone(h), me.clone());
