@@ -94,11 +94,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// A temporary file's name beside `path`: the process id keeps two nodes sharing a lake apart,
+/// a counter two writers in one process (an old and a new owner of a partition).
 fn temp_name(path: &Path) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("part"),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
 }
 
@@ -108,8 +112,9 @@ fn is_hidden_name(name: &str) -> bool {
 }
 
 /// How long a conditional write waits for another writer's lock on the same object before it
-/// gives up (a transient failure, retried by the caller): a writer frozen while holding it
-/// (SIGSTOP) must not hold up the others for good.
+/// gives up (a transient failure, retried by the caller). A writer frozen while it holds the
+/// lock (SIGSTOP) holds it until it resumes or dies, so the lock covers only a read of the
+/// current object and a rename: the new bytes are written and synced before it is taken.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The version of an object as a conditional write sees it: S3's ETag, or a digest of the
@@ -136,16 +141,36 @@ fn local_version(bytes: &[u8]) -> Version {
 /// Write `bytes` to `path` through a temporary file, fsync, rename: readers see the old file or
 /// the new one, never a part.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = write_temp(path, bytes)?;
+    rename_or_remove(&tmp, path)
+}
+
+/// Write `bytes` to a new temporary file beside `path` and sync it; its path. The name starts
+/// with a dot and ends in `.tmp`, not `.parquet`, so no `*.parquet` glob (DuckDB, the
+/// archiver's reload) ever reads one a crash left behind.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let dir = path.parent().expect("keys name files under a directory");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    // The process id keeps two nodes sharing a lake from writing one temporary file; the name
-    // starts with a dot and ends in `.tmp`, not `.parquet`, so no `*.parquet` glob (DuckDB, the
-    // archiver's reload) ever reads one a crash left behind.
     let tmp = dir.join(temp_name(path));
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            std::fs::remove_file(&tmp).ok();
+            Err(io_err(&tmp)(e))
+        }
+    }
+}
+
+/// Move a temporary file to its name; a temporary file that cannot be moved is removed.
+fn rename_or_remove(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        std::fs::remove_file(tmp).ok();
+        io_err(path)(e)
+    })
 }
 
 /// Settings of an S3 lake.
@@ -243,9 +268,10 @@ impl Store {
     /// Replace the object at `key` only if it is still as `expect` says (a compare-and-swap),
     /// and return its new version; [`StoreError::Conflict`] when another writer got there
     /// first. S3: a conditional PUT (`If-Match` / `If-None-Match: *`; AWS S3 and SeaweedFS
-    /// honour both). Local: under an exclusive lock on a lock file beside the object
-    /// (`flock`; on NFS the kernel maps it to a POSIX lock), the current bytes' digest is
-    /// compared, then the file is replaced as by [`Store::put`] and its directory synced.
+    /// honour both). Local: the bytes go to a synced temporary file first; then, under an
+    /// exclusive lock on a lock file beside the object (`flock`; on NFS the kernel maps it to
+    /// a POSIX lock), the current bytes' digest is compared and the temporary file renamed
+    /// over the object; then its directory is synced.
     pub fn put_if(
         &self,
         key: &str,
@@ -262,12 +288,19 @@ impl Store {
                     .and_then(|n| n.to_str())
                     .unwrap_or("object");
                 let lock_path = dir.join(format!(".{name}.lock"));
+                // Written and synced before the lock is taken (see `LOCK_WAIT`); removed on
+                // every way out but the rename.
+                let tmp = write_temp(&path, &bytes)?;
+                let unlink = |e: StoreError| {
+                    std::fs::remove_file(&tmp).ok();
+                    e
+                };
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
                     .open(&lock_path)
-                    .map_err(io_err(&lock_path))?;
+                    .map_err(|e| unlink(io_err(&lock_path)(e)))?;
                 let deadline = std::time::Instant::now() + LOCK_WAIT;
                 loop {
                     match lock.try_lock() {
@@ -278,19 +311,20 @@ impl Store {
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(std::fs::TryLockError::WouldBlock) => {
-                            return Err(io_err(&lock_path)(std::io::Error::new(
+                            return Err(unlink(io_err(&lock_path)(std::io::Error::new(
                                 std::io::ErrorKind::TimedOut,
                                 "another writer holds the lock",
-                            )))
+                            ))))
                         }
-                        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+                        Err(std::fs::TryLockError::Error(e)) => {
+                            return Err(unlink(io_err(&lock_path)(e)))
+                        }
                     }
                 }
-                // The lock is released when `lock` is dropped, on every path out.
                 let current = match std::fs::read(&path) {
                     Ok(b) => Some(local_version(&b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(io_err(&path)(e)),
+                    Err(e) => return Err(unlink(io_err(&path)(e))),
                 };
                 let as_expected = match (expect, &current) {
                     (Expect::Absent, None) => true,
@@ -298,16 +332,18 @@ impl Store {
                     _ => false,
                 };
                 if !as_expected {
-                    return Err(StoreError::Conflict {
+                    return Err(unlink(StoreError::Conflict {
                         key: key.to_owned(),
-                    });
+                    }));
                 }
-                let version = local_version(&bytes);
-                write_atomically(&path, &bytes)?;
+                rename_or_remove(&tmp, &path)?;
+                // The next writer may go on: the directory's sync makes the rename durable
+                // before this write reports success.
+                drop(lock);
                 std::fs::File::open(dir)
                     .and_then(|d| d.sync_all())
                     .map_err(io_err(dir))?;
-                Ok(version)
+                Ok(local_version(&bytes))
             }
             Store::S3(s) => s
                 .runtime
@@ -332,10 +368,7 @@ impl Store {
                 let path = root.join(key);
                 let dir = path.parent().expect("keys name files under a directory");
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-                let tmp = dir.join(temp_name(&path));
-                let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                f.write_all(&bytes).map_err(io_err(&tmp))?;
-                f.sync_all().map_err(io_err(&tmp))?;
+                let tmp = write_temp(&path, &bytes)?;
                 let linked = std::fs::hard_link(&tmp, &path);
                 std::fs::remove_file(&tmp).ok();
                 match linked {

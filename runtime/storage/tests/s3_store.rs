@@ -206,4 +206,14 @@ fn compare_and_swap(store: &Store) {
 fn local_compare_and_swap() {
     let dir = tempfile::tempdir().unwrap();
     compare_and_swap(&Store::Local(dir.path().to_owned()));
+    // Losers and refused writes leave no temporary file behind: only the object and its lock.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".partition-00007.ckpt.lock", "partition-00007.ckpt"]
+    );
 }
