@@ -53,6 +53,8 @@ pub struct ArchiverArgs {
     pub listing_windows: usize,
     /// The history store's file (None: keep no history, as a batch run, which serves no API).
     pub history: Option<PathBuf>,
+    /// The history store's page cache (`api.history_cache_mb`).
+    pub history_cache_bytes: usize,
     pub spec: WindowSpec,
     /// Hand closed windows to the detector (`detector.enabled`), whole.
     pub detect: bool,
@@ -113,10 +115,11 @@ impl Actor for ArchiverActor {
         let recent = RecentWindows::new(args.listing_windows, size);
         let history = match args.history.clone() {
             Some(path) => {
-                let retention = args.retention_windows;
-                let h =
-                    tokio::task::spawn_blocking(move || History::create(&path, size, retention))
-                        .await??;
+                let (retention, cache) = (args.retention_windows, args.history_cache_bytes);
+                let h = tokio::task::spawn_blocking(move || {
+                    History::create(&path, size, retention, cache)
+                })
+                .await??;
                 Some(Arc::new(h))
             }
             None => None,

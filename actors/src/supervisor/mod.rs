@@ -108,6 +108,7 @@ impl SupervisorRun {
                     retention_windows: cfg.api.retention_windows,
                     listing_windows: cfg.api.listing_windows,
                     history: self.args.history.clone(),
+                    history_cache_bytes: cfg.api.history_cache_mb.saturating_mul(1 << 20),
                     spec: cfg.window_spec(),
                     detect: cfg.detector.enabled,
                     merge_wait: std::time::Duration::from_secs(cfg.detector.merge_wait_s),

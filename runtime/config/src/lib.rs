@@ -571,6 +571,10 @@ pub struct ApiConfig {
     /// Closed windows per host whose plain counts stay in memory for `/v1/hosts` (its default
     /// span); a listing over more windows reads the older ones from disk.
     pub listing_windows: usize,
+    /// The history store's page cache, MiB. The store's file is in the operating system's page
+    /// cache too; this one spares the reads a copy and a decode. It fills with what is written
+    /// (every closed window), so it is memory the node keeps once it has run for a while.
+    pub history_cache_mb: usize,
     /// A bearer token every request but `/healthz` must carry (`WTM__API__TOKEN`); never
     /// printed or logged. With `tokens_file`, any of them is accepted.
     pub token: Option<Secret>,
@@ -603,6 +607,7 @@ impl Default for ApiConfig {
         ApiConfig {
             retention_windows: 360,
             listing_windows: 60,
+            history_cache_mb: 16,
             token: None,
             tokens_file: None,
             protect_metrics: false,
@@ -892,6 +897,11 @@ impl Config {
             self.api.listing_windows >= 1,
             "api.listing_windows",
             "must be at least 1",
+        )?;
+        check(
+            self.api.history_cache_mb <= 1 << 20,
+            "api.history_cache_mb",
+            "must be at most 1048576 (1 TiB)",
         )?;
         if self.source.kind == SourceKind::Kafka {
             check(

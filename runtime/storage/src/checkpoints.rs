@@ -39,10 +39,12 @@ const PUBLISHED_WINDOWS: TableDefinition<(u32, u64), &[u8]> =
 const CHECKPOINTS_FILE: &str = "checkpoints.redb";
 const RECORDS_FILE: &str = "records.redb";
 
-/// Page caches: checkpoints are written far more than read, and redb's default (1 GiB) would be
-/// most of a small node's memory.
-const CHECKPOINTS_CACHE: usize = 16 << 20;
-const RECORDS_CACHE: usize = 8 << 20;
+/// Page caches. Both stores are written all the time and read back only at start-up, but redb
+/// moves every page it writes into its read cache until that is full (redb 4.6,
+/// `PagedCachedFile::flush_write_buffer`): a bigger cache is memory held for nothing. A commit
+/// bigger than half the cache writes its pages out as it goes.
+const CHECKPOINTS_CACHE: usize = 2 << 20;
+const RECORDS_CACHE: usize = 1 << 20;
 
 /// How stale the newest durable [`Records`] change may be when another is applied (sled, before,
 /// flushed every 500 ms on its own).

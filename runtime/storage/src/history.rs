@@ -62,9 +62,6 @@ struct SeriesOwned {
     clients: Distinct,
 }
 
-/// redb's page cache; its default (1 GiB) would undo the point of keeping history on disk.
-const CACHE_BYTES: usize = 32 << 20;
-
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("window history store: {0}")]
@@ -108,11 +105,14 @@ pub struct SeriesRead<'a> {
 }
 
 impl History {
-    /// A new, empty store at `path` (an existing file is replaced: it may be stale or torn).
+    /// A new, empty store at `path` (an existing file is replaced: it may be stale or torn),
+    /// with a page cache of `cache_bytes` (redb's default, 1 GiB, would undo the point of
+    /// keeping history on disk).
     pub fn create(
         path: &Path,
         window_ms: i64,
         retention_windows: usize,
+        cache_bytes: usize,
     ) -> Result<History, HistoryError> {
         let io = |source| HistoryError::Io {
             path: path.display().to_string(),
@@ -126,7 +126,7 @@ impl History {
             _ => {}
         }
         let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(SERIES)?;
@@ -414,7 +414,7 @@ mod tests {
     fn stores_replaces_reads_ranges_and_cuts_retention() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.redb");
-        let h = History::create(&path, 60_000, 3).unwrap();
+        let h = History::create(&path, 60_000, 3, 1 << 20).unwrap();
         put(
             &h,
             &[
@@ -476,7 +476,7 @@ mod tests {
         assert!(read(&h, "c", None, false).is_empty());
         // A new store starts empty, whatever the file held.
         drop(h);
-        let h = History::create(&path, 60_000, 3).unwrap();
+        let h = History::create(&path, 60_000, 3, 1 << 20).unwrap();
         assert!(read(&h, "a", None, false).is_empty());
     }
 }
