@@ -487,8 +487,11 @@ pub struct LakeConfig {
     pub flush_interval_ms: u64,
     /// ... or as soon as a partition has buffered this many records, which bounds memory.
     pub flush_records: usize,
-    /// While the lake is unreachable a partition keeps reading until this many of its late,
-    /// invalid and raw records wait in memory; then it pauses until the lake is back.
+    /// A partition keeps reading until this many of its late, invalid and raw records wait in
+    /// memory (and in every checkpoint) for the lake; then it pauses until the lake has taken
+    /// them: while the lake is unreachable, and in a backfill that reads faster than the lake
+    /// takes the records (there this bound is most of a node's peak memory). At least
+    /// `flush_records`.
     pub max_unwritten_records: usize,
     /// Each lake table is a Delta table; a node adds its files to a table in at most one
     /// commit per this interval (the partitions' writes meanwhile go into the same commit), so
@@ -509,7 +512,7 @@ impl Default for LakeConfig {
             raw_events: true,
             flush_interval_ms: 10_000,
             flush_records: 100_000,
-            max_unwritten_records: 2_000_000,
+            max_unwritten_records: 300_000,
             commit_interval_ms: 250,
         }
     }
@@ -607,7 +610,7 @@ impl Default for ApiConfig {
         ApiConfig {
             retention_windows: 360,
             listing_windows: 60,
-            history_cache_mb: 16,
+            history_cache_mb: 32,
             token: None,
             tokens_file: None,
             protect_metrics: false,
@@ -852,6 +855,15 @@ impl Config {
             self.checkpoint.interval_ms >= 10,
             "checkpoint.interval_ms",
             "must be at least 10",
+        )?;
+        check(
+            self.lake.max_unwritten_records >= self.lake.flush_records,
+            "lake.max_unwritten_records",
+            &format!(
+                "must be at least lake.flush_records ({}): a partition that pauses before its \
+                 records are due waits for lake.flush_interval_ms every time",
+                self.lake.flush_records
+            ),
         )?;
         check(
             self.lake.commit_interval_ms <= 60_000,
@@ -1134,6 +1146,16 @@ mod tests {
         );
         assert!(parse_s3_url("s3:///x").is_err());
         assert!(parse_s3_url("https://lake").is_err());
+    }
+
+    #[test]
+    fn a_partition_may_not_pause_before_its_records_are_due() {
+        let mut c = Config::default();
+        c.lake.max_unwritten_records = c.lake.flush_records - 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("lake.max_unwritten_records"), "{err}");
+        c.lake.max_unwritten_records = c.lake.flush_records;
+        assert!(c.validate().is_ok());
     }
 
     #[test]
