@@ -490,8 +490,8 @@ pub struct LakeConfig {
     /// A partition keeps reading until this many of its late, invalid and raw records wait in
     /// memory (and in every checkpoint) for the lake; then it pauses until the lake has taken
     /// them: while the lake is unreachable, and in a backfill that reads faster than the lake
-    /// takes the records (there this bound is most of a node's peak memory). At least
-    /// `flush_records`.
+    /// takes the records (there what this bound lets wait is the largest part of a node's peak
+    /// memory). At least `flush_records`.
     pub max_unwritten_records: usize,
     /// Each lake table is a Delta table; a node adds its files to a table in at most one
     /// commit per this interval (the partitions' writes meanwhile go into the same commit), so
