@@ -16,15 +16,16 @@ mod guard;
 mod state;
 
 pub use state::{
-    CheckpointPlan, CheckpointPolicy, CheckpointTiming, Ingested, LakeBackoff, OwnerSettings,
-    OwnerState,
+    open_cut, CheckpointPlan, CheckpointPolicy, CheckpointTiming, Ingested, LakeBackoff, OpenBase,
+    OwnerSettings, OwnerState,
 };
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtm_config::Config;
-use wtm_core::checkpoint::{decode, encode, OpenWindows, PartitionCheckpoint};
+use wtm_core::agg::{ClosedWindow, WindowKey};
+use wtm_core::checkpoint::{decode, encode, open_windows, OpenWindows, PartitionCheckpoint};
 use wtm_core::error::ErrorKind;
 use wtm_core::limits::{Field, KEPT_OF_TOO_LONG};
 use wtm_core::parse::InvalidReason;
@@ -33,10 +34,10 @@ use wtm_core::time::now_ms;
 use wtm_core::window::NO_WATERMARK;
 use wtm_messages::{
     ask, lookup, mailbox, shard_name, shard_of, tell, ArchiverMsg, CutRequest, EventBatch, Failure,
-    OwnerMsg, PartitionStatus, SendError, Unwritten, WindowMsg, ARCHIVER_NAME,
+    OpenCut, OwnerMsg, PartitionStatus, SendError, Unwritten, WindowMsg, ARCHIVER_NAME,
 };
 use wtm_sources::{PartitionSource, Polled, SourceFactory};
-use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, SplitCheckpoint, Version};
+use wtm_storage::{CheckpointStore, Expect, Lake, LakeError, Saved, SplitCheckpoint, Version};
 use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 
 /// Window-shard mailbox depth above which owners hold back (backpressure).
@@ -174,13 +175,17 @@ struct SaveJob {
     snapshot: Option<(Lake, Expect)>,
     /// Publications numbered below this have their windows in the local store already.
     stored_below: u64,
+    /// Set when the checkpoint's open windows are only those changed since the checkpoint
+    /// before: the stored generation of whole windows they go over, and the windows closed since.
+    delta: Option<(u64, Vec<WindowKey>)>,
 }
 
 /// What a save did: the bytes it wrote and what the store holds then (when it saved locally),
 /// and the snapshot's outcome (when one was due).
 #[derive(Default)]
 struct SaveOutcome {
-    size: Option<usize>,
+    /// What the local store holds now, when saved there.
+    saved: Option<Saved>,
     stored_below: Option<u64>,
     shared: Option<Result<Version, SnapshotRefused>>,
 }
@@ -194,6 +199,7 @@ impl SaveJob {
             epoch,
             snapshot,
             stored_below,
+            delta,
         } = self;
         let (split, shared) = tokio::task::spawn_blocking(move || {
             // Another node restores from the shared snapshot alone: it holds everything.
@@ -207,14 +213,17 @@ impl SaveJob {
                 .transpose()?;
             // The local store keeps the shards' blobs as they are, and each publication's
             // windows once.
+            let delta = delta
+                .as_ref()
+                .map(|(base, closed)| (*base, closed.as_slice()));
             let split = durable
-                .then(|| SplitCheckpoint::of(cp, stored_below))
+                .then(|| SplitCheckpoint::of(cp, stored_below, delta))
                 .transpose()?;
             Ok::<_, ActorProcessingErr>((split, shared))
         })
         .await??;
         let mut outcome = SaveOutcome {
-            size: None,
+            saved: None,
             stored_below: None,
             shared,
         };
@@ -224,12 +233,12 @@ impl SaveJob {
             let save = tokio::task::spawn_blocking(move || {
                 store
                     .save_split(&split)
-                    .map(|size| (size, split.stored_below))
+                    .map(|saved| (saved, split.stored_below))
             });
             match tokio::time::timeout(STORE_TIMEOUT, save).await {
                 Ok(saved) => {
-                    let (size, below) = saved??;
-                    (outcome.size, outcome.stored_below) = (Some(size), Some(below));
+                    let (saved, below) = saved??;
+                    (outcome.saved, outcome.stored_below) = (Some(saved), Some(below));
                 }
                 // A local store that does not answer is broken (a failing disk): the node stops
                 // and says so rather than hang holding its partitions.
@@ -249,6 +258,8 @@ impl SaveJob {
 /// A checkpoint cut and being made durable.
 struct Saving {
     id: u64,
+    /// Bytes of its open windows (all of them, or a delta's).
+    open_bytes: usize,
     started: Instant,
     /// The offset the source may commit once the snapshot is durable.
     resume_at: u64,
@@ -308,6 +319,9 @@ pub struct OwnerRun {
     /// Publications numbered below this have their windows in the local store: stored by a save
     /// of this owner since its last restore (the store may hold another timeline's before it).
     stored_below: u64,
+    /// The open windows as this owner last stored them whole, since its last restore: what
+    /// the local store's deltas go over (none yet: the next save stores them whole).
+    open_base: Option<OpenBase>,
 }
 
 fn settings(args: &OwnerArgs) -> OwnerSettings {
@@ -351,8 +365,20 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     // All of it blocks or is CPU-bound (at many sites, decoding the open windows is most of a
     // restore): off the runtime's workers.
     let (mut state, per_shard, fence, fresh, load_ms) = tokio::task::spawn_blocking(move || {
-        let (cp, shared) = load_newest(&store, durable, snapshots.as_ref(), p)?;
+        let (mut cp, shared) = load_newest(&store, durable, snapshots.as_ref(), p)?;
         let load_ms = started.elapsed().as_millis() as u64;
+        // The open windows, whole: the local store's copy with its deltas applied.
+        let windows = match cp.as_mut() {
+            Some(cp) => {
+                let windows = open_windows(&cp.open, &cp.open_deltas)?;
+                if !std::mem::take(&mut cp.open_deltas).is_empty() && snapshots.is_some() {
+                    // The claim below is a snapshot: it holds every window, in one blob.
+                    cp.open = vec![encode(&windows)?];
+                }
+                windows
+            }
+            None => Vec::new(),
+        };
         let fence = match (&snapshots, &cp) {
             (None, _) => None,
             // Nothing to continue from: the first snapshot must find none in place.
@@ -380,17 +406,14 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
             }
         };
         let fresh = cp.is_none();
-        let (mut state, open) = match cp {
+        let mut state = match cp {
             Some(cp) => OwnerState::restore(settings, cp),
-            None => (OwnerState::new(settings), Vec::new()),
+            None => OwnerState::new(settings),
         };
         let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_count];
-        for blob in open {
-            let windows: OpenWindows = decode("open windows", &blob)?;
-            for (key, agg) in windows {
-                state.restore_guard(&key.host, key.start_ms);
-                per_shard[shard_of(&key.host, shard_count)].push((key, agg));
-            }
+        for (key, agg) in windows {
+            state.restore_guard(&key.host, key.start_ms);
+            per_shard[shard_of(&key.host, shard_count)].push((key, agg));
         }
         Ok::<_, ActorProcessingErr>((state, per_shard, fence, fresh, load_ms))
     })
@@ -433,6 +456,35 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
             fence,
         },
     ))
+}
+
+/// Cut the partition's closed windows from every shard, with the open ones `open` asks for
+/// (one blob per shard that has any).
+async fn cut_shards(
+    shards: &[ActorRef<WindowMsg>],
+    partition: u32,
+    watermark_ms: i64,
+    open: OpenCut,
+) -> Result<(Vec<ClosedWindow>, Vec<Vec<u8>>), ActorProcessingErr> {
+    let (mut closed, mut blobs) = (Vec::new(), Vec::new());
+    for shard in shards {
+        let cut = ask(shard, ActorKind::Window, |r| {
+            WindowMsg::Cut(
+                CutRequest {
+                    partition,
+                    watermark_ms,
+                    open,
+                },
+                r,
+            )
+        })
+        .await?;
+        closed.extend(cut.closed);
+        if !cut.open.is_empty() {
+            blobs.push(cut.open);
+        }
+    }
+    Ok((closed, blobs))
 }
 
 /// The checkpoint to restore: the local one, or the shared snapshot when another node owned the
@@ -564,6 +616,7 @@ impl OwnerRun {
         self.writable = 0;
         self.last_cut = (NO_WATERMARK, false);
         self.stored_below = 0;
+        self.open_base = None;
         let (state, io) = restore(&self.args).await?;
         self.state = state;
         self.io = Some(io);
@@ -728,25 +781,20 @@ impl OwnerRun {
         let started = Instant::now();
         let partition = self.args.partition;
         let watermark_ms = self.state.watermark_ms();
-        let mut closed = Vec::new();
-        let mut open = Vec::new();
-        for shard in &io.shards {
-            let cut = ask(shard, ActorKind::Window, |r| {
-                WindowMsg::Cut(
-                    CutRequest {
-                        partition,
-                        watermark_ms,
-                        snapshot: self.args.durable,
-                    },
-                    r,
-                )
-            })
-            .await?;
-            closed.extend(cut.closed);
-            if !cut.open.is_empty() {
-                open.push(cut.open);
+        let mut open_cut = match self.args.durable {
+            false => OpenCut::None,
+            true => {
+                let ready = self.state.ready_publications().len();
+                let likely = self.policy.snapshot_likely(Instant::now(), force, ready);
+                open_cut(self.open_base.as_ref(), likely)
             }
-        }
+        };
+        let (closed, mut open) = cut_shards(&io.shards, partition, watermark_ms, open_cut).await?;
+        // What a delta removes: the windows this cut closed.
+        let closed_keys: Vec<WindowKey> = match open_cut {
+            OpenCut::Changed => closed.iter().map(|w| w.key.clone()).collect(),
+            OpenCut::None | OpenCut::All => Vec::new(),
+        };
         let closed_n = closed.len() as u64;
         let now = now_ms();
         let flush = self.policy.flush(
@@ -762,10 +810,32 @@ impl OwnerRun {
             }
         }
         Metrics::global().windows_closed.add(closed_n, &[]);
-        let cp = self.state.checkpoint(open);
+        let cp = self.state.checkpoint(Vec::new());
         self.last_cut = (watermark_ms, cp.finished);
         let ready = self.state.ready_publications().len();
         let plan = self.policy.plan(Instant::now(), force, ready);
+        if plan.snapshot && open_cut == OpenCut::Changed {
+            // A snapshot holds every open window: ask again for all of them (the watermark has
+            // not moved, so nothing more closes).
+            open_cut = OpenCut::All;
+            let (more, all) = cut_shards(&io.shards, partition, watermark_ms, open_cut).await?;
+            if !more.is_empty() {
+                // Not possible at one watermark; were it, the restart restores the last
+                // checkpoint (this one is not saved) and reads the windows again.
+                return Err(Failure::transient(format!(
+                    "partition {partition}: a second cut at watermark {watermark_ms} closed {} windows",
+                    more.len()
+                ))
+                .into());
+            }
+            open = all;
+        }
+        let open_bytes = open.iter().map(Vec::len).sum();
+        let cp = PartitionCheckpoint { open, ..cp };
+        let delta = match (open_cut, self.open_base) {
+            (OpenCut::Changed, Some(base)) => Some((base.generation, closed_keys)),
+            _ => None,
+        };
         let save = SaveJob {
             partition,
             store: self.args.store.clone(),
@@ -778,10 +848,12 @@ impl OwnerRun {
                 .zip(io.fence.clone())
                 .filter(|_| plan.snapshot),
             stored_below: self.stored_below,
+            delta,
         };
         self.save_seq += 1;
         let saving = Saving {
             id: self.save_seq,
+            open_bytes,
             started,
             resume_at: cp.resume_at().0,
             write_lake: plan.write_lake,
@@ -836,8 +908,20 @@ impl OwnerRun {
             return Ok(());
         };
         let mut write_lake = saving.write_lake;
-        if let Some(size) = outcome.size {
-            m.checkpoint_bytes.record(size as u64, &[]);
+        if let Some(saved) = outcome.saved {
+            m.checkpoint_bytes.record(saved.bytes as u64, &[]);
+            self.open_base = Some(match self.open_base {
+                Some(base) if base.generation == saved.open_generation => OpenBase {
+                    delta_bytes: base.delta_bytes + saving.open_bytes,
+                    ..base
+                },
+                // Stored whole (a new generation).
+                _ => OpenBase {
+                    generation: saved.open_generation,
+                    bytes: saving.open_bytes,
+                    delta_bytes: 0,
+                },
+            });
         }
         if let Some(below) = outcome.stored_below {
             self.stored_below = below;
@@ -1126,6 +1210,7 @@ impl Actor for OwnerActor {
             writable: 0,
             last_cut: (NO_WATERMARK, false),
             stored_below: 0,
+            open_base: None,
         })
     }
 
@@ -1210,6 +1295,7 @@ mod tests {
             range_start_watermark: WatermarkState::default(),
             finished: false,
             totals: PartitionTotals::default(),
+            open_deltas: vec![],
         })
         .unwrap()
     }

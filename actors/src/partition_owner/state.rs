@@ -15,6 +15,7 @@ use wtm_core::limits::{bound_fields, plausible_host, Limits, KEPT_OF_TOO_LONG, O
 use wtm_core::parse::{parse_record, InvalidReason, ParseError};
 use wtm_core::records::{EventColumns, RawRecords};
 use wtm_core::window::{WatermarkState, WindowSpec, NO_WATERMARK};
+use wtm_messages::OpenCut;
 
 /// Fixed settings of one owner.
 #[derive(Debug, Clone)]
@@ -147,6 +148,18 @@ impl CheckpointPolicy {
         }
     }
 
+    /// Whether the checkpoint about to be cut will likely publish the shared snapshot (which
+    /// holds every open window): what [`CheckpointPolicy::plan`] says after the cut, from what
+    /// is known before it (the cut may close windows and make a publication ready).
+    pub fn snapshot_likely(&self, now: Instant, force: bool, ready_publications: usize) -> bool {
+        self.timing.snapshots
+            && (force
+                || ready_publications > 0
+                || self.last_snapshot.is_none_or(|t| {
+                    now.saturating_duration_since(t) >= self.timing.snapshot_interval
+                }))
+    }
+
     /// The snapshot was published (or not). True when the source offset may now be committed:
     /// only a durable snapshot makes a committed offset safe.
     pub fn snapshot_done(&mut self, now: Instant, ok: bool) -> bool {
@@ -165,6 +178,30 @@ impl CheckpointPolicy {
         } else {
             self.backoff.failed(now);
         }
+    }
+}
+
+/// The partition's open windows as this owner last stored them whole in the local store, and
+/// what it has written over them since as deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenBase {
+    /// The store's generation of those whole windows (what a delta names as its base).
+    pub generation: u64,
+    pub bytes: usize,
+    pub delta_bytes: usize,
+}
+
+/// Which open windows a durable checkpoint encodes: all of them when this owner has not stored
+/// them whole since its restore (the store may hold another timeline's), when the shared
+/// snapshot (which holds everything) is likely, or once the deltas over the whole copy have
+/// grown to half its size (a restore decodes the whole copy and every delta); otherwise only
+/// those changed since the checkpoint before.
+pub fn open_cut(base: Option<&OpenBase>, snapshot_likely: bool) -> OpenCut {
+    match base {
+        Some(b) if !snapshot_likely && b.delta_bytes.saturating_mul(2) < b.bytes => {
+            OpenCut::Changed
+        }
+        _ => OpenCut::All,
     }
 }
 
@@ -230,7 +267,8 @@ impl OwnerState {
     /// Rebuild from a checkpoint; returns the open-window blobs for the shards. The source must
     /// resume at `next_offset`, which is the checkpoint's `range_start`: records up to its
     /// `next_offset` are replayed (see [`OwnerState::replaying`]).
-    pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> (OwnerState, Vec<Vec<u8>>) {
+    /// The owner's state from `cp` (its open windows go to the shards: see `open_windows`).
+    pub fn restore(settings: OwnerSettings, cp: PartitionCheckpoint) -> OwnerState {
         let mut s = OwnerState::new(settings);
         let (start, watermark) = cp.resume_at();
         s.owner_epoch = cp.owner_epoch + 1;
@@ -253,7 +291,7 @@ impl OwnerState {
         s.unpublished = cp.unpublished;
         s.finished = cp.finished && s.unpublished.is_empty();
         s.advance_ready();
-        (s, cp.open)
+        s
     }
 
     pub fn watermark_ms(&self) -> i64 {
@@ -512,6 +550,7 @@ impl OwnerState {
             range_start_watermark: self.range_start_watermark,
             finished: self.source_done && self.watermark.idle_floor_ms == i64::MAX,
             totals: self.totals.clone(),
+            open_deltas: Vec::new(),
         }
     }
 
@@ -576,6 +615,33 @@ mod tests {
         assert!(p.flush(s(19), false, false, 0), "interval");
         assert!(p.flush(s(19), true, false, 0), "forced");
         assert!(p.flush(s(19), false, true, 0), "end of input");
+    }
+
+    #[test]
+    fn open_windows_go_whole_first_for_snapshots_and_when_deltas_reach_half() {
+        let base = |bytes, delta_bytes| OpenBase {
+            generation: 3,
+            bytes,
+            delta_bytes,
+        };
+        assert_eq!(
+            open_cut(None, false),
+            OpenCut::All,
+            "nothing stored whole yet"
+        );
+        assert_eq!(open_cut(Some(&base(1000, 0)), false), OpenCut::Changed);
+        assert_eq!(open_cut(Some(&base(1000, 499)), false), OpenCut::Changed);
+        assert_eq!(open_cut(Some(&base(1000, 500)), false), OpenCut::All);
+        assert_eq!(open_cut(Some(&base(1000, 0)), true), OpenCut::All);
+        let t0 = Instant::now();
+        let mut p = CheckpointPolicy::new(timing(true), t0);
+        assert!(p.snapshot_likely(t0, false, 0), "no snapshot yet");
+        p.snapshot_done(t0, true);
+        assert!(!p.snapshot_likely(t0, false, 0));
+        assert!(p.snapshot_likely(t0, true, 0));
+        assert!(p.snapshot_likely(t0, false, 1));
+        assert!(p.snapshot_likely(t0 + Duration::from_secs(60), false, 0));
+        assert!(!CheckpointPolicy::new(timing(false), t0).snapshot_likely(t0, true, 1));
     }
 
     #[test]
@@ -675,7 +741,7 @@ mod tests {
         let cp = s.checkpoint(vec![]);
         assert!(cp.finished && cp.unpublished[0].has_record_range());
         let cp: PartitionCheckpoint = decode("t", &encode(&cp).unwrap()).unwrap();
-        let (mut r, _) = OwnerState::restore(settings(), cp);
+        let mut r = OwnerState::restore(settings(), cp);
         assert!(
             !r.finished && !r.source_done,
             "must read again to derive the records"
@@ -715,7 +781,7 @@ mod tests {
             raw: Default::default(),
             seq: 0,
         }));
-        let (r, _) = OwnerState::restore(settings(), cp);
+        let r = OwnerState::restore(settings(), cp);
         assert!(r.source_done && !r.finished && r.ready_publications().len() == 1);
     }
 
@@ -843,7 +909,7 @@ mod tests {
         // Through the wire format: records are not stored.
         let cp: PartitionCheckpoint = decode("t", &encode(&cp).unwrap()).unwrap();
         assert!(cp.unpublished[0].raw.is_empty());
-        let (mut r, _) = OwnerState::restore(settings(), cp);
+        let mut r = OwnerState::restore(settings(), cp);
         assert!(r.replaying() && r.ready_publications().is_empty());
         assert_eq!(
             r.next_offset, 0,

@@ -37,7 +37,7 @@ impl Actor for WindowActor {
         match msg {
             WindowMsg::Apply(batch) => state.apply(batch.partition, &batch.events),
             WindowMsg::Cut(req, reply) => {
-                let result = state.cut(req.partition, req.watermark_ms, req.snapshot)?;
+                let result = state.cut(req.partition, req.watermark_ms, req.open)?;
                 reply.send(result).ok();
             }
             WindowMsg::Reset(partition, open) => state.reset(partition, open),

@@ -5,13 +5,21 @@ use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey, WindowKeyRef};
 use wtm_core::checkpoint::{encode, OpenWindows};
 use wtm_core::records::EventColumns;
 use wtm_core::window::WindowSpec;
-use wtm_messages::{CutResult, HostCounts, HostsPage, ShareCounts, WindowQuery};
+use wtm_messages::{CutResult, HostCounts, HostsPage, OpenCut, ShareCounts, WindowQuery};
 
 /// partition → host → window start → aggregate. Keyed by host first so that adding an event
 /// needs no allocation for the lookup.
 pub struct WindowState {
     spec: WindowSpec,
-    partitions: HashMap<u32, ahash::AHashMap<String, BTreeMap<i64, WindowAgg>>>,
+    partitions: HashMap<u32, ahash::AHashMap<String, BTreeMap<i64, OpenWindow>>>,
+}
+
+/// An open window, and whether it changed since the last cut that encoded open windows (so a
+/// checkpoint between two whole ones encodes only what changed: [`OpenCut::Changed`]).
+#[derive(Default)]
+struct OpenWindow {
+    agg: WindowAgg,
+    changed: bool,
 }
 
 impl WindowState {
@@ -29,19 +37,19 @@ impl WindowState {
                 Some(w) => w,
                 None => hosts.entry(e.host.to_owned()).or_default(),
             };
-            windows
-                .entry(self.spec.start_of(e.ts_ms))
-                .or_default()
-                .add_view(&e);
+            let w = windows.entry(self.spec.start_of(e.ts_ms)).or_default();
+            w.agg.add_view(&e);
+            w.changed = true;
         }
     }
 
-    /// Remove and return the windows the watermark has closed; encode the ones still open.
+    /// Remove and return the windows the watermark has closed; encode the ones still open that
+    /// `open` asks for.
     pub fn cut(
         &mut self,
         partition: u32,
         watermark_ms: i64,
-        snapshot: bool,
+        open: OpenCut,
     ) -> Result<CutResult, String> {
         let mut closed = Vec::new();
         let Some(hosts) = self.partitions.get_mut(&partition) else {
@@ -52,7 +60,7 @@ impl WindowState {
         };
         for (host, windows) in hosts.iter_mut() {
             let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
-            for (start, mut agg) in std::mem::replace(windows, still_open) {
+            for (start, OpenWindow { mut agg, .. }) in std::mem::replace(windows, still_open) {
                 agg.drop_victims();
                 closed.push(ClosedWindow {
                     key: WindowKey {
@@ -68,18 +76,24 @@ impl WindowState {
         hosts.retain(|_, w| !w.is_empty());
         closed.sort_by(|a, b| a.key.cmp(&b.key));
         // Encoded where they are: the bytes of an `OpenWindows`, without a copy of each window.
+        // A window encoded now is unchanged as of this cut (the checkpoint being cut holds it).
+        let all = open == OpenCut::All;
         let open: Vec<(WindowKeyRef, &WindowAgg)> = hosts
-            .iter()
-            .filter(|_| snapshot)
+            .iter_mut()
+            .filter(|_| open != OpenCut::None)
             .flat_map(|(host, windows)| {
-                windows.iter().map(move |(start, agg)| {
-                    let key = WindowKeyRef {
-                        host,
-                        start_ms: *start,
-                        partition,
-                    };
-                    (key, agg)
-                })
+                windows
+                    .iter_mut()
+                    .filter(move |(_, w)| all || w.changed)
+                    .map(move |(start, w)| {
+                        w.changed = false;
+                        let key = WindowKeyRef {
+                            host,
+                            start_ms: *start,
+                            partition,
+                        };
+                        (key, &w.agg)
+                    })
             })
             .collect();
         let open = if open.is_empty() {
@@ -95,7 +109,11 @@ impl WindowState {
         let hosts = self.partitions.entry(partition).or_default();
         hosts.clear();
         for (key, agg) in open {
-            hosts.entry(key.host).or_default().insert(key.start_ms, agg);
+            let w = OpenWindow {
+                agg,
+                changed: false,
+            };
+            hosts.entry(key.host).or_default().insert(key.start_ms, w);
         }
     }
 
@@ -111,7 +129,7 @@ impl WindowState {
                 if from >= q.to_ms {
                     continue;
                 }
-                for (start, agg) in windows.range(from..q.to_ms) {
+                for (start, OpenWindow { agg, .. }) in windows.range(from..q.to_ms) {
                     out.push((
                         WindowKey {
                             host: host.clone(),
@@ -140,7 +158,7 @@ impl WindowState {
                     host: host.clone(),
                     shares: Vec::new(),
                 });
-                for (start, agg) in windows {
+                for (start, OpenWindow { agg, .. }) in windows {
                     let key = WindowKey {
                         host: String::new(),
                         start_ms: *start,
@@ -155,7 +173,7 @@ impl WindowState {
 }
 
 /// The first window start that is still open at `watermark_ms`.
-fn first_open(spec: &WindowSpec, windows: &BTreeMap<i64, WindowAgg>, watermark_ms: i64) -> i64 {
+fn first_open(spec: &WindowSpec, windows: &BTreeMap<i64, OpenWindow>, watermark_ms: i64) -> i64 {
     windows
         .keys()
         .find(|s| !spec.is_closed(**s, watermark_ms))
@@ -204,7 +222,7 @@ mod tests {
             ]),
         );
         s.apply(1, &columns(&[ev("c", 1_000)]));
-        let cut = s.cut(0, 65_000, true).unwrap();
+        let cut = s.cut(0, 65_000, OpenCut::All).unwrap();
         let closed: Vec<_> = cut
             .closed
             .iter()
@@ -225,9 +243,39 @@ mod tests {
             .len(),
             1
         );
+        // Only what changed since the last cut that encoded open windows.
+        let keys = |s: &mut WindowState, open| -> Vec<(String, i64)> {
+            let cut = s.cut(0, 65_000, open).unwrap();
+            if cut.open.is_empty() {
+                return Vec::new();
+            }
+            let mut keys: Vec<_> = decode::<OpenWindows>("t", &cut.open)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| (k.host, k.start_ms))
+                .collect();
+            keys.sort();
+            keys
+        };
+        assert!(keys(&mut s, OpenCut::Changed).is_empty());
+        s.apply(0, &columns(&[ev("a", 125_000)]));
+        assert!(keys(&mut s, OpenCut::None).is_empty());
+        assert_eq!(keys(&mut s, OpenCut::Changed), [("a".into(), 120_000)]);
+        assert!(keys(&mut s, OpenCut::Changed).is_empty());
+        assert_eq!(
+            keys(&mut s, OpenCut::All),
+            [("a".into(), 60_000), ("a".into(), 120_000)]
+        );
         let mut restored = WindowState::new(spec);
         restored.reset(0, open);
-        assert_eq!(restored.cut(0, i64::MAX, true).unwrap().closed.len(), 2);
-        assert!(s.cut(0, 65_000, true).unwrap().closed.is_empty());
+        assert_eq!(
+            restored
+                .cut(0, i64::MAX, OpenCut::All)
+                .unwrap()
+                .closed
+                .len(),
+            2
+        );
+        assert!(s.cut(0, 65_000, OpenCut::All).unwrap().closed.is_empty());
     }
 }

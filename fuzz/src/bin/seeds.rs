@@ -56,5 +56,6 @@ fn checkpoint(open: Vec<Vec<u8>>, unpublished: Vec<Publication>) -> PartitionChe
         range_start_watermark: WatermarkState::default(),
         finished: false,
         totals: PartitionTotals::default(),
+        open_deltas: vec![],
     }
 }

@@ -121,14 +121,25 @@ pub struct EventBatch {
 pub struct CutRequest {
     pub partition: u32,
     pub watermark_ms: i64,
-    /// Also encode the windows still open (for a durable checkpoint).
-    pub snapshot: bool,
+    /// Which of the windows still open to encode (for a durable checkpoint).
+    pub open: OpenCut,
+}
+
+/// The open windows a cut encodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCut {
+    /// None (no checkpoint is saved, e.g. batch mode).
+    None,
+    /// Those added to (or opened) since the previous cut that encoded any: a delta.
+    Changed,
+    /// All of them: a whole checkpoint (a shared snapshot, or a new base for deltas).
+    All,
 }
 
 #[derive(Debug, Default)]
 pub struct CutResult {
     pub closed: Vec<ClosedWindow>,
-    /// Encoded [`OpenWindows`] (empty when the shard holds none for the partition).
+    /// Encoded [`OpenWindows`], as the request asked (empty when there are none).
     pub open: Vec<u8>,
 }
 

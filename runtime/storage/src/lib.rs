@@ -45,7 +45,7 @@ pub mod store;
 pub mod upkeep;
 
 pub use checkpoints::{
-    CheckpointStore, CheckpointStoreError, RecordBatch, Records, SplitCheckpoint,
+    CheckpointStore, CheckpointStoreError, RecordBatch, Records, Saved, SplitCheckpoint,
 };
 pub use history::{History, HistoryError, SeriesRead};
 pub use lake::{Lake, LakeError};
