@@ -137,13 +137,8 @@ impl CheckpointPolicy {
     /// checkpoint tries regardless).
     pub fn plan(&self, now: Instant, force: bool, ready_publications: usize) -> CheckpointPlan {
         let lake_ready = force || self.backoff.ready(now);
-        let interval_due = self
-            .last_snapshot
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.timing.snapshot_interval);
         CheckpointPlan {
-            snapshot: self.timing.snapshots
-                && lake_ready
-                && (force || ready_publications > 0 || interval_due),
+            snapshot: lake_ready && self.snapshot_likely(now, force, ready_publications),
             write_lake: lake_ready,
         }
     }
