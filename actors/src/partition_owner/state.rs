@@ -43,12 +43,24 @@ pub struct Ingested {
 }
 
 /// Record-level outputs accumulated since `range_start`, not yet cut into a publication.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Buffered {
     range_start: u64,
     late: Vec<LateEvent>,
     invalid: Vec<InvalidRecord>,
+    /// Coded: these rows wait in memory until the lake has them.
     raw: EventColumns,
+}
+
+impl Default for Buffered {
+    fn default() -> Self {
+        Buffered {
+            range_start: 0,
+            late: Vec::new(),
+            invalid: Vec::new(),
+            raw: EventColumns::coded(),
+        }
+    }
 }
 
 /// When to try the lake again after a failed write: 1 s, doubling to 30 s, reset by a success.
