@@ -221,9 +221,137 @@ impl Distinct {
 ))]
 pub struct TopK<K = String> {
     capacity: u32,
-    counts: HashMap<K, (u64, u64), ahash::RandomState>,
+    counts: Counts<K>,
     #[serde(skip)]
     victims: Victims<K>,
+}
+
+/// Keys a summary holds in a vector before it moves them to a hash map.
+const FEW_KEYS: usize = 8;
+
+/// A summary's keys with their (count, error): a few in a vector, more in a hash map.
+///
+/// Why: most windows of a hosting provider's long tail see one or two paths, agents and
+/// referrers, and a hash map's first allocation holds four entries and their control bytes
+/// (~200 bytes) however few it keeps: five summaries were half of a light window's 1.6 KB
+/// (`examples/agg_bytes.rs`). Written and read as the map it was, so checkpoints, history and
+/// lake sketches read either way; which form holds the keys changes no answer.
+#[derive(Clone, Debug)]
+enum Counts<K> {
+    Few(Vec<(K, (u64, u64))>),
+    /// Boxed so that a summary's inline size stays a vector's: a window holds five, and the
+    /// map inline made a window 824 bytes before it held anything (624 boxed).
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<K, (u64, u64), ahash::RandomState>>),
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts::Few(Vec::new())
+    }
+}
+
+impl<K: Eq + Hash> Counts<K> {
+    fn len(&self) -> usize {
+        match self {
+            Counts::Few(v) => v.len(),
+            Counts::Many(m) => m.len(),
+        }
+    }
+
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&(u64, u64)>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            Counts::Few(v) => v.iter().find(|(k, _)| k.borrow() == key).map(|(_, c)| c),
+            Counts::Many(m) => m.get(key),
+        }
+    }
+
+    fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut (u64, u64)>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            Counts::Few(v) => v
+                .iter_mut()
+                .find(|(k, _)| k.borrow() == key)
+                .map(|(_, c)| c),
+            Counts::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Add a key it does not hold.
+    fn insert_new(&mut self, key: K, c: (u64, u64)) {
+        match self {
+            Counts::Few(v) if v.len() < FEW_KEYS => {
+                // One slot at a time: most summaries of a light window hold one key.
+                v.reserve_exact(1);
+                v.push((key, c));
+            }
+            Counts::Few(v) => {
+                let mut m: HashMap<_, _, _> = std::mem::take(v).into_iter().collect();
+                m.insert(key, c);
+                *self = Counts::Many(Box::new(m));
+            }
+            Counts::Many(m) => {
+                m.insert(key, c);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &K) {
+        match self {
+            Counts::Few(v) => v.retain(|(k, _)| k != key),
+            Counts::Many(m) => {
+                m.remove(key);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &(u64, u64))> + '_ {
+        let (few, many) = match self {
+            Counts::Few(v) => (Some(v.iter().map(|(k, c)| (k, c))), None),
+            Counts::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    fn values(&self) -> impl Iterator<Item = &(u64, u64)> + '_ {
+        self.iter().map(|(_, c)| c)
+    }
+
+    /// Every entry, taken out.
+    fn drain(&mut self) -> Vec<(K, (u64, u64))> {
+        match std::mem::take(self) {
+            Counts::Few(v) => v,
+            Counts::Many(m) => m.into_iter().collect(),
+        }
+    }
+}
+
+impl<K: Eq + Hash> PartialEq for Counts<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, c)| other.get(k) == Some(c))
+    }
+}
+
+impl<K: Serialize + Eq + Hash> Serialize for Counts<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Eq + Hash> Deserialize<'de> for Counts<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = HashMap::<K, (u64, u64), ahash::RandomState>::deserialize(d)?;
+        Ok(if m.len() <= FEW_KEYS {
+            Counts::Few(m.into_iter().collect())
+        } else {
+            Counts::Many(Box::new(m))
+        })
+    }
 }
 
 /// The next eviction victims, so a full summary does not scan all its entries for every new
@@ -268,7 +396,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
     pub fn with_capacity(capacity: u32) -> Self {
         TopK {
             capacity: capacity.max(1),
-            counts: HashMap::default(),
+            counts: Counts::default(),
             victims: Victims::default(),
         }
     }
@@ -293,16 +421,16 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         }
         if self.counts.len() < self.capacity as usize {
             self.victims.ascending.clear();
-            self.counts.insert(key.to_owned(), (n, 0));
+            self.counts.insert_new(key.to_owned(), (n, 0));
             return;
         }
         // Evict the smallest: the newcomer inherits its count as error (Space-Saving).
         let (victim, min) = self.next_victim();
-        self.counts.remove::<K>(&victim);
+        self.counts.remove(&victim);
         if n == 0 {
             self.victims.ascending.clear(); // the newcomer joins the smallest count
         }
-        self.counts.insert(key.to_owned(), (min + n, min));
+        self.counts.insert_new(key.to_owned(), (min + n, min));
     }
 
     /// The entry with the smallest count, the largest key among equals (so the choice depends
@@ -346,18 +474,24 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
     pub fn merge(&mut self, other: &TopK<K>) {
         self.victims.ascending.clear();
-        for (k, (c, e)) in &other.counts {
-            let entry = self.counts.entry(k.clone()).or_insert((0, 0));
-            entry.0 += c;
-            entry.1 += e;
+        for (k, (c, e)) in other.counts.iter() {
+            match self.counts.get_mut(k) {
+                Some(entry) => {
+                    entry.0 += c;
+                    entry.1 += e;
+                }
+                None => self.counts.insert_new(k.clone(), (*c, *e)),
+            }
         }
         let cap = self.capacity.max(other.capacity) as usize;
         self.capacity = cap as u32;
         if self.counts.len() > cap {
-            let mut all: Vec<_> = self.counts.drain().collect();
+            let mut all = self.counts.drain();
             all.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
             all.truncate(cap);
-            self.counts.extend(all);
+            for (k, c) in all {
+                self.counts.insert_new(k, c);
+            }
         }
     }
 
@@ -525,6 +659,34 @@ mod tests {
                 let real = truth[&k];
                 prop_assert!(c >= real && c - real <= bound, "{} {} {}", k, c, real);
             }
+        }
+    }
+
+    /// Whether a summary keeps its keys in a vector or a map, it is written as the map earlier
+    /// builds wrote, and reads what they wrote.
+    #[test]
+    fn topk_reads_and_writes_the_map_earlier_builds_did() {
+        #[derive(Serialize, Deserialize)]
+        struct Earlier {
+            capacity: u32,
+            counts: HashMap<String, (u64, u64)>,
+        }
+        for keys in [0, 1, FEW_KEYS, FEW_KEYS + 1, 40] {
+            let mut t = TopK::with_capacity(32);
+            for i in 0..keys {
+                t.insert_n(format!("/p{i}").as_str(), i as u64 + 1);
+            }
+            let earlier: Earlier = rmp_serde::from_slice(&rmp_serde::to_vec(&t).unwrap()).unwrap();
+            assert_eq!(earlier.counts.len(), keys.min(32));
+            let mut top: Vec<_> = earlier
+                .counts
+                .iter()
+                .map(|(k, c)| (k.clone(), c.0))
+                .collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            assert_eq!(top, t.top(100), "{keys} keys");
+            let back: TopK = rmp_serde::from_slice(&rmp_serde::to_vec(&earlier).unwrap()).unwrap();
+            assert_eq!(back, t, "{keys} keys");
         }
     }
 
