@@ -364,18 +364,27 @@ impl<'de, K: Deserialize<'de> + Eq + Hash> Deserialize<'de> for Counts<K> {
 /// than the victim it replaces (`n ≥ 1`): nothing can join the smallest count, only leave it.
 /// Anything else (an insert without eviction, a zero-weight newcomer, a merge) drops it. A
 /// cache: never serialized, compared or cloned, so a summary's bytes and equality are those of
-/// its counts alone, and a restored summary picks the same victims.
+/// its counts alone, and a restored summary picks the same victims. Boxed, and only once a
+/// summary is full: most summaries never are, and a window holds five.
 #[derive(Debug)]
-struct Victims<K> {
+struct Victims<K>(Option<Box<VictimList<K>>>);
+
+#[derive(Debug)]
+struct VictimList<K> {
     count: u64,
     ascending: Vec<K>,
 }
 
 impl<K> Default for Victims<K> {
     fn default() -> Self {
-        Victims {
-            count: 0,
-            ascending: Vec::new(),
+        Victims(None)
+    }
+}
+
+impl<K> Victims<K> {
+    fn clear(&mut self) {
+        if let Some(v) = &mut self.0 {
+            v.ascending.clear();
         }
     }
 }
@@ -420,7 +429,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
             return;
         }
         if self.counts.len() < self.capacity as usize {
-            self.victims.ascending.clear();
+            self.victims.clear();
             self.counts.insert_new(key.to_owned(), (n, 0));
             return;
         }
@@ -428,7 +437,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         let (victim, min) = self.next_victim();
         self.counts.remove(&victim);
         if n == 0 {
-            self.victims.ascending.clear(); // the newcomer joins the smallest count
+            self.victims.clear(); // the newcomer joins the smallest count
         }
         self.counts.insert_new(key.to_owned(), (min + n, min));
     }
@@ -437,13 +446,11 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
     /// on the counts alone, not on the map's order, which differs after a restore).
     fn next_victim(&mut self) -> (K, u64) {
         loop {
-            while let Some(k) = self.victims.ascending.pop() {
-                if self
-                    .counts
-                    .get(&k)
-                    .is_some_and(|c| c.0 == self.victims.count)
-                {
-                    return (k, self.victims.count);
+            if let Some(v) = &mut self.victims.0 {
+                while let Some(k) = v.ascending.pop() {
+                    if self.counts.get(&k).is_some_and(|c| c.0 == v.count) {
+                        return (k, v.count);
+                    }
                 }
             }
             let min = self
@@ -459,10 +466,10 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
                 .map(|(k, _)| k.clone())
                 .collect();
             ascending.sort_unstable();
-            self.victims = Victims {
+            self.victims = Victims(Some(Box::new(VictimList {
                 count: min,
                 ascending,
-            };
+            })));
         }
     }
 
@@ -473,7 +480,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
 
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
     pub fn merge(&mut self, other: &TopK<K>) {
-        self.victims.ascending.clear();
+        self.victims.clear();
         for (k, (c, e)) in other.counts.iter() {
             match self.counts.get_mut(k) {
                 Some(entry) => {
