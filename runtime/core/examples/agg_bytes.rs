@@ -6,22 +6,12 @@
 //! web traffic at three sizes: one request; five from one client; 30 with distinct paths,
 //! clients and user agents. The parts are measured alone, with the same events.
 
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
-use std::alloc::System;
+mod counting;
+use counting::live;
+
 use wtm_core::agg::{network_of, path_id, WindowAgg};
 use wtm_core::event::Event;
 use wtm_core::sketch::{Distinct, Quantiles, TopK};
-
-// A counting allocator from a crate (stats_alloc), not written here: no `unsafe` of our own.
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Live heap bytes. (stats_alloc counts a realloc's growth in `bytes_allocated` already; its
-/// `bytes_reallocated` is the same growth again.)
-fn live() -> isize {
-    let s = GLOBAL.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize
-}
 
 const N: usize = 10_000;
 

@@ -5,23 +5,14 @@
 //! backfill holds them: 100,000 rows in one batch, as many as `lake.flush_records` cuts. A
 //! counting global allocator (stats_alloc) gives the live bytes, buffers' spare room included.
 
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
-use std::alloc::System;
+mod counting;
+use counting::live;
+
 use std::sync::Arc;
 use std::time::Instant;
 use wtm_core::event::Event;
 use wtm_core::generator::{Generator, GeneratorSpec};
 use wtm_core::records::EventColumns;
-
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Live heap bytes. (stats_alloc counts a realloc's growth in `bytes_allocated` already; its
-/// `bytes_reallocated` is the same growth again.)
-fn live() -> isize {
-    let s = GLOBAL.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize
-}
 
 const ROWS: usize = 100_000;
 
