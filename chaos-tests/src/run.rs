@@ -140,6 +140,8 @@ pub struct Harness {
     disk_full_ended: BTreeMap<usize, Instant>,
 }
 
+/// How long past its time a fault aimed at one node waits for a node that owns partitions.
+const VICTIM_WAIT_S: u64 = 30;
 /// How long after its disk-full fault ended a node's exit still counts as caused by it.
 const DISK_FULL_EXIT_GRACE: Duration = Duration::from_secs(30);
 
@@ -296,18 +298,36 @@ impl Harness {
             .find(|&i| self.nodes[i].alive() && !self.nodes[i].frozen && owns(&self.nodes[i]))
     }
 
-    fn begin(&mut self, fault: &Fault) -> Result<Active> {
+    /// Inject `fault`, or `None` when it is aimed at one node and no node owns partitions at
+    /// this moment (a rebalance after the fault before, say): the caller offers it again a
+    /// second later, for up to [`VICTIM_WAIT_S`] past its scheduled time. (Skipping at once
+    /// left the quick profile's one kill un-injected whenever it followed a broker restart.)
+    fn begin(&mut self, fault: &Fault) -> Result<Option<Active>> {
+        let victim = match fault.victim {
+            Some(d) => match self.victim(d) {
+                Some(v) => Ok(Some(v)),
+                None if self.elapsed() < (fault.at_s + VICTIM_WAIT_S) as f64 => return Ok(None),
+                None => Err("no node owning partitions was up"),
+            },
+            None => Ok(None),
+        };
+        let at_s = self.elapsed();
         let outcome = self.outcomes.len();
         self.outcomes.push(FaultOutcome {
             kind: fault.kind,
             victim: None,
-            at_s: self.elapsed(),
+            at_s,
             hold_s: fault.hold_s,
             recovery_s: None,
             peak_lag: 0,
             skipped: None,
         });
         self.open_faults.push(outcome);
+        // Held for `hold_s` from when it began, not from when it was due.
+        let fault = Fault {
+            at_s: at_s as u64,
+            ..fault.clone()
+        };
         let mut active = Active {
             fault: fault.clone(),
             outcome,
@@ -315,16 +335,12 @@ impl Harness {
             filler: None,
             producer: None,
         };
-        let victim = match fault.victim {
-            Some(d) => match self.victim(d) {
-                Some(v) => Some(v),
-                None => {
-                    self.outcomes[outcome].skipped =
-                        Some("no node owning partitions was up".into());
-                    return Ok(active);
-                }
-            },
-            None => None,
+        let victim = match victim {
+            Ok(v) => v,
+            Err(why) => {
+                self.outcomes[outcome].skipped = Some(why.into());
+                return Ok(Some(active));
+            }
         };
         active.victim = victim;
         self.outcomes[outcome].victim = victim;
@@ -358,7 +374,7 @@ impl Harness {
                 }
             }
         }
-        Ok(active)
+        Ok(Some(active))
     }
 
     fn end(&mut self, mut a: Active) -> Result<()> {
@@ -481,11 +497,16 @@ impl Harness {
         let mut tick = 0u64;
         loop {
             let now = self.elapsed();
+            let mut not_yet = Vec::new();
             while pending.last().is_some_and(|f| (f.at_s as f64) <= now) {
                 let f = pending.pop().expect("checked");
-                let a = self.begin(&f)?;
-                active.push(a);
+                match self.begin(&f)? {
+                    Some(a) => active.push(a),
+                    None => not_yet.push(f),
+                }
             }
+            // Due already, so they go where the next tick looks first.
+            pending.extend(not_yet.into_iter().rev());
             let (over, still): (Vec<Active>, Vec<Active>) = active
                 .into_iter()
                 .partition(|a| (a.fault.at_s + a.fault.hold_s) as f64 <= now);
