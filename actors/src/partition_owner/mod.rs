@@ -313,8 +313,7 @@ pub struct OwnerRun {
     /// shared snapshot covers (every ready one when the node publishes no snapshots). A write
     /// never runs ahead of the fence.
     writable: usize,
-    /// The newest cut's watermark and whether it ended the partition: what the lake confirms once
-    /// nothing cut is left unwritten.
+    /// The newest cut's watermark and whether it ended the partition.
     last_cut: (i64, bool),
     /// Publications numbered below this have their windows in the local store: stored by a save
     /// of this owner since its last restore (the store may hold another timeline's before it).
@@ -652,6 +651,13 @@ impl OwnerRun {
                 self.schedule_poll(me, Duration::from_millis(5));
                 return Ok(());
             }
+        }
+        if self.state.read_ahead_of_cut(self.last_cut.0) {
+            if self.saving.is_none() && self.writing.is_none() {
+                self.checkpoint(me, false, Writes::Background).await?;
+            }
+            self.schedule_poll(me, Duration::from_millis(5));
+            return Ok(());
         }
         // The lake has been away long enough that the records waiting for it reach the bound:
         // stop reading (the source keeps them) until it is back, instead of growing without end.
@@ -1012,7 +1018,7 @@ impl OwnerRun {
         }
         if self.writable == 0 {
             self.policy.lake_done(Instant::now(), true);
-            self.lake_caught_up();
+            self.report_lake_progress();
             return Ok(());
         }
         let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) else {
@@ -1073,7 +1079,7 @@ impl OwnerRun {
         };
         self.policy.lake_done(Instant::now(), ok);
         if ok {
-            self.lake_caught_up();
+            self.report_lake_progress();
         }
         Ok(ok)
     }
@@ -1114,16 +1120,16 @@ impl OwnerRun {
         }
     }
 
-    /// Nothing cut is left unwritten: everything the newest cut's watermark closes is in the
-    /// lake (queued at the archiver before this), so the detector's whole windows may count
-    /// this partition as done up to it.
-    fn lake_caught_up(&self) {
-        if !self.state.unpublished.is_empty() {
+    /// Tell the archiver how far everything this partition closed is in the lake (queued at the
+    /// archiver before this), so the detector's whole windows may count this partition as done
+    /// up to there. Said again at every write and idle check, for an archiver that restarted.
+    fn report_lake_progress(&mut self) {
+        let Some(watermark_ms) = self.state.lake_watermark() else {
             return;
-        }
+        };
         let progress = ArchiverMsg::Progress {
             partition: self.args.partition,
-            watermark_ms: self.last_cut.0,
+            watermark_ms,
         };
         if let Some(archiver) = lookup::<ArchiverMsg>(ARCHIVER_NAME) {
             tell(&archiver, ActorKind::Archiver, progress).ok();
