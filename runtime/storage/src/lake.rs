@@ -227,6 +227,10 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
     RecordBatch::try_new(windows_schema(), cols).map_err(|e| e.to_string())
 }
 
+/// Rows of raw and late events encoded per Arrow batch (a multiple of the Parquet writer's
+/// own batch of 1,024 rows).
+const EVENT_ROWS_PER_BATCH: usize = 16_384;
+
 /// The rows `rows` of `cols` as a batch of the events schema; with `watermarks` (one per row of
 /// `cols`), of the late schema.
 fn events_batch(
@@ -236,7 +240,12 @@ fn events_batch(
     watermarks: Option<&[i64]>,
 ) -> Result<RecordBatch, String> {
     let n = rows.len();
-    let text = |c: &TextColumn| StringBuilder::with_capacity(n, c.text_len());
+    // The column's average bytes per row, for `n` rows: a slice of a column need not hold all
+    // of its text.
+    let text = |c: &TextColumn| {
+        let bytes = c.text_len() as u128 * n as u128 / cols.len().max(1) as u128;
+        StringBuilder::with_capacity(n, bytes as usize)
+    };
     let mut part = Int32Builder::with_capacity(n);
     let mut off = Int64Builder::with_capacity(n);
     let mut ts = TimestampMillisecondBuilder::with_capacity(n);
@@ -299,56 +308,99 @@ fn rows_by_hour(ts_ms: &[i64]) -> BTreeMap<i64, Vec<usize>> {
     hours
 }
 
-/// Encode a batch as Parquet (Snappy; row groups of `row_group_rows` when given). Statistics
-/// per column chunk are on (the writer's default), so engines skip row groups by host and time.
+/// One Parquet file, encoded: its bytes and its Delta statistics.
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub stats: String,
+}
+
+/// Encode `batches`, in order, as one Parquet file (Snappy; row groups of `row_group_rows`
+/// when given). Statistics per column chunk are on (the writer's default), so engines skip row
+/// groups by host and time. The writer keeps a row group encoded until it is full, so a file
+/// written batch by batch needs only one batch in Arrow's plain form at a time.
 pub fn encode_parquet(
     key: &str,
-    batch: &RecordBatch,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = Result<RecordBatch, String>>,
     row_group_rows: Option<usize>,
-) -> Result<Vec<u8>, LakeError> {
+) -> Result<Encoded, LakeError> {
+    let err = |reason: String| LakeError::Format {
+        path: PathBuf::from(key),
+        reason,
+    };
     let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
     if let Some(n) = row_group_rows {
         props = props.set_max_row_group_row_count(Some(n));
     }
-    let fmt = |e: parquet::errors::ParquetError| LakeError::Format {
-        path: PathBuf::from(key),
-        reason: e.to_string(),
-    };
-    let mut w =
-        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.build())).map_err(fmt)?;
-    w.write(batch).map_err(fmt)?;
-    w.into_inner().map_err(fmt)
+    let fmt = |e: parquet::errors::ParquetError| err(e.to_string());
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props.build())).map_err(fmt)?;
+    let mut stats = FileStats::default();
+    for batch in batches {
+        let batch = batch.map_err(err)?;
+        stats.add(&batch);
+        w.write(&batch).map_err(fmt)?;
+    }
+    Ok(Encoded {
+        bytes: w.into_inner().map_err(fmt)?,
+        stats: stats.json(),
+    })
 }
 
 /// A file's Delta statistics: its row count, and the range of its host and time columns, which
 /// lets Spark, Athena and DuckDB skip whole files on a host or time predicate.
-pub fn file_stats(batch: &RecordBatch) -> String {
-    let mut min = serde_json::Map::new();
-    let mut max = serde_json::Map::new();
-    if let Some(host) = batch
-        .column_by_name("host")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-    {
-        let values = host.iter().flatten();
-        if let (Some(lo), Some(hi)) = (values.clone().min(), values.max()) {
-            min.insert("host".into(), lo.into());
-            max.insert("host".into(), hi.into());
-        }
-    }
-    for col in ["window_start", "ts"] {
-        if let Some(t) = batch
-            .column_by_name(col)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+#[derive(Default)]
+struct FileStats {
+    rows: usize,
+    host: Option<(String, String)>,
+    /// Per time column (`window_start`, `ts`), the least and greatest value.
+    times: BTreeMap<&'static str, (i64, i64)>,
+}
+
+impl FileStats {
+    fn add(&mut self, batch: &RecordBatch) {
+        self.rows += batch.num_rows();
+        if let Some(host) = batch
+            .column_by_name("host")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         {
-            let values = t.iter().flatten();
+            let values = host.iter().flatten();
             if let (Some(lo), Some(hi)) = (values.clone().min(), values.max()) {
-                min.insert(col.into(), wtm_core::time::format_rfc3339(lo).into());
-                max.insert(col.into(), wtm_core::time::format_rfc3339(hi).into());
+                let range = self.host.get_or_insert_with(|| (lo.into(), hi.into()));
+                if lo < range.0.as_str() {
+                    range.0 = lo.into();
+                }
+                if hi > range.1.as_str() {
+                    range.1 = hi.into();
+                }
+            }
+        }
+        for col in ["window_start", "ts"] {
+            if let Some(t) = batch
+                .column_by_name(col)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            {
+                let values = t.iter().flatten();
+                if let (Some(lo), Some(hi)) = (values.clone().min(), values.max()) {
+                    let range = self.times.entry(col).or_insert((lo, hi));
+                    *range = (range.0.min(lo), range.1.max(hi));
+                }
             }
         }
     }
-    serde_json::json!({"numRecords": batch.num_rows(), "minValues": min, "maxValues": max})
-        .to_string()
+
+    fn json(&self) -> String {
+        let mut min = serde_json::Map::new();
+        let mut max = serde_json::Map::new();
+        if let Some((lo, hi)) = &self.host {
+            min.insert("host".into(), lo.as_str().into());
+            max.insert("host".into(), hi.as_str().into());
+        }
+        for (col, (lo, hi)) in &self.times {
+            min.insert((*col).into(), wtm_core::time::format_rfc3339(*lo).into());
+            max.insert((*col).into(), wtm_core::time::format_rfc3339(*hi).into());
+        }
+        serde_json::json!({"numRecords": self.rows, "minValues": min, "maxValues": max}).to_string()
+    }
 }
 
 /// What writing publications put where, before their commits.
@@ -499,19 +551,16 @@ impl Lake {
     fn put_files(&self, p: &Publication, out: &mut Files) -> Result<(), LakeError> {
         let mut put = |table: &'static str,
                        path: String,
-                       batch: Result<RecordBatch, String>|
+                       batches: &mut dyn Iterator<Item = Result<RecordBatch, String>>|
          -> Result<(), LakeError> {
             let writer = self.writer(table).expect("one of TABLES");
             let key = writer.log().file_key(&path);
-            let batch = batch.map_err(|reason| LakeError::Format {
-                path: PathBuf::from(&key),
-                reason,
-            })?;
             if writer.is_removed(&path)? {
                 tracing::info!(%key, "not writing a file the lake's upkeep already compacted or expired");
                 return Ok(());
             }
-            let bytes = encode_parquet(&key, &batch, None)?;
+            let schema = table_schema(table).expect("one of TABLES");
+            let Encoded { bytes, stats } = encode_parquet(&key, schema, batches, None)?;
             let size = bytes.len() as i64;
             self.store.put(&key, bytes)?;
             out.stats.bytes += size as u64;
@@ -519,7 +568,7 @@ impl Lake {
             out.adds
                 .entry(table)
                 .or_default()
-                .push(Add::new(path, size, true, file_stats(&batch)));
+                .push(Add::new(path, size, true, stats));
             out.written.push(key);
             Ok(())
         };
@@ -531,7 +580,12 @@ impl Lake {
         for (start, mut rows) in by_window {
             rows.sort_by(|a, b| a.key.cmp(&b.key));
             let name = format!("part-p{:05}-w{}.parquet", p.partition, start);
-            put("windows", Self::file(start, &name), windows_batch(&rows))?;
+            let batch = windows_batch(&rows);
+            put(
+                "windows",
+                Self::file(start, &name),
+                &mut std::iter::once(batch),
+            )?;
         }
         let name = format!("part-p{:05}-o{:020}.parquet", p.partition, p.from_offset);
         // Late and raw events: grouped by the hour of their event time.
@@ -540,19 +594,19 @@ impl Lake {
             late.push(l.offset, l.event.view());
         }
         let watermarks: Vec<i64> = p.late.iter().map(|l| l.watermark_ms).collect();
+        // Raw events in Arrow's plain form are ~3x their coded columns: built a slice of rows
+        // at a time (a backfill's write holds up to `lake.max_unwritten_records` of them).
+        let mut events = |table, hour, cols: &EventColumns, rows: Vec<usize>, wm| {
+            let mut batches = rows
+                .chunks(EVENT_ROWS_PER_BATCH)
+                .map(|chunk| events_batch(p.partition, cols, chunk, wm));
+            put(table, Self::file(hour, &name), &mut batches)
+        };
         for (hour, rows) in rows_by_hour(&late.ts_ms) {
-            put(
-                "late",
-                Self::file(hour, &name),
-                events_batch(p.partition, &late, &rows, Some(&watermarks)),
-            )?;
+            events("late", hour, &late, rows, Some(&watermarks))?;
         }
         for (hour, rows) in rows_by_hour(&p.raw.ts_ms) {
-            put(
-                "events",
-                Self::file(hour, &name),
-                events_batch(p.partition, &p.raw, &rows, None),
-            )?;
+            events("events", hour, &p.raw, rows, None)?;
         }
         if !p.invalid.is_empty() {
             let mut part = Int32Builder::new();
@@ -575,7 +629,11 @@ impl Lake {
                 Arc::new(raw.finish()),
             ];
             let batch = RecordBatch::try_new(invalid_schema(), cols).map_err(|e| e.to_string());
-            put("invalid", Self::file(p.created_ms, &name), batch)?;
+            put(
+                "invalid",
+                Self::file(p.created_ms, &name),
+                &mut std::iter::once(batch),
+            )?;
         }
         Ok(())
     }
@@ -772,5 +830,70 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].agg.requests, 2);
         assert_eq!(lake.read_windows(60_000).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn raw_events_written_a_slice_at_a_time_read_back_whole_with_whole_file_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path());
+        // Two hours, each more than two slices of rows, hosts not in order.
+        let n = 5 * EVENT_ROWS_PER_BATCH as u64 + 7;
+        let mut raw = EventColumns::default();
+        let mut expected: BTreeMap<u64, (i64, String)> = BTreeMap::new();
+        for i in 0..n {
+            let mut e = event((i % 2) as i64 * 3_600_000 + i as i64);
+            e.host = format!("h{}.example", (i * 7919) % 1000);
+            raw.push(100 + i, e.view());
+            expected.insert(100 + i, (e.ts_ms, e.host));
+        }
+        let p = Publication {
+            partition: 1,
+            from_offset: 100,
+            to_offset: 100 + n,
+            records_watermark: wtm_core::window::WatermarkState::default(),
+            created_ms: 0,
+            closed: vec![],
+            late: vec![],
+            invalid: vec![],
+            raw,
+            seq: 1,
+        };
+        assert_eq!(lake.write(&p).unwrap().files, 2);
+        let mut back = BTreeMap::new();
+        let snap = lake.log("events").unwrap().snapshot().unwrap();
+        assert_eq!(snap.files.len(), 2);
+        for add in snap.files.values() {
+            let bytes = std::fs::read(dir.path().join("events").join(&add.path)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                .unwrap()
+                .build()
+                .unwrap();
+            let mut hosts = Vec::new();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = |name| batch.column_by_name(name).unwrap().clone();
+                let (off, ts, host) = (col("offset"), col("ts"), col("host"));
+                let off = off
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
+                let ts = ts
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .unwrap();
+                let host = host.as_any().downcast_ref::<StringArray>().unwrap();
+                for i in 0..batch.num_rows() {
+                    let v = (ts.value(i), host.value(i).to_string());
+                    hosts.push(v.1.clone());
+                    assert!(back.insert(off.value(i) as u64, v).is_none(), "twice");
+                }
+            }
+            let stats: serde_json::Value =
+                serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
+            assert_eq!(stats["numRecords"], hosts.len());
+            assert_eq!(stats["minValues"]["host"], *hosts.iter().min().unwrap());
+            assert_eq!(stats["maxValues"]["host"], *hosts.iter().max().unwrap());
+        }
+        assert_eq!(back, expected);
     }
 }

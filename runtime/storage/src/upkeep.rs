@@ -14,7 +14,7 @@
 //!   replays (see [`crate::delta`]).
 
 use crate::delta::{commit_info, delta_now_ms, Action, Add, DeltaLog, Remove};
-use crate::lake::{encode_parquet, file_stats, table_schema, Lake, LakeError};
+use crate::lake::{encode_parquet, table_schema, Encoded, Lake, LakeError};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -179,10 +179,13 @@ pub fn compact(
             let order = lexsort_to_indices(&sort, None).map_err(|e| fmt_err(&key, e))?;
             let sorted = take_record_batch(&all, &order).map_err(|e| fmt_err(&key, e))?;
             rows += sorted.num_rows();
-            let bytes = encode_parquet(&key, &sorted, Some(opts.row_group_rows))?;
+            let schema = sorted.schema();
+            let batch = std::iter::once(Ok(sorted));
+            let Encoded { bytes, stats } =
+                encode_parquet(&key, schema, batch, Some(opts.row_group_rows))?;
             let size = bytes.len() as i64;
             log.store().put(&key, bytes)?;
-            adds.push(Add::new(path, size, false, file_stats(&sorted)));
+            adds.push(Add::new(path, size, false, stats));
         }
         log.store().sync(
             adds.iter()
