@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from node_throughput import get, machine, start_node
+from node_throughput import get, machine, start_node, write_results
 
 WTM = sys.argv[1]
 OUT = pathlib.Path(__file__).with_name("RESULTS-api.md")
@@ -125,7 +125,7 @@ def main():
     ]
     for name, rate, p50, p99, top, bad in rows:
         lines.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {top:,.1f} | {bad} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

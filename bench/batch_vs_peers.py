@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from node_throughput import write_results
+
 WTM = sys.argv[1]
 PY = sys.executable
 HERE = pathlib.Path(__file__).resolve().parent
@@ -216,7 +218,7 @@ def main():
         out = HERE / "RESULTS-batch.md"
         text = out.read_text()
         head = text.split(MEMORY_MARK)[0].rstrip("\n")
-        out.write_text(head + "\n\n" + "\n".join(memory_section()) + "\n")
+        write_results(out, [head, ""] + memory_section())
         print(out.read_text())
         return
     size_gb = src.stat().st_size / 1e9
@@ -304,7 +306,7 @@ def main():
     if os.environ.get("BENCH_MEMORY", "1") == "1":
         lines += [""] + memory_section()
     out = HERE / "RESULTS-batch.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_results(out, lines)
     print(f"wrote {out}")
 
 

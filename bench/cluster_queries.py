@@ -27,7 +27,7 @@ import threading
 import time
 
 from kafka_streaming import PARTITIONS, broker, ends, new_topic
-from node_throughput import cpu_seconds, free_port, get, machine
+from node_throughput import cpu_seconds, free_port, get, machine, write_results
 
 WTM = sys.argv[1]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def main():
         lines.append(f"| {r['case']} | `{r['route']}` | {r['sites']:,} | {r['clients']} | {r['requests']} | "
                      f"{r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['per_s']:,.0f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

@@ -24,7 +24,7 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-from node_throughput import cpu_seconds, free_port, get, machine
+from node_throughput import cpu_seconds, free_port, get, machine, write_results
 
 WTM = sys.argv[1]
 OUT = pathlib.Path(__file__).with_name("RESULTS-dashboard.md")
@@ -125,7 +125,7 @@ def main():
     for r in rows:
         lines.append(f"| {r['sites']:,} | {r.get('fcp', float('nan')):.0f} | {r['table']:.0f} | {r['hosts_ms']:.0f} | "
                      f"{r['hosts_kb']:,.0f} | {r['sort']:.0f} | {r['filter']:.0f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

@@ -48,7 +48,7 @@ import tempfile
 import time
 from statistics import NormalDist
 
-from node_throughput import machine
+from node_throughput import machine, write_results
 
 WTM = sys.argv[1]
 PER_CASE = int(sys.argv[2]) if len(sys.argv) > 2 else 6
@@ -281,7 +281,7 @@ def main():
         f"`wtm detect` throughput: {points:,} points in {spent:.1f} process-seconds = {points / spent:,.0f} points/s "
         f"per process (6,048-point series, start-up included; {os.cpu_count()} at a time).",
     ]
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # The process and HTTP helpers of the node benchmark, not copies of them.
-from node_throughput import cpu_seconds, free_port, get, machine, peak_rss_mb
+from node_throughput import cpu_seconds, free_port, get, machine, peak_rss_mb, write_results
 
 WTM = sys.argv[1]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def main():
     for r, top in rows:
         if top:
             lines += ["", f"Node profile, {r['case']} (perf cpu-clock, self time, symbols ≥ 1.5%):", "", "```"] + top + ["```"]
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

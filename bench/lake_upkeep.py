@@ -24,7 +24,7 @@ import time
 
 from deltalake import DeltaTable
 
-from node_throughput import machine
+from node_throughput import machine, write_results
 
 OUT = pathlib.Path(__file__).with_name("RESULTS-lake.md")
 HOSTS, RATE, FILES = 300, 25.0, 4
@@ -131,7 +131,7 @@ def main():
         lines.append(f"| {label} | {wf[0]:,} / {wf[1]:,} | {lf[0]:,} / {lf[1]:,} | "
                      f"{m['day'][0]:.3f} | {m['site'][0]:.3f} | {m['paths'][0]:.3f} |")
     lines += ["", "Every query returns the same rows in all three states (checked by the script).", ""]
-    OUT.write_text("\n".join(lines))
+    write_results(OUT, lines)
     print("\n".join(lines))
 
 

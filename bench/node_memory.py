@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 
-from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node
+from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node, write_results
 
 OUT = pathlib.Path(__file__).with_name("RESULTS-memory.md")
 CASE = dict(WTM__SOURCE__REALTIME="false", WTM__SOURCE__START="2026-01-01T00:00:00Z",
@@ -103,7 +103,7 @@ def main():
                      f"{r['peak_rss_mb']:,.0f} | {r['end_rss_mb']:,.0f} | {r['history_mb']:,.0f} | "
                      f"{r['series_ms'][0]:.1f} / {r['series_ms'][1]:.1f} | {r['listing_ms'][0]:.0f} / {r['listing_ms'][1]:.0f} | "
                      f"{r['listing_all_ms'][0]:.0f} / {r['listing_all_ms'][1]:.0f} | {r['slow_polls']} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

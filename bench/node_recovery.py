@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node
+from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node, write_results
 
 OUT = pathlib.Path(__file__).with_name("RESULTS-recovery.md")
 EVENTS_PER_SITE_MINUTE = 12
@@ -150,7 +150,7 @@ def main():
         lines.append(f"| {i} | {r['site_windows_per_window']:,.0f} | {r['events_before_kill']:,} | "
                      f"{r['rss_before_kill_mb']:,.0f} | {r['ready_s']:.2f} | {r['lag_at_restore']:,} | "
                      f"{r['caught_up_s']:.2f} | {r['cpu_s']:.1f} | {r['peak_rss_after_mb']:,.0f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from node_memory import rss_mb
-from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node
+from node_throughput import cpu_seconds, get, machine, peak_rss_mb, start_node, write_results
 
 HERE = pathlib.Path(__file__).parent
 OUT = HERE / "RESULTS-scaling.md"
@@ -128,7 +128,7 @@ def main():
         lines.append(f"| {r['hosts']:,} | {r['events']:,} | {r['sites_seen']:,} | {r['windows_closed']:,} | "
                      f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['events_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | "
                      f"{r['kb_per_site_window']:.1f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     plot(rows)
     print(f"wrote {OUT} and {PLOT}")
 

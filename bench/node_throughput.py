@@ -92,6 +92,18 @@ def machine():
     return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}, {rustc}"
 
 
+def write_results(out, lines):
+    """Write a run's table as the head of `out`, keeping the file's dated sections (from its first
+    `## ` heading on): they are the record of earlier runs and what was read from them."""
+    kept = ""
+    if out.exists():
+        old = out.read_text()
+        at = old.find("\n## ")
+        if at >= 0:
+            kept = "\n" + old[at + 1:]
+    out.write_text("\n".join(lines).rstrip("\n") + "\n" + kept)
+
+
 def main():
     unpaced = dict(WTM__SOURCE__REALTIME="false", WTM__SOURCE__START="2026-01-01T00:00:00Z",
                    WTM__SOURCE__HOSTS="50", WTM__SOURCE__RATE="2000", WTM__SOURCE__DURATION_S="1800",
@@ -115,7 +127,7 @@ def main():
     for r in rows:
         lines.append(f"| {r['case']} | {r['events']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['events_per_s']:,.0f} | "
                      f"{r['events_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
-    OUT.write_text("\n".join(lines) + "\n")
+    write_results(OUT, lines)
     print(f"wrote {OUT}")
 
 
