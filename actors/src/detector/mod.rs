@@ -127,7 +127,7 @@ impl Actor for DetectorActor {
                     // No mark in it: the host only names a mark, so any of them will do.
                     run.announce(&dropped[0], &moved);
                 }
-                if let Some(j) = &run.journal {
+                if let Some(j) = &mut run.journal {
                     if let Err(e) = j.forget(&dropped) {
                         tracing::warn!(error = %e, "cannot forget the checkpoint of hosts judged elsewhere now");
                     }
@@ -160,12 +160,34 @@ impl Actor for DetectorActor {
                 tell(&cluster, ActorKind::Cluster, ClusterMsg::HomeHosts(hosts)).ok();
             }
         }
+        // Nothing else waiting (this message still counts): the judged windows' marks that
+        // wait for company go in now.
+        if mailbox::queued(id) <= 1 {
+            run.flush_journal();
+        }
         mailbox::handled(id, ActorKind::Detector, started);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<DetectorMsg>,
+        run: &mut DetectorRun,
+    ) -> Result<(), ActorProcessingErr> {
+        run.flush_journal();
         Ok(())
     }
 }
 
 impl DetectorRun {
+    fn flush_journal(&mut self) {
+        if let Some(j) = &mut self.journal {
+            if let Err(e) = j.flush() {
+                tracing::warn!(error = %e, "cannot keep the detector's marks: a restart judges those windows again");
+            }
+        }
+    }
+
     /// Act on what judging one window of `host` found: count and log it, keep it in the
     /// journal, announce its episodes, run its model fit off the actor.
     fn judged(&mut self, host: &str, seen: Observed, me: &ActorRef<DetectorMsg>) {
