@@ -36,14 +36,20 @@ pub struct FitJob {
     pub horizon: usize,
 }
 
+/// An ongoing episode and the judged windows without it since its newest.
+type Open = Option<Box<(Episode, usize)>>;
+
 #[derive(Default)]
 struct HostSeries {
     /// Its windows and how each metric scored.
     points: Points,
     since_fit: usize,
-    forecasts: [Option<Forecast>; 3],
+    /// Boxed, as `open` is: a host's series is kept inline in the detector's map, and most
+    /// hosts have neither (unboxed, a series was ~1 KB before it held a window: 20,000 sites
+    /// took ~30 MB of map, and twice that while it grew).
+    forecasts: [Option<Box<Forecast>>; 3],
     /// Per metric: the ongoing episode, and the judged windows without it since its newest.
-    open: [Option<(Episode, usize)>; 3],
+    open: [Open; 3],
     /// Start of the newest window judged here (kept across restarts: a replayed window at or
     /// before it raises nothing again).
     judged_through: Option<i64>,
@@ -405,7 +411,9 @@ impl DetectorState {
         for (host, m) in kept.marks {
             let series = self.hosts.entry(host).or_default();
             series.judged_through = Some(m.judged_through);
-            series.open = m.open.map(|o| o.map(|(e, calm)| (e, calm as usize)));
+            series.open = m
+                .open
+                .map(|o| o.map(|(e, calm)| Box::new((e, calm as usize))));
         }
         for (host, w) in kept.weekly {
             self.hosts.entry(host).or_default().weekly = w;
@@ -462,7 +470,8 @@ impl DetectorState {
         let mut ended = Vec::new();
         for h in &dropped {
             if let Some(series) = self.hosts.remove(h) {
-                for (mut e, _) in series.open.into_iter().flatten() {
+                for open in series.open.into_iter().flatten() {
+                    let (mut e, _) = *open;
                     e.end_ms = Some(e.last_ms + self.window_ms);
                     ended.push(e);
                 }
@@ -506,7 +515,7 @@ impl DetectorState {
         for f in forecasts {
             if let Some(s) = self.hosts.get_mut(&f.host) {
                 let m = f.metric;
-                s.forecasts[m] = Some(f);
+                s.forecasts[m] = Some(Box::new(f));
             }
         }
     }
@@ -531,7 +540,7 @@ impl DetectorState {
             .hosts
             .iter()
             .filter(|(h, _)| host.is_none_or(|want| want == h.as_str()))
-            .flat_map(|(_, s)| s.open.iter().flatten().map(|(e, _)| e));
+            .flat_map(|(_, s)| s.open.iter().flatten().map(|o| &o.0));
         let mut v: Vec<Episode> = self
             .episodes
             .iter()
@@ -567,8 +576,8 @@ fn mark_of(series: &HostSeries, judged_through: i64) -> HostMark {
         judged_through,
         open: series
             .open
-            .clone()
-            .map(|o| o.map(|(e, calm)| (e, calm as u32))),
+            .each_ref()
+            .map(|o| o.as_deref().map(|(e, calm)| (e.clone(), *calm as u32))),
     }
 }
 
@@ -576,7 +585,7 @@ fn mark_of(series: &HostSeries, judged_through: i64) -> HostMark {
 /// an anomalous window extends the ongoing episode of its kind or opens one (ending one of
 /// another kind); `quiet` judged windows without it end it. Returns (opened, ended).
 fn next_episode(
-    open: &mut Option<(Episode, usize)>,
+    open: &mut Open,
     host: &str,
     metric: usize,
     p: &WindowPoint,
@@ -590,7 +599,7 @@ fn next_episode(
     };
     match j.and_then(|j| j.kind.map(|k| (j, k))) {
         Some((j, kind)) => {
-            if let Some((e, calm)) = open.as_mut().filter(|(e, _)| e.kind == kind) {
+            if let Some((e, calm)) = open.as_deref_mut().filter(|(e, _)| e.kind == kind) {
                 e.last_ms = p.start_ms;
                 e.windows += 1;
                 *calm = 0;
@@ -617,16 +626,16 @@ fn next_episode(
                 peak_expected: j.expected,
                 severity: severity(j.score).to_owned(),
             };
-            let ended = open.replace((e.clone(), 0)).map(|(old, _)| end(old));
+            let ended = open.replace(Box::new((e.clone(), 0))).map(|old| end(old.0));
             (Some(e), ended)
         }
         None => {
-            let Some((_, calm)) = open.as_mut() else {
+            let Some((_, calm)) = open.as_deref_mut() else {
                 return (None, None);
             };
             *calm += 1;
             if *calm >= quiet {
-                return (None, open.take().map(|(e, _)| end(e)));
+                return (None, open.take().map(|o| end(o.0)));
             }
             (None, None)
         }
@@ -636,6 +645,16 @@ fn next_episode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_series_is_small_until_it_has_a_forecast_or_an_episode() {
+        // The detector's map holds one per host inline (100,000 at a hosting provider).
+        assert!(
+            std::mem::size_of::<HostSeries>() <= 160,
+            "{}",
+            std::mem::size_of::<HostSeries>()
+        );
+    }
 
     fn point(i: i64, requests: f64, err: f64, p99: f64) -> WindowPoint {
         WindowPoint {
