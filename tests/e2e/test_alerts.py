@@ -153,7 +153,9 @@ def test_a_node_killed_mid_run_announces_each_episode_once(tmp_path):
         time.sleep(0.5)
         node.kill()
         before = len(hook.bodies["/hook"])
-        node.start()
+        # Ready once the detector's history is rebuilt from the lake: on a loaded 2-core box
+        # (a debug build, the rest of the suite's services beside it) 59 s and more.
+        node.start(ready_within_s=180)
         node.wait_finished()
         episodes = settled(node, "/v1/anomalies")["episodes"]
         time.sleep(3)  # the last announcements go out
