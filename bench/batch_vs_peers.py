@@ -223,6 +223,9 @@ ANSWERS = {
                   from read_parquet('{out}/spark/*.parquet')""",
 }
 
+# wtm_core::agg::TOP_K_CAPACITY: under it a window's top-K counts are exact.
+TOP_K_CAPACITY = 100
+
 # A top-10 is right when the exact counts of the paths it names are the 10 largest exact counts
 # (ties may name either path).
 ACCURACY_SQL = r"""
@@ -239,8 +242,8 @@ select count(*) as groups,
        count(*) filter (abs(r.uniq - t.uniq) <= t.uniq * 0.02) as uniq_ok,
        max(abs(r.uniq - t.uniq) / t.uniq) as uniq_worst,
        count(*) filter (coalesce(named.counts, []) = tt.counts) as top_ok,
-       count(*) filter (tt.paths <= 100) as few_paths,
-       count(*) filter (tt.paths <= 100 and coalesce(named.counts, []) = tt.counts) as few_paths_top_ok
+       count(*) filter (tt.paths <= {cap}) as few_paths,
+       count(*) filter (tt.paths <= {cap} and coalesce(named.counts, []) = tt.counts) as few_paths_top_ok
 from truth t join top_truth tt using (host, minute)
 left join r using (host, minute) left join named using (host, minute)
 where (t.host, t.minute) not in (select (host, minute) from late_groups)
@@ -267,7 +270,7 @@ def accuracy(src, outs):
     late_groups = db.execute("select count(*) from late_groups").fetchone()[0]
     found = {}
     for name, out in outs.items():
-        row = db.execute(ACCURACY_SQL.format(answer=ANSWERS[name].format(out=out))).fetchone()
+        row = db.execute(ACCURACY_SQL.format(answer=ANSWERS[name].format(out=out), cap=TOP_K_CAPACITY)).fetchone()
         cols = ["groups", "answered", "p99_ok", "p99_worst", "uniq_ok", "uniq_worst", "top_ok",
                 "few_paths", "few_paths_top_ok"]
         found[name] = dict(zip(cols, row))
@@ -430,8 +433,8 @@ def main():
     few = next(iter(found.values()))["few_paths"]
     lines += [
         "",
-        f"Of these, {few:,} minutes saw at most 100 distinct paths (wtm's top-K capacity, under which its counts",
-        "are exact; above it Space-Saving's counts may be over by up to requests / 100). Top-10 right there: "
+        f"Of these, {few:,} minutes saw at most {TOP_K_CAPACITY} distinct paths (wtm's top-K capacity, under which its",
+        f"counts are exact; above it Space-Saving's counts may be over by up to requests / {TOP_K_CAPACITY}). Top-10 right there: "
         + ", ".join(f"{name} {a['few_paths_top_ok']:,}" for name, a in found.items()) + ".",
     ]
     lines += [
