@@ -2,11 +2,12 @@
 
 import gzip
 import json
+import os
 import subprocess
 
 import duckdb
 
-from conftest import START, WTM, Truth, generate
+from conftest import START, WTM, Truth, duck, generate
 from test_pipeline import assert_lake_equals_truth, lake_late
 
 FINAL_COLUMNS = """host, epoch_ms(window_start) as w, requests, bytes, status_1xx, status_2xx, status_3xx,
@@ -14,10 +15,10 @@ FINAL_COLUMNS = """host, epoch_ms(window_start) as w, requests, bytes, status_1x
     latency_max_ms, unique_clients, bots, status_codes, methods, top_paths, top_referrers, top_user_agents"""
 
 
-def batch(data_dir, *files, extra=()):
+def batch(data_dir, *files, extra=(), env=None):
     r = subprocess.run(
         [WTM, "batch", "--quiet", "--json", "--data-dir", str(data_dir), *extra, *map(str, files)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
     )
     return r
 
@@ -76,3 +77,42 @@ def test_nothing_parsable_is_an_error(tmp_path):
     assert "no record could be parsed" in r.stderr
     r = batch(tmp_path / "out", tmp_path / "missing.log")
     assert r.returncode != 0 and "missing.log" in r.stderr
+
+
+def test_a_rerun_at_other_timings_writes_the_same_files(tmp_path):
+    """A backfill's recovery is a rerun into the same lake (the Airflow DAG's retry): every file
+    it writes must be named by the input alone. Late, invalid and raw-event files hold offset
+    ranges of a partition; were those ranges cut where batch sizes, checkpoint ticks or the
+    machine's load happened to put them, a rerun would add their rows again under other names."""
+    src = generate(tmp_path / "day.json", seed=8, hosts=10, rate=150.0, start=START, duration=600,
+                   malformed_share=0.002)
+    truth = Truth(src)
+    lake = tmp_path / "lake"
+    # The first run reads and checkpoints as often and as unevenly as it can be made to, and waits
+    # for the lake at every block; the second at the defaults. Both keep `lake.flush_records`, the
+    # block size, as a rerun must (README, `wtm batch`).
+    timings = [
+        {"WTM__SOURCE__BATCH_SIZE": "37", "WTM__CHECKPOINT__INTERVAL_MS": "10",
+         "WTM__LAKE__FLUSH_INTERVAL_MS": "1", "WTM__LAKE__FLUSH_RECORDS": "5000",
+         "WTM__LAKE__MAX_UNWRITTEN_RECORDS": "5000"},
+        {"WTM__LAKE__FLUSH_RECORDS": "5000"},
+    ]
+    files = []
+    for i, env in enumerate(timings):
+        r = batch(tmp_path / f"run{i}", src, extra=("--raw-events",), env={"WTM__LAKE__PATH": str(lake), **env})
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        assert summary["events"] == truth.events and summary["invalid_total"] == truth.malformed > 0
+        files.append(sorted(str(p.relative_to(lake)) for p in lake.glob("*/*/*/*.parquet")))
+    assert summary["late"] > 0, "the input has late events"
+    assert len([f for f in files[0] if f.startswith("events/")]) > 2, "raw events span several files"
+    assert files[1] == files[0], "the rerun wrote files the first run did not"
+    # Each row once, in the files and through the tables' logs (what readers are told to use).
+    con = duck()
+    for table, rows in (("events", truth.events), ("late", summary["late"]), ("invalid", truth.malformed)):
+        for source in (f"read_parquet('{lake}/{table}/*/*/*.parquet')", f"delta_scan('{lake}/{table}')"):
+            n, distinct = con.execute(
+                f"select count(*), count(distinct (partition, \"offset\")) from {source}"
+            ).fetchone()
+            assert (n, distinct) == (rows, rows), source
+    assert_lake_equals_truth(lake, truth)

@@ -332,6 +332,8 @@ fn settings(args: &OwnerArgs) -> OwnerSettings {
         shards: args.config.window.shards,
         raw_events: args.config.lake.raw_events,
         limits: args.config.limits.limits(),
+        // A batch run (the one kind that is not durable) is recovered by a rerun.
+        record_block: (!args.durable).then_some(args.config.lake.flush_records as u64),
     }
 }
 
@@ -652,6 +654,16 @@ impl OwnerRun {
                 return Ok(());
             }
         }
+        // A batch run's record block has been read to its end: it is cut before reading goes on
+        // (see `OwnerSettings::record_block`).
+        if self.state.block_end() == Some(true) {
+            if self.saving.is_none() {
+                self.checkpoint(me, false, Writes::Background).await?;
+            }
+            let cut = self.state.block_end() == Some(false);
+            self.schedule_poll(me, Duration::from_millis(if cut { 0 } else { 5 }));
+            return Ok(());
+        }
         if self.state.read_ahead_of_cut(self.last_cut.0) {
             if self.saving.is_none() && self.writing.is_none() {
                 self.checkpoint(me, false, Writes::Background).await?;
@@ -661,7 +673,7 @@ impl OwnerRun {
         }
         // The lake has been away long enough that the records waiting for it reach the bound:
         // stop reading (the source keeps them) until it is back, instead of growing without end.
-        if self.state.unwritten_records() >= self.args.config.lake.max_unwritten_records {
+        if self.state.lake_backlog() >= self.args.config.lake.max_unwritten_records {
             self.schedule_poll(me, Duration::from_millis(200));
             return Ok(());
         }
@@ -671,7 +683,7 @@ impl OwnerRun {
         let (source, batch, max) = (
             &mut io.source,
             &mut self.batch,
-            self.args.config.source.batch_size,
+            self.state.read_limit(self.args.config.source.batch_size),
         );
         let polled = tokio::task::block_in_place(|| source.poll(max, batch));
         if !self.batch.is_empty() {
@@ -802,14 +814,15 @@ impl OwnerRun {
             OpenCut::None | OpenCut::All => Vec::new(),
         };
         let closed_n = closed.len() as u64;
-        let now = now_ms();
         let flush = self.policy.flush(
             Instant::now(),
             force,
             self.state.source_done,
             self.state.buffered_len(),
+            self.state.block_end(),
         );
-        self.state.cut_publication(closed, now, flush);
+        let stamp = self.state.publication_stamp(now_ms());
+        self.state.cut_publication(closed, stamp, flush);
         if closed_n > 0 {
             if let Some(p) = self.state.unpublished.last() {
                 tell_unwritten(Unwritten::Cut(Arc::clone(p)));

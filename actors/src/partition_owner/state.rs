@@ -28,6 +28,13 @@ pub struct OwnerSettings {
     pub shards: usize,
     pub raw_events: bool,
     pub limits: Limits,
+    /// A batch run's record blocks: late, invalid and raw records are cut into publications only
+    /// where an offset is a multiple of this (and at the end of the input), never on the clock.
+    /// Their files are named by where their range starts, and a batch run's recovery is a rerun
+    /// into the same lake: the input alone must decide the ranges, or a rerun adds rows again
+    /// under other names. None: on the clock and the buffer's size (a node's live stream, whose
+    /// replays after a crash rewrite the ranges their checkpoint fixed).
+    pub record_block: Option<u64>,
 }
 
 /// Counts of one ingested batch, for metrics.
@@ -133,11 +140,25 @@ impl CheckpointPolicy {
     /// Whether this checkpoint also cuts the buffered records into a publication: when forced
     /// (an idle advance, a drain), at the end of input, every flush interval, or once the
     /// buffer reaches its bound. A flush restarts the interval.
-    pub fn flush(&mut self, now: Instant, force: bool, source_done: bool, buffered: usize) -> bool {
+    /// With record blocks (`block_end` is some: see [`OwnerSettings::record_block`]), only at a
+    /// block's end instead of on the interval and the bound.
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        force: bool,
+        source_done: bool,
+        buffered: usize,
+        block_end: Option<bool>,
+    ) -> bool {
         let due = force
             || source_done
-            || now.saturating_duration_since(self.last_flush) >= self.timing.flush_interval
-            || buffered >= self.timing.flush_records;
+            || match block_end {
+                Some(end) => end,
+                None => {
+                    now.saturating_duration_since(self.last_flush) >= self.timing.flush_interval
+                        || buffered >= self.timing.flush_records
+                }
+            };
         if due {
             self.last_flush = now;
         }
@@ -397,6 +418,55 @@ impl OwnerState {
         pending + self.buffered.raw.len() + self.buffered.late.len() + self.buffered.invalid.len()
     }
 
+    /// Late, invalid and raw records reading waits for the lake to take (see
+    /// `lake.max_unwritten_records`): all of [`OwnerState::unwritten_records`], but with record
+    /// blocks only those already cut (the buffered ones go out only once the block is read to
+    /// its end: waiting for the lake would never get them there).
+    pub fn lake_backlog(&self) -> usize {
+        match self.settings.record_block {
+            None => self.unwritten_records(),
+            Some(_) => self
+                .unpublished
+                .iter()
+                .map(|p| p.late.len() + p.invalid.len() + p.raw.len())
+                .sum(),
+        }
+    }
+
+    /// How many records the next read may take, of `max`: with record blocks, no more than the
+    /// current block has left, so that reading stops at its end for the cut.
+    pub fn read_limit(&self, max: usize) -> usize {
+        match self.settings.record_block {
+            Some(block) if block > 0 => {
+                let left = block - self.next_offset % block;
+                max.min(usize::try_from(left).unwrap_or(usize::MAX)).max(1)
+            }
+            _ => max,
+        }
+    }
+
+    /// With record blocks: whether reading has reached the end of a block whose records are not
+    /// cut yet (the next checkpoint must flush, and reading may not go on before it has).
+    /// None without record blocks.
+    pub fn block_end(&self) -> Option<bool> {
+        let block = self.settings.record_block?;
+        Some(
+            block > 0
+                && self.next_offset > self.buffered.range_start
+                && self.next_offset.is_multiple_of(block),
+        )
+    }
+
+    /// What a publication cut now is stamped with (the hour of its invalid records): the wall
+    /// clock, or with record blocks (a batch run) the newest event time read, so that a rerun
+    /// files them in the same hour (1970-01-01 before any valid event).
+    pub fn publication_stamp(&self, now_ms: i64) -> i64 {
+        match self.settings.record_block {
+            None => now_ms,
+            Some(_) => self.watermark.max_event_ms.max(0),
+        }
+    }
+
     /// Records buffered since the last flush.
     pub fn buffered_len(&self) -> usize {
         self.buffered
@@ -638,15 +708,21 @@ mod tests {
             shards: 2,
             limits: Limits::default(),
             raw_events: true,
+            record_block: None,
         }
     }
 
     fn batch(lines: &[&str]) -> RawRecords {
+        batch_at(100, lines)
+    }
+
+    /// Records at offsets from `first` on.
+    fn batch_at(first: u64, lines: &[&str]) -> RawRecords {
         let mut b = RawRecords::default();
         for (i, l) in lines.iter().enumerate() {
             let start = b.buf.len();
             b.buf.extend_from_slice(l.as_bytes());
-            b.records.push((100 + i as u64, start..b.buf.len()));
+            b.records.push((first + i as u64, start..b.buf.len()));
         }
         b
     }
@@ -665,15 +741,66 @@ mod tests {
         let t0 = Instant::now();
         let s = |n| t0 + Duration::from_secs(n);
         let mut p = CheckpointPolicy::new(timing(false), t0);
-        assert!(!p.flush(s(9), false, false, 999));
-        assert!(p.flush(s(9), false, false, 1000), "buffer bound");
+        assert!(!p.flush(s(9), false, false, 999, None));
+        assert!(p.flush(s(9), false, false, 1000, None), "buffer bound");
         assert!(
-            !p.flush(s(18), false, false, 0),
+            !p.flush(s(18), false, false, 0, None),
             "the bound flush restarted the interval"
         );
-        assert!(p.flush(s(19), false, false, 0), "interval");
-        assert!(p.flush(s(19), true, false, 0), "forced");
-        assert!(p.flush(s(19), false, true, 0), "end of input");
+        assert!(p.flush(s(19), false, false, 0, None), "interval");
+        assert!(p.flush(s(19), true, false, 0, None), "forced");
+        assert!(p.flush(s(19), false, true, 0, None), "end of input");
+    }
+
+    #[test]
+    fn record_blocks_end_where_the_offsets_say_never_on_the_clock() {
+        let t0 = Instant::now();
+        let mut p = CheckpointPolicy::new(timing(false), t0);
+        let late = t0 + Duration::from_secs(60);
+        assert!(
+            !p.flush(late, false, false, 5000, Some(false)),
+            "neither the interval nor the bound ends a block"
+        );
+        assert!(p.flush(t0, false, false, 0, Some(true)), "a block's end");
+        assert!(p.flush(t0, false, true, 0, Some(false)), "end of input");
+
+        let mut s = OwnerState::new(OwnerSettings {
+            record_block: Some(4),
+            ..settings()
+        });
+        let mut routed = vec![EventColumns::default(), EventColumns::default()];
+        let line =
+            |ts: i64| format!(r#"{{"ts":{ts},"host":"a","method":"GET","path":"/","status":200}}"#);
+        assert_eq!((s.read_limit(10), s.block_end()), (4, Some(false)));
+        s.ingest(
+            &batch_at(0, &[&line(10_000), "nope", &line(70_000)]),
+            &mut routed,
+        );
+        assert_eq!(s.read_limit(10), 1, "reading stops at the block's end");
+        assert_eq!(s.block_end(), Some(false));
+        s.ingest(&batch_at(3, &[&line(1_000)]), &mut routed);
+        assert_eq!((s.block_end(), s.read_limit(10)), (Some(true), 4));
+        assert_eq!(
+            s.publication_stamp(123),
+            70_000,
+            "stamped with the input's clock, not the wall's"
+        );
+        s.cut_publication(vec![], s.publication_stamp(123), true);
+        assert_eq!(s.block_end(), Some(false), "cut");
+        let p = &s.unpublished[0];
+        assert_eq!(
+            (p.from_offset, p.to_offset, p.created_ms, p.late.len()),
+            (0, 4, 70_000, 1)
+        );
+        // The next block's records, buffered: reading waits for the lake only over those cut.
+        s.ingest(&batch_at(4, &["junk", "junk"]), &mut routed);
+        assert_eq!((s.unwritten_records(), s.lake_backlog()), (7, 5));
+
+        let s = OwnerState::new(settings());
+        assert_eq!(
+            (s.read_limit(10), s.block_end(), s.publication_stamp(123)),
+            (10, None, 123)
+        );
     }
 
     #[test]
