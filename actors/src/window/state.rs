@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey, WindowKeyRef};
 use wtm_core::checkpoint::{encode, OpenWindows};
+use wtm_core::event::BotCache;
 use wtm_core::records::EventColumns;
 use wtm_core::window::WindowSpec;
 use wtm_messages::{CutResult, HostCounts, HostsPage, OpenCut, ShareCounts, WindowQuery};
@@ -12,6 +13,7 @@ use wtm_messages::{CutResult, HostCounts, HostsPage, OpenCut, ShareCounts, Windo
 pub struct WindowState {
     spec: WindowSpec,
     partitions: HashMap<u32, ahash::AHashMap<String, BTreeMap<i64, OpenWindow>>>,
+    bots: BotCache,
 }
 
 /// An open window, and whether it changed since the last cut that encoded open windows (so a
@@ -27,6 +29,7 @@ impl WindowState {
         WindowState {
             spec,
             partitions: HashMap::new(),
+            bots: BotCache::default(),
         }
     }
 
@@ -38,7 +41,7 @@ impl WindowState {
                 None => hosts.entry(e.host.to_owned()).or_default(),
             };
             let w = windows.entry(self.spec.start_of(e.ts_ms)).or_default();
-            w.agg.add_view(&e);
+            w.agg.add_judged(&e, self.bots.is_bot(e.user_agent));
             w.changed = true;
         }
     }

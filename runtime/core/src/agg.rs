@@ -214,6 +214,12 @@ impl WindowAgg {
     }
 
     pub fn add_view(&mut self, e: &EventView<'_>) {
+        self.add_judged(e, e.is_bot());
+    }
+
+    /// [`WindowAgg::add_view`] with the bot decision made by the caller (a shard's
+    /// [`crate::event::BotCache`]).
+    pub fn add_judged(&mut self, e: &EventView<'_>, bot: bool) {
         self.requests += 1;
         self.bytes += e.bytes;
         self.status_class[(e.status / 100).clamp(1, 5) as usize - 1] += 1;
@@ -223,7 +229,7 @@ impl WindowAgg {
         } else {
             self.methods.add("OTHER", 1);
         }
-        if e.is_bot() {
+        if bot {
             self.bots += 1;
         }
         if let Some(l) = e.latency_ms {

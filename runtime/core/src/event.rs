@@ -154,6 +154,36 @@ fn is_bot(user_agent: Option<&str>) -> bool {
     bot_finders().iter().any(|f| f.find(&buf[..n]).is_some())
 }
 
+/// User agents already judged by [`EventView::is_bot`], for a window shard that judges every
+/// event it aggregates: a site's visitors send a few agents over and over, and lower-casing one
+/// and searching it for every marker was a twentieth of a backfill's CPU (`bench/PROFILE-batch.md`).
+/// Forgets everything at [`BotCache::CAPACITY`] agents, so hostile input that never repeats one
+/// costs a lookup and an insert more per event, and bounded memory.
+#[derive(Debug, Default)]
+pub struct BotCache {
+    judged: std::collections::HashMap<Box<str>, bool, ahash::RandomState>,
+}
+
+impl BotCache {
+    pub const CAPACITY: usize = 4096;
+
+    /// What [`EventView::is_bot`] says of this agent.
+    pub fn is_bot(&mut self, user_agent: Option<&str>) -> bool {
+        let Some(ua) = user_agent else {
+            return false;
+        };
+        if let Some(&bot) = self.judged.get(ua) {
+            return bot;
+        }
+        let bot = is_bot(Some(ua));
+        if self.judged.len() >= Self::CAPACITY {
+            self.judged.clear();
+        }
+        self.judged.insert(ua.into(), bot);
+        bot
+    }
+}
+
 /// The input formats `wtm` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -204,5 +234,23 @@ mod tests {
             "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
         )));
         assert!(!is_bot(None));
+    }
+
+    #[test]
+    fn the_bot_cache_answers_as_the_check_and_stays_bounded() {
+        let mut cache = BotCache::default();
+        let agents: Vec<String> = (0..BotCache::CAPACITY * 2 + 7)
+            .map(|i| match i % 3 {
+                0 => format!("Mozilla/5.0 Firefox/{i}"),
+                1 => format!("SomeBOT/{i}"),
+                _ => "curl/8.5.0".to_string(),
+            })
+            .collect();
+        // Each agent twice: once judged, once (mostly) remembered.
+        for ua in agents.iter().chain(&agents) {
+            assert_eq!(cache.is_bot(Some(ua)), is_bot(Some(ua)), "{ua}");
+            assert!(cache.judged.len() <= BotCache::CAPACITY);
+        }
+        assert!(!cache.is_bot(None));
     }
 }
