@@ -410,12 +410,18 @@ impl OwnerState {
     /// Late, invalid and raw records held in memory: buffered, or in publications not yet
     /// written to the lake (these grow while the lake is unreachable).
     pub fn unwritten_records(&self) -> usize {
-        let pending: usize = self
-            .unpublished
+        self.cut_records()
+            + self.buffered.raw.len()
+            + self.buffered.late.len()
+            + self.buffered.invalid.len()
+    }
+
+    /// Late, invalid and raw records in publications not yet written.
+    fn cut_records(&self) -> usize {
+        self.unpublished
             .iter()
             .map(|p| p.late.len() + p.invalid.len() + p.raw.len())
-            .sum();
-        pending + self.buffered.raw.len() + self.buffered.late.len() + self.buffered.invalid.len()
+            .sum()
     }
 
     /// Late, invalid and raw records reading waits for the lake to take (see
@@ -425,11 +431,7 @@ impl OwnerState {
     pub fn lake_backlog(&self) -> usize {
         match self.settings.record_block {
             None => self.unwritten_records(),
-            Some(_) => self
-                .unpublished
-                .iter()
-                .map(|p| p.late.len() + p.invalid.len() + p.raw.len())
-                .sum(),
+            Some(_) => self.cut_records(),
         }
     }
 
