@@ -140,13 +140,16 @@ impl ParsedEvent<'_> {
     }
 }
 
+/// How much of a user agent decides whether it is a bot.
+const BOT_JUDGED_BYTES: usize = 512;
+
 /// Whether a user agent belongs to a crawler or an automated client. Runs per event, so it
-/// lower-cases into a stack buffer (the first 512 bytes decide) instead of allocating.
+/// lower-cases into a stack buffer (the first `BOT_JUDGED_BYTES` decide) instead of allocating.
 fn is_bot(user_agent: Option<&str>) -> bool {
     let Some(ua) = user_agent else {
         return false;
     };
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; BOT_JUDGED_BYTES];
     let n = ua.len().min(buf.len());
     for (d, s) in buf.iter_mut().zip(&ua.as_bytes()[..n]) {
         *d = s.to_ascii_lowercase();
@@ -158,10 +161,12 @@ fn is_bot(user_agent: Option<&str>) -> bool {
 /// event it aggregates: a site's visitors send a few agents over and over, and lower-casing one
 /// and searching it for every marker was a twentieth of a backfill's CPU (`bench/PROFILE-batch.md`).
 /// Forgets everything at [`BotCache::CAPACITY`] agents, so hostile input that never repeats one
-/// costs a lookup and an insert more per event, and bounded memory.
+/// costs a lookup and an insert more per event. Keyed by the bytes the check reads (the first
+/// [`BOT_JUDGED_BYTES`]), so hostile agents as long as `limits.max_field_bytes` allows hold at
+/// most 2 MiB per shard.
 #[derive(Debug, Default)]
 pub struct BotCache {
-    judged: std::collections::HashMap<Box<str>, bool, ahash::RandomState>,
+    judged: std::collections::HashMap<Box<[u8]>, bool, ahash::RandomState>,
 }
 
 impl BotCache {
@@ -172,14 +177,15 @@ impl BotCache {
         let Some(ua) = user_agent else {
             return false;
         };
-        if let Some(&bot) = self.judged.get(ua) {
+        let judged = &ua.as_bytes()[..ua.len().min(BOT_JUDGED_BYTES)];
+        if let Some(&bot) = self.judged.get(judged) {
             return bot;
         }
         let bot = is_bot(Some(ua));
         if self.judged.len() >= Self::CAPACITY {
             self.judged.clear();
         }
-        self.judged.insert(ua.into(), bot);
+        self.judged.insert(judged.into(), bot);
         bot
     }
 }
@@ -240,9 +246,11 @@ mod tests {
     fn the_bot_cache_answers_as_the_check_and_stays_bounded() {
         let mut cache = BotCache::default();
         let agents: Vec<String> = (0..BotCache::CAPACITY * 2 + 7)
-            .map(|i| match i % 3 {
+            .map(|i| match i % 4 {
                 0 => format!("Mozilla/5.0 Firefox/{i}"),
                 1 => format!("SomeBOT/{i}"),
+                // Long ones: only the first bytes decide (this marker lies beyond them).
+                2 => format!("{}{i}-crawler", "x".repeat(BOT_JUDGED_BYTES)),
                 _ => "curl/8.5.0".to_string(),
             })
             .collect();
@@ -250,6 +258,7 @@ mod tests {
         for ua in agents.iter().chain(&agents) {
             assert_eq!(cache.is_bot(Some(ua)), is_bot(Some(ua)), "{ua}");
             assert!(cache.judged.len() <= BotCache::CAPACITY);
+            assert!(cache.judged.keys().all(|k| k.len() <= BOT_JUDGED_BYTES));
         }
         assert!(!cache.is_bot(None));
     }
