@@ -43,10 +43,6 @@ use wtm_telemetry::{partition_label, ActorKind, KeyValue, Metrics};
 /// Window-shard mailbox depth above which owners hold back (backpressure).
 const MAX_SHARD_BACKLOG: i64 = 64;
 
-/// Cuts (publications) an owner may make beyond its lake write under way before it stops
-/// reading until that write returns.
-const MAX_CUTS_AHEAD_OF_WRITES: usize = 1;
-
 /// A fenced owner (another owner published the partition's snapshot since this one did) waits
 /// this long before it restores from that snapshot and claims the partition again. Long enough
 /// for a zombie's consumer group to tell it that it lost the partition (librdkafka does within a
@@ -636,23 +632,21 @@ impl OwnerRun {
         if self.state.finished || self.state.source_done || self.draining || self.fenced {
             return Ok(());
         }
+        // The lake takes writes more slowly than this partition is read (an unpaced backfill, a
+        // slow store): read no further ahead of the write under way than a few cuts, so the
+        // closed windows waiting for it (in memory, and encoded into the checkpoints) stay
+        // bounded. A store that fails answers at once and backs off; then reading goes on, up
+        // to the bound below.
+        if !self.room_to_cut_ahead() {
+            self.schedule_poll(me, Duration::from_millis(5));
+            return Ok(());
+        }
         let Some(io) = self.io.as_mut() else {
             return Ok(());
         };
         if ActorKind::Window.depth() > MAX_SHARD_BACKLOG * io.shards.len() as i64 {
             self.schedule_poll(me, Duration::from_millis(2));
             return Ok(());
-        }
-        // The lake takes writes more slowly than this partition is read (an unpaced backfill, a
-        // slow store): read no further ahead of the write under way than a few cuts, so the
-        // closed windows waiting for it (in memory, and encoded into every checkpoint) stay
-        // bounded. A store that fails answers at once and backs off; then reading goes on, up
-        // to the bound below.
-        if let Some(w) = &self.writing {
-            if self.state.unpublished.len() >= w.count + MAX_CUTS_AHEAD_OF_WRITES {
-                self.schedule_poll(me, Duration::from_millis(5));
-                return Ok(());
-            }
         }
         // A batch run's record block has been read to its end: it is cut before reading goes on
         // (see `OwnerSettings::record_block`).
@@ -665,7 +659,7 @@ impl OwnerRun {
             return Ok(());
         }
         if self.state.read_ahead_of_cut(self.last_cut.0) {
-            if self.saving.is_none() && self.writing.is_none() {
+            if self.saving.is_none() {
                 self.checkpoint(me, false, Writes::Background).await?;
             }
             self.schedule_poll(me, Duration::from_millis(5));
@@ -731,11 +725,12 @@ impl OwnerRun {
                 }
             }
         }
-        // Not while a save is under way (the interval's checkpoint waits for that one anyway),
-        // nor while a lake write is: reading stops one cut ahead of the write, and small cuts
-        // each waiting for the write before took a third off a backfill of 50 sites. What the
-        // write's time lets accumulate meanwhile goes out in the next cut.
-        if self.saving.is_none() && self.writing.is_none() && self.state.cut_due(self.last_cut.0) {
+        // Not while a save is under way (the interval's checkpoint waits for that one anyway).
+        // While a lake write is, only with room for the cut ahead of it (reading stops at the
+        // bound): what the write's time lets accumulate meanwhile goes out in later cuts, and
+        // the next write takes them all.
+        if self.saving.is_none() && self.room_to_cut_ahead() && self.state.cut_due(self.last_cut.0)
+        {
             self.checkpoint(me, false, Writes::Background).await?;
         }
         match polled {
@@ -1021,6 +1016,12 @@ impl OwnerRun {
         }
         self.finish_if_written();
         Ok(())
+    }
+
+    /// Whether another cut may be made now (see [`OwnerState::room_to_cut_ahead`]).
+    fn room_to_cut_ahead(&self) -> bool {
+        self.state
+            .room_to_cut_ahead(self.writing.as_ref().map(|w| w.count))
     }
 
     /// Start writing the oldest writable publications, unless a write is under way (its answer
