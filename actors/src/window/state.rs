@@ -64,7 +64,7 @@ impl WindowState {
         for (host, windows) in hosts.iter_mut() {
             let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
             for (start, OpenWindow { mut agg, .. }) in std::mem::replace(windows, still_open) {
-                agg.drop_victims();
+                agg.close();
                 closed.push(ClosedWindow {
                     key: WindowKey {
                         host: host.clone(),

@@ -208,6 +208,12 @@ impl Distinct {
     pub fn estimate(&mut self) -> u64 {
         self.0.count().round() as u64
     }
+
+    /// Fold the sparse buffer in now: it is a hash set, encoded in a per-process random order,
+    /// so a sketch encoded after this has bytes that depend only on what it counted.
+    pub fn settle(&mut self) {
+        self.0.count();
+    }
 }
 
 /// Space-Saving heavy hitters: keeps at most `capacity` keys; a reported count over-estimates
@@ -216,7 +222,7 @@ impl Distinct {
 /// path hashes).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(bound(
-    serialize = "K: Serialize + Eq + Hash",
+    serialize = "K: Serialize + Eq + Hash + Ord",
     deserialize = "K: Deserialize<'de> + Eq + Hash"
 ))]
 pub struct TopK<K = String> {
@@ -337,9 +343,14 @@ impl<K: Eq + Hash> PartialEq for Counts<K> {
     }
 }
 
-impl<K: Serialize + Eq + Hash> Serialize for Counts<K> {
+/// In key order: the map iterates in a per-process random order, and a summary's bytes must
+/// depend only on what it holds, so that a rerun or a replay writes the same lake file (the
+/// table's log records each file's size; a file rewritten with other bytes would not match it).
+impl<K: Serialize + Eq + Hash + Ord> Serialize for Counts<K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
+        let mut entries: Vec<_> = self.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(entries)
     }
 }
 

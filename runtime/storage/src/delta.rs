@@ -709,18 +709,25 @@ impl TableWriter {
     ) -> Result<(u64, HashSet<String>), DeltaError> {
         loop {
             let next = known.map_or(0, |v| v + 1);
-            let mut actions = Vec::new();
-            if next == 0 {
-                actions.extend(self.create_actions()?);
-            }
             let mut seen = HashSet::new();
+            let mut adds = Vec::new();
             for q in batch {
                 for a in &q.adds {
                     if !tombstones.contains(&a.path) && seen.insert(a.path.as_str()) {
-                        actions.push(Action::Add(a.clone()));
+                        adds.push(Action::Add(a.clone()));
                     }
                 }
             }
+            let mut actions = Vec::new();
+            if next == 0 {
+                // The files of this batch are already under the table too (written before
+                // their commit): added once, as the batch has them (with their stats). The
+                // protocol allows one add per path in a version.
+                actions.extend(self.create_actions()?.into_iter().filter(
+                    |a| !matches!(a, Action::Add(add) if seen.contains(add.path.as_str())),
+                ));
+            }
+            actions.extend(adds);
             if next > 0 && actions.is_empty() {
                 return Ok((known.unwrap_or(0), tombstones));
             }
@@ -1001,6 +1008,10 @@ mod tests {
         let f = dir.path().join("t/dt=2026-01-01/hour=03/old.parquet");
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(&f, b"1234").unwrap();
+        // The first append's file is written before its commit, like every table file.
+        let new = dir.path().join("t/dt=2026-01-01/hour=04/new.parquet");
+        std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+        std::fs::write(&new, b"1").unwrap();
         let w = writer(dir.path());
         w.append(vec![add("dt=2026-01-01/hour=04/new.parquet")])
             .unwrap();
@@ -1008,5 +1019,23 @@ mod tests {
         assert_eq!(snap.version, Some(0));
         assert_eq!(snap.files["dt=2026-01-01/hour=03/old.parquet"].size, 4);
         assert_eq!(snap.files.len(), 2);
+        // One add per path in the version, the new file's with the stats it was appended with.
+        let adds: Vec<Add> = w
+            .log()
+            .read_commit(0)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Add(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adds.len(), 2, "{adds:?}");
+        let new = adds
+            .iter()
+            .find(|a| a.path.ends_with("new.parquet"))
+            .unwrap();
+        assert!(new.stats.is_some());
     }
 }
