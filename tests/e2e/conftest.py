@@ -28,10 +28,21 @@ START = "2026-01-01T00:00:00Z"
 WINDOW_MS = 60_000
 
 
+# Ports handed out in this session. A port is free only until someone binds it, and a test often
+# takes several before starting anything (a cluster's listen ports, then each node's HTTP port):
+# the kernel may offer a port again meanwhile (seen: a node's HTTP port equal to another node's
+# cluster port, "Address already in use"). So none is handed out twice.
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def to_toml(cfg):
