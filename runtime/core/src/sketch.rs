@@ -9,9 +9,8 @@ use crate::hash::Fnv1a;
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
-use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 /// Relative accuracy of latency quantiles.
 pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
@@ -220,44 +219,171 @@ impl Distinct {
 /// the true count by at most `error` (≤ total / capacity). Keys are strings (paths, user agents)
 /// or, where names can be had elsewhere, 64-bit ids that cost no allocation (client networks,
 /// path hashes).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(bound(
-    serialize = "K: Serialize + Eq + Hash + Ord",
-    deserialize = "K: Deserialize<'de> + Eq + Hash"
-))]
-pub struct TopK<K = String> {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "", deserialize = "K: Deserialize<'de>"))]
+pub struct TopK<K: TopKey = String> {
     capacity: u32,
     counts: Counts<K>,
     #[serde(skip)]
-    victims: Victims<K>,
+    victims: Victims,
+}
+
+impl<K: TopKey> Default for TopK<K> {
+    fn default() -> Self {
+        TopK {
+            capacity: 0,
+            counts: Counts::default(),
+            victims: Victims::default(),
+        }
+    }
+}
+
+/// A key type of [`TopK`]: a summary finds keys by a 64-bit id, so that a lookup reads no
+/// string (a string key's bytes are a cache miss of their own, and comparing them was a tenth
+/// of a batch's profile), and keeps beside the id only what the id does not already say.
+///
+/// - `u64` keys are their own id and keep nothing more.
+/// - A `String`'s id is a hash seeded once per process, so strangers cannot aim two paths at
+///   one id; two different strings sharing one (odds about 2⁻⁶⁴ per pair) would count as one
+///   key. It keeps its text as a `Box<str>` (16 bytes, not a `String`'s 24: with the id, an
+///   entry is as large as it was before ids). Ids are never stored: a summary read back
+///   computes them again.
+pub trait TopKey: Clone + Ord + Serialize {
+    /// What a summary keeps of a key beside its id.
+    type Name: Clone + std::fmt::Debug;
+    /// The key borrowed from its id and name: what summaries order and write.
+    type Ref<'a>: Ord + Serialize + Copy
+    where
+        Self: 'a;
+    /// The key's id and what to keep of it.
+    fn into_parts(self) -> (u64, Self::Name);
+    fn as_ref(id: u64, name: &Self::Name) -> Self::Ref<'_>;
+    fn from_ref(key: Self::Ref<'_>) -> Self;
+}
+
+/// What a summary can count: a key borrowed (`&str` for `String` summaries).
+pub trait KeyOf<K: TopKey> {
+    fn id(&self) -> u64;
+    fn name(&self) -> K::Name;
+}
+
+impl TopKey for String {
+    type Name = Box<str>;
+    type Ref<'a> = &'a str;
+    fn into_parts(self) -> (u64, Box<str>) {
+        (self.as_str().id(), self.into_boxed_str())
+    }
+    fn as_ref(_: u64, name: &Box<str>) -> &str {
+        name
+    }
+    fn from_ref(key: &str) -> String {
+        key.to_owned()
+    }
+}
+
+impl KeyOf<String> for str {
+    fn id(&self) -> u64 {
+        static SEEDED: std::sync::LazyLock<ahash::RandomState> =
+            std::sync::LazyLock::new(ahash::RandomState::new);
+        SEEDED.hash_one(self)
+    }
+    fn name(&self) -> Box<str> {
+        self.into()
+    }
+}
+
+impl KeyOf<String> for String {
+    fn id(&self) -> u64 {
+        self.as_str().id()
+    }
+    fn name(&self) -> Box<str> {
+        self.as_str().into()
+    }
+}
+
+impl TopKey for u64 {
+    type Name = ();
+    type Ref<'a> = u64;
+    fn into_parts(self) -> (u64, ()) {
+        (self, ())
+    }
+    fn as_ref(id: u64, _: &()) -> u64 {
+        id
+    }
+    fn from_ref(key: u64) -> u64 {
+        key
+    }
+}
+
+impl KeyOf<u64> for u64 {
+    fn id(&self) -> u64 {
+        *self
+    }
+    fn name(&self) {}
+}
+
+/// Hashes a key id for the map: one multiply spreads a number's low bits (client networks
+/// differ there) into the high ones the map's control bytes read. Not seeded: number keys come
+/// from strangers (client addresses, path hashes), but a map holds at most its summary's
+/// capacity (≤ 100 keys), so ids aimed at one bucket cost at most a scan of those.
+#[derive(Clone, Copy, Default, Debug)]
+struct MixId;
+
+#[derive(Default)]
+struct MixIdHasher(u64);
+
+impl Hasher for MixIdHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only ids (u64) are hashed; bytes fold in for completeness.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl BuildHasher for MixId {
+    type Hasher = MixIdHasher;
+    fn build_hasher(&self) -> MixIdHasher {
+        MixIdHasher::default()
+    }
 }
 
 /// Keys a summary holds in a vector before it moves them to a hash map.
 const FEW_KEYS: usize = 8;
 
-/// A summary's keys with their (count, error): a few in a vector, more in a hash map.
+/// What a summary keeps of a key (its name) with its (count, error).
+type Cell<K> = (<K as TopKey>::Name, (u64, u64));
+
+/// A summary's keys with their (count, error), by key id: a few in a vector, more in a hash map.
 ///
 /// Why: most windows of a hosting provider's long tail see one or two paths, agents and
 /// referrers, and a hash map's first allocation holds four entries and their control bytes
 /// (~200 bytes) however few it keeps: five summaries were ~45% of a light window's 1.8 KB
-/// (`examples/agg_bytes.rs`). Written and read as the map it was, so checkpoints, history and
-/// lake sketches read either way; which form holds the keys changes no answer.
+/// (`examples/agg_bytes.rs`). Written and read as the map of keys it was, so checkpoints,
+/// history and lake sketches read either way; which form holds the keys changes no answer.
 #[derive(Clone, Debug)]
-enum Counts<K> {
-    Few(Vec<(K, (u64, u64))>),
+enum Counts<K: TopKey> {
+    Few(Vec<(u64, Cell<K>)>),
     /// Boxed so that a summary's inline size stays a vector's: a window holds five, and the
     /// map inline made a window 824 bytes before it held anything (624 boxed).
     #[allow(clippy::box_collection)]
-    Many(Box<HashMap<K, (u64, u64), ahash::RandomState>>),
+    Many(Box<HashMap<u64, Cell<K>, MixId>>),
 }
 
-impl<K> Default for Counts<K> {
+impl<K: TopKey> Default for Counts<K> {
     fn default() -> Self {
         Counts::Few(Vec::new())
     }
 }
 
-impl<K: Eq + Hash> Counts<K> {
+impl<K: TopKey> Counts<K> {
     fn len(&self) -> usize {
         match self {
             Counts::Few(v) => v.len(),
@@ -265,71 +391,70 @@ impl<K: Eq + Hash> Counts<K> {
         }
     }
 
-    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&(u64, u64)>
-    where
-        K: Borrow<Q>,
-    {
+    fn get(&self, id: u64) -> Option<&(u64, u64)> {
         match self {
-            Counts::Few(v) => v.iter().find(|(k, _)| k.borrow() == key).map(|(_, c)| c),
-            Counts::Many(m) => m.get(key),
+            Counts::Few(v) => v.iter().find(|(i, _)| *i == id).map(|(_, (_, c))| c),
+            Counts::Many(m) => m.get(&id).map(|(_, c)| c),
         }
     }
 
-    fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut (u64, u64)>
-    where
-        K: Borrow<Q>,
-    {
+    fn get_mut(&mut self, id: u64) -> Option<&mut (u64, u64)> {
         match self {
-            Counts::Few(v) => v
-                .iter_mut()
-                .find(|(k, _)| k.borrow() == key)
-                .map(|(_, c)| c),
-            Counts::Many(m) => m.get_mut(key),
+            Counts::Few(v) => v.iter_mut().find(|(i, _)| *i == id).map(|(_, (_, c))| c),
+            Counts::Many(m) => m.get_mut(&id).map(|(_, c)| c),
         }
     }
 
     /// Add a key it does not hold.
-    fn insert_new(&mut self, key: K, c: (u64, u64)) {
+    fn insert_new(&mut self, id: u64, name: K::Name, c: (u64, u64)) {
         match self {
             Counts::Few(v) if v.len() < FEW_KEYS => {
-                // One slot at a time: most summaries of a light window hold one key.
-                v.reserve_exact(1);
-                v.push((key, c));
+                // Most summaries of a light window hold one key: room for one, then doubling
+                // (growing one slot at a time moved the vector on every new key).
+                if v.capacity() == 0 {
+                    v.reserve_exact(1);
+                }
+                v.push((id, (name, c)));
             }
             Counts::Few(v) => {
                 let mut m: HashMap<_, _, _> = std::mem::take(v).into_iter().collect();
-                m.insert(key, c);
+                m.insert(id, (name, c));
                 *self = Counts::Many(Box::new(m));
             }
             Counts::Many(m) => {
-                m.insert(key, c);
+                m.insert(id, (name, c));
             }
         }
     }
 
-    fn remove(&mut self, key: &K) {
+    fn remove(&mut self, id: u64) {
         match self {
-            Counts::Few(v) => v.retain(|(k, _)| k != key),
+            Counts::Few(v) => v.retain(|(i, _)| *i != id),
             Counts::Many(m) => {
-                m.remove(key);
+                m.remove(&id);
             }
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&K, &(u64, u64))> + '_ {
+    /// (id, name, (count, error)) in no particular order.
+    fn cells(&self) -> impl Iterator<Item = (u64, &K::Name, &(u64, u64))> + '_ {
         let (few, many) = match self {
-            Counts::Few(v) => (Some(v.iter().map(|(k, c)| (k, c))), None),
+            Counts::Few(v) => (Some(v.iter().map(|(id, cell)| (id, cell))), None),
             Counts::Many(m) => (None, Some(m.iter())),
         };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
+        few.into_iter()
+            .flatten()
+            .chain(many.into_iter().flatten())
+            .map(|(id, (name, c))| (*id, name, c))
     }
 
-    fn values(&self) -> impl Iterator<Item = &(u64, u64)> + '_ {
-        self.iter().map(|(_, c)| c)
+    /// (key, (count, error)) in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (K::Ref<'_>, &(u64, u64))> + '_ {
+        self.cells().map(|(id, name, c)| (K::as_ref(id, name), c))
     }
 
     /// Every entry, taken out.
-    fn drain(&mut self) -> Vec<(K, (u64, u64))> {
+    fn drain(&mut self) -> Vec<(u64, Cell<K>)> {
         match std::mem::take(self) {
             Counts::Few(v) => v,
             Counts::Many(m) => m.into_iter().collect(),
@@ -337,39 +462,62 @@ impl<K: Eq + Hash> Counts<K> {
     }
 }
 
-impl<K: Eq + Hash> PartialEq for Counts<K> {
+impl<K: TopKey> PartialEq for Counts<K> {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().all(|(k, c)| other.get(k) == Some(c))
+        self.len() == other.len() && self.cells().all(|(id, _, c)| other.get(id) == Some(c))
     }
 }
 
 /// In key order: the map iterates in a per-process random order, and a summary's bytes must
 /// depend only on what it holds, so that a rerun or a replay writes the same lake file (the
 /// table's log records each file's size; a file rewritten with other bytes would not match it).
-impl<K: Serialize + Eq + Hash + Ord> Serialize for Counts<K> {
+impl<K: TopKey> Serialize for Counts<K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut entries: Vec<_> = self.iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         s.collect_map(entries)
     }
 }
 
-impl<'de, K: Deserialize<'de> + Eq + Hash> Deserialize<'de> for Counts<K> {
+impl<'de, K: TopKey + Deserialize<'de>> Deserialize<'de> for Counts<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let m = HashMap::<K, (u64, u64), ahash::RandomState>::deserialize(d)?;
-        Ok(if m.len() <= FEW_KEYS {
-            Counts::Few(m.into_iter().collect())
-        } else {
-            Counts::Many(Box::new(m))
-        })
+        // As pairs, not a map of keys: a map would hash every key once more, for nothing.
+        struct Pairs<K>(std::marker::PhantomData<K>);
+        impl<'de, K: TopKey + Deserialize<'de>> serde::de::Visitor<'de> for Pairs<K> {
+            type Value = Counts<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of keys to (count, error)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Counts<K>, A::Error> {
+                let mut counts =
+                    Counts::Few(Vec::with_capacity(m.size_hint().unwrap_or(0).min(FEW_KEYS)));
+                while let Some((k, c)) = m.next_entry::<K, (u64, u64)>()? {
+                    let (id, name) = k.into_parts();
+                    // A key twice (or two keys with one id, see `TopKey`) counts as one.
+                    match counts.get_mut(id) {
+                        Some(e) => {
+                            e.0 += c.0;
+                            e.1 += c.1;
+                        }
+                        None => counts.insert_new(id, name, c),
+                    }
+                }
+                Ok(counts)
+            }
+        }
+        d.deserialize_map(Pairs(std::marker::PhantomData))
     }
 }
 
 /// The next eviction victims, so a full summary does not scan all its entries for every new
 /// key (heavy windows evict on most inserts: the scan, its key comparisons and the victim's
-/// clone were the largest share of a node's profile). The keys that had the smallest count at
-/// the last scan, in ascending order: the victim is the last one still at that count — the
-/// smallest count, the largest key among equals, exactly as a full scan picks it.
+/// clone were the largest share of a node's profile). The ids of the keys that had the
+/// smallest count at the last scan, in ascending key order: the victim is the last one still
+/// at that count — the smallest count, the largest key among equals, exactly as a full scan
+/// picks it.
 ///
 /// It stays right between scans because counts only grow and a newcomer always counts more
 /// than the victim it replaces (`n ≥ 1`): nothing can join the smallest count, only leave it.
@@ -377,22 +525,16 @@ impl<'de, K: Deserialize<'de> + Eq + Hash> Deserialize<'de> for Counts<K> {
 /// cache: never serialized, compared or cloned, so a summary's bytes and equality are those of
 /// its counts alone, and a restored summary picks the same victims. Boxed, and only once a
 /// summary is full: most summaries never are, and a window holds five.
-#[derive(Debug)]
-struct Victims<K>(Option<Box<VictimList<K>>>);
+#[derive(Debug, Default)]
+struct Victims(Option<Box<VictimList>>);
 
 #[derive(Debug)]
-struct VictimList<K> {
+struct VictimList {
     count: u64,
-    ascending: Vec<K>,
+    ascending: Vec<u64>,
 }
 
-impl<K> Default for Victims<K> {
-    fn default() -> Self {
-        Victims(None)
-    }
-}
-
-impl<K> Victims<K> {
+impl Victims {
     fn clear(&mut self) {
         if let Some(v) = &mut self.0 {
             v.ascending.clear();
@@ -400,19 +542,19 @@ impl<K> Victims<K> {
     }
 }
 
-impl<K> Clone for Victims<K> {
+impl Clone for Victims {
     fn clone(&self) -> Self {
         Victims::default()
     }
 }
 
-impl<K: Eq + Hash> PartialEq for TopK<K> {
+impl<K: TopKey> PartialEq for TopK<K> {
     fn eq(&self, other: &Self) -> bool {
         self.capacity == other.capacity && self.counts == other.counts
     }
 }
 
-impl<K: Eq + Hash + Clone + Ord> TopK<K> {
+impl<K: TopKey> TopK<K> {
     pub fn with_capacity(capacity: u32) -> Self {
         TopK {
             capacity: capacity.max(1),
@@ -421,62 +563,56 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         }
     }
 
-    pub fn insert<Q>(&mut self, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
+    pub fn insert<Q: KeyOf<K> + ?Sized>(&mut self, key: &Q) {
         self.insert_n(key, 1);
     }
 
     /// Count `key` `n` times (a weight: milliseconds for time by path).
-    pub fn insert_n<Q>(&mut self, key: &Q, n: u64)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        if let Some(c) = self.counts.get_mut(key) {
+    pub fn insert_n<Q: KeyOf<K> + ?Sized>(&mut self, key: &Q, n: u64) {
+        let id = key.id();
+        if let Some(c) = self.counts.get_mut(id) {
             c.0 += n;
             return;
         }
         if self.counts.len() < self.capacity as usize {
             self.victims.clear();
-            self.counts.insert_new(key.to_owned(), (n, 0));
+            self.counts.insert_new(id, key.name(), (n, 0));
             return;
         }
         // Evict the smallest: the newcomer inherits its count as error (Space-Saving).
         let (victim, min) = self.next_victim();
-        self.counts.remove(&victim);
+        self.counts.remove(victim);
         if n == 0 {
             self.victims.clear(); // the newcomer joins the smallest count
         }
-        self.counts.insert_new(key.to_owned(), (min + n, min));
+        self.counts.insert_new(id, key.name(), (min + n, min));
     }
 
-    /// The entry with the smallest count, the largest key among equals (so the choice depends
-    /// on the counts alone, not on the map's order, which differs after a restore).
-    fn next_victim(&mut self) -> (K, u64) {
+    /// The id of the entry with the smallest count, the largest key among equals (so the choice
+    /// depends on the counts alone, not on the map's order, which differs after a restore).
+    fn next_victim(&mut self) -> (u64, u64) {
         loop {
             if let Some(v) = &mut self.victims.0 {
-                while let Some(k) = v.ascending.pop() {
-                    if self.counts.get(&k).is_some_and(|c| c.0 == v.count) {
-                        return (k, v.count);
+                while let Some(id) = v.ascending.pop() {
+                    if self.counts.get(id).is_some_and(|c| c.0 == v.count) {
+                        return (id, v.count);
                     }
                 }
             }
             let min = self
                 .counts
-                .values()
-                .map(|c| c.0)
+                .cells()
+                .map(|(_, _, c)| c.0)
                 .min()
                 .expect("capacity ≥ 1, so a full map is non-empty");
-            let mut ascending: Vec<K> = self
+            let mut at_min: Vec<(K::Ref<'_>, u64)> = self
                 .counts
-                .iter()
-                .filter(|(_, c)| c.0 == min)
-                .map(|(k, _)| k.clone())
+                .cells()
+                .filter(|(_, _, c)| c.0 == min)
+                .map(|(id, name, _)| (K::as_ref(id, name), id))
                 .collect();
-            ascending.sort_unstable();
+            at_min.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let ascending = at_min.into_iter().map(|(_, id)| id).collect();
             self.victims = Victims(Some(Box::new(VictimList {
                 count: min,
                 ascending,
@@ -484,7 +620,7 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         }
     }
 
-    /// Forget the eviction candidates (their keys' copies), e.g. once the summary is final.
+    /// Forget the eviction candidates, e.g. once the summary is final.
     pub fn drop_victims(&mut self) {
         self.victims = Victims::default();
     }
@@ -492,33 +628,45 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
     pub fn merge(&mut self, other: &TopK<K>) {
         self.victims.clear();
-        for (k, (c, e)) in other.counts.iter() {
-            match self.counts.get_mut(k) {
+        for (id, name, (c, e)) in other.counts.cells() {
+            match self.counts.get_mut(id) {
                 Some(entry) => {
                     entry.0 += c;
                     entry.1 += e;
                 }
-                None => self.counts.insert_new(k.clone(), (*c, *e)),
+                None => self.counts.insert_new(id, name.clone(), (*c, *e)),
             }
         }
         let cap = self.capacity.max(other.capacity) as usize;
         self.capacity = cap as u32;
         if self.counts.len() > cap {
             let mut all = self.counts.drain();
-            all.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+            all.sort_by(|(ia, (na, ca)), (ib, (nb, cb))| {
+                cb.0.cmp(&ca.0)
+                    .then_with(|| K::as_ref(*ia, na).cmp(&K::as_ref(*ib, nb)))
+            });
             all.truncate(cap);
-            for (k, c) in all {
-                self.counts.insert_new(k, c);
+            for (id, (name, c)) in all {
+                self.counts.insert_new(id, name, c);
             }
         }
     }
 
     /// The `k` largest, by count then key, with their (upper-bound) counts.
     pub fn top(&self, k: usize) -> Vec<(K, u64)> {
-        let mut all: Vec<_> = self.counts.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(k);
-        all
+        type Entry<'a, K> = (<K as TopKey>::Ref<'a>, u64);
+        let mut all: Vec<Entry<'_, K>> = self.counts.iter().map(|(k, c)| (k, c.0)).collect();
+        fn order<'a, K: TopKey>(a: &Entry<'a, K>, b: &Entry<'a, K>) -> std::cmp::Ordering {
+            b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
+        }
+        // The k first picked out, then only they sorted: a full summary holds 100 keys, the
+        // lake asks for 10, and most keys tie at small counts (comparing their strings).
+        if k < all.len() {
+            all.select_nth_unstable_by(k, order::<K>);
+            all.truncate(k);
+        }
+        all.sort_unstable_by(order::<K>);
+        all.into_iter().map(|(k, c)| (K::from_ref(k), c)).collect()
     }
 }
 
@@ -659,7 +807,7 @@ mod tests {
                     }
                 }
                 let now: HashMap<String, (u64, u64)> =
-                    t.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    t.counts.iter().map(|(k, v)| (k.to_owned(), *v)).collect();
                 prop_assert_eq!(&now, &reference, "after step {}", i);
             }
         }
