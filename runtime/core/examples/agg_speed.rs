@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 use wtm_core::agg::{network_of, path_id, WindowAgg};
+use wtm_core::checkpoint::encode_into;
 use wtm_core::event::{BotCache, Event, Format};
 use wtm_core::parse::parse_line;
 
@@ -63,9 +64,14 @@ fn main() {
         closed.iter_mut().for_each(WindowAgg::close);
         close.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
+        // As the lake writes the `sketch` column: into one reused buffer.
+        let mut buf = Vec::new();
         encoded = closed
             .iter()
-            .map(|a| rmp_serde::to_vec(a).expect("encode").len())
+            .map(|a| {
+                encode_into(&mut buf, a).expect("encode");
+                buf.len()
+            })
             .sum::<usize>();
         encode.push(t.elapsed().as_secs_f64());
         let t = Instant::now();

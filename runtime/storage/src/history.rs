@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use wtm_core::agg::{
     ClosedWindow, CountMap, Detail, SeriesStats, Share, ShareCounts, WindowAgg, WindowKey,
 };
-use wtm_core::checkpoint::{decode, encode, WireError};
+use wtm_core::checkpoint::{decode, encode_into, WireError};
 use wtm_core::sketch::{Distinct, Quantiles, TopK};
 
 type Key<'a> = (i64, &'a str, u32);
@@ -182,6 +182,8 @@ impl History {
             let mut series = txn.open_table(SERIES)?;
             let mut tops = txn.open_table(TOPS)?;
             let mut finalized = txn.open_table(STATS)?;
+            // One buffer for every value written: a fresh one per value grew from nothing.
+            let mut buf = Vec::new();
             for (w, st) in closed
                 .iter()
                 .zip(stats)
@@ -199,7 +201,8 @@ impl History {
                     latency: &a.latency,
                     clients: &a.clients,
                 };
-                series.insert(key, encode(&view)?.as_slice())?;
+                encode_into(&mut buf, &view)?;
+                series.insert(key, buf.as_slice())?;
                 let t = (
                     &a.paths,
                     &a.referrers,
@@ -208,8 +211,10 @@ impl History {
                     &a.path_time,
                     a.latency_ms_total,
                 );
-                tops.insert(key, encode(&t)?.as_slice())?;
-                finalized.insert(key, encode(st)?.as_slice())?;
+                encode_into(&mut buf, &t)?;
+                tops.insert(key, buf.as_slice())?;
+                encode_into(&mut buf, st)?;
+                finalized.insert(key, buf.as_slice())?;
             }
             if cutting {
                 let old = ..(cut, "", 0u32);

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wtm_core::agg::{ClosedWindow, WindowAgg, WindowKey};
-use wtm_core::checkpoint::{decode, encode, Publication};
+use wtm_core::checkpoint::{decode, encode_into, Publication};
 use wtm_core::error::ErrorKind;
 use wtm_core::records::{EventColumns, TextColumn};
 use wtm_core::time::dt_hour;
@@ -167,6 +167,7 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
         (0..6).map(|_| Float64Builder::with_capacity(n)).collect();
     let mut strs: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
     let mut sketch = BinaryBuilder::new();
+    let mut encoded = Vec::new();
     for w in rows {
         let s = w.agg.finalize();
         host.append_value(&w.key.host);
@@ -209,7 +210,8 @@ fn windows_batch(rows: &[&ClosedWindow]) -> Result<RecordBatch, String> {
         strs[2].append_value(top_json(&s.top_paths));
         strs[3].append_value(top_json(&s.top_referrers));
         strs[4].append_value(top_json(&s.top_user_agents));
-        sketch.append_value(encode(&w.agg).map_err(|e| e.to_string())?);
+        encode_into(&mut encoded, &w.agg).map_err(|e| e.to_string())?;
+        sketch.append_value(&encoded);
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(host.finish()),
