@@ -297,7 +297,7 @@ impl KeyOf<String> for String {
         self.as_str().id()
     }
     fn name(&self) -> Box<str> {
-        self.as_str().into()
+        self.as_str().name()
     }
 }
 
@@ -338,10 +338,8 @@ impl Hasher for MixIdHasher {
         h ^ (h >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only ids (u64) are hashed; bytes fold in for completeness.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        // Only ids (u64, through `write_u64`) are hashed here; bytes fold in for completeness.
+        self.0 ^= crate::hash::fnv1a(bytes);
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
@@ -427,6 +425,17 @@ impl<K: TopKey> Counts<K> {
         }
     }
 
+    /// Add (count, error) to the key's, or add the key with them (its name made only then).
+    fn add(&mut self, id: u64, name: impl FnOnce() -> K::Name, c: (u64, u64)) {
+        match self.get_mut(id) {
+            Some(e) => {
+                e.0 += c.0;
+                e.1 += c.1;
+            }
+            None => self.insert_new(id, name(), c),
+        }
+    }
+
     fn remove(&mut self, id: u64) {
         match self {
             Counts::Few(v) => v.retain(|(i, _)| *i != id),
@@ -497,13 +506,7 @@ impl<'de, K: TopKey + Deserialize<'de>> Deserialize<'de> for Counts<K> {
                 while let Some((k, c)) = m.next_entry::<K, (u64, u64)>()? {
                     let (id, name) = k.into_parts();
                     // A key twice (or two keys with one id, see `TopKey`) counts as one.
-                    match counts.get_mut(id) {
-                        Some(e) => {
-                            e.0 += c.0;
-                            e.1 += c.1;
-                        }
-                        None => counts.insert_new(id, name, c),
-                    }
+                    counts.add(id, || name, c);
                 }
                 Ok(counts)
             }
@@ -628,14 +631,8 @@ impl<K: TopKey> TopK<K> {
     /// Merge another summary (Agarwal et al., "Mergeable summaries"): sum, then keep the largest.
     pub fn merge(&mut self, other: &TopK<K>) {
         self.victims.clear();
-        for (id, name, (c, e)) in other.counts.cells() {
-            match self.counts.get_mut(id) {
-                Some(entry) => {
-                    entry.0 += c;
-                    entry.1 += e;
-                }
-                None => self.counts.insert_new(id, name.clone(), (*c, *e)),
-            }
+        for (id, name, c) in other.counts.cells() {
+            self.counts.add(id, || name.clone(), *c);
         }
         let cap = self.capacity.max(other.capacity) as usize;
         self.capacity = cap as u32;
