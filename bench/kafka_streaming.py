@@ -12,6 +12,8 @@ recorded: when the node was ready and when it had read to the topic's end. CPU o
 the broker over the whole interval come from /proc.
 
 Environment: BENCH_KAFKA_EVENTS (default 30,000,000), BENCH_KAFKA_HOSTS (1,000),
+BEFORE_WTM=path/to/older/wtm also runs that binary on the same topic, each case alternating the two
+(for a before/after in one run, on one broker),
 BENCH_PERF=1 also records a cpu-clock profile of the node (perf, from readiness to the end of
 reading) and prints its top symbols; PERF_SORT sets its `--sort` (default symbol; comm gives the
 split by thread).
@@ -33,6 +35,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from node_throughput import cpu_seconds, free_port, get, machine, peak_rss_mb, write_results
 
 WTM = sys.argv[1]
+BEFORE = os.environ.get("BEFORE_WTM")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = pathlib.Path(__file__).with_name("RESULTS-kafka.md")
 EVENTS = int(os.environ.get("BENCH_KAFKA_EVENTS", 30_000_000))
@@ -92,7 +95,7 @@ def ends(bootstrap, topic):
         c.close()
 
 
-def run_case(name, bootstrap, broker_pid, topic, end, raw_events, perf):
+def run_case(name, wtm, bootstrap, broker_pid, topic, end, raw_events, perf):
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         env = dict(os.environ, RUST_LOG="warn", WTM__NODE__LISTEN=f"127.0.0.1:{port}", WTM__NODE__DATA_DIR=d,
@@ -101,7 +104,7 @@ def run_case(name, bootstrap, broker_pid, topic, end, raw_events, perf):
                    WTM__LAKE__RAW_EVENTS="true" if raw_events else "false", WTM__DETECTOR__ENABLED="false")
         b0 = cpu_seconds(broker_pid)
         t0 = time.time()
-        p = subprocess.Popen([WTM, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen([wtm, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         prof = None
         try:
             while True:
@@ -162,8 +165,12 @@ def main():
         end = ends(bootstrap, topic)
         assert sum(end.values()) == EVENTS + PARTITIONS, end
         print(json.dumps({"filled": EVENTS, "seconds": fill}), flush=True)
-        rows = [run_case("raw archive on", bootstrap, broker_pid, topic, end, True, perf),
-                run_case("raw archive off", bootstrap, broker_pid, topic, end, False, perf)]
+        binaries = [("", WTM)] + ([(" (before)", BEFORE)] if BEFORE else [])
+        rows = []
+        for i, (name, raw) in enumerate([("raw archive on", True), ("raw archive off", False)]):
+            # Alternate which binary goes first, so neither always meets a warmer page cache.
+            for label, wtm in binaries[::-1] if i % 2 else binaries:
+                rows.append(run_case(name + label, wtm, bootstrap, broker_pid, topic, end, raw, perf))
     lines = [
         "# Streaming from Kafka",
         "",

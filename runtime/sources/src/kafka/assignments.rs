@@ -1,6 +1,7 @@
 //! The bookkeeping behind a Kafka node's partitions, with no broker in sight: which partitions
-//! are assigned, which owner incarnation (generation) each queue belongs to, whether the
-//! partition has been sought for it yet, the queued records, and when to pause and resume.
+//! are assigned, which owner incarnation (generation) each belongs to, whether the partition
+//! has been sought for it yet (only then may the owner read), and the records of a partition
+//! whose queue could not be split off the consumer's (queued here, with pause and resume).
 //! The consumer thread applies what it decides (seek, pause, resume); this is the decision.
 
 use std::collections::{HashMap, VecDeque};

@@ -1,14 +1,21 @@
 //! Kafka: the consumer-group source and the producers (`wtm generate --kafka`, dead letters).
 //! The only file that touches rdkafka.
 //!
-//! One consumer per node, polled on its own thread. Its messages are sorted into one queue per
-//! assigned partition, which that partition's owner drains through a [`KafkaPartition`]. The
-//! group's rebalance callbacks run on that thread too:
+//! One consumer per node, polled on its own thread for the group's callbacks. Each assigned
+//! partition's records come on a queue of its own, split off the consumer's
+//! (`split_partition_queue`), which that partition's owner polls directly through a
+//! [`KafkaPartition`]: no copy through the consumer thread, no lock per record, and
+//! librdkafka's own prefetch bounds (`queued.min.messages`, `queued.max.messages.kbytes`) hold
+//! per partition. The group's rebalance callbacks run on the consumer thread:
 //!
-//! - **assign**: the new partitions are paused and a [`GroupEvent::Assigned`] goes out (the
-//!   node starts their owners); each owner restores its checkpoint and opens its partition at
-//!   the checkpoint's offset, which is sought, and only then is the partition resumed. Records
-//!   fetched before that are dropped (they will be read again from the sought offset).
+//! - **assign**: the new partitions are paused, then their queues are split off, and a
+//!   [`GroupEvent::Assigned`] goes out (the node starts their owners); each owner restores its
+//!   checkpoint and opens its partition at the checkpoint's offset, which is sought, and only
+//!   then is the partition resumed. Records fetched before the seek are outdated by it
+//!   (librdkafka drops them) and read again from the sought offset.
+//! - **fallback**: a partition whose queue could not be split gets its records through the
+//!   consumer's queue; the consumer thread sorts them into a queue of ours for the owner
+//!   ([`assignments::Assignments`], which also pauses it when its owner falls behind).
 //! - **revoke**: a [`GroupEvent::Revoked`] goes out and the callback waits for its answer: the
 //!   owners have taken a final checkpoint, published it and stopped, so a partition is released
 //!   only once its state is where the next owner reads it. When the assignment was *lost*
@@ -26,7 +33,9 @@ pub mod assignments;
 use crate::{PartitionSource, Polled, RawRecords, SourceError, SourceFactory};
 use assignments::{Assignments, Pushed, Taken};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    base_consumer::PartitionQueue, BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -124,6 +133,12 @@ struct Seek {
 struct Shared {
     topic: String,
     slots: Mutex<Assignments>,
+    /// Partitions assigned whose queues the consumer thread has yet to split off (a rebalance
+    /// callback sees the consumer only by reference, and splitting needs its `Arc`).
+    to_split: Mutex<Vec<u32>>,
+    /// Each assigned partition's own queue, once split off. Dropped at revocation: a later
+    /// assignment splits it anew.
+    queues: Mutex<HashMap<u32, Arc<PartitionQueue<GroupContext>>>>,
     seeks: Mutex<Vec<Seek>>,
     stop: AtomicBool,
     commits: Mutex<Commits>,
@@ -226,8 +241,12 @@ impl ConsumerContext for GroupContext {
             tracing::warn!(?partitions, "final offset commits not confirmed in 10 s");
         }
         let mut slots = lock(&self.shared.slots);
+        let mut queues = lock(&self.shared.queues);
+        let mut to_split = lock(&self.shared.to_split);
         for p in &partitions {
             slots.revoke(*p);
+            queues.remove(p);
+            to_split.retain(|q| q != p);
         }
     }
 
@@ -248,6 +267,7 @@ impl ConsumerContext for GroupContext {
                         slots.assign(*p);
                     }
                 }
+                lock(&self.shared.to_split).extend_from_slice(&partitions);
                 // Series that dashboards query exist from the assignment on, not from the
                 // first failure.
                 let m = Metrics::global();
@@ -298,6 +318,8 @@ impl KafkaSources {
         let shared = Arc::new(Shared {
             topic: cfg.topic.clone(),
             slots: Mutex::new(Assignments::default()),
+            to_split: Mutex::new(Vec::new()),
+            queues: Mutex::new(HashMap::new()),
             seeks: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             commits: Mutex::new(Commits::default()),
@@ -315,9 +337,9 @@ impl KafkaSources {
             .set("partition.assignment.strategy", "cooperative-sticky")
             // librdkafka stops fetching a partition for this long whenever its prefetch queue
             // holds `queued.min.messages` (100,000); one fetch of a compressed backlog does, and
-            // the consumer thread empties the queue into the owners' in well under the default
-            // second, so owners sat idle: 209k -> ~400k events/s from a pre-filled topic
-            // (bench/RESULTS-kafka.md). Our own queues bound memory (`assignments::PAUSE_AT`).
+            // the owners empty it in well under the default second, so they sat idle: 209k ->
+            // ~400k events/s from a pre-filled topic (bench/RESULTS-kafka.md). That prefetch
+            // bound (and `queued.max.messages.kbytes`) is what bounds memory per partition.
             .set("fetch.queue.backoff.ms", "10");
         set_all(&mut c, &cfg.kafka);
         let consumer: GroupConsumer = c
@@ -419,6 +441,8 @@ impl KafkaSources {
             consumer: Arc::clone(&self.consumer),
             shared: Arc::clone(&self.shared),
             dead_letters: self.dead_letters.clone(),
+            queue: None,
+            errors: ErrorLog::default(),
             partition,
             generation,
             next,
@@ -441,9 +465,12 @@ impl SourceFactory for KafkaSources {
 }
 
 /// The consumer thread: seeks the owners asked for, then polls and sorts messages into queues.
-fn consume(consumer: &GroupConsumer, shared: &Shared) {
-    let mut last_error: Option<(String, Instant)> = None;
+fn consume(consumer: &Arc<GroupConsumer>, shared: &Shared) {
+    let mut errors = ErrorLog::default();
     while !shared.stop.load(Ordering::SeqCst) {
+        // Splits before seeks: a partition is sought (and resumed) only once its records go to
+        // its own queue.
+        split_queues(consumer, shared);
         run_seeks(consumer, shared);
         match consumer.poll(Duration::from_millis(20)) {
             None => {}
@@ -453,13 +480,8 @@ fn consume(consumer: &GroupConsumer, shared: &Shared) {
                 }
             }
             Some(Err(e)) => {
-                // A broker outage repeats the same error many times a second: log it once
-                // per change, or every 10 s.
-                let text = e.to_string();
-                let repeat = matches!(&last_error, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(10));
-                if !repeat {
+                if let Some(text) = errors.news(&e) {
                     tracing::warn!(error = %text, "kafka consumer error (librdkafka retries)");
-                    last_error = Some((text, Instant::now()));
                 }
             }
         }
@@ -534,6 +556,46 @@ fn commit_loop(consumer: &GroupConsumer, shared: &Shared) {
     }
 }
 
+/// A librdkafka error worth logging only when it is news: a broker outage repeats the same error
+/// many times a second, so each is logged once per change, or every 10 s.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<(String, Instant)>,
+}
+
+impl ErrorLog {
+    fn news(&mut self, e: &KafkaError) -> Option<String> {
+        let text = e.to_string();
+        let repeat = matches!(&self.last, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(10));
+        if repeat {
+            return None;
+        }
+        self.last = Some((text.clone(), Instant::now()));
+        Some(text)
+    }
+}
+
+/// Split newly assigned partitions' queues off the consumer's. A partition that cannot be split
+/// (librdkafka does not know it yet) keeps coming through the consumer's queue: correct, only
+/// slower.
+fn split_queues(consumer: &Arc<GroupConsumer>, shared: &Shared) {
+    let todo = std::mem::take(&mut *lock(&shared.to_split));
+    for p in todo {
+        if !lock(&shared.slots).is_assigned(p) {
+            continue;
+        }
+        match consumer.split_partition_queue(&shared.topic, p as i32) {
+            Some(q) => {
+                lock(&shared.queues).insert(p, Arc::new(q));
+            }
+            None => tracing::warn!(
+                partition = p,
+                "cannot split the partition's queue off the consumer's; its records go through the consumer thread"
+            ),
+        }
+    }
+}
+
 fn run_seeks(consumer: &GroupConsumer, shared: &Shared) {
     let due: Vec<Seek> = {
         let mut seeks = lock(&shared.seeks);
@@ -598,9 +660,47 @@ pub struct KafkaPartition {
     consumer: Arc<GroupConsumer>,
     shared: Arc<Shared>,
     dead_letters: Option<Arc<KafkaSink>>,
+    /// The partition's own queue, looked up once it has been sought for this owner.
+    queue: Option<Arc<PartitionQueue<GroupContext>>>,
+    errors: ErrorLog,
     partition: u32,
     generation: u64,
     next: u64,
+}
+
+impl KafkaPartition {
+    /// Move records from the partition's own queue into `out` (after what the fallback queue
+    /// gave), up to `max`, skipping offsets already read. Called only once the partition has
+    /// been sought for this owner: its queue then holds only records from the sought offset on
+    /// (librdkafka drops the ones a seek outdated).
+    fn read_own_queue(&mut self, max: usize, out: &mut RawRecords) {
+        if self.queue.is_none() {
+            self.queue = lock(&self.shared.queues).get(&self.partition).cloned();
+        }
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        while out.len() < max {
+            match queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    let Ok(offset) = u64::try_from(m.offset()) else {
+                        continue;
+                    };
+                    if offset >= self.next {
+                        out.push(offset, m.payload().unwrap_or_default());
+                        self.next = offset + 1;
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(text) = self.errors.news(&e) {
+                        tracing::warn!(partition = self.partition, error = %text, "kafka partition error (librdkafka retries)");
+                    }
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl PartitionSource for KafkaPartition {
@@ -625,6 +725,7 @@ impl PartitionSource for KafkaPartition {
             }
             Taken::Took { .. } => {}
         }
+        self.read_own_queue(max, out);
         if out.records.is_empty() {
             Polled::NotBefore(now_ms() + EMPTY_WAIT_MS)
         } else {
