@@ -1,5 +1,6 @@
 //! Time per event of the window aggregates alone, on one thread: adding a log's events to
-//! their (host, minute) windows, then closing and encoding each window as the lake does
+//! their (host, minute) windows, decoding them from a checkpoint's bytes as a restart does,
+//! then closing and encoding each window as the lake does
 //! (`cargo run --release -p wtm-core --example agg_speed -- FILE [LINES]`, FILE in
 //! `vhost_combined`, e.g. from `wtm generate --format vhost_combined`).
 //!
@@ -10,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 use wtm_core::agg::{network_of, path_id, WindowAgg};
-use wtm_core::checkpoint::encode_into;
+use wtm_core::checkpoint::{decode, encode_into};
 use wtm_core::event::{BotCache, Event, Format};
 use wtm_core::parse::parse_line;
 
@@ -53,6 +54,7 @@ fn main() {
         return;
     }
     let (mut add, mut close, mut encode, mut finalize) = (vec![], vec![], vec![], vec![]);
+    let mut restore = vec![];
     let mut distinct = vec![];
     let mut windows = 0;
     let mut encoded = 0;
@@ -67,6 +69,18 @@ fn main() {
         add.push(t.elapsed().as_secs_f64());
         let mut closed: Vec<WindowAgg> =
             open.into_values().flat_map(BTreeMap::into_values).collect();
+        // A restart decodes the open windows its checkpoint holds.
+        let open_bytes: Vec<Vec<u8>> = closed
+            .iter()
+            .map(|a| wtm_core::checkpoint::encode(a).expect("encode"))
+            .collect();
+        let t = Instant::now();
+        let restored: Vec<WindowAgg> = open_bytes
+            .iter()
+            .map(|b| decode("w", b).expect("decode"))
+            .collect();
+        restore.push(t.elapsed().as_secs_f64());
+        drop(std::hint::black_box(restored));
         windows = closed.len();
         let t = Instant::now();
         closed.iter_mut().for_each(WindowAgg::close);
@@ -99,10 +113,11 @@ fn main() {
         format!("{:.0} / {:.0}", v[0] / n * 1e9, v[v.len() / 2] / n * 1e9)
     };
     println!(
-        "{} events, {windows} windows, {:.0} bytes encoded per window; ns per event over {RUNS} runs (fastest / median): add {}, close {}, encode {}, finalize {} (of which the distinct count {})",
+        "{} events, {windows} windows, {:.0} bytes encoded per window; ns per event over {RUNS} runs (fastest / median): add {}, decode open {}, close {}, encode {}, finalize {} (of which the distinct count {})",
         events.len(),
         encoded as f64 / windows as f64,
         per_event(&mut add),
+        per_event(&mut restore),
         per_event(&mut close),
         per_event(&mut encode),
         per_event(&mut finalize),

@@ -340,7 +340,13 @@ impl KafkaSources {
             // the owners empty it in well under the default second, so they sat idle: 209k ->
             // ~400k events/s from a pre-filled topic (bench/RESULTS-kafka.md). That prefetch
             // bound (and `queued.max.messages.kbytes`) is what bounds memory per partition.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // Each partition's queue is its own (`split_partition_queue`), so these bounds hold
+            // per partition, not per consumer: librdkafka's defaults (100,000 records, 64 MiB)
+            // took a 6-partition node from 499 to 850 MB RSS on a backlog. A third of them
+            // still lets a fetch land while the owner reads the last one.
+            .set("queued.min.messages", "32768")
+            .set("queued.max.messages.kbytes", "16384");
         set_all(&mut c, &cfg.kafka);
         let consumer: GroupConsumer = c
             .create_with_context(GroupContext {
