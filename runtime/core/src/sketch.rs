@@ -713,6 +713,52 @@ mod tests {
         }
     }
 
+    /// A written map's keys in the order they were written.
+    struct KeysAsWritten(Vec<String>);
+
+    impl<'de> Deserialize<'de> for KeysAsWritten {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Keys;
+            impl<'de> serde::de::Visitor<'de> for Keys {
+                type Value = KeysAsWritten;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<KeysAsWritten, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(KeysAsWritten(keys))
+                }
+            }
+            d.deserialize_map(Keys)
+        }
+    }
+
+    proptest! {
+        /// A summary is written in the keys' byte order, whatever order its map holds them in
+        /// (a replay must write the same bytes): short keys, keys that are prefixes of others,
+        /// NUL bytes and long shared beginnings included.
+        #[test]
+        fn summaries_are_written_in_key_order(
+            keys in proptest::collection::vec("(/api/v1/)?[a\\x00\\x7f\\u{e9}]{0,10}", 1..60),
+        ) {
+            let mut t: TopK = TopK::with_capacity(1_000);
+            keys.iter().for_each(|k| t.insert(k.as_str()));
+            let written = rmp_serde::from_slice::<KeysAsWritten>(&rmp_serde::to_vec(&t.counts).unwrap())
+                .unwrap()
+                .0;
+            let mut want: Vec<String> = keys.clone();
+            want.sort();
+            want.dedup();
+            prop_assert_eq!(written, want);
+        }
+    }
+
     fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
         sorted[((sorted.len() - 1) as f64 * q).floor() as usize]
     }
