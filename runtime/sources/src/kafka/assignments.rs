@@ -52,6 +52,10 @@ pub enum Taken {
 #[derive(Default, Debug)]
 pub struct Assignments {
     slots: HashMap<u32, Slot>,
+    /// The last generation handed out, for any partition: an owner that outlived its revoke
+    /// (it missed the revoke's deadline) must not match a later assignment's first owner,
+    /// which a count per slot (starting again at 1) would give it.
+    last_generation: u64,
 }
 
 impl Assignments {
@@ -73,7 +77,8 @@ impl Assignments {
     /// None when `p` is not assigned here.
     pub fn open(&mut self, p: u32) -> Option<u64> {
         let slot = self.slots.get_mut(&p)?;
-        slot.generation += 1;
+        self.last_generation += 1;
+        slot.generation = self.last_generation;
         slot.ready = false;
         slot.chunks.clear();
         slot.queued = 0;
@@ -267,6 +272,23 @@ mod tests {
         assert_eq!(take_all(&mut a, 3, old, &mut next).0, Taken::NotReady);
         assert_eq!(take_all(&mut a, 3, new, &mut next).1, vec![0]);
         assert_eq!(a.open(9), None, "not assigned here");
+    }
+
+    #[test]
+    fn an_owner_that_outlived_its_revoke_does_not_read_the_next_assignment() {
+        let mut a = Assignments::default();
+        a.assign(4);
+        let stale = a.open(4).unwrap();
+        a.sought(4, stale);
+        a.revoke(4);
+        a.assign(4);
+        let current = a.open(4).unwrap();
+        assert_ne!(stale, current);
+        assert!(a.sought(4, current));
+        a.push(4, 0, b"r");
+        let mut next = 0;
+        assert_eq!(take_all(&mut a, 4, stale, &mut next).0, Taken::NotReady);
+        assert_eq!(take_all(&mut a, 4, current, &mut next).1, vec![0]);
     }
 
     #[test]
