@@ -470,7 +470,8 @@ impl SourceFactory for KafkaSources {
     }
 }
 
-/// The consumer thread: seeks the owners asked for, then polls and sorts messages into queues.
+/// The consumer thread: splits new partitions' queues off, seeks the owners asked for, then polls
+/// (the group's callbacks, and the records of any partition whose queue was not split off).
 fn consume(consumer: &Arc<GroupConsumer>, shared: &Shared) {
     let mut errors = ErrorLog::default();
     while !shared.stop.load(Ordering::SeqCst) {
