@@ -8,10 +8,10 @@
 //! librdkafka's own prefetch bounds (`queued.min.messages`, `queued.max.messages.kbytes`) hold
 //! per partition. The group's rebalance callbacks run on the consumer thread:
 //!
-//! - **assign**: the new partitions are paused, then their queues are split off, and a
-//!   [`GroupEvent::Assigned`] goes out (the node starts their owners); each owner restores its
-//!   checkpoint and opens its partition at the checkpoint's offset, which is sought, and only
-//!   then is the partition resumed. Records fetched before the seek are outdated by it
+//! - **assign**: the new partitions are paused and a [`GroupEvent::Assigned`] goes out (the
+//!   node starts their owners); right after the callback, before any seek, the consumer thread
+//!   splits their queues off. Each owner restores its checkpoint and opens its partition at the
+//!   checkpoint's offset, which is sought, and only then is the partition resumed. Records fetched before the seek are outdated by it
 //!   (librdkafka drops them) and read again from the sought offset.
 //! - **fallback**: a partition whose queue could not be split gets its records through the
 //!   consumer's queue; the consumer thread sorts them into a queue of ours for the owner
@@ -336,15 +336,16 @@ impl KafkaSources {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // librdkafka stops fetching a partition for this long whenever its prefetch queue
-            // holds `queued.min.messages` (100,000); one fetch of a compressed backlog does, and
+            // holds `queued.min.messages` records; one fetch of a compressed backlog does, and
             // the owners empty it in well under the default second, so they sat idle: 209k ->
             // ~400k events/s from a pre-filled topic (bench/RESULTS-kafka.md). That prefetch
             // bound (and `queued.max.messages.kbytes`) is what bounds memory per partition.
             .set("fetch.queue.backoff.ms", "10")
             // Each partition's queue is its own (`split_partition_queue`), so these bounds hold
             // per partition, not per consumer: librdkafka's defaults (100,000 records, 64 MiB)
-            // took a 6-partition node from 499 to 850 MB RSS on a backlog. A third of them
-            // still lets a fetch land while the owner reads the last one.
+            // took a 6-partition node from 499 to 850 MB RSS on a backlog; with these (about a
+            // third and a quarter of them) it peaked at 528 MB, events/s within the noise of
+            // the defaults' (bench/RESULTS-kafka.md).
             .set("queued.min.messages", "32768")
             .set("queued.max.messages.kbytes", "16384");
         set_all(&mut c, &cfg.kafka);
