@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtm_config::Config;
 use wtm_core::agg::{ClosedWindow, WindowKey};
-use wtm_core::checkpoint::{decode, encode, open_windows, OpenWindows, PartitionCheckpoint};
+use wtm_core::checkpoint::{
+    decode, encode, encode_open, restored_windows, PartitionCheckpoint, RestoredWindows,
+};
 use wtm_core::error::ErrorKind;
 use wtm_core::limits::{Field, KEPT_OF_TOO_LONG};
 use wtm_core::parse::InvalidReason;
@@ -364,13 +366,22 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
     let (mut state, per_shard, fence, fresh, load_ms) = tokio::task::spawn_blocking(move || {
         let (mut cp, shared) = load_newest(&store, durable, snapshots.as_ref(), p)?;
         let load_ms = started.elapsed().as_millis() as u64;
-        // The open windows, whole: the local store's copy with its deltas applied.
+        // The open windows, whole: the local store's copy with its deltas applied, each
+        // aggregate left encoded (the shards decode one when they need it).
         let windows = match cp.as_mut() {
             Some(cp) => {
-                let windows = open_windows(&cp.open, &cp.open_deltas)?;
-                if !std::mem::take(&mut cp.open_deltas).is_empty() && snapshots.is_some() {
-                    // The claim below is a snapshot: it holds every window, in one blob.
-                    cp.open = vec![encode(&windows)?];
+                let (open, deltas) = (
+                    std::mem::take(&mut cp.open),
+                    std::mem::take(&mut cp.open_deltas),
+                );
+                let windows = restored_windows(open, deltas)?;
+                if snapshots.is_some() {
+                    // The claim below is a snapshot: it holds every window, in one blob (the
+                    // windows' bytes copied as they are).
+                    let refs: Vec<_> = windows.iter().map(|(k, a)| (k.borrowed(), a)).collect();
+                    let mut blob = Vec::new();
+                    encode_open(&mut blob, &refs)?;
+                    cp.open = vec![blob];
                 }
                 windows
             }
@@ -407,7 +418,7 @@ async fn restore(args: &OwnerArgs) -> Result<(OwnerState, Restored), ActorProces
             Some(cp) => OwnerState::restore(settings, cp),
             None => OwnerState::new(settings),
         };
-        let mut per_shard: Vec<OpenWindows> = vec![Vec::new(); shard_count];
+        let mut per_shard: Vec<RestoredWindows> = vec![Vec::new(); shard_count];
         for (key, agg) in windows {
             state.restore_guard(&key.host, key.start_ms);
             per_shard[shard_of(&key.host, shard_count)].push((key, agg));

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use wtm_core::agg::{ClosedWindow, Detail, WindowAgg, WindowKey, WindowKeyRef};
-use wtm_core::checkpoint::{encode, OpenWindows};
+use wtm_core::checkpoint::{encode_open, OpenAgg, RestoredWindows};
 use wtm_core::event::BotCache;
 use wtm_core::records::EventColumns;
 use wtm_core::window::WindowSpec;
@@ -14,13 +14,17 @@ pub struct WindowState {
     spec: WindowSpec,
     partitions: HashMap<u32, ahash::AHashMap<String, BTreeMap<i64, OpenWindow>>>,
     bots: BotCache,
+    /// Per partition, the first restored window whose bytes did not decode when an event or a
+    /// query needed it: the partition's next cut fails with it, so the owner restores again
+    /// (as a restore that decoded every window at once failed), instead of going on without it.
+    broken: HashMap<u32, String>,
 }
 
 /// An open window, and whether it changed since the last cut that encoded open windows (so a
 /// checkpoint between two whole ones encodes only what changed: [`OpenCut::Changed`]).
 #[derive(Default)]
 struct OpenWindow {
-    agg: WindowAgg,
+    agg: OpenAgg,
     changed: bool,
 }
 
@@ -30,6 +34,7 @@ impl WindowState {
             spec,
             partitions: HashMap::new(),
             bots: BotCache::default(),
+            broken: HashMap::new(),
         }
     }
 
@@ -41,7 +46,14 @@ impl WindowState {
                 None => hosts.entry(e.host.to_owned()).or_default(),
             };
             let w = windows.entry(self.spec.start_of(e.ts_ms)).or_default();
-            w.agg.add_judged(&e, self.bots.is_bot(e.user_agent));
+            match w.agg.get_mut() {
+                Ok(agg) => agg.add_judged(&e, self.bots.is_bot(e.user_agent)),
+                Err(err) => {
+                    self.broken
+                        .entry(partition)
+                        .or_insert_with(|| err.to_string());
+                }
+            }
             w.changed = true;
         }
     }
@@ -54,6 +66,9 @@ impl WindowState {
         watermark_ms: i64,
         open: OpenCut,
     ) -> Result<CutResult, String> {
+        if let Some(err) = self.broken.get(&partition) {
+            return Err(err.clone());
+        }
         let mut closed = Vec::new();
         let Some(hosts) = self.partitions.get_mut(&partition) else {
             return Ok(CutResult {
@@ -63,7 +78,8 @@ impl WindowState {
         };
         for (host, windows) in hosts.iter_mut() {
             let still_open = windows.split_off(&first_open(&self.spec, windows, watermark_ms));
-            for (start, OpenWindow { mut agg, .. }) in std::mem::replace(windows, still_open) {
+            for (start, OpenWindow { agg, .. }) in std::mem::replace(windows, still_open) {
+                let mut agg = agg.into_decoded().map_err(|e| e.to_string())?;
                 agg.close();
                 closed.push(ClosedWindow {
                     key: WindowKey {
@@ -81,7 +97,7 @@ impl WindowState {
         // Encoded where they are: the bytes of an `OpenWindows`, without a copy of each window.
         // A window encoded now is unchanged as of this cut (the checkpoint being cut holds it).
         let all = open == OpenCut::All;
-        let open: Vec<(WindowKeyRef, &WindowAgg)> = hosts
+        let open: Vec<(WindowKeyRef, &OpenAgg)> = hosts
             .iter_mut()
             .filter(|_| open != OpenCut::None)
             .flat_map(|(host, windows)| {
@@ -102,13 +118,16 @@ impl WindowState {
         let open = if open.is_empty() {
             Vec::new()
         } else {
-            encode(&open).map_err(|e| e.to_string())?
+            let mut out = Vec::new();
+            encode_open(&mut out, &open).map_err(|e| e.to_string())?;
+            out
         };
         Ok(CutResult { closed, open })
     }
 
     /// Replace the partition's open windows with restored ones.
-    pub fn reset(&mut self, partition: u32, open: OpenWindows) {
+    pub fn reset(&mut self, partition: u32, open: RestoredWindows) {
+        self.broken.remove(&partition);
         let hosts = self.partitions.entry(partition).or_default();
         hosts.clear();
         for (key, agg) in open {
@@ -121,10 +140,10 @@ impl WindowState {
     }
 
     /// Open windows overlapping the query range.
-    pub fn query(&self, q: &WindowQuery) -> Vec<(WindowKey, WindowAgg)> {
+    pub fn query(&mut self, q: &WindowQuery) -> Vec<(WindowKey, WindowAgg)> {
         let mut out = Vec::new();
-        for (partition, hosts) in &self.partitions {
-            for (host, windows) in hosts {
+        for (partition, hosts) in &mut self.partitions {
+            for (host, windows) in hosts.iter_mut() {
                 if q.host.as_ref().is_some_and(|h| h != host) {
                     continue;
                 }
@@ -132,7 +151,16 @@ impl WindowState {
                 if from >= q.to_ms {
                     continue;
                 }
-                for (start, OpenWindow { agg, .. }) in windows.range(from..q.to_ms) {
+                for (start, w) in windows.range_mut(from..q.to_ms) {
+                    let agg = match w.agg.get_mut() {
+                        Ok(agg) => agg,
+                        Err(e) => {
+                            self.broken
+                                .entry(*partition)
+                                .or_insert_with(|| e.to_string());
+                            continue;
+                        }
+                    };
                     out.push((
                         WindowKey {
                             host: host.clone(),
@@ -153,15 +181,24 @@ impl WindowState {
 
 impl WindowState {
     /// Per-host counts of every open window.
-    pub fn counts(&self, page: HostsPage) -> Vec<HostCounts> {
+    pub fn counts(&mut self, page: HostsPage) -> Vec<HostCounts> {
         let mut by_host: BTreeMap<&str, HostCounts> = BTreeMap::new();
-        for (partition, hosts) in &self.partitions {
-            for (host, windows) in hosts.iter().filter(|(h, _)| page.holds(h)) {
+        for (partition, hosts) in &mut self.partitions {
+            for (host, windows) in hosts.iter_mut().filter(|(h, _)| page.holds(h)) {
                 let t = by_host.entry(host).or_insert_with(|| HostCounts {
                     host: host.clone(),
                     shares: Vec::new(),
                 });
-                for (start, OpenWindow { agg, .. }) in windows {
+                for (start, w) in windows.iter_mut() {
+                    let agg = match w.agg.get_mut() {
+                        Ok(agg) => agg,
+                        Err(e) => {
+                            self.broken
+                                .entry(*partition)
+                                .or_insert_with(|| e.to_string());
+                            continue;
+                        }
+                    };
                     let key = WindowKey {
                         host: String::new(),
                         start_ms: *start,
@@ -187,9 +224,13 @@ fn first_open(spec: &WindowSpec, windows: &BTreeMap<i64, OpenWindow>, watermark_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wtm_core::checkpoint::decode;
-
+    use wtm_core::checkpoint::{decode, restored_windows, OpenWindows};
     use wtm_core::event::Event;
+
+    /// What a restore hands a shard: the blob's windows, their aggregates still encoded.
+    fn restored(blob: &[u8]) -> RestoredWindows {
+        restored_windows(vec![blob.to_vec()], Vec::new()).unwrap()
+    }
 
     fn ev(host: &str, ts: i64) -> Event {
         Event {
@@ -234,6 +275,7 @@ mod tests {
         assert_eq!(closed, vec![("a", 0, 1), ("b", 0, 1)]);
         let open: OpenWindows = decode("t", &cut.open).unwrap();
         assert_eq!(open.len(), 2);
+        drop(open);
         // Partition 1 is untouched by partition 0's cut.
         assert_eq!(
             s.query(&WindowQuery {
@@ -269,16 +311,102 @@ mod tests {
             keys(&mut s, OpenCut::All),
             [("a".into(), 60_000), ("a".into(), 120_000)]
         );
-        let mut restored = WindowState::new(spec);
-        restored.reset(0, open);
+        let mut state = WindowState::new(spec);
+        state.reset(0, restored(&cut.open));
         assert_eq!(
-            restored
-                .cut(0, i64::MAX, OpenCut::All)
-                .unwrap()
-                .closed
-                .len(),
+            state.cut(0, i64::MAX, OpenCut::All).unwrap().closed.len(),
             2
         );
         assert!(s.cut(0, 65_000, OpenCut::All).unwrap().closed.is_empty());
+    }
+
+    #[test]
+    fn restored_windows_decode_when_needed_and_encode_back_to_the_same_bytes() {
+        let spec = WindowSpec {
+            size_ms: 60_000,
+            out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+        };
+        let columns = |events: &[Event]| events.iter().map(|e| (0, e)).collect();
+        let mut live = WindowState::new(spec);
+        let first: Vec<Event> = (0..50)
+            .map(|i| ev(&format!("h{}", i % 7), 1_000 + i * 900))
+            .collect();
+        live.apply(0, &columns(&first));
+        // Each window's key and encoded aggregate, in key order (a shard's map has its own).
+        let windows = |blob: &[u8]| {
+            let mut w: Vec<(WindowKey, Vec<u8>)> = decode::<OpenWindows>("t", blob)
+                .unwrap()
+                .into_iter()
+                .map(|(k, agg)| (k, wtm_core::checkpoint::encode(&agg).unwrap()))
+                .collect();
+            w.sort();
+            w
+        };
+        let blob = live.cut(0, 0, OpenCut::All).unwrap().open;
+        assert_eq!(windows(&blob).len(), 7);
+        // Untouched, the restored windows encode back to what they were.
+        let mut back = WindowState::new(spec);
+        back.reset(0, restored(&blob));
+        assert_eq!(
+            windows(&back.cut(0, 0, OpenCut::All).unwrap().open),
+            windows(&blob)
+        );
+        assert!(back.cut(0, 0, OpenCut::Changed).unwrap().open.is_empty());
+        // More events for some of them, live and restored alike: the same cuts.
+        let more = [ev("h1", 59_000), ev("h3", 30_000), ev("new", 10_000)];
+        live.apply(0, &columns(&more));
+        back.apply(0, &columns(&more));
+        for open in [OpenCut::Changed, OpenCut::All] {
+            let (a, b) = (live.cut(0, 0, open).unwrap(), back.cut(0, 0, open).unwrap());
+            assert_eq!(windows(&b.open), windows(&a.open));
+        }
+        let q = WindowQuery {
+            host: Some("h5".into()),
+            from_ms: 0,
+            to_ms: 60_000,
+            last_windows: None,
+            detail: Detail::Top,
+        };
+        let requests = |w: Vec<(WindowKey, WindowAgg)>| w[0].1.requests;
+        assert_eq!(requests(back.query(&q)), requests(live.query(&q)));
+        let (a, b) = (
+            live.cut(0, 60_000, OpenCut::None).unwrap(),
+            back.cut(0, 60_000, OpenCut::None).unwrap(),
+        );
+        let closed = |c: &CutResult| -> Vec<(String, u64, u64)> {
+            c.closed
+                .iter()
+                .map(|w| (w.key.host.clone(), w.agg.requests, w.agg.bytes))
+                .collect()
+        };
+        assert_eq!(closed(&a).len(), 8);
+        assert_eq!(closed(&b), closed(&a));
+    }
+
+    #[test]
+    fn a_restored_window_that_does_not_decode_fails_the_partitions_next_cut() {
+        let spec = WindowSpec {
+            size_ms: 60_000,
+            out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+        };
+        // Well-formed MessagePack, but a number where an aggregate belongs: a restore steps
+        // over it, and only decoding it finds it wrong.
+        let key = WindowKey {
+            host: "h".into(),
+            start_ms: 0,
+            partition: 0,
+        };
+        let blob = wtm_core::checkpoint::encode(&vec![(key, 7u64)]).unwrap();
+        let mut s = WindowState::new(spec);
+        s.reset(0, restored(&blob));
+        s.reset(1, Vec::new());
+        s.apply(0, &[(0, &ev("h", 5_000))].into_iter().collect());
+        assert!(s.cut(0, 0, OpenCut::All).is_err());
+        assert!(s.cut(1, 0, OpenCut::All).is_ok(), "other partitions go on");
+        // A new restore of the partition starts clean.
+        s.reset(0, Vec::new());
+        assert!(s.cut(0, 0, OpenCut::All).is_ok());
     }
 }

@@ -24,6 +24,16 @@ pub struct WindowKey {
     pub partition: u32,
 }
 
+impl WindowKey {
+    pub fn borrowed(&self) -> WindowKeyRef<'_> {
+        WindowKeyRef {
+            host: &self.host,
+            start_ms: self.start_ms,
+            partition: self.partition,
+        }
+    }
+}
+
 /// A [`WindowKey`] borrowed: it encodes to the same bytes (the same fields in the same order),
 /// so open windows can be encoded where they are, without a copy of each (a checkpoint of a
 /// node with 100,000 sites held a clone of every open window while it encoded).

@@ -6,7 +6,7 @@
 //! before its files are written, is re-published after a crash (overwriting the same names), and
 //! its offset range never changes, so no file can ever overlap another.
 
-use crate::agg::{ClosedWindow, WindowAgg, WindowKey};
+use crate::agg::{ClosedWindow, WindowAgg, WindowKey, WindowKeyRef};
 use crate::event::Event;
 use crate::parse::InvalidReason;
 use crate::records::EventColumns;
@@ -158,97 +158,233 @@ pub struct OpenDelta {
 }
 
 /// The open windows of a checkpoint: its whole blobs, then each delta in order (a window in a
-/// later delta replaces the one before, a closed one goes).
-///
-/// Read newest first, so that each window is decoded once: a window that a later delta replaced
-/// or closed is skipped over in the bytes, not built (a restore spends most of its time decoding
-/// windows).
+/// later delta replaces the one before, a closed one goes), decoded.
 pub fn open_windows(open: &[Vec<u8>], deltas: &[OpenDelta]) -> Result<OpenWindows, WireError> {
-    let mut windows = OpenWindows::new();
+    restored_windows(open.to_vec(), deltas.to_vec())?
+        .into_iter()
+        .map(|(key, agg)| Ok((key, agg.into_decoded()?)))
+        .collect()
+}
+
+/// Open windows as a restore hands them to the shards: each aggregate still encoded.
+pub type RestoredWindows = Vec<(WindowKey, OpenAgg)>;
+
+/// The windows [`open_windows`] picks, each aggregate left in the checkpoint's bytes: only the
+/// keys are decoded, the aggregates are stepped over. A restore of 30,000–40,000 windows per
+/// partition spent most of its time decoding them, and most stay untouched until they close;
+/// a shard decodes one when an event, a cut or a query needs it ([`OpenAgg::get_mut`]).
+///
+/// Read newest first: a window that a later delta replaced or closed is stepped over, not kept.
+pub fn restored_windows(
+    open: Vec<Vec<u8>>,
+    deltas: Vec<OpenDelta>,
+) -> Result<RestoredWindows, WireError> {
+    let mut windows = RestoredWindows::new();
     let mut seen = ahash::AHashSet::new();
-    for delta in deltas.iter().rev() {
+    for delta in deltas.into_iter().rev() {
         let from = windows.len();
-        for blob in &delta.changed {
-            decode_skipping(blob, &seen, &mut windows)?;
+        for blob in delta.changed {
+            scan_windows(&Arc::new(blob), &seen, &mut windows)?;
         }
         seen.extend(windows[from..].iter().map(|(k, _)| k.clone()));
-        seen.extend(delta.closed.iter().cloned());
+        seen.extend(delta.closed);
     }
     for blob in open {
-        decode_skipping(blob, &seen, &mut windows)?;
+        scan_windows(&Arc::new(blob), &seen, &mut windows)?;
     }
     Ok(windows)
 }
 
-/// Decode an encoded [`OpenWindows`] into `out`, without the windows keyed in `skip`.
-fn decode_skipping(
-    bytes: &[u8],
+/// The windows of an encoded [`OpenWindows`] into `out`, without the windows keyed in `skip`:
+/// keys decoded, aggregates kept as ranges of `blob`.
+fn scan_windows(
+    blob: &Arc<Vec<u8>>,
     skip: &ahash::AHashSet<WindowKey>,
-    out: &mut OpenWindows,
+    out: &mut RestoredWindows,
 ) -> Result<(), WireError> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
-    struct Windows<'a> {
-        skip: &'a ahash::AHashSet<WindowKey>,
-        out: &'a mut OpenWindows,
-    }
-    struct Entry<'a>(&'a ahash::AHashSet<WindowKey>);
-    impl<'de> DeserializeSeed<'de> for Windows<'_> {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Windows<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a sequence of open windows")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(entry) = seq.next_element_seed(Entry(self.skip))? {
-                self.out.extend(entry);
-            }
-            Ok(())
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Entry<'_> {
-        type Value = Option<(WindowKey, WindowAgg)>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_tuple(2, self)
-        }
-    }
-    impl<'de> Visitor<'de> for Entry<'_> {
-        type Value = Option<(WindowKey, WindowAgg)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a window's key and aggregate")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let missing = || serde::de::Error::custom("a window without its key or aggregate");
-            let key: WindowKey = seq.next_element()?.ok_or_else(missing)?;
-            if self.0.contains(&key) {
-                seq.next_element::<IgnoredAny>()?.ok_or_else(missing)?;
-                return Ok(None);
-            }
-            let agg: WindowAgg = seq.next_element()?.ok_or_else(missing)?;
-            Ok(Some((key, agg)))
-        }
-    }
     let error = |reason: String| WireError::Decode {
         key: "open windows".into(),
         reason,
     };
-    match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => {
-            let mut d = rmp_serde::Deserializer::from_read_ref(rest);
-            Windows { skip, out }
-                .deserialize(&mut d)
-                .map_err(|e| error(e.to_string()))
+    let mut rd: &[u8] = match blob.split_first() {
+        Some((&WIRE_VERSION, rest)) => rest,
+        Some((&found, _)) => {
+            return Err(WireError::Version {
+                key: "open windows".into(),
+                found,
+            })
         }
-        Some((&found, _)) => Err(WireError::Version {
-            key: "open windows".into(),
-            found,
-        }),
-        None => Err(error("empty value".into())),
+        None => return Err(error("empty value".into())),
+    };
+    let count = rmp::decode::read_array_len(&mut rd).map_err(|e| error(e.to_string()))?;
+    for _ in 0..count {
+        let pair = rmp::decode::read_array_len(&mut rd).map_err(|e| error(e.to_string()))?;
+        if pair != 2 {
+            return Err(error(format!(
+                "a window of {pair} parts, not its key and aggregate"
+            )));
+        }
+        // A fresh deserializer for each value: it reads from `rd` exactly the value's bytes, so
+        // where `rd` stands afterwards is where the value ended.
+        let key = WindowKey::deserialize(&mut rmp_serde::Deserializer::new(&mut rd))
+            .map_err(|e| error(e.to_string()))?;
+        let start = blob.len() - rd.len();
+        let end = value_end(blob, start)
+            .ok_or_else(|| error("an aggregate cut short or malformed".into()))?;
+        rd = &blob[end..];
+        if !skip.contains(&key) {
+            let agg = EncodedAgg {
+                blob: blob.clone(),
+                range: start..end,
+            };
+            out.push((key, OpenAgg::Encoded(agg)));
+        }
     }
+    Ok(())
+}
+
+/// Where the MessagePack value that starts at `at` ends, stepped over without building anything
+/// (`None` if `b` ends first or holds the unused marker).
+///
+/// Written here because neither rmp nor rmp-serde can skip a value in the bytes: serde's
+/// `IgnoredAny` visits every element, and a window's distinct-count sketch is a sequence of
+/// single bytes (2.2–3.3 µs per window by `examples/window_codec.rs`, a third of decoding it).
+/// At most one step per byte of `b`, so hostile counts cannot make it loop longer.
+fn value_end(b: &[u8], mut at: usize) -> Option<usize> {
+    let be = |at: usize, n: usize| -> Option<usize> {
+        let bytes = b.get(at..at.checked_add(n)?)?;
+        Some(bytes.iter().fold(0usize, |v, &x| v << 8 | x as usize))
+    };
+    // Values still to step over: an array or a map adds its elements.
+    let mut left: usize = 1;
+    while left > 0 {
+        left -= 1;
+        let marker = *b.get(at)?;
+        at += 1;
+        // (bytes of payload after the marker, values it contains)
+        let (skip, inner) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * (marker & 0x0f) as usize),
+            0x90..=0x9f => (0, (marker & 0x0f) as usize),
+            0xa0..=0xbf => ((marker & 0x1f) as usize, 0),
+            0xc1 => return None,
+            // bin 8/16/32, str 8/16/32: a length, then that many bytes
+            0xc4 | 0xd9 => (1 + be(at, 1)?, 0),
+            0xc5 | 0xda => (2 + be(at, 2)?, 0),
+            0xc6 | 0xdb => (4 + be(at, 4)?, 0),
+            // ext 8/16/32: a length, a type byte, the data
+            0xc7 => (2 + be(at, 1)?, 0),
+            0xc8 => (3 + be(at, 2)?, 0),
+            0xc9 => (5 + be(at, 4)?, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            // fixext 1/2/4/8/16: a type byte and the data
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(at, 2)?),
+            0xdd => (4, be(at, 4)?),
+            0xde => (2, 2 * be(at, 2)?),
+            0xdf => (4, be(at, 4)?.checked_mul(2)?),
+        };
+        at = at.checked_add(skip)?;
+        if at > b.len() {
+            return None;
+        }
+        left = left.checked_add(inner)?;
+    }
+    Some(at)
+}
+
+/// One window's aggregate as a checkpoint holds it: a range of an encoded [`OpenWindows`] blob,
+/// shared with the blob's other windows (so a restore copies nothing per window).
+#[derive(Clone)]
+pub struct EncodedAgg {
+    blob: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl EncodedAgg {
+    pub fn bytes(&self) -> &[u8] {
+        &self.blob[self.range.clone()]
+    }
+
+    pub fn decode(&self) -> Result<WindowAgg, WireError> {
+        rmp_serde::from_slice(self.bytes()).map_err(|e| WireError::Decode {
+            key: "open window".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Debug for EncodedAgg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedAgg({} bytes)", self.range.len())
+    }
+}
+
+/// An open window's aggregate: built, or (restored and not needed yet) still the checkpoint's
+/// bytes of it.
+#[derive(Debug, Clone)]
+// Not boxed: nearly every window is built, and a box would be one more pointer to follow for
+// every event added (an encoded window takes a built one's room, as it did decoded).
+#[allow(clippy::large_enum_variant)]
+pub enum OpenAgg {
+    Built(WindowAgg),
+    Encoded(EncodedAgg),
+}
+
+impl Default for OpenAgg {
+    fn default() -> Self {
+        OpenAgg::Built(WindowAgg::default())
+    }
+}
+
+impl OpenAgg {
+    /// The aggregate, decoded first if it is still encoded (once: it stays built).
+    pub fn get_mut(&mut self) -> Result<&mut WindowAgg, WireError> {
+        if let OpenAgg::Encoded(e) = self {
+            *self = OpenAgg::Built(e.decode()?);
+        }
+        match self {
+            OpenAgg::Built(agg) => Ok(agg),
+            OpenAgg::Encoded(_) => unreachable!("decoded just above"),
+        }
+    }
+
+    pub fn into_decoded(self) -> Result<WindowAgg, WireError> {
+        match self {
+            OpenAgg::Built(agg) => Ok(agg),
+            OpenAgg::Encoded(e) => e.decode(),
+        }
+    }
+}
+
+/// Encode open windows as an [`OpenWindows`] blob into `out` (cleared first): the same bytes as
+/// [`encode_into`] of the built windows, but a window still encoded is copied as it is, not
+/// decoded and encoded again (the first checkpoint after a restore holds every open window).
+pub fn encode_open<'a>(
+    out: &mut Vec<u8>,
+    windows: &[(WindowKeyRef<'a>, &'a OpenAgg)],
+) -> Result<(), WireError> {
+    let error = |e: &dyn std::fmt::Display| WireError::Encode(e.to_string());
+    out.clear();
+    out.push(WIRE_VERSION);
+    let len = u32::try_from(windows.len()).map_err(|e| error(&e))?;
+    rmp::encode::write_array_len(out, len).map_err(|e| error(&e))?;
+    for (key, agg) in windows {
+        rmp::encode::write_array_len(out, 2).map_err(|e| error(&e))?;
+        rmp_serde::encode::write(out, key).map_err(|e| error(&e))?;
+        match agg {
+            OpenAgg::Built(agg) => rmp_serde::encode::write(out, agg).map_err(|e| error(&e))?,
+            OpenAgg::Encoded(e) => out.extend_from_slice(e.bytes()),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -411,6 +547,147 @@ mod tests {
         assert_eq!(bytes, encode(&owned).unwrap());
         let back: OpenWindows = decode("t", &bytes).unwrap();
         assert_eq!((back[0].0.partition, back[0].1.requests), (4, 3));
+    }
+
+    #[test]
+    fn restored_windows_step_over_aggregates_and_encode_back_byte_for_byte() {
+        let windows: OpenWindows = (0..20)
+            .map(|i| {
+                let mut agg = WindowAgg::default();
+                for j in 0..i * 3 {
+                    agg.add(&crate::event::Event {
+                        ts_ms: 60_000 + j,
+                        host: "h".into(),
+                        method: "GET".into(),
+                        path: format!("/p{}", j % 5),
+                        status: 200 + (j % 3) as u16 * 100,
+                        bytes: 10 * j as u64,
+                        latency_ms: Some(j as f64),
+                        client_ip: Some(format!("192.0.2.{j}")),
+                        user_agent: Some(format!("agent/{}", j % 4)),
+                        referrer: (j % 2 == 0).then(|| "https://example.org/".into()),
+                    });
+                }
+                let key = WindowKey {
+                    host: format!("site-{i}.example"),
+                    start_ms: 60_000,
+                    partition: 2,
+                };
+                (key, agg)
+            })
+            .collect();
+        let blob = encode(&windows).unwrap();
+        let restored = restored_windows(vec![blob.clone()], Vec::new()).unwrap();
+        let keys: Vec<&WindowKey> = restored.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, windows.iter().map(|(k, _)| k).collect::<Vec<_>>());
+        assert!(restored
+            .iter()
+            .all(|(_, a)| matches!(a, OpenAgg::Encoded(_))));
+        let encoded = |w: &[(WindowKey, OpenAgg)]| {
+            let refs: Vec<_> = w.iter().map(|(k, a)| (k.borrowed(), a)).collect();
+            let mut out = vec![9; 3];
+            encode_open(&mut out, &refs).unwrap();
+            out
+        };
+        // Copied as they are, and built again: the bytes `encode` gave.
+        assert_eq!(encoded(&restored), blob);
+        let built: Vec<(WindowKey, OpenAgg)> = windows
+            .iter()
+            .map(|(k, a)| (k.clone(), OpenAgg::Built(a.clone())))
+            .collect();
+        assert_eq!(encoded(&built), blob);
+        // Decoded when needed, each window is the one encoded (the distinct-count sketch's
+        // buffer folded in on both sides: it is a hash set, in a per-process order).
+        let settled = |mut a: WindowAgg| {
+            a.clients.settle();
+            encode(&a).unwrap()
+        };
+        for ((_, mut agg), (_, want)) in restored.into_iter().zip(&windows) {
+            agg.get_mut().unwrap();
+            assert!(matches!(agg, OpenAgg::Built(_)));
+            let agg = agg.into_decoded().unwrap();
+            assert_eq!(settled(agg), settled(want.clone()));
+        }
+        // Bad framing is an error, never a panic.
+        let two = encode(&vec![(windows[0].0.clone(), 1u8, 2u8)]).unwrap();
+        assert!(restored_windows(vec![two], Vec::new()).is_err());
+        let cut_short = blob[..blob.len() - 1].to_vec();
+        assert!(restored_windows(vec![cut_short], Vec::new()).is_err());
+    }
+
+    #[test]
+    fn value_end_steps_over_every_kind_of_messagepack_value() {
+        use rmp::encode as w;
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut one = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            values.push(v);
+        };
+        for n in [0, 127, 128, 255, 256, 65_535, 65_536, 1 << 32, u64::MAX] {
+            one(&|v| w::write_uint(v, n).map(drop).unwrap());
+        }
+        for n in [
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32_768,
+            -32_769,
+            i64::from(i32::MIN) - 1,
+        ] {
+            one(&|v| w::write_sint(v, n).map(drop).unwrap());
+        }
+        one(&|v| w::write_nil(v).unwrap());
+        one(&|v| w::write_bool(v, true).unwrap());
+        one(&|v| w::write_f32(v, 1.5).unwrap());
+        one(&|v| w::write_f64(v, -2.5).unwrap());
+        for len in [0, 31, 32, 255, 256, 65_535, 65_536] {
+            let text = "x".repeat(len);
+            one(&|v| w::write_str(v, &text).unwrap());
+            one(&|v| w::write_bin(v, text.as_bytes()).unwrap());
+        }
+        for len in [1, 2, 4, 8, 16, 3, 300, 70_000] {
+            one(&|v| {
+                w::write_ext_meta(v, len, 7).unwrap();
+                v.extend(std::iter::repeat_n(0xc1, len as usize));
+            });
+        }
+        for len in [0, 15, 16, 65_536] {
+            one(&|v| {
+                w::write_array_len(v, len).unwrap();
+                (0..len).for_each(|i| drop(w::write_uint(v, u64::from(i))));
+            });
+            one(&|v| {
+                w::write_map_len(v, len).unwrap();
+                for i in 0..len {
+                    w::write_str(v, "k").unwrap();
+                    w::write_array_len(v, 2).unwrap();
+                    w::write_sint(v, -i64::from(i)).unwrap();
+                    w::write_bin(v, &[1, 2]).unwrap();
+                }
+            });
+        }
+        for v in &values {
+            assert_eq!(
+                value_end(v, 0),
+                Some(v.len()),
+                "{:x?}",
+                &v[..v.len().min(8)]
+            );
+            // Cut short anywhere, it is an error; after other bytes, it ends where it ends.
+            for cut in [0, 1, v.len() / 2, v.len() - 1] {
+                assert_eq!(value_end(&v[..cut.min(v.len() - 1)], 0), None);
+            }
+            let mut after = vec![0x93; 3];
+            after.extend_from_slice(v);
+            after.push(0xc0);
+            assert_eq!(value_end(&after, 3), Some(3 + v.len()));
+        }
+        assert_eq!(value_end(&[0xc1], 0), None);
+        // A count far beyond the bytes ends at the bytes' end.
+        assert_eq!(value_end(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x90], 0), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and never panic.
 
 use crate::agg::WindowAgg;
-use crate::checkpoint::{decode, OpenWindows, PartitionCheckpoint};
+use crate::checkpoint::{decode, restored_windows, OpenWindows, PartitionCheckpoint};
 use crate::event::Format;
 use crate::limits::{bound_fields, plausible_host};
 use crate::parse;
@@ -35,11 +35,16 @@ pub fn parse_record_as(format: Option<usize>, data: &[u8]) {
 }
 
 /// A partition checkpoint as stored locally and published as a shared snapshot, with the open
-/// windows it carries.
+/// windows it carries: decoded whole, and as a restore reads them (keys first, each aggregate
+/// when a shard needs it).
 pub fn decode_checkpoint(data: &[u8]) {
     if let Ok(cp) = decode::<PartitionCheckpoint>("fuzz", data) {
         for blob in &cp.open {
             let _ = decode::<OpenWindows>("fuzz", blob);
+            let restored = restored_windows(vec![blob.clone()], Vec::new());
+            for (_, agg) in restored.into_iter().flatten() {
+                let _ = agg.into_decoded();
+            }
         }
         let _ = cp.resume_at();
     }

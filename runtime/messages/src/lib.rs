@@ -25,7 +25,7 @@ use ractor_cluster_derive::RactorMessage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use wtm_core::agg::{ClosedWindow, Detail, Share, WindowAgg, WindowKey};
-use wtm_core::checkpoint::{OpenWindows, PartitionTotals, Publication};
+use wtm_core::checkpoint::{PartitionTotals, Publication, RestoredWindows};
 use wtm_core::error::ErrorKind;
 use wtm_core::records::EventColumns;
 use wtm_telemetry::ActorKind;
@@ -139,7 +139,8 @@ pub enum OpenCut {
 #[derive(Debug, Default)]
 pub struct CutResult {
     pub closed: Vec<ClosedWindow>,
-    /// Encoded [`OpenWindows`], as the request asked (empty when there are none).
+    /// Encoded [`OpenWindows`](wtm_core::checkpoint::OpenWindows), as the request asked (empty
+    /// when there are none).
     pub open: Vec<u8>,
 }
 
@@ -162,7 +163,7 @@ pub enum WindowMsg {
     Apply(EventBatch),
     Cut(CutRequest, RpcReplyPort<CutResult>),
     /// Replace the partition's open windows (restore from a checkpoint).
-    Reset(u32, OpenWindows),
+    Reset(u32, RestoredWindows),
     /// Open windows for the API.
     Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
     /// Per-host counts of the open windows, of the sites on one page.
