@@ -47,6 +47,9 @@ impl Actor for WindowActor {
             WindowMsg::Counts(page, reply) => {
                 reply.send(state.counts(page)).ok();
             }
+            WindowMsg::Names(reply) => {
+                reply.send(state.names()).ok();
+            }
         }
         mailbox::handled(me.get_id(), ActorKind::Window, started);
         Ok(())

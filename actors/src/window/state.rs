@@ -180,6 +180,18 @@ impl WindowState {
 }
 
 impl WindowState {
+    /// The sites with an open window, each once.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (self.partitions.values())
+            .flat_map(|hosts| hosts.keys().cloned())
+            .collect();
+        if self.partitions.len() > 1 {
+            names.sort_unstable();
+            names.dedup();
+        }
+        names
+    }
+
     /// Per-host counts of every open window.
     pub fn counts(&mut self, page: HostsPage) -> Vec<HostCounts> {
         let mut by_host: BTreeMap<&str, HostCounts> = BTreeMap::new();
@@ -265,7 +277,8 @@ mod tests {
                 ev("a", 121_000),
             ]),
         );
-        s.apply(1, &columns(&[ev("c", 1_000)]));
+        s.apply(1, &columns(&[ev("c", 1_000), ev("a", 2_000)]));
+        assert_eq!(s.names(), ["a", "b", "c"]);
         let cut = s.cut(0, 65_000, OpenCut::All).unwrap();
         let closed: Vec<_> = cut
             .closed

@@ -168,6 +168,8 @@ pub enum WindowMsg {
     Query(WindowQuery, RpcReplyPort<Vec<(WindowKey, WindowAgg)>>),
     /// Per-host counts of the open windows, of the sites on one page.
     Counts(HostsPage, RpcReplyPort<Vec<HostCounts>>),
+    /// The sites with an open window, names only (nothing of a window is read).
+    Names(RpcReplyPort<Vec<String>>),
 }
 
 /// A host's totals over a set of windows (the `/v1/hosts` listing).

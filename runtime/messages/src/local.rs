@@ -76,11 +76,20 @@ async fn open_counts(shards: usize, page: HostsPage) -> Result<Vec<HostCounts>, 
 }
 
 /// The sites this node holds a window of: open in its shards, or closed and still served by its
-/// archiver (names only: no counts read from the history store).
+/// archiver (names only: no counts read from the history store, nor from the open windows, which
+/// a restored shard would have to decode first).
 async fn host_names(shards: usize) -> Result<Vec<String>, String> {
-    // The shards first, as in `host_parts`.
-    let open = open_counts(shards, HostsPage::ALL).await?;
-    let mut names: Vec<String> = open.into_iter().map(|h| h.host).collect();
+    // The shards first, as in `host_parts`; all at once.
+    let asks = (0..shards).map(|i| async move {
+        let shard = lookup::<WindowMsg>(&shard_name(i)).ok_or("window shard is restarting")?;
+        ask(&shard, ActorKind::Window, WindowMsg::Names)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let mut names = Vec::new();
+    for open in futures_util::future::join_all(asks).await {
+        names.extend(open?);
+    }
     let archiver = lookup::<ArchiverMsg>(ARCHIVER_NAME).ok_or("archiver is restarting")?;
     names.extend(
         ask(&archiver, ActorKind::Archiver, ArchiverMsg::HostNames)
