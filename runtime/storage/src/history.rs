@@ -121,10 +121,7 @@ impl History {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-            _ => {}
-        }
+        discard(path).map_err(io)?;
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)?;
@@ -344,6 +341,43 @@ impl History {
     }
 }
 
+/// Move the store at `path` (if any) aside and delete it, with any an earlier start moved aside,
+/// on a thread of its own. Deleting a large file frees its blocks in the call: 0.31 s for the
+/// 4 GB store of a node with 120,000 sites (strace on a restart), on the node's start path,
+/// before the partitions could restore. A rename is immediate.
+fn discard(path: &Path) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.discarded-", name.to_string_lossy());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    match std::fs::rename(
+        path,
+        dir.join(format!("{prefix}{}-{nanos}", std::process::id())),
+    ) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let dir = dir.to_path_buf();
+    let delete = move || {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                // What fails to go now goes at the next start.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("wtm-history-discard".into())
+        .spawn(delete)
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +517,26 @@ mod tests {
         drop(h);
         let h = History::create(&path, 60_000, 3, 1 << 20).unwrap();
         assert!(read(&h, "a", None, false).is_empty());
+        // The old file was moved aside and goes on a thread of its own, with one an earlier
+        // start left behind; nothing else in the directory is touched.
+        drop(h);
+        std::fs::write(dir.path().join("h.redb.discarded-1-2"), b"left").unwrap();
+        std::fs::write(dir.path().join("h.redb.keep"), b"mine").unwrap();
+        History::create(&path, 60_000, 3, 1 << 20).unwrap();
+        let names = || -> Vec<String> {
+            let mut n: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        for _ in 0..500 {
+            if names().len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(names(), ["h.redb", "h.redb.keep"]);
     }
 }
