@@ -30,6 +30,8 @@ pub struct DetectorActor;
 
 pub struct DetectorRun {
     state: DetectorState,
+    /// The checkpoint being read, until the first message (see `pre_start`).
+    loading: Option<tokio::task::JoinHandle<Result<Loaded, ActorProcessingErr>>>,
     /// Hosts judged here as last told to the gauge and to membership (`/v1/cluster`).
     reported_hosts: u64,
     /// Whose host is whose, as of the archiver's last change of homes (None: a single node).
@@ -67,32 +69,17 @@ impl Actor for DetectorActor {
             m.anomalies.add(0, &[KeyValue::new("metric", metric)]);
             m.episodes.add(0, &[KeyValue::new("metric", metric)]);
         }
-        let mut state = DetectorState::new(args.config, args.window_ms);
-        let journal = match args.records {
-            Some(records) => {
-                let (journal, restored) =
-                    tokio::task::spawn_blocking(move || Journal::open(records)).await??;
-                tracing::info!(
-                    hosts = restored.marks.len(),
-                    anomalies = restored.anomalies.len(),
-                    episodes = restored.episodes.len(),
-                    "detector state restored from its checkpoint"
-                );
-                let out = state.restore(restored);
-                debug_assert!(out.evicted_anomalies.is_empty() && out.evicted_episodes.is_empty());
-                Some(journal)
-            }
-            None => None,
-        };
-        let outbox = journal.as_ref().map(|j| j.records().clone());
-        let open = state.episodes(None, i64::MIN);
-        let open = open.into_iter().filter(|e| e.end_ms.is_none()).collect();
+        // The checkpoint loads beside the node's start, and the first message waits for it: at
+        // 115,000 sites reading it and rebuilding the state took about half a second, and the
+        // partitions' owners (spawned after this actor) waited for it to restore.
+        let placeholder = DetectorState::new(args.config.clone(), args.window_ms);
         Ok(DetectorRun {
-            state,
+            state: placeholder,
+            loading: Some(tokio::task::spawn_blocking(move || load(args))),
             reported_hosts: u64::MAX,
             view: None,
-            alerts: Alerts::start(&args.alerts, outbox, open, args.explain),
-            journal,
+            alerts: None,
+            journal: None,
             // Half the cores: fits must not starve the owners that parse and aggregate.
             fits: FitQueue::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2)),
         })
@@ -104,6 +91,7 @@ impl Actor for DetectorActor {
         msg: DetectorMsg,
         run: &mut DetectorRun,
     ) -> Result<(), ActorProcessingErr> {
+        run.loaded().await?;
         let started = Instant::now();
         let id = me.get_id();
         match msg {
@@ -174,12 +162,59 @@ impl Actor for DetectorActor {
         _me: ActorRef<DetectorMsg>,
         run: &mut DetectorRun,
     ) -> Result<(), ActorProcessingErr> {
+        run.loaded().await?;
         run.flush_journal();
         Ok(())
     }
 }
 
+/// What the detector starts from: its checkpoint's state, and the alerts of its open episodes.
+struct Loaded {
+    state: DetectorState,
+    journal: Option<Journal>,
+    alerts: Option<Alerts>,
+}
+
+fn load(args: DetectorArgs) -> Result<Loaded, ActorProcessingErr> {
+    let mut state = DetectorState::new(args.config, args.window_ms);
+    let journal = match args.records {
+        Some(records) => {
+            let (journal, restored) = Journal::open(records)?;
+            tracing::info!(
+                hosts = restored.marks.len(),
+                anomalies = restored.anomalies.len(),
+                episodes = restored.episodes.len(),
+                "detector state restored from its checkpoint"
+            );
+            let out = state.restore(restored);
+            debug_assert!(out.evicted_anomalies.is_empty() && out.evicted_episodes.is_empty());
+            Some(journal)
+        }
+        None => None,
+    };
+    let outbox = journal.as_ref().map(|j| j.records().clone());
+    let open = state.episodes(None, i64::MIN);
+    let open = open.into_iter().filter(|e| e.end_ms.is_none()).collect();
+    let alerts = Alerts::start(&args.alerts, outbox, open, args.explain);
+    Ok(Loaded {
+        state,
+        journal,
+        alerts,
+    })
+}
+
 impl DetectorRun {
+    /// Wait for the checkpoint's state, the first time (see `pre_start`).
+    async fn loaded(&mut self) -> Result<(), ActorProcessingErr> {
+        if let Some(loading) = self.loading.take() {
+            let loaded = loading.await??;
+            self.state = loaded.state;
+            self.journal = loaded.journal;
+            self.alerts = loaded.alerts;
+        }
+        Ok(())
+    }
+
     fn flush_journal(&mut self) {
         if let Some(j) = &mut self.journal {
             if let Err(e) = j.flush() {
