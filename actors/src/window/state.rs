@@ -46,13 +46,8 @@ impl WindowState {
                 None => hosts.entry(e.host.to_owned()).or_default(),
             };
             let w = windows.entry(self.spec.start_of(e.ts_ms)).or_default();
-            match w.agg.get_mut() {
-                Ok(agg) => agg.add_judged(&e, self.bots.is_bot(e.user_agent)),
-                Err(err) => {
-                    self.broken
-                        .entry(partition)
-                        .or_insert_with(|| err.to_string());
-                }
+            if let Some(agg) = built(&mut w.agg, &mut self.broken, partition) {
+                agg.add_judged(&e, self.bots.is_bot(e.user_agent));
             }
             w.changed = true;
         }
@@ -152,14 +147,8 @@ impl WindowState {
                     continue;
                 }
                 for (start, w) in windows.range_mut(from..q.to_ms) {
-                    let agg = match w.agg.get_mut() {
-                        Ok(agg) => agg,
-                        Err(e) => {
-                            self.broken
-                                .entry(*partition)
-                                .or_insert_with(|| e.to_string());
-                            continue;
-                        }
+                    let Some(agg) = built(&mut w.agg, &mut self.broken, *partition) else {
+                        continue;
                     };
                     out.push((
                         WindowKey {
@@ -202,14 +191,8 @@ impl WindowState {
                     shares: Vec::new(),
                 });
                 for (start, w) in windows.iter_mut() {
-                    let agg = match w.agg.get_mut() {
-                        Ok(agg) => agg,
-                        Err(e) => {
-                            self.broken
-                                .entry(*partition)
-                                .or_insert_with(|| e.to_string());
-                            continue;
-                        }
+                    let Some(agg) = built(&mut w.agg, &mut self.broken, *partition) else {
+                        continue;
                     };
                     let key = WindowKey {
                         host: String::new(),
@@ -221,6 +204,22 @@ impl WindowState {
             }
         }
         by_host.into_values().collect()
+    }
+}
+
+/// The window's aggregate, decoded if it is still the checkpoint's bytes; bytes that do not
+/// decode are noted against the partition (its next cut fails with them) and give `None`.
+fn built<'a>(
+    agg: &'a mut OpenAgg,
+    broken: &mut HashMap<u32, String>,
+    partition: u32,
+) -> Option<&'a mut WindowAgg> {
+    match agg.get_mut() {
+        Ok(agg) => Some(agg),
+        Err(e) => {
+            broken.entry(partition).or_insert_with(|| e.to_string());
+            None
+        }
     }
 }
 
