@@ -333,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn restored_windows_decode_when_needed_and_encode_back_to_the_same_bytes() {
+    fn restored_windows_decode_when_needed_and_encode_back_to_the_same_windows() {
         let spec = WindowSpec {
             size_ms: 60_000,
             out_of_orderness_ms: 0,

@@ -200,7 +200,12 @@ struct PartitionRates {
 }
 
 impl PartitionRates {
-    fn new(hosts_here: &[usize], hosts: &[HostProfile], anomalies: &[AnomalyLabel]) -> Self {
+    fn new(
+        p: u32,
+        hosts_here: &[usize],
+        hosts: &[HostProfile],
+        anomalies: &[AnomalyLabel],
+    ) -> Self {
         let (mut weekday, mut weekend) = ([0.0; 3], [0.0; 3]);
         for &h in hosts_here {
             let p = &hosts[h];
@@ -214,7 +219,7 @@ impl PartitionRates {
         let mut anomalous: Vec<usize> = anomalies
             .iter()
             .map(|a| a.host_index)
-            .filter(|h| hosts_here.contains(h))
+            .filter(|&h| hosts[h].partition == p)
             .collect();
         anomalous.sort_unstable();
         anomalous.dedup();
@@ -392,7 +397,8 @@ impl Generator {
         let anomalies = schedule_anomalies(&spec, &hosts, &mut rng);
         let rates = by_partition
             .iter()
-            .map(|hs| PartitionRates::new(hs, &hosts, &anomalies))
+            .enumerate()
+            .map(|(p, hs)| PartitionRates::new(p as u32, hs, &hosts, &anomalies))
             .collect();
         let mut g = Generator {
             spec,
