@@ -201,25 +201,25 @@ struct PartitionRates {
 
 impl PartitionRates {
     fn new(
-        p: u32,
+        partition: u32,
         hosts_here: &[usize],
         hosts: &[HostProfile],
         anomalies: &[AnomalyLabel],
     ) -> Self {
         let (mut weekday, mut weekend) = ([0.0; 3], [0.0; 3]);
         for &h in hosts_here {
-            let p = &hosts[h];
-            let (sin, cos) = (std::f64::consts::TAU * p.phase).sin_cos();
-            let terms = [p.share, p.share * cos, p.share * sin];
+            let host = &hosts[h];
+            let (sin, cos) = (std::f64::consts::TAU * host.phase).sin_cos();
+            let terms = [host.share, host.share * cos, host.share * sin];
             for i in 0..3 {
                 weekday[i] += terms[i];
-                weekend[i] += terms[i] * p.weekend;
+                weekend[i] += terms[i] * host.weekend;
             }
         }
         let mut anomalous: Vec<usize> = anomalies
             .iter()
             .map(|a| a.host_index)
-            .filter(|&h| hosts[h].partition == p)
+            .filter(|&h| hosts[h].partition == partition)
             .collect();
         anomalous.sort_unstable();
         anomalous.dedup();
